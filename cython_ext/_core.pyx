@@ -440,3 +440,4 @@ cdef class CoreModel:
 
     def set_atom_energy(self, int e, double value):
         self.m.set_atom_energy(e, value)
+include "training.pxi"

@@ -68,7 +68,11 @@ def _cmd_convert(args) -> int:
 def _cmd_plugin_path(args) -> int:
     from pyfragnn.lammps import plugin_dir, plugin_path
 
-    print(plugin_dir() if args.dir else plugin_path())
+    try:
+        print(plugin_dir() if args.dir else plugin_path())
+    except FileNotFoundError as err:
+        print(f"pyfragnn plugin-path: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -794,19 +794,26 @@ void Model::set_atom_energy(int e, double value) { check_element(e); el_[e].atom
 double Model::compute(const NeighborListView& nl, const int* element, int64_t n_total,
                       ComputeOutput& out) const {
     const int ne = n_elements();
-    for (int64_t i = 0; i < nl.n_centres; ++i)
+    auto centre = [&nl](int64_t c) -> int64_t { return nl.centre ? nl.centre[c] : nl.first + c; };
+    for (int64_t c = 0; c < nl.n_centres; ++c) {
+        const int64_t i = centre(c);
+        if (i < 0 || i >= n_total)
+            throw std::invalid_argument("centre " + std::to_string(c) + " is atom " +
+                                        std::to_string(i) + ", outside the " +
+                                        std::to_string(n_total) + " atoms");
         if (element[i] < -1 || element[i] >= ne)
             throw std::invalid_argument("atom " + std::to_string(i) + " has element index " +
                                         std::to_string(element[i]) + ", the potential has " +
                                         std::to_string(ne) + " elements");
+    }
     DescriptorWorkspace dws;
     NetworkWorkspace nws;
     std::vector<double> d, r, G, x, dEdx, dEdd;
     std::vector<int> ej, tj;
     const double inv_ce = 1.0 / conv_energy_;
     double etot = 0.0;
-    out.n_warnings = 0;
-    for (int64_t i = 0; i < nl.n_centres; ++i) {
+    for (int64_t c = 0; c < nl.n_centres; ++c) {
+        const int64_t i = centre(c);
         const int e = element[i];
         if (e < 0) {
             if (out.energies) out.energies[i] = 0.0;
@@ -817,7 +824,7 @@ double Model::compute(const NeighborListView& nl, const int* element, int64_t n_
         const double rc2 = rc * rc;
         // Gather neighbours inside this element's cutoff.
         d.clear(); r.clear(); ej.clear(); tj.clear();
-        for (int64_t k = nl.offsets[i]; k < nl.offsets[i + 1]; ++k) {
+        for (int64_t k = nl.offsets[c]; k < nl.offsets[c + 1]; ++k) {
             const int32_t t = nl.index[k];
             if (t < 0 || t >= n_total)
                 throw std::invalid_argument("neighbour index " + std::to_string(t) +

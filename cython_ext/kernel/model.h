@@ -29,8 +29,13 @@ struct ExtrapolationWarning {
 /// Neighbours of centre i are entries offsets[i] .. offsets[i+1]-1; entry n has the force
 /// target index[n] (an index into element/forces arrays, may equal i for a periodic image)
 /// and the vector d[3n..3n+2] = r_j - r_i in potential length units.
+/// Centres may be any subset of the atoms: centre k is atom centre[k], or first + k when
+/// centre is null (so that a caller can evaluate a large system in chunks and keep only one
+/// chunk's list in memory).
 struct NeighborListView {
     int64_t n_centres = 0;
+    int64_t first = 0;                  // atom index of centre 0 (when centre == nullptr)
+    const int32_t* centre = nullptr;    // [n_centres] atom index of each centre, optional
     const int64_t* offsets = nullptr;   // [n_centres + 1]
     const int32_t* index = nullptr;     // [offsets[n_centres]]
     const double* d = nullptr;          // [3 * offsets[n_centres]]
@@ -39,13 +44,14 @@ struct NeighborListView {
 /// What compute() writes; any pointer may be null to skip that output.
 /// Forces and virials are *accumulated* (+=), energies are overwritten.
 struct ComputeOutput {
-    double* energies = nullptr;   ///< [n_centres] atomic energies incl. offsets (potential energy unit)
+    double* energies = nullptr;   ///< [n_total] atomic energies incl. offsets (potential energy
+                                  ///< unit), written at the centres' atom indices only
     double* forces = nullptr;     ///< [n_total*3] (energy/length)
     double* virial = nullptr;     ///< [6] xx yy zz xy xz yz (LAMMPS order), W = -sum d (x) dE/dd
     double* atom_virial = nullptr;///< [n_total*6], contribution d (x) F assigned to force target
     std::vector<ExtrapolationWarning>* warnings = nullptr;
     int64_t max_warnings = -1;    ///< stop recording after this many (-1: no limit); count still kept
-    int64_t n_warnings = 0;       ///< out: total count of extrapolating (atom, sf) pairs
+    int64_t n_warnings = 0;       ///< out: count of extrapolating (atom, sf) pairs (accumulated +=)
 };
 
 class Model {

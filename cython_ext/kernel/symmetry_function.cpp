@@ -17,7 +17,9 @@
 //   dT/dd_j = (T_rij - T_cos cos/r_ij) u_j + (T_cos/r_ij) u_k - (T_rjk/r_jk) d_jk
 //   dT/dd_k = (T_rik - T_cos cos/r_ik) u_k + (T_cos/r_ik) u_j + (T_rjk/r_jk) d_jk
 // with u = d/r and d_jk = d_k - d_j; contract() sums the partial derivatives of all functions
-// of a group weighted by dE/dG before forming these vectors once per triplet.
+// of a group weighted by dE/dG before forming these vectors once per triplet. For 21/22 theta is
+// atan2(|u_j x u_k|, cos) (dtheta/dcos = -1/sin theta); as in n2p2, triplets with cos = +-1 are
+// skipped.
 #include "symmetry_function.h"
 
 #include <algorithm>
@@ -26,6 +28,20 @@
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
+
+// compute() and contract() are also compiled for x86-64-v3 (AVX2+FMA; GCC < 12: AVX2), chosen
+// at load time through a glibc ifunc, so binaries stay portable (water box: 1.4-1.6x faster).
+// `flatten` inlines the helpers so that their loops are compiled for the clone's target too.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__) && \
+    !defined(PYFRAGNN_NO_MULTIVERSION)
+#if __GNUC__ >= 12
+#define PYFRAGNN_HOT __attribute__((target_clones("arch=x86-64-v3", "default"), flatten))
+#else
+#define PYFRAGNN_HOT __attribute__((target_clones("avx2", "default"), flatten))
+#endif
+#else
+#define PYFRAGNN_HOT
+#endif
 
 namespace pyfragnn {
 
@@ -51,27 +67,10 @@ int parse_element(const std::string& token, const std::vector<std::string>& elem
     return static_cast<int>(it - elements.begin());
 }
 
-/// x^n for n >= 0 by binary powering.
-inline double powi(double x, int n) {
-    double p = 1.0;
-    for (; n > 0; n >>= 1, x *= x)
-        if (n & 1) p *= x;
-    return p;
-}
-
 /// Integer value of zeta if it is one (n2p2 uses integer powers then), else -1.
 int integer_zeta(double zeta) {
     const double z = std::round(zeta);
     return (z == zeta && z >= 0.0 && z < 1e6) ? static_cast<int>(z) : -1;
-}
-
-/// p = (1 + lambda cos)^zeta and dp = d p / d cos; both 0 where 1 + lambda cos <= 0.
-inline void angular_power(double base, double lambda, double zeta, int zeta_int, double& p,
-                          double& dp) {
-    if (base <= 0.0) { p = 0.0; dp = 0.0; return; }
-    const double pm1 = zeta_int >= 1 ? powi(base, zeta_int - 1) : std::pow(base, zeta - 1.0);
-    p = pm1 * base;
-    dp = zeta * lambda * pm1;
 }
 
 /// Adds the derivative of one angular triplet term (see file comment) to dEdd.
@@ -314,6 +313,8 @@ Descriptor::Descriptor(std::vector<SymmetryFunctionParams> sfs, std::vector<int>
                                      AngularGroup{p.type, e1, e2,
                                                   CutoffFunction(p.cutoff_type, p.rc, p.cutoff_alpha),
                                                   {}, {}, {}, true});
+            if (!(p.zeta >= 1.0))
+                throw std::invalid_argument("Descriptor: zeta must be >= 1");
             AngularGroup& g = *it;
             int q = 0;
             while (q < static_cast<int>(g.gauss.size()) &&
@@ -391,28 +392,40 @@ double Descriptor::cutoff() const { return cutoff_; }
 //
 // compute() leaves in the workspace what contract() needs, so that contract() evaluates no
 // transcendental functions for the Gaussian types:
-//   ibuf: [0, ne+2)     start of the neighbour list of element e (e = ne: all elements); lists
-//                       hold the neighbours with r < cutoff() in input order;
-//         [ne+2, 2ne+3) fill cursors;  [kHead(ne)] buf offset of the scratch area;
+//   ibuf: [0, ne+1)     start of the neighbour list of element e; lists hold the neighbours
+//                       with r < cutoff() in input order, the list of all elements is their
+//                       concatenation [start[0], start[ne]) ("list positions");
+//         [ne+1, 2ne+2) fill cursors;  [2ne+2] buf offset of the scratch section;
 //         per radial group: buf offset of its values;
 //         per angular group: buf offsets of neighbour values and triplet arrays, triplet
 //                       capacity, triplet count, ibuf offset of the triplet (j, k) arrays;
 //         the lists; the triplet arrays.
-//   buf:  fingerprint, unit vectors u (3n);
+//   buf:  fingerprint, unit vectors u (3n), by list position: d, u, r (7 arrays of size M);
 //         radial group (m list entries): r[m], fc[m], dfc[m], then per term w_j exp(-eta (r-rs)^2);
 //         angular group: fc[n], dfc[n], per Gaussian w_j exp(-eta (r_ij-rs)^2) [n] (indexed by
 //         neighbour), and per triplet (capacity c) cos[c], r_jk[c], fc(r_jk)[c], dfc(r_jk)[c],
-//         per Gaussian exp(-eta (r_jk-rs)^2) [c];  scratch.
+//         per Gaussian exp(-eta (r_jk-rs)^2) [c];  scratch section: contract's per-neighbour
+//         coefficient of u_j [n], then block scratch.
+// Functions of a group share neighbour lists, per-neighbour factors and per-triplet geometry.
 // Triplets are selected first (branch-free), then processed in blocks of kBlock with loops over
-// arrays that the compiler vectorises.
+// arrays that the compiler vectorises (exp_approx instead of std::exp). r_jk Gaussians whose eta
+// is an integer multiple of another one's are integer powers of it (one exp per triplet).
 
 namespace {
 
 constexpr int kBlock = 128;
 
-/// out[i] = in[i]^m, m >= 0, by left-to-right binary powering over whole arrays.
+/// out[i] = in[i]^m, m >= 0 (in != out): one pass for m <= 4, else left-to-right binary
+/// powering over whole arrays.
 inline void pow_array(int n, const double* in, int m, double* out) {
-    if (m == 0) { std::fill(out, out + n, 1.0); return; }
+    switch (m) {
+    case 0: std::fill(out, out + n, 1.0); return;
+    case 1: std::copy(in, in + n, out); return;
+    case 2: for (int i = 0; i < n; ++i) out[i] = in[i] * in[i]; return;
+    case 3: for (int i = 0; i < n; ++i) out[i] = in[i] * in[i] * in[i]; return;
+    case 4: for (int i = 0; i < n; ++i) { const double x2 = in[i] * in[i]; out[i] = x2 * x2; } return;
+    default: break;
+    }
     std::copy(in, in + n, out);
     int bit = 30;
     while (!((m >> bit) & 1)) --bit;
@@ -443,6 +456,20 @@ inline void gaussian_array(int n, const double* r, double eta, double rs, bool f
         for (int i = 0; i < n; ++i) out[i] = std::exp(-eta * (r[i] - rs) * (r[i] - rs));
 }
 
+/// s[b] = |x_b - x_j|^2 and c[b] = u_j . u_b for list positions b < m (arrays by position).
+inline void pair_geometry(int m, const double* __restrict x, const double* __restrict y,
+                          const double* __restrict z, const double* __restrict ux,
+                          const double* __restrict uy, const double* __restrict uz,
+                          const double* xj, const double* uj, double* __restrict s,
+                          double* __restrict c) {
+    const double xj0 = xj[0], xj1 = xj[1], xj2 = xj[2], uj0 = uj[0], uj1 = uj[1], uj2 = uj[2];
+    for (int b = 0; b < m; ++b) {
+        const double dx = x[b] - xj0, dy = y[b] - xj1, dz = z[b] - xj2;
+        s[b] = dx * dx + dy * dy + dz * dz;
+        c[b] = uj0 * ux[b] + uj1 * uy[b] + uj2 * uz[b];
+    }
+}
+
 /// Clipped bases max(0, 1 + lambda cos[i]) (exact: (P + |P|)/2).
 inline void angular_base(int n, const double* cos_t, double lambda, double* out) {
     for (int i = 0; i < n; ++i) {
@@ -453,18 +480,20 @@ inline void angular_base(int n, const double* cos_t, double lambda, double* out)
 
 }  // namespace
 
+PYFRAGNN_HOT
 void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorkspace& ws) const {
     const int n = env.n, ne = n_elements_;
     const int n_rad = static_cast<int>(radial_.size()), n_ang = static_cast<int>(angular_.size());
+    if (sfs_.empty()) return;
     std::fill(G, G + size(), 0.0);
 
     // Neighbour lists by element: count, prefix sums, fill.
-    const int head = 2 * ne + 3;
+    const int head = 2 * ne + 2;
     const int lists = head + 1 + n_rad + 5 * n_ang;
-    if (ws.ibuf.size() < static_cast<std::size_t>(lists) + 2 * n)
-        ws.ibuf.resize(static_cast<std::size_t>(lists) + 2 * n);
+    if (ws.ibuf.size() < static_cast<std::size_t>(lists) + n)
+        ws.ibuf.resize(static_cast<std::size_t>(lists) + n);
     int* start = ws.ibuf.data();
-    std::fill(start, start + ne + 2, 0);
+    std::fill(start, start + ne + 1, 0);
     for (int j = 0; j < n; ++j) {
         const int e = env.element[j];
         if (e < 0 || e >= ne)
@@ -473,23 +502,19 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
     }
     start[0] = lists;
     for (int e = 0; e < ne; ++e) start[e + 1] += start[e];
-    start[ne + 1] = start[ne] + (start[ne] - start[0]);
-    int* cursor = start + ne + 2;
+    int* cursor = start + ne + 1;
     std::copy(start, start + ne + 1, cursor);
-    for (int j = 0; j < n; ++j) {
-        if (!(env.r[j] < cutoff_)) continue;
-        start[cursor[env.element[j]]++] = j;
-        start[cursor[ne]++] = j;
-    }
+    for (int j = 0; j < n; ++j)
+        if (env.r[j] < cutoff_) start[cursor[env.element[j]]++] = j;
+    const int M = start[ne] - lists;  // neighbours within cutoff()
     auto list = [&](int e, const int*& first, int& count) {  // e < 0: all elements
-        const int b = e < 0 ? ne : e;
-        first = ws.ibuf.data() + ws.ibuf[b];
-        count = ws.ibuf[b + 1] - ws.ibuf[b];
+        first = ws.ibuf.data() + ws.ibuf[e < 0 ? 0 : e];
+        count = ws.ibuf[e < 0 ? ne : e + 1] - ws.ibuf[e < 0 ? 0 : e];
     };
 
     // Section sizes; triplet capacities are the numbers of candidate pairs.
-    std::size_t total = kFingerprint + 3 * static_cast<std::size_t>(n);
-    std::size_t itotal = static_cast<std::size_t>(lists) + 2 * n;
+    std::size_t total = kFingerprint + 3 * static_cast<std::size_t>(n) + 7 * static_cast<std::size_t>(M);
+    std::size_t itotal = static_cast<std::size_t>(lists) + n;
     std::size_t scratch = 2 * static_cast<std::size_t>(n);
     for (int gi = 0; gi < n_rad; ++gi) {
         const int* f; int m;
@@ -514,10 +539,11 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
         h[3] = 0;
         h[4] = static_cast<int>(itotal);
         itotal += 2 * cap;
-        scratch = std::max(scratch, kBlock * (8 + 3 * ng + 2 * g.powers.size()) + g.terms.size());
+        scratch = std::max({scratch, kBlock * (8 + 3 * ng + 2 * g.powers.size()) + g.terms.size(),
+                            (2 + ng) * static_cast<std::size_t>(M)});
     }
     start[head] = static_cast<int>(total);
-    total += scratch;
+    total += n + scratch;  // contract's per-neighbour coefficients of u_j, then scratch
     if (total > static_cast<std::size_t>(INT32_MAX) || itotal > static_cast<std::size_t>(INT32_MAX))
         throw std::length_error("Descriptor: neighbourhood too large");
     if (ws.buf.size() < total) ws.buf.resize(total);
@@ -535,7 +561,22 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
         const double inv = 1.0 / env.r[j];
         for (int a = 0; a < 3; ++a) u[3 * j + a] = env.d[3 * j + a] * inv;
     }
-    double* scratch_mem = buf + start[head];
+    // Structure-of-arrays copies by list position p (neighbour start[lists + p]).
+    const int* pos = start + lists;
+    double* px = u + 3 * n;
+    double* py = px + M;
+    double* pz = py + M;
+    double* pux = pz + M;
+    double* puy = pux + M;
+    double* puz = puy + M;
+    double* pr = puz + M;
+    for (int p = 0; p < M; ++p) {
+        const int j = pos[p];
+        px[p] = env.d[3 * j]; py[p] = env.d[3 * j + 1]; pz[p] = env.d[3 * j + 2];
+        pux[p] = u[3 * j]; puy[p] = u[3 * j + 1]; puz[p] = u[3 * j + 2];
+        pr[p] = env.r[j];
+    }
+    double* scratch_mem = buf + start[head] + n;
 
     // Radial Gaussians (2, 12).
     for (int gi = 0; gi < n_rad; ++gi) {
@@ -576,18 +617,25 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
         double* nb_g = nb_dfc + n;
         for (int side = 0; side < (same ? 1 : 2); ++side) {
             const int* l = side ? l2 : l1;
-            for (int a = 0; a < (side ? m2 : m1); ++a) {
+            const int m = side ? m2 : m1;
+            const double* r = pr + (l - pos);
+            double* f = scratch_mem;
+            double* df = f + m;
+            double* gs = df + m;  // [ng][m]
+            g.fc.fdf(m, r, f, df);  // values at r >= rc are discarded below
+            for (int q = 0; q < ng; ++q)
+                gaussian_array(m, r, g.gauss[q].eta, g.gauss[q].rs, g.fast_exp, gs + q * m);
+            for (int a = 0; a < m; ++a) {
                 const int j = l[a];
-                double r = env.r[j];
-                g.fc.fdf(r, nb_fc[j], nb_dfc[j]);
-                const double w = g.type == 13 ? z_[env.element[j]] : 1.0;
-                for (int q = 0; q < ng; ++q) {
-                    const double x = r - g.gauss[q].rs, e = -g.gauss[q].eta * x * x;
-                    nb_g[q * n + j] = w * (g.fast_exp ? exp_approx(e) : std::exp(e));
-                }
+                const bool in = r[a] < rc;
+                const double w = !in ? 0.0 : g.type == 13 ? z_[env.element[j]] : 1.0;
+                nb_fc[j] = in ? f[a] : 0.0;
+                nb_dfc[j] = in ? df[a] : 0.0;
+                for (int q = 0; q < ng; ++q) nb_g[q * n + j] = w * gs[q * m + a];
             }
         }
-        // Triplet selection: pairs of list entries with r_ij, r_ik (, r_jk) < rc.
+        // Triplet selection: pairs of list entries with r_ij, r_ik (, r_jk) < rc; s = r_jk^2
+        // and cos for one j against all k first (vectorised), then compacted.
         const int cap = h[2];
         int* pj = start + h[4];
         int* pk = pj + cap;
@@ -596,23 +644,24 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
         double* fjk = rjk + cap;
         double* dfjk = fjk + cap;
         double* xjk = dfjk + cap;  // [ng][cap]
+        const int p1 = static_cast<int>(l1 - pos), p2 = static_cast<int>(l2 - pos);
+        double* s_k = scratch_mem;     // [m2]
+        double* cos_k = s_k + m2;      // [m2]
         int count = 0;
         for (int a = 0; a < m1; ++a) {
+            const int pa = p1 + a;
+            if (!(pr[pa] < rc)) continue;
+            const double xj[3] = {px[pa], py[pa], pz[pa]}, uj[3] = {pux[pa], puy[pa], puz[pa]};
+            const int b0 = same ? a + 1 : 0, q = p2 + b0;
+            pair_geometry(m2 - b0, px + q, py + q, pz + q, pux + q, puy + q, puz + q, xj, uj,
+                          s_k + b0, cos_k + b0);
             const int j = l1[a];
-            if (!(env.r[j] < rc)) continue;
-            const double* uj = u + 3 * j;
-            const double* dj = env.d + 3 * j;
-            for (int b = same ? a + 1 : 0; b < m2; ++b) {
-                const int k = l2[b];
-                const double* dk = env.d + 3 * k;
-                const double* uk = u + 3 * k;
-                const double dx = dk[0] - dj[0], dy = dk[1] - dj[1], dz = dk[2] - dj[2];
-                const double s = dx * dx + dy * dy + dz * dz;
+            for (int b = b0; b < m2; ++b) {
                 pj[count] = j;
-                pk[count] = k;
-                cosv[count] = uj[0] * uk[0] + uj[1] * uk[1] + uj[2] * uk[2];
-                rjk[count] = s;
-                count += (env.r[k] < rc) & (!with_jk || s < rc2);
+                pk[count] = l2[b];
+                cosv[count] = cos_k[b];
+                rjk[count] = s_k[b];
+                count += (pr[p2 + b] < rc) & (!with_jk || s_k[b] < rc2);
             }
         }
         h[3] = count;
@@ -642,23 +691,21 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
             for (int q = 0; q < ng; ++q) {
                 const double* gq = nb_g + q * n;
                 double* tq = tg + q * kBlock;
-                for (int i = 0; i < nb; ++i) tq[i] = gq[bj[i]] * gq[bk[i]] * F[i];
-                if (with_jk)
-                    for (int i = 0; i < nb; ++i) tq[i] *= xjk[q * cap + t0 + i];
+                if (with_jk) {
+                    const double* xq = xjk + q * cap + t0;
+                    for (int i = 0; i < nb; ++i) tq[i] = gq[bj[i]] * gq[bk[i]] * xq[i] * F[i];
+                } else {
+                    for (int i = 0; i < nb; ++i) tq[i] = gq[bj[i]] * gq[bk[i]] * F[i];
+                }
             }
+            double* base = F;  // F is no longer needed
             for (int w = 0; w < npow; ++w) {
                 const AngularPower& p = g.powers[w];
                 double* pww = pw + w * kBlock;
-                angular_base(nb, cosv + t0, p.lambda, pww);
-                if (p.zeta_int >= 0) {
-                    if (p.zeta_int != 1) {
-                        double* tmp = F;  // F is no longer needed
-                        std::copy(pww, pww + nb, tmp);
-                        pow_array(nb, tmp, p.zeta_int, pww);
-                    }
-                } else {
-                    for (int i = 0; i < nb; ++i) pww[i] = std::pow(pww[i], p.zeta);
-                }
+                angular_base(nb, cosv + t0, p.lambda, base);
+                if (p.zeta_int >= 0) pow_array(nb, base, p.zeta_int, pww);
+                else
+                    for (int i = 0; i < nb; ++i) pww[i] = std::pow(base[i], p.zeta);
             }
             for (const AngularTerm& t : g.terms)
                 G[t.sf] += dot(nb, pw + t.power * kBlock, tg + t.gauss * kBlock);
@@ -726,11 +773,14 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
     }
 }
 
+PYFRAGNN_HOT
 void Descriptor::contract(const AtomEnvironment& env, const double* dEdG, double* dEdd,
                           DescriptorWorkspace& ws) const {
     const int n = env.n, ne = n_elements_;
     const int n_rad = static_cast<int>(radial_.size()), n_ang = static_cast<int>(angular_.size());
-    {  // Reuse compute()'s workspace if it describes this atom, else recompute it.
+    std::fill(dEdd, dEdd + 3 * n, 0.0);
+    if (sfs_.empty()) return;
+    {  // The API requires compute(env, ws) just before; the fingerprint only catches misuse.
         const Descriptor* self = this;
         const bool cached = ws.buf.size() >= kFingerprint &&
                             std::memcmp(ws.buf.data(), &self, sizeof self) == 0 && ws.buf[1] == n &&
@@ -740,16 +790,16 @@ void Descriptor::contract(const AtomEnvironment& env, const double* dEdG, double
             compute(env, G.data(), ws);
         }
     }
-    std::fill(dEdd, dEdd + 3 * n, 0.0);
-    const int head = 2 * ne + 3;
+    const int head = 2 * ne + 2;
     const int* start = ws.ibuf.data();
     double* buf = ws.buf.data();
     const double* u = buf + kFingerprint;
-    double* scratch_mem = buf + start[head];
-    auto list = [&](int e, const int*& first, int& count) {
-        const int b = e < 0 ? ne : e;
-        first = start + start[b];
-        count = start[b + 1] - start[b];
+    double* along_u = buf + start[head];  // [n] dE/dd_j components along u_j
+    double* scratch_mem = along_u + n;
+    std::fill(along_u, along_u + n, 0.0);
+    auto list = [&](int e, const int*& first, int& count) {  // e < 0: all elements
+        first = start + start[e < 0 ? 0 : e];
+        count = start[e < 0 ? ne : e + 1] - start[e < 0 ? 0 : e];
     };
 
     // Radial Gaussians: dG_t/dr = g_t (dfc - 2 eta (r - rs) fc), along u_j.
@@ -769,10 +819,7 @@ void Descriptor::contract(const AtomEnvironment& env, const double* dEdG, double
             const double* gt = dfc + (1 + t) * m;
             for (int a = 0; a < m; ++a) s[a] += w * gt[a] * (dfc[a] - two_eta * (r[a] - term.rs) * fc[a]);
         }
-        for (int a = 0; a < m; ++a) {
-            const int j = first[a];
-            for (int c = 0; c < 3; ++c) dEdd[3 * j + c] += s[a] * u[3 * j + c];
-        }
+        for (int a = 0; a < m; ++a) along_u[first[a]] += s[a];
     }
 
     // Angular Gaussians: per triplet, the partial derivatives of all terms of the group are
@@ -826,23 +873,33 @@ void Descriptor::contract(const AtomEnvironment& env, const double* dEdG, double
             for (int q = 0; q < ng; ++q) {
                 const double* gq = nb_g + q * n;
                 double* tq = tg + q * kBlock;
-                for (int i = 0; i < nb; ++i) tq[i] = gq[bj[i]] * gq[bk[i]];
-                if (with_jk)
-                    for (int i = 0; i < nb; ++i) tq[i] *= xjk[q * cap + t0 + i];
+                if (with_jk) {
+                    const double* xq = xjk + q * cap + t0;
+                    for (int i = 0; i < nb; ++i) tq[i] = gq[bj[i]] * gq[bk[i]] * xq[i];
+                } else {
+                    for (int i = 0; i < nb; ++i) tq[i] = gq[bj[i]] * gq[bk[i]];
+                }
             }
             for (int w = 0; w < npow; ++w) {  // pw = P^zeta, dpw = zeta lambda P^(zeta-1)
                 const AngularPower& p = g.powers[w];
                 double* pww = pw + w * kBlock;
                 double* dpww = dpw + w * kBlock;
                 angular_base(nb, bc, p.lambda, tmp);
+                const double zl = p.zeta * p.lambda;
+                if (p.zeta_int == 1) {  // P^0 = 1 needs the P > 0 mask explicitly
+                    for (int i = 0; i < nb; ++i) {
+                        pww[i] = tmp[i];
+                        dpww[i] = tmp[i] > 0.0 ? zl : 0.0;
+                    }
+                    continue;
+                }
                 if (p.zeta_int >= 0) pow_array(nb, tmp, p.zeta_int - 1, dpww);
                 else
                     for (int i = 0; i < nb; ++i)
                         dpww[i] = tmp[i] > 0.0 ? std::pow(tmp[i], p.zeta - 1.0) : 0.0;
-                const double zl = p.zeta * p.lambda;
-                for (int i = 0; i < nb; ++i) {
+                for (int i = 0; i < nb; ++i) {  // P^(zeta-1) is 0 where P is clipped
                     pww[i] = dpww[i] * tmp[i];
-                    dpww[i] *= tmp[i] > 0.0 ? zl : 0.0;
+                    dpww[i] *= zl;
                 }
             }
             std::fill(Q, Q + 2 * ng * kBlock, 0.0);  // Q and R
@@ -864,17 +921,22 @@ void Descriptor::contract(const AtomEnvironment& env, const double* dEdG, double
                 const double* tq = tg + q * kBlock;
                 const double* Qq = Q + q * kBlock;
                 const double* Rq = R + q * kBlock;
+                const double* br = rjk + t0;
                 for (int i = 0; i < nb; ++i) {
                     const double v = Qq[i] * tq[i];
                     s0[i] += v;
                     sc[i] += Rq[i] * tq[i];
                     sj[i] -= two_eta * (rij[i] - rs) * v;
                     sk[i] -= two_eta * (rik[i] - rs) * v;
+                    sjk[i] -= two_eta * (br[i] - rs) * v;  // unused for type 9
                 }
-                if (with_jk)
-                    for (int i = 0; i < nb; ++i)
-                        sjk[i] -= two_eta * (rjk[t0 + i] - rs) * Qq[i] * tq[i];
             }
+            // dE/dd_j = alpha_j u_j + beta_j u_k, dE/dd_k = alpha_k u_k + beta_k u_j (file comment
+            // with d_jk = r_ik u_k - r_ij u_j); alpha/beta overwrite s0, sj, sk, sjk.
+            double* alpha_j = s0;
+            double* beta_j = sj;
+            double* alpha_k = sk;
+            double* beta_k = sjk;
             for (int i = 0; i < nb; ++i) {
                 const int j = bj[i], k = bk[i];
                 const double fj = nb_fc[j], fk = nb_fc[k];
@@ -884,11 +946,35 @@ void Descriptor::contract(const AtomEnvironment& env, const double* dEdG, double
                 const double t_rik = F * sk[i] + s0[i] * fj * nb_dfc[k] * f3;
                 const double t_rjk_r =
                     with_jk ? (F * sjk[i] + s0[i] * fj * fk * dfjk[t0 + i]) / rjk[t0 + i] : 0.0;
-                const double* dj = env.d + 3 * j;
-                const double* dk = env.d + 3 * k;
-                const double djk[3] = {dk[0] - dj[0], dk[1] - dj[1], dk[2] - dj[2]};
-                add_triplet_gradient(dEdd, j, k, u + 3 * j, u + 3 * k, djk, rij[i], rik[i], bc[i],
-                                     t_rij, t_rik, t_rjk_r, F * sc[i]);
+                const double t_cos = F * sc[i], c = bc[i], inv_j = 1.0 / rij[i], inv_k = 1.0 / rik[i];
+                alpha_j[i] = t_rij - t_cos * c * inv_j + t_rjk_r * rij[i];
+                beta_j[i] = t_cos * inv_j - t_rjk_r * rik[i];
+                alpha_k[i] = t_rik - t_cos * c * inv_k + t_rjk_r * rik[i];
+                beta_k[i] = t_cos * inv_k - t_rjk_r * rij[i];
+            }
+            // Triplets come grouped by j: keep j's sums in registers.
+            for (int i = 0; i < nb;) {
+                const int j = bj[i];
+                const double* uj = u + 3 * j;
+                double aj = 0.0, gx = 0.0, gy = 0.0, gz = 0.0;
+                for (; i < nb && bj[i] == j; ++i) {
+                    const int k = bk[i];
+                    const double* uk = u + 3 * k;
+                    aj += alpha_j[i];
+                    gx += beta_j[i] * uk[0];
+                    gy += beta_j[i] * uk[1];
+                    gz += beta_j[i] * uk[2];
+                    along_u[k] += alpha_k[i];
+                    double* gk = dEdd + 3 * k;
+                    gk[0] += beta_k[i] * uj[0];
+                    gk[1] += beta_k[i] * uj[1];
+                    gk[2] += beta_k[i] * uj[2];
+                }
+                along_u[j] += aj;
+                double* gj = dEdd + 3 * j;
+                gj[0] += gx;
+                gj[1] += gy;
+                gj[2] += gz;
             }
         }
     }
@@ -965,6 +1051,8 @@ void Descriptor::contract(const AtomEnvironment& env, const double* dEdG, double
             }
         }
     }
+    for (int j = 0; j < n; ++j)
+        for (int c = 0; c < 3; ++c) dEdd[3 * j + c] += along_u[j] * u[3 * j + c];
 }
 
 void Descriptor::jacobian(const AtomEnvironment& env, double* G, double* dGdd,

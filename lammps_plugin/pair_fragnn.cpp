@@ -1,0 +1,462 @@
+/* ----------------------------------------------------------------------
+   pair_style fragnn: LAMMPS glue for pyfragnn::Model (see pair_fragnn.h).
+
+   compute() hands the full neighbour list to the kernel as a CSR list in potential
+   units, calls Model::compute once per step, and scatters forces, energies and
+   virials back with the cflength/cfenergy conversion:
+     d_pot = d_lmp * cflength,  E_lmp = E_pot / cfenergy,
+     F_lmp = F_pot * cflength / cfenergy,  W_lmp = W_pot / cfenergy.
+   Forces on ghost atoms are reverse-communicated by LAMMPS (newton pair on).
+------------------------------------------------------------------------- */
+
+#include "pair_fragnn.h"
+
+#include "atom.h"
+#include "comm.h"
+#include "error.h"
+#include "force.h"
+#include "memory.h"
+#include "neigh_list.h"
+#include "neighbor.h"
+#include "update.h"
+#include "utils.h"
+
+#include "model.h"    // pyfragnn kernel
+
+#include <cmath>
+#include <cstring>
+#include <exception>
+
+using namespace LAMMPS_NS;
+
+namespace {
+// eV per kcal/mol (1 eV = 23.060547830619026 kcal/mol, CODATA 2018 via N_A e / 4184 J).
+constexpr double EV_PER_KCALMOL = 1.0 / 23.060547830619026;
+// warnings each rank records per step for showew output (all are counted)
+constexpr int64_t MAX_RECORDED_WARNINGS = 100;
+
+std::string join(const std::vector<std::string> &v)
+{
+  std::string s;
+  for (const auto &x : v) s += (s.empty() ? "" : " ") + x;
+  return s;
+}
+}    // namespace
+
+/* ---------------------------------------------------------------------- */
+
+PairFragNN::PairFragNN(LAMMPS *lmp) : Pair(lmp)
+{
+  single_enable = 0;
+  restartinfo = 0;
+  one_coeff = 1;
+  manybody_flag = 1;
+  unit_convert_flag = 0;
+  reinitflag = 0;
+  no_virial_fdotr_compute = 1;    // the kernel returns the virial
+  centroidstressflag = CENTROID_NOTAVAIL;
+
+  cflength = cfenergy = 0.0;
+  cfl = cfe = 1.0;
+  cutoff_pot = cutoff_lmp = 0.0;
+  showew = true;
+  resetew = false;
+  maxew = 0;
+  ew_step = ew_total = ew_global_total = 0.0;
+
+  nextra = 2;
+  pvector = new double[nextra];
+  pvector[0] = pvector[1] = 0.0;
+}
+
+/* ---------------------------------------------------------------------- */
+
+PairFragNN::~PairFragNN()
+{
+  if (copymode) return;
+  delete[] pvector;
+  if (allocated) {
+    memory->destroy(setflag);
+    memory->destroy(cutsq);
+  }
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairFragNN::allocate()
+{
+  allocated = 1;
+  const int n = atom->ntypes;
+  memory->create(setflag, n + 1, n + 1, "pair:setflag");
+  for (int i = 1; i <= n; i++)
+    for (int j = i; j <= n; j++) setflag[i][j] = 0;
+  memory->create(cutsq, n + 1, n + 1, "pair:cutsq");
+}
+
+/* ----------------------------------------------------------------------
+   pair_style fragnn <potential> [cflength x] [cfenergy y] [showew yes|no]
+                                 [maxew N] [resetew yes|no]
+------------------------------------------------------------------------- */
+
+void PairFragNN::settings(int narg, char **arg)
+{
+  if (narg < 1)
+    error->all(FLERR, "Illegal pair_style fragnn command: expected pair_style fragnn <potential> "
+                      "[cflength x] [cfenergy y] [showew yes|no] [maxew N] [resetew yes|no]");
+
+  potential_path = arg[0];
+  cflength = cfenergy = 0.0;
+  showew = true;
+  resetew = false;
+  maxew = 0;
+
+  int iarg = 1;
+  while (iarg < narg) {
+    const std::string key = arg[iarg];
+    if (iarg + 2 > narg) error->all(FLERR, "pair_style fragnn: keyword '{}' needs a value", key);
+    const char *val = arg[iarg + 1];
+    if (key == "cflength" || key == "cfenergy") {
+      const double v = utils::numeric(FLERR, val, false, lmp);
+      if (!(v > 0.0) || !std::isfinite(v))
+        error->all(FLERR, "pair_style fragnn: {} must be a positive number, got '{}'", key, val);
+      (key == "cflength" ? cflength : cfenergy) = v;
+    } else if (key == "showew") {
+      showew = utils::logical(FLERR, val, false, lmp) != 0;
+    } else if (key == "resetew") {
+      resetew = utils::logical(FLERR, val, false, lmp) != 0;
+    } else if (key == "maxew") {
+      maxew = utils::bnumeric(FLERR, val, false, lmp);
+    } else {
+      error->all(FLERR, "pair_style fragnn: unknown keyword '{}' (expected cflength, cfenergy, "
+                        "showew, maxew or resetew)", key);
+    }
+    iarg += 2;
+  }
+
+  // Rank 0 loads first and broadcasts any error, so that every rank stops together
+  // with the same message; the other ranks then load the same (small) files.
+  std::string err;
+  if (comm->me == 0) {
+    try {
+      model = std::make_unique<pyfragnn::Model>(pyfragnn::Model::load(potential_path));
+    } catch (std::exception &e) {
+      err = e.what();
+      if (err.empty()) err = "unknown error";
+    }
+  }
+  int len = (int) err.size();
+  MPI_Bcast(&len, 1, MPI_INT, 0, world);
+  if (len > 0) {
+    err.resize(len);
+    MPI_Bcast(&err[0], len, MPI_CHAR, 0, world);
+    model.reset();
+    error->all(FLERR, "pair_style fragnn: cannot load potential '{}': {}", potential_path, err);
+  }
+  if (comm->me != 0) {
+    try {
+      model = std::make_unique<pyfragnn::Model>(pyfragnn::Model::load(potential_path));
+    } catch (std::exception &e) {
+      error->one(FLERR, "pair_style fragnn: cannot load potential '{}': {}", potential_path,
+                 e.what());
+    }
+  }
+  cutoff_pot = model->cutoff();
+
+  // a repeated pair_style keeps earlier pair_coeff symbols: re-resolve them
+  if (!type2sym.empty()) map_elements(type2sym);
+}
+
+/* ----------------------------------------------------------------------
+   pair_coeff * * El1 El2 ... (one symbol or NULL per atom type)
+------------------------------------------------------------------------- */
+
+void PairFragNN::coeff(int narg, char **arg)
+{
+  if (!allocated) allocate();
+  const int ntypes = atom->ntypes;
+  if (narg < 2 || strcmp(arg[0], "*") != 0 || strcmp(arg[1], "*") != 0)
+    error->all(FLERR, "pair_coeff for pair_style fragnn must be: pair_coeff * * El1 ... El{} "
+                      "(one element symbol or NULL per atom type)", ntypes);
+  if (narg != 2 + ntypes)
+    error->all(FLERR, "pair_coeff fragnn: {} atom types need {} element symbols, got {}", ntypes,
+               ntypes, narg - 2);
+
+  std::vector<std::string> syms(ntypes + 1);
+  for (int i = 1; i <= ntypes; i++) syms[i] = arg[i + 1];
+  map_elements(syms);
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairFragNN::map_elements(const std::vector<std::string> &syms)
+{
+  const int ntypes = (int) syms.size() - 1;
+  type2sym = syms;
+  type2elem.assign(ntypes + 1, -1);
+  for (int i = 1; i <= ntypes; i++) {
+    if (syms[i] == "NULL") continue;
+    const int e = model->element_index(syms[i]);
+    if (e < 0)
+      error->all(FLERR, "pair_coeff fragnn: element '{}' (atom type {}) is not in potential '{}' "
+                        "(elements: {})", syms[i], i, potential_path, join(model->elements()));
+    type2elem[i] = e;
+  }
+
+  int count = 0;
+  for (int i = 1; i <= ntypes; i++)
+    for (int j = i; j <= ntypes; j++) {
+      setflag[i][j] = (type2elem[i] >= 0 && type2elem[j] >= 0) ? 1 : 0;
+      count += setflag[i][j];
+    }
+  if (count == 0) error->all(FLERR, "pair_coeff fragnn: every atom type is mapped to NULL");
+}
+
+/* ----------------------------------------------------------------------
+   conversion factors from the unit style (unless given explicitly)
+------------------------------------------------------------------------- */
+
+void PairFragNN::resolve_units()
+{
+  const std::string units = update->unit_style;
+  double lmp_len_in_A = 0.0, lmp_energy_in_eV = 0.0;
+  if (units == "metal") {
+    lmp_len_in_A = 1.0;
+    lmp_energy_in_eV = 1.0;
+  } else if (units == "real") {
+    lmp_len_in_A = 1.0;
+    lmp_energy_in_eV = EV_PER_KCALMOL;
+  } else if (cflength == 0.0 || cfenergy == 0.0) {
+    error->all(FLERR, "pair_style fragnn: units '{}' need explicit cflength and cfenergy "
+                      "(only metal and real units are converted automatically)", units);
+  }
+  // x_pot = x_lmp * cfl;  E_lmp = E_pot / cfe
+  cfl = cflength > 0.0 ? cflength : lmp_len_in_A / model->length_unit();
+  cfe = cfenergy > 0.0 ? cfenergy : lmp_energy_in_eV / model->energy_unit();
+  cutoff_lmp = cutoff_pot / cfl;
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairFragNN::init_style()
+{
+  if (!model) error->all(FLERR, "pair_style fragnn: no potential loaded");
+  if (force->newton_pair == 0) error->all(FLERR, "Pair style fragnn requires newton pair on");
+  if (type2elem.empty()) error->all(FLERR, "pair_style fragnn: pair_coeff * * El1 ... is missing");
+  if ((int) type2elem.size() != atom->ntypes + 1)
+    error->all(FLERR, "pair_coeff fragnn: {} atom types need {} element symbols, got {}",
+               atom->ntypes, atom->ntypes, (int) type2elem.size() - 1);
+
+  resolve_units();
+  neighbor->add_request(this, NeighConst::REQ_FULL);
+
+  if (comm->me == 0)
+    utils::logmesg(lmp,
+                   "pair fragnn: potential {}: elements {}, cutoff {:.10g} (potential units) = "
+                   "{:.10g} (LAMMPS units), cflength {:.10g}, cfenergy {:.10g}\n",
+                   potential_path, join(model->elements()), cutoff_pot, cutoff_lmp, cfl, cfe);
+}
+
+/* ---------------------------------------------------------------------- */
+
+double PairFragNN::init_one(int i, int j)
+{
+  if (setflag[i][j] == 0) error->all(FLERR, "All pair coeffs are not set");
+  return cutoff_lmp;
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairFragNN::compute(int eflag, int vflag)
+{
+  ev_init(eflag, vflag);
+
+  double **x = atom->x;
+  double **f = atom->f;
+  const int *type = atom->type;
+  const int nall = atom->nlocal + atom->nghost;
+  const int inum = list->inum;
+  const int *ilist = list->ilist;
+  const int *numneigh = list->numneigh;
+  int **firstneigh = list->firstneigh;
+
+  // Element of every owned and ghost atom (-1 for types mapped to NULL).
+  kelem.resize(nall);
+  for (int i = 0; i < nall; i++) kelem[i] = type2elem[type[i]];
+  kforce.assign(3 * (size_t) nall, 0.0);
+  if (vflag_atom) kvatom.assign(6 * (size_t) nall, 0.0);
+  if (eflag_atom) kenergy.assign(nall, 0.0);
+  double kvir[6] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+  std::vector<pyfragnn::ExtrapolationWarning> warnings;
+
+  pyfragnn::ComputeOutput out;
+  out.energies = eflag_atom ? kenergy.data() : nullptr;
+  out.forces = kforce.data();
+  out.virial = vflag_global ? kvir : nullptr;
+  out.atom_virial = vflag_atom ? kvatom.data() : nullptr;
+  out.warnings = &warnings;
+  out.max_warnings = showew ? MAX_RECORDED_WARNINGS : 0;
+
+  // Centres are processed in chunks so that only one chunk's neighbour vectors are held
+  // (memory per atom stays far below what keeping the whole list would take).
+  const double rc2 = cutoff_pot * cutoff_pot;
+  const double s = cfl;
+  double etot = 0.0;
+  for (int ii0 = 0; ii0 < inum; ii0 += CHUNK) {
+    const int ii1 = std::min(inum, ii0 + CHUNK);
+    centres.clear();
+    offsets.assign(1, 0);
+    nbindex.clear();
+    nbd.clear();
+    for (int ii = ii0; ii < ii1; ii++) {
+      const int i = ilist[ii];
+      if (kelem[i] < 0) continue;
+      const double xi = x[i][0], yi = x[i][1], zi = x[i][2];
+      const int *jlist = firstneigh[i];
+      const int jnum = numneigh[i];
+      for (int jj = 0; jj < jnum; jj++) {
+        const int j = jlist[jj] & NEIGHMASK;
+        if (kelem[j] < 0) continue;
+        const double dx = (x[j][0] - xi) * s;
+        const double dy = (x[j][1] - yi) * s;
+        const double dz = (x[j][2] - zi) * s;
+        if (dx * dx + dy * dy + dz * dz >= rc2) continue;
+        nbindex.push_back(j);
+        nbd.push_back(dx);
+        nbd.push_back(dy);
+        nbd.push_back(dz);
+      }
+      centres.push_back(i);
+      offsets.push_back((int64_t) nbindex.size());
+    }
+    if (centres.empty()) continue;
+    pyfragnn::NeighborListView view;
+    view.n_centres = (int64_t) centres.size();
+    view.centre = centres.data();
+    view.offsets = offsets.data();
+    view.index = nbindex.data();
+    view.d = nbd.data();
+    try {
+      etot += model->compute(view, kelem.data(), nall, out);
+    } catch (std::exception &e) {
+      error->one(FLERR, "pair fragnn: {}", e.what());
+    }
+  }
+
+  // scatter back with unit conversion
+  const double econv = 1.0 / cfe;
+  const double fconv = cfl / cfe;
+  for (int k = 0; k < nall; k++) {
+    double *fj = f[k];
+    fj[0] += fconv * kforce[3 * k];
+    fj[1] += fconv * kforce[3 * k + 1];
+    fj[2] += fconv * kforce[3 * k + 2];
+  }
+  if (eflag_global) eng_vdwl += econv * etot;
+  if (eflag_atom)
+    for (int ii = 0; ii < inum; ii++) eatom[ilist[ii]] += econv * kenergy[ilist[ii]];
+  if (vflag_global)
+    for (int m = 0; m < 6; m++) virial[m] += econv * kvir[m];
+  if (vflag_atom)
+    for (int k = 0; k < nall; k++) {
+      double *va = vatom[k];
+      for (int m = 0; m < 6; m++) va[m] += econv * kvatom[6 * k + m];
+    }
+
+  // extrapolation warnings
+  ew_step = (double) out.n_warnings;
+  ew_total = resetew ? ew_step : ew_total + ew_step;
+  pvector[0] = ew_step;
+  pvector[1] = ew_total;
+  if (showew || maxew >= 0) {
+    double loc[2] = {ew_step, ew_total}, glob[2];
+    MPI_Allreduce(loc, glob, 2, MPI_DOUBLE, MPI_SUM, world);
+    ew_global_total = glob[1];
+    if (showew && glob[0] > 0) report_warnings(warnings, (int64_t) glob[0]);
+    if (maxew >= 0 && glob[1] > (double) maxew)
+      error->all(FLERR, "pair fragnn: too many extrapolation warnings: {} {} > maxew {} (step {})",
+                 (int64_t) glob[1], resetew ? "on this step" : "in total", maxew,
+                 update->ntimestep);
+  }
+}
+
+/* ----------------------------------------------------------------------
+   gather the recorded warnings on rank 0 and print them
+------------------------------------------------------------------------- */
+
+void PairFragNN::report_warnings(const std::vector<pyfragnn::ExtrapolationWarning> &w,
+                                 int64_t nglobal)
+{
+  constexpr int NV = 6;    // tag, element, sf, value, gmin, gmax
+  std::vector<double> mine;
+  mine.reserve(NV * w.size());
+  for (const auto &x : w) {
+    const int i = (x.atom >= 0 && x.atom < atom->nlocal + atom->nghost) ? (int) x.atom : -1;
+    mine.push_back(i >= 0 ? (double) atom->tag[i] : -1.0);
+    mine.push_back((double) x.element);
+    mine.push_back((double) x.sf);
+    mine.push_back(x.value);
+    mine.push_back(x.gmin);
+    mine.push_back(x.gmax);
+  }
+  const int nme = (int) mine.size();
+  const int nprocs = comm->nprocs;
+  std::vector<int> counts(nprocs), displs(nprocs);
+  MPI_Gather(&nme, 1, MPI_INT, counts.data(), 1, MPI_INT, 0, world);
+  std::vector<double> all;
+  if (comm->me == 0) {
+    int tot = 0;
+    for (int p = 0; p < nprocs; p++) {
+      displs[p] = tot;
+      tot += counts[p];
+    }
+    all.resize(tot > 0 ? tot : 1);
+  }
+  MPI_Gatherv(mine.data(), nme, MPI_DOUBLE, all.data(), counts.data(), displs.data(), MPI_DOUBLE,
+              0, world);
+  if (comm->me != 0) return;
+
+  const auto &names = model->elements();
+  std::string msg = fmt::format("pair fragnn: {} extrapolation warnings on step {}\n", nglobal,
+                                update->ntimestep);
+  size_t nrec = 0;
+  for (int p = 0; p < nprocs; p++) nrec += counts[p] / NV;
+  for (size_t r = 0; r < nrec; r++) {
+    const double *v = &all[NV * r];
+    const int e = (int) v[1];
+    // SF index 1-based, as in pyfragnn.Potential's warnings
+    msg += fmt::format("  fragnn EW step {} atom {} element {} SF {} value {:.8g} "
+                       "range [{:.8g}, {:.8g}]\n",
+                       update->ntimestep, (int64_t) v[0],
+                       (e >= 0 && e < (int) names.size()) ? names[e] : std::to_string(e),
+                       (int) v[2] + 1, v[3], v[4], v[5]);
+  }
+  if ((int64_t) nrec < nglobal)
+    msg += fmt::format("  ({} more not listed)\n", nglobal - (int64_t) nrec);
+  utils::logmesg(lmp, msg);
+}
+
+/* ---------------------------------------------------------------------- */
+
+void *PairFragNN::extract(const char *str, int &dim)
+{
+  dim = 0;
+  if (strcmp(str, "ew_step") == 0) return (void *) &ew_step;
+  if (strcmp(str, "ew_total") == 0) return (void *) &ew_total;
+  if (strcmp(str, "ew_global_total") == 0) return (void *) &ew_global_total;
+  if (strcmp(str, "cflength") == 0) return (void *) &cfl;
+  if (strcmp(str, "cfenergy") == 0) return (void *) &cfe;
+  return nullptr;
+}
+
+/* ---------------------------------------------------------------------- */
+
+double PairFragNN::memory_usage()
+{
+  double bytes = Pair::memory_usage();
+  bytes += (double) kelem.capacity() * sizeof(int) + (double) centres.capacity() * sizeof(int32_t);
+  bytes += (double) offsets.capacity() * sizeof(int64_t);
+  bytes += (double) nbindex.capacity() * sizeof(int32_t);
+  bytes += (double) (nbd.capacity() + kenergy.capacity() + kforce.capacity() + kvatom.capacity()) *
+      sizeof(double);
+  return bytes;
+}
