@@ -6,6 +6,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+try:
+    import pyfragnn._core  # noqa: F401
+except ImportError as err:  # the source tree shadows the installed package, or no build
+    raise pytest.UsageError(
+        f"pyfragnn's compiled core is not importable ({err}). Install with `pip install .` "
+        "and run `pytest tests` (not `python -m pytest`, which puts the unbuilt source tree "
+        "first on sys.path), or build in place with `python setup.py build_ext --inplace`."
+    ) from err
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 N2P2 = SHARED / "data" / "n2p2"
 
