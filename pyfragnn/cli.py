@@ -105,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             mod = importlib.import_module(name)
         except ModuleNotFoundError as err:
-            if err.name == name:
-                continue
+            if err.name and (name == err.name or name.startswith(err.name + ".")):
+                continue  # an optional part that is not installed
             raise
         mod.register_cli(sub)
     return ap
