@@ -439,7 +439,8 @@ void Model::update_scaling(int e) {
     d.shift.assign(n, 0.0);
     d.smin_eff = 0.0;
     if (scaling_ == ScalingType::NONE) return;
-    if (!has_scaling_data_) return;  // identity until statistics are set
+    // identity until statistics are set (for this element)
+    if (!has_scaling_data_ || n == 0 || !std::isfinite(d.gmin[0])) return;
     for (size_t s = 0; s < n; ++s) {
         const std::string who = "element " + d.symbol + " symmetry function " +
                                 std::to_string(s + 1) + ": ";
@@ -671,6 +672,10 @@ std::string Model::input_nn_text() const {
 }
 
 std::string Model::scaling_text() const {
+    for (const ElementData& d : el_)
+        if (!d.gmin.empty() && !std::isfinite(d.gmin[0]))
+            throw std::runtime_error("scaling statistics of element " + d.symbol +
+                                     " have not been set");
     std::ostringstream o;
     o << "# element sf Gmin Gmax Gmean Gsigma (written by pyfragnn)\n";
     for (size_t e = 0; e < el_.size(); ++e) {
