@@ -1,0 +1,580 @@
+"""Reference labelling (energies, forces) of fragments and periodic cells, parallel and resumable.
+
+``label(structures, output, calculator="gfn2", workers=2)`` computes every structure with an
+ASE calculator in worker processes (``multiprocessing``; under ``mpirun`` with mpi4py a
+master/worker scheme: rank 0 writes, ranks >= 1 compute) and appends each result as one
+extxyz frame to ``output``:
+
+* frame = the input atoms with all ``info``/``arrays`` (type label, ``central``, ``cap``, ...),
+  ``energy`` (eV) and ``forces`` (eV/Å, shape (N, 3)) as calculator results, plus
+  ``label_key``, ``label_index``, ``label_method``, ``label_seconds`` in ``info``;
+* each frame is written with a single ``write`` on an ``O_APPEND`` descriptor followed by
+  ``fsync``; a torn last frame left by a crash is truncated away on the next start, so a crash
+  loses at most the structures in progress;
+* a failed calculation is appended to ``<output>.failed.jsonl`` (key, index, error) and the run
+  goes on; on restart finished and failed keys are skipped (``retry_failed=True`` retries the
+  failed ones).
+
+Structure keys are ``"<index>-<sha1 of numbers, positions, cell, pbc, charge, multiplicity>"``
+(or ``info["label_key"]`` when present), so a restart with the same input skips exactly the
+finished structures.
+
+Calculators: ``"emt"`` (ASE EMT), ``"gfn2"`` / ``"gfn1"`` (tblite; charge and multiplicity from
+``info["charge"]``/``info["multiplicity"]``; periodic cells at Γ; ``OMP_NUM_THREADS``,
+``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS`` set to ``omp_threads`` = 1 per worker by default), ``"package.module:factory"`` (``factory(atoms)``
+returns a calculator), or a picklable callable ``factory(atoms)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import sys
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+
+__all__ = [
+    "make_calculator",
+    "check_calculator_spec",
+    "compute",
+    "compute_many",
+    "structure_key",
+    "label",
+    "LabelSummary",
+    "read_dataset",
+    "repair_extxyz",
+    "register_cli",
+]
+
+CalcSpec = Union[str, Callable[[Atoms], Any]]
+
+
+# --------------------------------------------------------------------------- calculators
+def make_calculator(spec: CalcSpec, atoms: Atoms):
+    """Build a calculator for ``atoms`` from ``spec`` (see module docstring)."""
+    if callable(spec):
+        return spec(atoms)
+    if not isinstance(spec, str):
+        raise TypeError(f"calculator spec must be a string or callable, got {type(spec).__name__}")
+    name = spec.strip()
+    low = name.lower()
+    if low == "emt":
+        from ase.calculators.emt import EMT
+
+        return EMT()
+    if low in ("gfn2", "gfn2-xtb", "gfn1", "gfn1-xtb", "ipea1"):
+        try:
+            from tblite.ase import TBLite
+        except ImportError as exc:  # pragma: no cover - depends on installation
+            raise ImportError("calculator 'gfn2' needs the 'tblite' package (pip install tblite)") from exc
+        method = {"gfn2": "GFN2-xTB", "gfn2-xtb": "GFN2-xTB", "gfn1": "GFN1-xTB",
+                  "gfn1-xtb": "GFN1-xTB", "ipea1": "IPEA1-xTB"}[low]
+        charge = int(atoms.info.get("charge", 0))
+        mult = int(atoms.info.get("multiplicity", 1))
+        return TBLite(method=method, charge=charge, multiplicity=mult, verbosity=0)
+    if ":" in name:
+        import importlib
+
+        mod, _, fn = name.partition(":")
+        try:
+            factory = getattr(importlib.import_module(mod), fn)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"calculator spec {spec!r}: cannot import factory {fn!r} from {mod!r}") from exc
+        return factory(atoms)
+    raise ValueError(f"unknown calculator spec {spec!r}: use 'emt', 'gfn2', 'module:factory' or a callable")
+
+
+_BUILTIN = ("emt", "gfn2", "gfn2-xtb", "gfn1", "gfn1-xtb", "ipea1")
+
+
+def check_calculator_spec(spec: CalcSpec) -> None:
+    """Raise ``ValueError`` naming ``spec`` if it cannot give a calculator (checked before any
+    worker starts, so a typo is not recorded as one failure per structure)."""
+    if callable(spec):
+        return
+    if not isinstance(spec, str):
+        raise TypeError(f"calculator spec must be a string or callable, got {type(spec).__name__}")
+    low = spec.strip().lower()
+    if low in _BUILTIN:
+        if low != "emt":
+            import importlib.util
+
+            if importlib.util.find_spec("tblite") is None:
+                raise ValueError(f"calculator spec {spec!r} needs the 'tblite' package")
+        return
+    if ":" in spec:
+        import importlib
+
+        mod, _, fn = spec.strip().partition(":")
+        try:
+            getattr(importlib.import_module(mod), fn)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"calculator spec {spec!r}: cannot import factory {fn!r} from {mod!r}") from exc
+        return
+    raise ValueError(f"unknown calculator spec {spec!r}: use 'emt', 'gfn2', 'module:factory' or a callable")
+
+
+def _method_name(spec: CalcSpec) -> str:
+    if callable(spec):
+        return getattr(spec, "__qualname__", repr(spec))
+    return str(spec)
+
+
+def compute(atoms: Atoms, calculator: CalcSpec) -> Atoms:
+    """Energy (eV) and forces (eV/Å) of a copy of ``atoms``; results in a SinglePointCalculator."""
+    a = atoms.copy()
+    a.calc = make_calculator(calculator, a)
+    t0 = time.perf_counter()
+    e = float(a.get_potential_energy())
+    f = np.array(a.get_forces(), float)
+    extra: Dict[str, Any] = {}
+    try:
+        if "energies" in getattr(a.calc, "implemented_properties", ()):
+            extra["energies"] = np.array(a.calc.get_property("energies", a), float)
+    except Exception:  # pragma: no cover - optional property
+        pass
+    dt = time.perf_counter() - t0
+    out = atoms.copy()
+    out.calc = SinglePointCalculator(out, energy=e, forces=f, **extra)
+    out.info["label_seconds"] = round(dt, 4)
+    return out
+
+
+def structure_key(atoms: Atoms, index: int) -> str:
+    """Stable key ``"<index>-<sha1[:16]>"`` of a structure (or ``info['label_key']``)."""
+    if "label_key" in atoms.info:
+        return str(atoms.info["label_key"])
+    h = hashlib.sha1()
+    h.update(np.asarray(atoms.numbers, np.int64).tobytes())
+    h.update(np.round(np.asarray(atoms.positions, float), 6).tobytes())
+    h.update(np.round(np.asarray(atoms.cell, float), 6).tobytes())
+    h.update(np.asarray(atoms.pbc, bool).tobytes())
+    h.update(f"{atoms.info.get('charge', 0)}/{atoms.info.get('multiplicity', 1)}".encode())
+    return f"{index}-{h.hexdigest()[:16]}"
+
+
+# --------------------------------------------------------------------------- worker side
+_WORKER_SPEC: Optional[CalcSpec] = None
+
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@contextmanager
+def _thread_env(n: Optional[int]):
+    """Temporarily set OpenMP/BLAS thread counts to ``n`` (inherited by spawned workers; without
+    the BLAS variables numpy's OpenBLAS threads oversubscribe the cores and halve throughput)."""
+    old = {v: os.environ.get(v) for v in _THREAD_VARS}
+    if n:
+        for v in _THREAD_VARS:
+            os.environ[v] = str(int(n))
+    try:
+        yield
+    finally:
+        if n:
+            for v, val in old.items():
+                if val is None:
+                    os.environ.pop(v, None)
+                else:
+                    os.environ[v] = val
+
+
+def _init_worker(spec: CalcSpec, omp_threads: Optional[int]) -> None:
+    global _WORKER_SPEC
+    _WORKER_SPEC = spec
+    if omp_threads:
+        for v in _THREAD_VARS:
+            os.environ[v] = str(int(omp_threads))
+
+
+def _run_one(task: Tuple[int, str, Atoms]) -> Tuple[int, str, Optional[Atoms], Optional[str]]:
+    index, key, atoms = task
+    try:
+        assert _WORKER_SPEC is not None
+        return index, key, compute(atoms, _WORKER_SPEC), None
+    except Exception as exc:  # failed SCF etc.: report, do not die
+        tb = traceback.format_exc(limit=3)
+        return index, key, None, f"{type(exc).__name__}: {exc}\n{tb}"
+
+
+# --------------------------------------------------------------------------- file handling
+def _frame_spans(text: str) -> Tuple[List[Tuple[int, int]], int]:
+    """Byte-free line scan of an extxyz text: list of (start, end) character spans of complete
+    frames and the end offset of the last complete frame."""
+    spans: List[Tuple[int, int]] = []
+    pos = 0
+    n = len(text)
+    while pos < n:
+        nl = text.find("\n", pos)
+        if nl < 0:
+            break
+        head = text[pos:nl].strip()
+        if not head:
+            pos = nl + 1
+            continue
+        try:
+            natoms = int(head)
+        except ValueError:
+            break
+        end = nl + 1
+        ok = True
+        for _ in range(natoms + 1):
+            nxt = text.find("\n", end)
+            if nxt < 0:
+                ok = False
+                break
+            end = nxt + 1
+        if not ok:
+            break
+        spans.append((pos, end))
+        pos = end
+    good_end = spans[-1][1] if spans else 0
+    return spans, good_end
+
+
+def repair_extxyz(path: Union[str, Path]) -> int:
+    """Truncate a torn trailing frame (crash during a write); returns bytes removed."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    data = path.read_bytes()
+    text = data.decode("utf-8", errors="replace")
+    _, good = _frame_spans(text)
+    good_b = len(text[:good].encode("utf-8", errors="replace"))
+    removed = len(data) - good_b
+    if removed > 0:
+        with open(path, "r+b") as fh:
+            fh.truncate(good_b)
+            fh.flush()
+            os.fsync(fh.fileno())
+        print(f"label: removed a torn {removed}-byte frame at the end of {path}", file=sys.stderr)
+    return removed
+
+
+def _done_keys(path: Path) -> Set[str]:
+    from ase.io.extxyz import key_val_str_to_dict
+
+    if not path.exists():
+        return set()
+    text = path.read_text()
+    spans, _ = _frame_spans(text)
+    keys: Set[str] = set()
+    for s, e in spans:
+        l1 = text.find("\n", s) + 1
+        l2 = text.find("\n", l1)
+        d = key_val_str_to_dict(text[l1:l2])
+        if "label_key" in d:
+            keys.add(str(d["label_key"]))
+    return keys
+
+
+def _failed_keys(path: Path) -> Set[str]:
+    keys: Set[str] = set()
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                keys.add(str(json.loads(line)["key"]))
+            except (ValueError, KeyError):
+                continue  # torn last line
+    return keys
+
+
+def _append(path: Path, payload: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        data = payload.encode()
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _frame_text(atoms: Atoms) -> str:
+    from ase.io import write
+
+    buf = io.StringIO()
+    write(buf, atoms, format="extxyz")
+    return buf.getvalue()
+
+
+def read_dataset(path: Union[str, Path]) -> List[Atoms]:
+    """All complete frames of a labelled extxyz data set (a torn last frame is ignored)."""
+    from ase.io import read
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"data set {path} does not exist")
+    text = path.read_text()
+    _, good = _frame_spans(text)
+    if good == 0:
+        return []
+    return read(io.StringIO(text[:good]), index=":", format="extxyz")
+
+
+# --------------------------------------------------------------------------- driver
+@dataclass
+class LabelSummary:
+    """Outcome of one ``label`` run; times in s."""
+
+    n_total: int
+    n_already_done: int
+    n_computed: int
+    n_failed: int
+    n_skipped_failed: int
+    wall_s: float
+
+    @property
+    def per_structure_s(self) -> float:
+        return self.wall_s / self.n_computed if self.n_computed else float("nan")
+
+
+def _load_structures(structures: Union[str, Path, Sequence[Atoms]]) -> List[Atoms]:
+    if isinstance(structures, (str, Path)):
+        from ase.io import read
+
+        p = Path(structures)
+        if not p.exists():
+            raise FileNotFoundError(f"input structures file {p} does not exist")
+        return list(read(p, index=":"))
+    return list(structures)
+
+
+def _mpi_size_from_env() -> int:
+    for var in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"):
+        if var in os.environ:
+            try:
+                return int(os.environ[var])
+            except ValueError:
+                pass
+    return 1
+
+
+def label(
+    structures: Union[str, Path, Sequence[Atoms]],
+    output: Union[str, Path],
+    calculator: CalcSpec = "emt",
+    workers: int = 1,
+    retry_failed: bool = False,
+    omp_threads: Optional[int] = 1,
+    start_method: str = "spawn",
+    progress: Optional[bool] = None,
+    mpi: Optional[bool] = None,
+) -> LabelSummary:
+    """Label ``structures`` (list of Atoms or a file) into the extxyz data set ``output``.
+
+    ``workers`` processes (0: compute in this process); ``mpi=None`` switches to mpi4py when
+    started under ``mpirun`` with more than one rank. Returns a ``LabelSummary`` (on MPI
+    worker ranks a summary with zero counts).
+    """
+    if workers < 0:
+        raise ValueError(f"label: 'workers' must be >= 0, got {workers}")
+    check_calculator_spec(calculator)
+    out = Path(output)
+    failed_path = out.with_name(out.name + ".failed.jsonl")
+    items = _load_structures(structures)
+    use_mpi = (_mpi_size_from_env() > 1) if mpi is None else mpi
+    comm = None
+    if use_mpi:
+        from mpi4py import MPI
+
+        comm = MPI.COMM_WORLD
+        if comm.Get_size() < 2:
+            comm = None
+    rank = comm.Get_rank() if comm is not None else 0
+    if comm is not None and rank != 0:
+        _mpi_worker(comm, calculator, omp_threads)
+        return LabelSummary(len(items), 0, 0, 0, 0, 0.0)
+
+    t0 = time.perf_counter()
+    if out.parent and not out.parent.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+    repair_extxyz(out)
+    done = _done_keys(out)
+    failed = _failed_keys(failed_path)
+    tasks: List[Tuple[int, str, Atoms]] = []
+    n_done = n_skip = 0
+    for i, a in enumerate(items):
+        k = structure_key(a, i)
+        if k in done:
+            n_done += 1
+        elif k in failed and not retry_failed:
+            n_skip += 1
+        else:
+            tasks.append((i, k, a))
+    method = _method_name(calculator)
+    n_ok = n_fail = 0
+
+    def handle(index: int, key: str, res: Optional[Atoms], err: Optional[str]) -> None:
+        nonlocal n_ok, n_fail
+        if res is None:
+            n_fail += 1
+            _append(failed_path, json.dumps({"key": key, "index": index, "method": method,
+                                             "error": err, "time": time.time()}) + "\n")
+            print(f"label: structure {index} ({key}) failed: {str(err).splitlines()[0]}",
+                  file=sys.stderr)
+            return
+        res.info["label_key"] = key
+        res.info["label_index"] = index
+        res.info["label_method"] = method
+        _append(out, _frame_text(res))
+        n_ok += 1
+
+    from .progress import Progress
+
+    bar = Progress(total=len(tasks), desc=f"label[{method}]",
+                   disable=None if progress is None else not progress)
+    with bar:
+        if comm is not None:
+            _mpi_master(comm, tasks, handle, bar)
+        elif workers == 0:
+            _init_worker(calculator, None)
+            for t in tasks:
+                handle(*_run_one(t))
+                bar.update()
+        elif tasks:
+            import multiprocessing as mp
+
+            ctx = mp.get_context(start_method)
+            with _thread_env(omp_threads), ctx.Pool(
+                    min(workers, len(tasks)), initializer=_init_worker,
+                    initargs=(calculator, omp_threads)) as pool:
+                for r in pool.imap_unordered(_run_one, tasks, chunksize=1):
+                    handle(*r)
+                    bar.update()
+    return LabelSummary(len(items), n_done, n_ok, n_fail, n_skip, time.perf_counter() - t0)
+
+
+_TAG_TASK, _TAG_STOP, _TAG_RESULT = 1, 2, 3
+
+
+def _mpi_master(comm, tasks, handle, bar) -> None:
+    from mpi4py import MPI
+
+    size = comm.Get_size()
+    it = iter(tasks)
+    active = 0
+    for w in range(1, size):
+        t = next(it, None)
+        if t is None:
+            comm.send(None, dest=w, tag=_TAG_STOP)
+        else:
+            comm.send(t, dest=w, tag=_TAG_TASK)
+            active += 1
+    status = MPI.Status()
+    while active:
+        r = comm.recv(source=MPI.ANY_SOURCE, tag=_TAG_RESULT, status=status)
+        src = status.Get_source()
+        handle(*r)
+        bar.update()
+        t = next(it, None)
+        if t is None:
+            comm.send(None, dest=src, tag=_TAG_STOP)
+            active -= 1
+        else:
+            comm.send(t, dest=src, tag=_TAG_TASK)
+
+
+def _mpi_worker(comm, calculator, omp_threads) -> None:
+    from mpi4py import MPI
+
+    _init_worker(calculator, omp_threads)
+    status = MPI.Status()
+    while True:
+        t = comm.recv(source=0, tag=MPI.ANY_TAG, status=status)
+        if status.Get_tag() == _TAG_STOP:
+            return
+        comm.send(_run_one(t), dest=0, tag=_TAG_RESULT)
+
+
+def compute_many(structures: Sequence[Atoms], calculator: CalcSpec, workers: int = 1,
+                 omp_threads: Optional[int] = 1, start_method: str = "spawn",
+                 desc: str = "compute", progress: Optional[bool] = None) -> List[Atoms]:
+    """Energies/forces of ``structures`` in memory, in input order (workers as in ``label``).
+    Raises ``RuntimeError`` naming the structure index if any calculation fails."""
+    from .progress import Progress
+
+    check_calculator_spec(calculator)
+    tasks = [(i, str(i), a) for i, a in enumerate(structures)]
+    results: List[Optional[Atoms]] = [None] * len(tasks)
+    bar = Progress(total=len(tasks), desc=desc, disable=None if progress is None else not progress)
+
+    def take(r):
+        i, _, res, err = r
+        if res is None:
+            raise RuntimeError(f"{desc}: calculation of structure {i} failed: {err}")
+        results[i] = res
+        bar.update()
+
+    with bar:
+        if workers <= 1 or len(tasks) <= 1:
+            _init_worker(calculator, None)
+            for t in tasks:
+                take(_run_one(t))
+        else:
+            import multiprocessing as mp
+
+            ctx = mp.get_context(start_method)
+            with _thread_env(omp_threads), ctx.Pool(
+                    min(workers, len(tasks)), initializer=_init_worker,
+                    initargs=(calculator, omp_threads)) as pool:
+                for r in pool.imap_unordered(_run_one, tasks, chunksize=1):
+                    take(r)
+    return results  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- CLI
+def _cmd_label(args: argparse.Namespace) -> int:
+    items: List[Atoms] = []
+    for f in args.inputs:
+        items.extend(_load_structures(f))
+    s = label(items, args.output, calculator=args.method, workers=args.workers,
+              retry_failed=args.retry_failed, omp_threads=args.omp_threads,
+              start_method=args.start_method, progress=False if args.quiet else None,
+              mpi=True if args.mpi else None)
+    if s.n_computed or s.n_failed or s.n_already_done:
+        print(f"{s.n_total} structures: {s.n_already_done} already done, {s.n_computed} computed, "
+              f"{s.n_failed} failed, {s.n_skipped_failed} skipped (failed before); "
+              f"{s.wall_s:.1f} s wall, {s.per_structure_s:.3f} s/structure")
+    return 0
+
+
+def register_cli(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParser:
+    """Add the ``label`` subcommand."""
+    p = subparsers.add_parser("label", help="compute reference energies/forces (resumable)")
+    p.add_argument("inputs", nargs="+", help="structure files (extxyz, ...)")
+    p.add_argument("-o", "--output", required=True, help="extxyz data set to append to")
+    p.add_argument("-m", "--method", default="gfn2", help="emt | gfn2 | gfn1 | module:factory")
+    p.add_argument("-j", "--workers", type=int, default=1, help="worker processes (0: in-process)")
+    p.add_argument("--omp-threads", type=int, default=1, help="OMP_NUM_THREADS per worker")
+    p.add_argument("--retry-failed", action="store_true")
+    p.add_argument("--start-method", default="spawn", choices=["spawn", "fork", "forkserver"])
+    p.add_argument("--mpi", action="store_true", help="force mpi4py mode (auto under mpirun)")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_cmd_label)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="pyfragnn")
+    sub = parser.add_subparsers(dest="command", required=True)
+    register_cli(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(["label"] + sys.argv[1:]))
