@@ -1,0 +1,70 @@
+"""``pyfragnn train CONFIG``: the command line of the trainer (MPI-aware)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+__all__ = ["register_cli", "main"]
+
+
+def _comm():
+    """mpi4py COMM_WORLD when started under mpirun with more than one rank, else None."""
+    if not any(k in os.environ for k in ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE",
+                                         "PMIX_RANK", "MPI_LOCALNRANKS")):
+        return None
+    from mpi4py import MPI
+    return MPI.COMM_WORLD if MPI.COMM_WORLD.Get_size() > 1 else None
+
+
+def _cmd_train(args) -> int:
+    from .config import ConfigError, load_config
+    from ..dataset import DatasetError
+    from .trainer import Trainer
+    comm = _comm()
+    try:
+        cfg = load_config(args.config)
+        if args.epochs is not None:
+            cfg["training"]["epochs"] = args.epochs
+        if args.output:
+            cfg["output"]["directory"] = os.path.abspath(args.output)
+        if args.no_resume:
+            cfg["training"]["resume"] = False
+        if args.quiet:
+            cfg["training"]["progress"] = False
+        Trainer(cfg, comm=comm).run()
+    except (ConfigError, DatasetError) as exc:
+        if comm is None or comm.Get_rank() == 0:
+            print(f"pyfragnn train: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def register_cli(subparsers) -> argparse.ArgumentParser:
+    """Add the ``train`` subcommand (config format: see pyfragnn.training.config)."""
+    p = subparsers.add_parser(
+        "train", help="train an HDNNP (EKF or Adam; mpirun -np N for data parallelism)",
+        description="Train an HDNNP from a TOML/JSON config file; see "
+                    "pyfragnn.training.config for every key. Writes potential.fragnn, n2p2/, "
+                    "learning_curve.csv/png, rmse_table.csv/md, parity plots and a per-epoch "
+                    "checkpoint (resumed automatically) into output.directory.")
+    p.add_argument("config", help="config file (.toml or .json)")
+    p.add_argument("--epochs", type=int, help="override training.epochs")
+    p.add_argument("-o", "--output", help="override output.directory")
+    p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_cmd_train)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="pyfragnn")
+    sub = parser.add_subparsers(dest="command", required=True)
+    register_cli(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

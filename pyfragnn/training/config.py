@@ -1,0 +1,242 @@
+"""Training configuration: a TOML or JSON file with four tables. Every key is optional except
+``data.files``; unknown keys and out-of-range values raise :class:`ConfigError`.
+
+Example (TOML)::
+
+    [data]
+    files = ["train.extxyz"]      # extxyz, ASE db (.db/.json) or n2p2 input.data; several allowed
+    format = "auto"               # or extxyz | db | n2p2 (for all files)
+    test_fraction = 0.1           # for structures without set=train/test in the file
+    split = "structure"           # "structure": random over structures; "label": stratified
+                                  # per type label (every label keeps ~test_fraction in test)
+    use_file_split = true         # respect set=train/test stored in the files
+    use_forces = true
+
+    [model]
+    input_nn = ""                 # n2p2 input.nn with elements, network and SFs (its training
+                                  # keywords are ignored); if empty the keys below are used
+    elements = []                 # default: all elements in the data
+    cutoff = 6.0                  # Å
+    cutoff_type = 6               # n2p2 cutoff enum (6 = POLY2)
+    hidden = [15, 15]
+    activations = ["t", "t", "l"]
+    scaling = "scalecenter"       # none | scale | center | scalecenter | sigma
+    reference_energies = true     # least-squares per-element offsets -> atom_energy
+    radial = {n = 6, r_min = 1.5, mode = "shifted"}          # type 2 grid ("centred" too)
+    angular = {eta = [0.02], zeta = [1, 4], lambda = [-1, 1], type = 9}   # n = 0 disables
+    drop_pairs = []               # e.g. [["Zn", "H"], ["H", "H"]]
+    pair_cutoffs = []             # e.g. [["Zn", "H", 4.0]]
+
+    [training]
+    optimizer = "ekf"             # ekf | adam
+    epochs = 10
+    seed = 12345
+    force_weight = 10.0           # EKF: multiplies force errors and Jacobians (n2p2)
+    energy_fraction = 1.0         # EKF energy updates per epoch / training structures
+    force_fraction = 0.02315      # EKF force updates per epoch / training force components
+    energy_error_threshold = 0.0  # EKF candidate accepted if |error| >= thr * RMSE (n2p2
+    force_error_threshold = 1.0   #   selection_mode 2), at most threshold_trials draws
+    threshold_trials = 3
+    jacobian_memory_mb = 2048     # per process: cache descriptor Jacobians up to this size
+    early_stopping_patience = 0   # epochs without test improvement before stopping (0: off)
+    early_stopping_metric = "sum" # energy | force | sum (E RMSE/atom + F RMSE)
+    resume = true                 # continue from output/checkpoint.pkl if present
+    progress = true
+
+    [training.kalman]             # n2p2 kalman_type 0 (standard) or 1 (fading memory)
+    type = 0
+    epsilon = 0.01
+    q0 = 0.01
+    qtau = 2.302
+    qmin = 1e-6
+    eta = 0.01
+    etatau = 2.302
+    etamax = 1.0
+    lambda = 0.96
+    nu = 0.99987
+    decoupled = false             # one filter per element (block-diagonal covariance)
+    rank_block = 64               # deferred rank-1 updates between covariance folds
+    threads = 1                   # BLAS threads for the covariance products
+    symmetric = false             # serial only: one-triangle SYMV/SYRK filter (faster, but
+                                  # then MPI runs agree with serial only to round-off, which
+                                  # threshold selection can amplify)
+
+    [training.adam]
+    learning_rate = 0.001
+    batch_size = 16
+    beta1 = 0.9
+    beta2 = 0.999
+    eps = 1e-8
+    force_weight = 1.0            # loss = (dE/N)^2 + force_weight * mean(dF^2)
+
+    [output]
+    directory = "train_out"
+    n2p2 = true                   # also write input.nn, scaling.data, weights.NNN.data
+    plots = true
+    checkpoint = true
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Any, Dict
+
+__all__ = ["ConfigError", "DEFAULTS", "load_config", "normalise_config"]
+
+
+class ConfigError(ValueError):
+    """Invalid training configuration (message names the key)."""
+
+
+DEFAULTS: Dict[str, Dict[str, Any]] = {
+    "data": {"files": None, "format": "auto", "test_fraction": 0.1, "split": "structure",
+             "use_file_split": True, "use_forces": True},
+    "model": {"input_nn": "", "elements": [], "cutoff": 6.0, "cutoff_type": 6,
+              "cutoff_alpha": 0.0, "hidden": [15, 15], "activations": ["t", "t", "l"],
+              "scaling": "scalecenter", "normalize_nodes": False, "reference_energies": True,
+              "radial": {"n": 6, "r_min": 1.5, "mode": "shifted"},
+              "angular": {"n": 1, "eta": [0.02], "zeta": [1, 4], "lambda": [-1, 1], "type": 9},
+              "drop_pairs": [], "pair_cutoffs": []},
+    "training": {"optimizer": "ekf", "epochs": 10, "seed": 12345, "force_weight": 10.0,
+                 "energy_fraction": 1.0, "force_fraction": 0.02315,
+                 "energy_error_threshold": 0.0, "force_error_threshold": 1.0,
+                 "threshold_trials": 3, "jacobian_memory_mb": 2048.0,
+                 "early_stopping_patience": 0, "early_stopping_metric": "sum",
+                 "resume": True, "progress": True,
+                 "kalman": {"type": 0, "epsilon": 0.01, "q0": 0.01, "qtau": 2.302,
+                            "qmin": 1e-6, "eta": 0.01, "etatau": 2.302, "etamax": 1.0,
+                            "lambda": 0.96, "nu": 0.99987, "decoupled": False,
+                            "rank_block": 64, "threads": 1, "symmetric": False},
+                 "adam": {"learning_rate": 1e-3, "batch_size": 16, "beta1": 0.9,
+                          "beta2": 0.999, "eps": 1e-8, "force_weight": 1.0}},
+    "output": {"directory": "train_out", "n2p2": True, "plots": True, "checkpoint": True},
+}
+
+
+def load_config(path: str) -> Dict[str, Any]:
+    """Read a TOML (.toml) or JSON file and return the validated config with defaults."""
+    if not os.path.exists(path):
+        raise ConfigError(f"{path}: no such config file")
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    try:
+        if path.endswith(".json"):
+            cfg = json.loads(raw.decode())
+        else:
+            import tomllib
+            cfg = tomllib.loads(raw.decode())
+    except Exception as exc:
+        raise ConfigError(f"{path}: cannot parse: {exc}") from exc
+    base = os.path.dirname(os.path.abspath(path))
+    cfg = normalise_config(cfg)
+    # paths relative to the config file
+    cfg["data"]["files"] = [f if os.path.isabs(f) else os.path.join(base, f)
+                            for f in cfg["data"]["files"]]
+    if cfg["model"]["input_nn"] and not os.path.isabs(cfg["model"]["input_nn"]):
+        cfg["model"]["input_nn"] = os.path.join(base, cfg["model"]["input_nn"])
+    if not os.path.isabs(cfg["output"]["directory"]):
+        cfg["output"]["directory"] = os.path.join(base, cfg["output"]["directory"])
+    return cfg
+
+
+def _merge(defaults: dict, given: dict, where: str) -> dict:
+    out = copy.deepcopy(defaults)
+    for k, v in given.items():
+        if k not in defaults:
+            raise ConfigError(f"unknown key '{where}{k}' (known: {', '.join(sorted(defaults))})")
+        if isinstance(defaults[k], dict) and k not in ("radial", "angular"):
+            if not isinstance(v, dict):
+                raise ConfigError(f"'{where}{k}' must be a table")
+            out[k] = _merge(defaults[k], v, f"{where}{k}.")
+        elif isinstance(defaults[k], dict):
+            if not isinstance(v, dict):
+                raise ConfigError(f"'{where}{k}' must be a table")
+            unknown = set(v) - set(defaults[k])
+            if unknown:
+                raise ConfigError(f"unknown key(s) {sorted(unknown)} in '{where}{k}'")
+            out[k] = {**defaults[k], **v}
+        else:
+            out[k] = v
+    return out
+
+
+def _num(cfg, sec, key, lo=None, hi=None, integer=False, lo_open=False):
+    v = cfg[sec][key] if "." not in sec else cfg[sec.split(".")[0]][sec.split(".")[1]][key]
+    name = f"{sec}.{key}"
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ConfigError(f"'{name}' must be a number, got {v!r}")
+    if integer and int(v) != v:
+        raise ConfigError(f"'{name}' must be an integer, got {v!r}")
+    if lo is not None and (v < lo or (lo_open and v == lo)):
+        raise ConfigError(f"'{name}' = {v} must be {'>' if lo_open else '>='} {lo}")
+    if hi is not None and v > hi:
+        raise ConfigError(f"'{name}' = {v} must be <= {hi}")
+
+
+def normalise_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """Fill defaults and check values; raises ConfigError naming the key."""
+    if not isinstance(cfg, dict):
+        raise ConfigError("config must be a table/object")
+    out = _merge(DEFAULTS, cfg, "")
+    files = out["data"]["files"]
+    if isinstance(files, str):
+        files = [files]
+    if not files or not all(isinstance(f, str) for f in files):
+        raise ConfigError("'data.files' must list at least one data file")
+    out["data"]["files"] = list(files)
+    if out["data"]["format"] not in ("auto", "extxyz", "db", "n2p2"):
+        raise ConfigError(f"'data.format' must be auto, extxyz, db or n2p2, got "
+                          f"{out['data']['format']!r}")
+    _num(out, "data", "test_fraction", 0.0, 1.0)
+    if out["data"]["test_fraction"] >= 1.0:
+        raise ConfigError("'data.test_fraction' must be < 1")
+    if out["data"]["split"] not in ("structure", "label"):
+        raise ConfigError(f"'data.split' must be 'structure' or 'label', got "
+                          f"{out['data']['split']!r}")
+    m = out["model"]
+    _num(out, "model", "cutoff", 0.0, lo_open=True)
+    _num(out, "model", "cutoff_type", 0, 8, integer=True)
+    if not all(isinstance(h, int) and h > 0 for h in m["hidden"]):
+        raise ConfigError(f"'model.hidden' must list positive integers, got {m['hidden']!r}")
+    if len(m["activations"]) != len(m["hidden"]) + 1:
+        raise ConfigError(f"'model.activations' needs {len(m['hidden']) + 1} letters "
+                          f"(hidden layers + output), got {m['activations']!r}")
+    for a in m["activations"]:
+        if a not in list("ltsprgcSeh"):
+            raise ConfigError(f"'model.activations': unknown activation {a!r} "
+                              "(n2p2 letters l t s p r g c S e h)")
+    if m["scaling"] not in ("none", "scale", "center", "scalecenter", "sigma"):
+        raise ConfigError(f"'model.scaling' invalid: {m['scaling']!r}")
+    t = out["training"]
+    if t["optimizer"] not in ("ekf", "adam"):
+        raise ConfigError(f"'training.optimizer' must be 'ekf' or 'adam', got {t['optimizer']!r}")
+    _num(out, "training", "epochs", 0, integer=True)
+    _num(out, "training", "seed", 0, integer=True)
+    _num(out, "training", "force_weight", 0.0)
+    _num(out, "training", "energy_fraction", 0.0)
+    _num(out, "training", "force_fraction", 0.0)
+    _num(out, "training", "energy_error_threshold", 0.0)
+    _num(out, "training", "force_error_threshold", 0.0)
+    _num(out, "training", "threshold_trials", 1, integer=True)
+    _num(out, "training", "jacobian_memory_mb", 0.0)
+    _num(out, "training", "early_stopping_patience", 0, integer=True)
+    if t["early_stopping_metric"] not in ("energy", "force", "sum"):
+        raise ConfigError("'training.early_stopping_metric' must be energy, force or sum")
+    k = t["kalman"]
+    if k["type"] not in (0, 1):
+        raise ConfigError(f"'training.kalman.type' must be 0 or 1, got {k['type']!r}")
+    for key in ("epsilon", "eta", "etamax", "lambda", "nu"):
+        _num(out, "training.kalman", key, 0.0, lo_open=True)
+    for key in ("q0", "qtau", "qmin", "etatau"):
+        _num(out, "training.kalman", key, 0.0)
+    _num(out, "training.kalman", "lambda", 0.0, 1.0, lo_open=True)
+    _num(out, "training.kalman", "nu", 0.0, 1.0, lo_open=True)
+    _num(out, "training.kalman", "rank_block", 1, integer=True)
+    _num(out, "training.kalman", "threads", 1, integer=True)
+    _num(out, "training.adam", "learning_rate", 0.0, lo_open=True)
+    _num(out, "training.adam", "batch_size", 1, integer=True)
+    _num(out, "training.adam", "beta1", 0.0, 1.0)
+    _num(out, "training.adam", "beta2", 0.0, 1.0)
+    _num(out, "training.adam", "force_weight", 0.0)
+    return out

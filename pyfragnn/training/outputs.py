@@ -1,0 +1,107 @@
+"""Learning curve (CSV + PNG), RMSE table per type label, parity plots."""
+from __future__ import annotations
+
+import csv
+import math
+import os
+from typing import List
+
+import numpy as np
+
+__all__ = ["write_learning_curve", "write_rmse_table", "format_table", "parity_plots"]
+
+_COLS = ["epoch", "rmse_E_train", "rmse_E_test", "rmse_F_train", "rmse_F_test", "time_s",
+         "updates"]
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def write_learning_curve(history: List[dict], out_dir: str, plots: bool = True) -> None:
+    """learning_curve.csv (RMSE in eV/atom and eV/Å per epoch; epoch 0 = initial weights)."""
+    path = os.path.join(out_dir, "learning_curve.csv")
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(_COLS)
+        for r in history:
+            w.writerow([r.get(c, "") for c in _COLS])
+    if not plots:
+        return
+    plt = _plt()
+    ep = [r["epoch"] for r in history]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+    for k, (key, unit) in enumerate((("E", "eV/atom"), ("F", "eV/Å"))):
+        for s, st in (("train", "-o"), ("test", "--s")):
+            y = [r[f"rmse_{key}_{s}"] for r in history]
+            if not all(math.isnan(v) for v in y):
+                ax[k].semilogy(ep, y, st, ms=3, label=s)
+        ax[k].set_xlabel("epoch")
+        ax[k].set_ylabel(f"RMSE {key} ({unit})")
+        ax[k].legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "learning_curve.png"), dpi=120)
+    plt.close(fig)
+
+
+def format_table(rows: List[dict]) -> str:
+    head = "| label | set | structures | RMSE E (meV/atom) | RMSE F (meV/Å) |\n|---|---|---|---|---|"
+    lines = [head]
+    for r in rows:
+        lines.append(f"| {r['label'] or '-'} | {r['set']} | {r['structures']} | "
+                     f"{1000 * r['rmse_E_eV_atom']:.2f} | {1000 * r['rmse_F_eV_A']:.1f} |")
+    return "\n".join(lines)
+
+
+def write_rmse_table(rows: List[dict], out_dir: str) -> None:
+    """rmse_table.csv (eV/atom, eV/Å) and rmse_table.md (meV)."""
+    with open(os.path.join(out_dir, "rmse_table.csv"), "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["label", "set", "structures", "rmse_E_eV_atom",
+                                           "rmse_F_eV_A", "force_components"])
+        w.writeheader()
+        for r in rows:
+            w.writerow(r)
+    with open(os.path.join(out_dir, "rmse_table.md"), "w") as fh:
+        fh.write(format_table(rows) + "\n")
+
+
+def parity_plots(trainer, pred: dict, out_dir: str) -> None:
+    """parity_energy.png (E/atom) and parity_forces.png (force components), train and test."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    for name, idx, mk in (("train", trainer.train_idx, "o"), ("test", trainer.test_idx, "s")):
+        if idx.size == 0:
+            continue
+        ref = np.array([trainer.structures[i].energy / trainer.nat[i] for i in idx])
+        nn = np.array([pred["energy"][int(i)] / trainer.nat[i] for i in idx])
+        ax.plot(ref, nn, mk, ms=3, alpha=0.6, label=name)
+    lim = ax.get_xlim()
+    ax.plot(lim, lim, "k-", lw=0.8)
+    ax.set_xlabel("reference E (eV/atom)")
+    ax.set_ylabel("HDNNP E (eV/atom)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "parity_energy.png"), dpi=120)
+    plt.close(fig)
+    if not trainer.cfg["data"]["use_forces"]:
+        return
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    for name, idx, mk in (("train", trainer.train_idx, "o"), ("test", trainer.test_idx, "s")):
+        if idx.size == 0:
+            continue
+        ref = np.concatenate([trainer.structures[i].forces[trainer.structures[i].mask()].ravel()
+                              for i in idx])
+        nn = np.concatenate([pred["forces"][int(i)][trainer.structures[i].mask()].ravel()
+                             for i in idx])
+        ax.plot(ref, nn, mk, ms=1.5, alpha=0.4, label=name)
+    lim = ax.get_xlim()
+    ax.plot(lim, lim, "k-", lw=0.8)
+    ax.set_xlabel("reference F (eV/Å)")
+    ax.set_ylabel("HDNNP F (eV/Å)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "parity_forces.png"), dpi=120)
+    plt.close(fig)

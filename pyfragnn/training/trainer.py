@@ -1,0 +1,677 @@
+"""The trainer: data, preparation, EKF/Adam epochs, checkpoints, MPI, outputs.
+
+MPI (mpi4py, data-parallel over structures): structure i lives on rank i % size (its
+neighbour lists, symmetry functions and cached Jacobians); the Kalman covariance is split by
+rows over the ranks. Every rank draws the same random numbers; the owner of a drawn candidate
+computes its error and weight derivative and broadcasts them; error sums are combined with
+exact (disjoint) reductions, so serial and parallel runs agree to round-off of the covariance
+products (the only operation whose summation order depends on the rank count).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import pickle
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from ..dataset import DatasetError, Structure, read_dataset, validate
+from .config import ConfigError, normalise_config
+from .optim import Adam, KalmanFilter
+from . import prepare
+
+__all__ = ["Trainer", "TrainResult", "train"]
+
+
+def _progress(total, desc, enabled):
+    try:
+        from ..progress import Progress
+        return Progress(total=total, desc=desc, disable=None if enabled else True)
+    except ImportError:  # pragma: no cover
+        class _Null:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *a):
+                return False
+
+            def update(self, n=1):
+                pass
+        return _Null()
+
+
+@dataclass
+class TrainResult:
+    potential: Any
+    history: List[dict]
+    table: List[dict] = field(default_factory=list)
+    predictions: Optional[dict] = None
+    output_directory: Optional[str] = None
+
+
+class Trainer:
+    """Train an HDNNP from a config dict (see :mod:`pyfragnn.training.config`).
+
+    ``structures`` may be given directly (list of :class:`pyfragnn.dataset.Structure`) instead
+    of ``data.files``; ``comm`` is an mpi4py communicator or None (serial).
+    """
+
+    def __init__(self, config: Dict[str, Any], structures: Optional[List[Structure]] = None,
+                 comm=None):
+        if structures is not None and not config.get("data", {}).get("files"):
+            config = json.loads(json.dumps(config))
+            config.setdefault("data", {})["files"] = ["<given>"]
+        self.cfg = normalise_config(config)
+        self.comm = comm if (comm is not None and comm.Get_size() > 1) else None
+        self.rank = comm.Get_rank() if self.comm else 0
+        self.size = comm.Get_size() if self.comm else 1
+        self._given = structures
+        self._setup_done = False
+
+    # ------------------------------------------------------------------ setup
+    def log(self, msg: str) -> None:
+        if self.rank == 0 and self.cfg["training"]["progress"]:
+            print(msg, flush=True)
+
+    def setup(self) -> None:
+        from .. import _core
+        self._core_mod = _core
+        cfg = self.cfg
+        d, m, t = cfg["data"], cfg["model"], cfg["training"]
+        # --- data
+        if self._given is not None:
+            structs = list(self._given)
+        else:
+            structs = []
+            for f in d["files"]:
+                structs += read_dataset(f, None if d["format"] == "auto" else d["format"])
+        if not structs:
+            raise DatasetError("no structures in the data files")
+        input_nn = ""
+        if m["input_nn"]:
+            with open(m["input_nn"]) as fh:
+                input_nn = fh.read()
+        if m["elements"]:
+            elements = list(m["elements"])
+        elif input_nn:
+            elements = None
+        else:
+            from ase.data import atomic_numbers
+            syms = sorted({s for st in structs for s in st.symbols}, key=lambda x: atomic_numbers[x])
+            elements = syms
+        # --- model
+        if not input_nn:
+            drop = [tuple(p) for p in m["drop_pairs"]]
+            caps = {(p[0], p[1]): float(p[2]) for p in m["pair_cutoffs"]}
+            r = m["radial"]
+            sfs = prepare.radial_functions(elements, m["cutoff"], n=int(r.get("n", 6)),
+                                           r_min=float(r.get("r_min", 1.5)),
+                                           mode=r.get("mode", "shifted"), drop_pairs=drop,
+                                           pair_cutoffs=caps)
+            a = m["angular"]
+            if int(a.get("n", 1)) > 0:
+                sfs += prepare.angular_functions(elements, m["cutoff"], etas=a["eta"],
+                                                 zetas=a["zeta"], lambdas=a["lambda"],
+                                                 sf_type=int(a.get("type", 9)),
+                                                 drop_pairs=drop, pair_cutoffs=caps)
+            input_nn = prepare.make_input_nn(elements, sfs, m["hidden"], m["activations"],
+                                             m["cutoff_type"], m["cutoff_alpha"], m["scaling"],
+                                             m["normalize_nodes"])
+        try:
+            core = _core.CoreModel.from_text(input_nn, "", None, m["input_nn"] or "<config>")
+        except (ValueError, RuntimeError) as exc:
+            raise ConfigError(f"model: {exc}") from exc
+        self.core = core
+        self.elements = list(core.elements)
+        validate(structs, self.elements, need_forces=d["use_forces"])
+        self.structures = structs
+        self.lu, self.eu = core.length_unit, core.energy_unit
+        N = len(structs)
+        self.N = N
+        # --- split
+        rng_split = np.random.default_rng(t["seed"] + 7919)
+        is_test = np.zeros(N, dtype=bool)
+        free = []
+        for i, s in enumerate(structs):
+            if d["use_file_split"] and s.set in ("train", "test"):
+                is_test[i] = s.set == "test"
+            else:
+                free.append(i)
+        frac = d["test_fraction"]
+        if free and frac > 0:
+            if d["split"] == "label":
+                groups: Dict[str, List[int]] = {}
+                for i in free:
+                    groups.setdefault(structs[i].label, []).append(i)
+                for lab in sorted(groups):
+                    idx = np.array(groups[lab])
+                    ntest = int(round(frac * len(idx)))
+                    is_test[rng_split.permutation(idx)[:ntest]] = True
+            else:
+                idx = np.array(free)
+                ntest = int(round(frac * len(idx)))
+                is_test[rng_split.permutation(idx)[:ntest]] = True
+        self.is_test = is_test
+        self.train_idx = np.flatnonzero(~is_test)
+        self.test_idx = np.flatnonzero(is_test)
+        if self.train_idx.size == 0:
+            raise ConfigError("no training structures after the split")
+        # --- per-structure data (all ranks)
+        self.nat = np.array([s.n_atoms for s in structs])
+        self.Eref = np.array([s.energy for s in structs], dtype=float) / self.eu
+        self.wt = np.array([s.weight for s in structs], dtype=float)
+        self.labels = [s.label for s in structs]
+        self.nF = np.array([3 * int(s.mask().sum()) if d["use_forces"] else 0 for s in structs])
+        self.elem_idx = [core.element_indices(s.symbols) for s in structs]
+        # --- reference energies (deterministic on every rank)
+        if m["reference_energies"]:
+            counts = np.zeros((N, len(self.elements)))
+            for i in range(N):
+                counts[i] = np.bincount(self.elem_idx[i], minlength=len(self.elements))
+            tr = self.train_idx
+            eps = prepare.reference_energies(counts[tr], self.Eref[tr])
+            for e, v in enumerate(eps):
+                core.set_atom_energy(e, float(v))
+        # --- owned structures
+        self.owned = [i for i in range(N) if i % self.size == self.rank]
+        self.ts: Dict[int, Any] = {}
+        self.Fref: Dict[int, np.ndarray] = {}
+        self.fmask: Dict[int, np.ndarray] = {}
+        for i in self.owned:
+            s = structs[i]
+            cell = np.asarray(s.cell, dtype=float) / self.lu
+            try:
+                self.ts[i] = _core.TrainingStructure(core, np.asarray(s.positions) / self.lu,
+                                                     cell, np.asarray(s.pbc, bool),
+                                                     self.elem_idx[i], False)
+            except (ValueError, RuntimeError) as exc:
+                raise DatasetError(f"{s.source or f'structure {i + 1}'}: {exc}") from exc
+            if d["use_forces"]:
+                self.Fref[i] = np.asarray(s.forces, dtype=float) * (self.lu / self.eu)
+                self.fmask[i] = s.mask()
+        self._scaling()
+        # --- Jacobian cache within the memory budget (training structures first)
+        budget = t["jacobian_memory_mb"] * 2 ** 20
+        used = 0
+        self.n_cached = 0
+        if d["use_forces"]:
+            for i in [i for i in self.owned if not is_test[i]]:
+                b = self.ts[i].jacobian_bytes
+                if used + b <= budget:
+                    self.ts[i].set_cache_jacobians(True)
+                    used += b
+                    self.n_cached += 1
+        self.jacobian_bytes = used
+        # --- weights
+        self.woff = _core.model_weight_offsets(core)
+        self.nw = int(self.woff[-1])
+        rng_w = np.random.default_rng(t["seed"])
+        w = np.concatenate([prepare.glorot_weights(core.network_layers(e), rng_w)
+                            for e in range(len(self.elements))])
+        self.w = w
+        _core.set_weights(core, w)
+        self.rng = np.random.default_rng(t["seed"] + 1)
+        self._setup_done = True
+
+    def _scaling(self) -> None:
+        """SF statistics over training atoms of all ranks, combined in structure order."""
+        core = self.core
+        ne = len(self.elements)
+        nsf = [core.n_symmetry_functions(e) for e in range(ne)]
+        # per structure: count, min, max, sum per element
+        rows = {}
+        for i in self.owned:
+            if self.is_test[i]:
+                continue
+            ts = self.ts[i]
+            el = self.elem_idx[i]
+            per = []
+            for e in range(ne):
+                idx = np.flatnonzero(el == e)
+                if idx.size == 0:
+                    per.append(None)
+                    continue
+                G = np.array([ts.G(int(a)) for a in idx])
+                per.append((idx.size, G.min(0), G.max(0), G.sum(0)))
+            rows[i] = per
+        allrows = self._gather_dict(rows)
+        cnt = [0] * ne
+        gmin = [np.full(n, np.inf) for n in nsf]
+        gmax = [np.full(n, -np.inf) for n in nsf]
+        gsum = [np.zeros(n) for n in nsf]
+        for i in self.train_idx:
+            for e, p in enumerate(allrows[int(i)]):
+                if p is None:
+                    continue
+                cnt[e] += p[0]
+                gmin[e] = np.minimum(gmin[e], p[1])
+                gmax[e] = np.maximum(gmax[e], p[2])
+                gsum[e] = gsum[e] + p[3]
+        mean = [gsum[e] / max(cnt[e], 1) for e in range(ne)]
+        rows2 = {}
+        for i in self.owned:
+            if self.is_test[i]:
+                continue
+            ts, el = self.ts[i], self.elem_idx[i]
+            per = []
+            for e in range(ne):
+                idx = np.flatnonzero(el == e)
+                if idx.size == 0:
+                    per.append(None)
+                    continue
+                G = np.array([ts.G(int(a)) for a in idx])
+                per.append(((G - mean[e]) ** 2).sum(0))
+            rows2[i] = per
+        allrows2 = self._gather_dict(rows2)
+        for e in range(ne):
+            if cnt[e] == 0:
+                raise prepare.ConstantSymmetryFunctionError(
+                    f"element {self.elements[e]} has no atoms in the training set")
+            ssq = np.zeros(nsf[e])
+            for i in self.train_idx:
+                p = allrows2[int(i)][e]
+                if p is not None:
+                    ssq = ssq + p
+            lines = core.symmetry_function_lines(e)
+            lo, hi, mu, sig = prepare.finish_statistics(self.elements[e], cnt[e], gmin[e],
+                                                        gmax[e], gsum[e], ssq, lines)
+            core.set_scaling(e, lo, hi, mu, sig)
+        for ts in self.ts.values():
+            ts.rescale()
+
+    def _gather_dict(self, d: dict) -> dict:
+        if self.comm is None:
+            return d
+        out = {}
+        for part in self.comm.allgather(d):
+            out.update(part)
+        return out
+
+    # ------------------------------------------------------------------ errors
+    def errors(self) -> dict:
+        """RMSEs (eV/atom, eV/Å) on train and test, from the trainer's structures."""
+        N = self.N
+        rows = np.zeros((N, 3))
+        for i in self.owned:
+            ts = self.ts[i]
+            if self.cfg["data"]["use_forces"]:
+                E, F = ts.energy_forces()
+                dF = (F - self.Fref[i])[self.fmask[i]]
+                rows[i, 1] = float((dF * dF).sum())
+                rows[i, 2] = dF.size
+            else:
+                E = ts.energy()
+            rows[i, 0] = (E - self.Eref[i]) / self.nat[i]
+        if self.comm is not None:
+            tot = np.zeros_like(rows)
+            self.comm.Allreduce(rows, tot)
+            rows = tot
+        self._last_rows = rows
+        out = {}
+        for name, idx in (("train", self.train_idx), ("test", self.test_idx)):
+            if idx.size == 0:
+                out[f"rmse_E_{name}"] = float("nan")
+                out[f"rmse_F_{name}"] = float("nan")
+                continue
+            out[f"rmse_E_{name}"] = math.sqrt(float(np.mean(rows[idx, 0] ** 2))) * self.eu
+            nf = rows[idx, 2].sum()
+            out[f"rmse_F_{name}"] = (math.sqrt(rows[idx, 1].sum() / nf) * self.eu / self.lu
+                                     if nf > 0 else float("nan"))
+        return out
+
+    # ------------------------------------------------------------------ EKF
+    def _owner(self, i: int) -> int:
+        return i % self.size
+
+    def _bcast(self, buf: np.ndarray, root: int) -> None:
+        if self.comm is not None:
+            self.comm.Bcast(buf, root=root)
+
+    def _energy_obs(self, i: int, buf: np.ndarray) -> None:
+        buf[:] = 0.0
+        if self._owner(i) == self.rank:
+            n = self.nat[i]
+            E, _ = self.ts[i].energy_gradient(1.0 / n, out=buf[1:])
+            buf[0] = (self.Eref[i] - E) / n
+        self._bcast(buf, self._owner(i))
+
+    def _force_obs(self, i: int, comp: int, buf: np.ndarray) -> None:
+        buf[:] = 0.0
+        if self._owner(i) == self.rank:
+            fw = self.cfg["training"]["force_weight"]
+            flat = np.flatnonzero(np.repeat(self.fmask[i], 3))[comp]
+            k, a = divmod(int(flat), 3)
+            F, _ = self.ts[i].force_component_gradient(k, a, fw, out=buf[1:])
+            buf[0] = (self.Fref[i][k, a] - F) * fw
+        self._bcast(buf, self._owner(i))
+
+    def _ekf_epoch(self, kf: KalmanFilter, err: dict, bar) -> int:
+        t = self.cfg["training"]
+        tr = self.train_idx
+        nE = int(t["energy_fraction"] * tr.size)
+        nFc = self.nF[tr]
+        nF = int(t["force_fraction"] * nFc.sum()) if self.cfg["data"]["use_forces"] else 0
+        sched = np.concatenate([np.zeros(nE, dtype=np.int8), np.ones(nF, dtype=np.int8)])
+        self.rng.shuffle(sched)
+        cumF = np.cumsum(nFc)
+        rmseE = err["rmse_E_train"] / self.eu
+        rmseF = err["rmse_F_train"] * self.lu / self.eu
+        thrE = t["energy_error_threshold"] * rmseE
+        thrF = t["force_error_threshold"] * rmseF * t["force_weight"]
+        trials = int(t["threshold_trials"])
+        buf = np.zeros(self.nw + 1)
+        w = self.w
+        kill_at = self._kill_at
+        for nu, u in enumerate(sched):
+            if kill_at is not None and kill_at == (self._epoch, nu):
+                os.kill(os.getpid(), 9)  # test hook: PYFRAGNN_TEST_SIGKILL="epoch:update"
+            for trial in range(trials):
+                if u == 0:
+                    i = int(tr[self.rng.integers(tr.size)])
+                    self._energy_obs(i, buf)
+                    ok = abs(buf[0]) >= thrE
+                else:
+                    k = int(self.rng.integers(int(cumF[-1])))
+                    j = int(np.searchsorted(cumF, k, side="right"))
+                    i = int(tr[j])
+                    comp = k - (int(cumF[j - 1]) if j > 0 else 0)
+                    self._force_obs(i, comp, buf)
+                    ok = abs(buf[0]) >= thrF
+                if ok:
+                    break
+            sw = math.sqrt(self.wt[i])
+            if sw != 1.0:
+                buf *= sw
+            kf.update(w, buf[1:], float(buf[0]))
+            self._core_mod.set_weights(self.core, w)
+            bar.update()
+        kf.flush()
+        return len(sched)
+
+    # ------------------------------------------------------------------ Adam
+    def _loss_grad(self, i: int, g: np.ndarray) -> float:
+        ts = self.ts[i]
+        n = self.nat[i]
+        wt = self.wt[i]
+        use_f = self.cfg["data"]["use_forces"]
+        beta = self.cfg["training"]["adam"]["force_weight"]
+        if use_f:
+            E, F = ts.energy_forces()
+        else:
+            E = ts.energy()
+        dE = E - self.Eref[i]
+        ts.energy_gradient(2.0 * wt * dE / (n * n), out=g)
+        loss = wt * (dE / n) ** 2
+        nm = int(self.fmask[i].sum()) * 3 if use_f else 0
+        if use_f and nm > 0 and beta > 0:
+            dF = (F - self.Fref[i]) * self.fmask[i][:, None]
+            c = (2.0 * wt * beta / nm) * dF
+            ts.force_gradient(c, 1.0, out=g)
+            loss += wt * beta * float((dF * dF).sum()) / nm
+        return loss
+
+    def _adam_epoch(self, adam: Adam, bar) -> int:
+        a = self.cfg["training"]["adam"]
+        B = int(a["batch_size"])
+        perm = self.rng.permutation(self.train_idx)
+        nsteps = 0
+        for b0 in range(0, perm.size, B):
+            if self._kill_at is not None and self._kill_at == (self._epoch, nsteps):
+                os.kill(os.getpid(), 9)  # test hook
+            batch = perm[b0:b0 + B]
+            G = np.zeros((batch.size, self.nw))
+            for j, i in enumerate(batch):
+                if self._owner(int(i)) == self.rank:
+                    self._loss_grad(int(i), G[j])
+            if self.comm is not None:
+                tot = np.empty_like(G)
+                self.comm.Allreduce(G, tot)
+                G = tot
+            grad = G.sum(axis=0) / self.wt[batch].sum() if self.wt[batch].sum() > 0 else G[0] * 0
+            adam.step(self.w, grad)
+            self._core_mod.set_weights(self.core, self.w)
+            nsteps += 1
+            bar.update(batch.size)
+        return nsteps
+
+    # ------------------------------------------------------------------ checkpoints
+    def _fingerprint(self) -> str:
+        c = json.loads(json.dumps(self.cfg))
+        c["training"].pop("epochs", None)
+        c["training"].pop("resume", None)
+        c["training"].pop("progress", None)
+        c["training"].pop("early_stopping_patience", None)
+        c.pop("output", None)
+        return hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest()
+
+    def _ckpt_path(self) -> str:
+        return os.path.join(self.cfg["output"]["directory"], "checkpoint.pkl")
+
+    def _save_checkpoint(self, epoch, opt, history, best) -> None:
+        ost = opt.state()  # collective for the Kalman filter
+        if self.rank != 0:
+            return
+        st = {"version": 1, "fingerprint": self._fingerprint(), "epoch": epoch,
+              "w": self.w.copy(), "opt": ost, "rng": self.rng.bit_generator.state,
+              "history": history, "best": best}
+        path = self._ckpt_path()
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as fh:
+            pickle.dump(st, fh, protocol=pickle.HIGHEST_PROTOCOL)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    def _load_checkpoint(self, opt):
+        path = self._ckpt_path()
+        exists = os.path.exists(path) if self.rank == 0 else None
+        if self.comm is not None:
+            exists = self.comm.bcast(exists, root=0)
+        if not exists:
+            return None
+        st = None
+        if self.rank == 0:
+            with open(path, "rb") as fh:
+                st = pickle.load(fh)
+            if st.get("fingerprint") != self._fingerprint():
+                raise ConfigError(f"{path} was written with a different configuration; "
+                                  "delete it or set training.resume = false")
+        if self.comm is not None:
+            small = None
+            if self.rank == 0:
+                small = {k: v for k, v in st.items() if k != "opt"}
+                small["opt"] = {k: v for k, v in st["opt"].items() if k != "P"}
+            small = self.comm.bcast(small, root=0)
+            P = st["opt"].get("P") if self.rank == 0 else None
+            if self.rank == 0:
+                st = small
+                st["opt"]["P"] = P
+            else:
+                st = small
+                if "P" not in st["opt"] and isinstance(opt, KalmanFilter):
+                    st["opt"]["P"] = [None] * len(opt.blocks)
+        if isinstance(opt, KalmanFilter) and "P" not in st["opt"]:
+            raise ConfigError(f"{path}: optimizer in the checkpoint differs")
+        opt.set_state(st["opt"])
+        self.w[:] = st["w"]
+        self._core_mod.set_weights(self.core, self.w)
+        self.rng.bit_generator.state = st["rng"]
+        return st
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> TrainResult:
+        if not self._setup_done:
+            self.setup()
+        t = self.cfg["training"]
+        out_dir = self.cfg["output"]["directory"]
+        if self.rank == 0:
+            os.makedirs(out_dir, exist_ok=True)
+        if self.comm is not None:
+            self.comm.Barrier()
+        ntr = self.train_idx.size
+        if t["optimizer"] == "ekf":
+            nE = int(t["energy_fraction"] * ntr)
+            nF = int(t["force_fraction"] * self.nF[self.train_idx].sum()) if \
+                self.cfg["data"]["use_forces"] else 0
+            k = t["kalman"]
+            blocks = [int(x) for x in self.woff] if k["decoupled"] else None
+            opt = KalmanFilter(self.nw, kalman_type=k["type"], epsilon=k["epsilon"], q0=k["q0"],
+                               qtau=k["qtau"], qmin=k["qmin"], eta=k["eta"], etatau=k["etatau"],
+                               etamax=k["etamax"], lambda_=k["lambda"], nu=k["nu"],
+                               updates_per_epoch=max(nE + nF, 1), blocks=blocks,
+                               rank_block=k["rank_block"], comm=self.comm,
+                               threads=k["threads"],
+                               symmetric=bool(k["symmetric"]) and self.comm is None)
+            per_epoch = nE + nF
+        else:
+            a = t["adam"]
+            opt = Adam(self.nw, lr=a["learning_rate"], beta1=a["beta1"], beta2=a["beta2"],
+                       eps=a["eps"])
+            per_epoch = ntr
+        history: List[dict] = []
+        best = None
+        start = 1
+        hook = os.environ.get("PYFRAGNN_TEST_SIGKILL")
+        self._kill_at = tuple(int(x) for x in hook.split(":")) if hook else None
+        st = None
+        if t["resume"] and self.cfg["output"]["checkpoint"]:
+            st = self._load_checkpoint(opt)
+        if st is not None:
+            history = st["history"]
+            best = st["best"]
+            start = st["epoch"] + 1
+            self.log(f"resumed from epoch {st['epoch']}")
+        else:
+            t0 = time.perf_counter()
+            err = self.errors()
+            history.append({"epoch": 0, **err, "time_s": time.perf_counter() - t0,
+                            "updates": 0})
+            self._log_epoch(history[-1])
+        patience = int(t["early_stopping_patience"])
+        stop = False
+        if patience and best is not None and history[-1]["epoch"] - best["epoch"] >= patience:
+            stop = True
+        for epoch in range(start, int(t["epochs"]) + 1):
+            if stop:
+                break
+            t0 = time.perf_counter()
+            c0 = time.process_time()
+            self._epoch = epoch
+            err = {k: history[-1][k] for k in ("rmse_E_train", "rmse_F_train")}
+            with _progress(per_epoch, f"epoch {epoch}", self.rank == 0 and t["progress"]) as bar:
+                if t["optimizer"] == "ekf":
+                    nup = self._ekf_epoch(opt, err, bar)
+                else:
+                    nup = self._adam_epoch(opt, bar)
+            t_upd = time.perf_counter() - t0
+            err = self.errors()
+            rec = {"epoch": epoch, **err, "time_s": time.perf_counter() - t0,
+                   "cpu_time_s": time.process_time() - c0, "update_time_s": t_upd,
+                   "updates": nup}
+            history.append(rec)
+            self._log_epoch(rec)
+            metric = self._metric(rec)
+            if patience:
+                if best is None or metric < best["metric"]:
+                    best = {"epoch": epoch, "metric": metric, "w": self.w.copy()}
+                elif epoch - best["epoch"] >= patience:
+                    stop = True
+            if self.cfg["output"]["checkpoint"]:
+                self._save_checkpoint(epoch, opt, history, best)
+        if patience and best is not None:
+            self.w[:] = best["w"]
+            self._core_mod.set_weights(self.core, self.w)
+        self.history = history
+        return self._finish(history)
+
+    def _metric(self, rec) -> float:
+        m = self.cfg["training"]["early_stopping_metric"]
+        suffix = "test" if self.test_idx.size else "train"
+        e, f = rec[f"rmse_E_{suffix}"], rec[f"rmse_F_{suffix}"]
+        if m == "energy" or not self.cfg["data"]["use_forces"]:
+            return e
+        if m == "force":
+            return f
+        return e + f
+
+    def _log_epoch(self, r) -> None:
+        self.log(f"epoch {r['epoch']:4d}  E rmse train {r['rmse_E_train']:.5f} test "
+                 f"{r['rmse_E_test']:.5f} eV/atom   F rmse train {r['rmse_F_train']:.5f} test "
+                 f"{r['rmse_F_test']:.5f} eV/A   {r['time_s']:.1f} s")
+
+    # ------------------------------------------------------------------ outputs
+    @property
+    def potential(self):
+        from ..potential import Potential
+        return Potential(self.core.copy())
+
+    def predict(self, indices: Optional[Sequence[int]] = None) -> dict:
+        """Energies (eV) and forces (eV/Å) of the trainer's structures through
+        :meth:`pyfragnn.Potential.compute` (the code path of ``FragNN``), gathered on all ranks."""
+        from ..potential import Potential
+        pot = Potential(self.core)
+        idx = range(self.N) if indices is None else indices
+        res = {}
+        for i in idx:
+            if self._owner(i) != self.rank:
+                continue
+            s = self.structures[i]
+            r = pot.compute(s.positions, s.symbols, s.cell, s.pbc, forces=True, virial=False)
+            res[i] = (r["energy"], r["forces"])
+        res = self._gather_dict(res)
+        return {"energy": {i: res[i][0] for i in idx}, "forces": {i: res[i][1] for i in idx}}
+
+    def rmse_table(self, pred: dict) -> List[dict]:
+        """Per type label and set: RMSE of E/atom (eV/atom) and force components (eV/Å)."""
+        rows = []
+        labels = sorted(set(self.labels))
+        for lab in labels + ["(all)"]:
+            for name, idx in (("train", self.train_idx), ("test", self.test_idx)):
+                sel = [int(i) for i in idx if lab == "(all)" or self.labels[i] == lab]
+                if not sel:
+                    continue
+                de = [(pred["energy"][i] - self.structures[i].energy) / self.nat[i] for i in sel]
+                sse, nf = 0.0, 0
+                if self.cfg["data"]["use_forces"]:
+                    for i in sel:
+                        s = self.structures[i]
+                        dF = (pred["forces"][i] - s.forces)[s.mask()]
+                        sse += float((dF * dF).sum())
+                        nf += dF.size
+                rows.append({"label": lab, "set": name, "structures": len(sel),
+                             "rmse_E_eV_atom": math.sqrt(np.mean(np.square(de))),
+                             "rmse_F_eV_A": math.sqrt(sse / nf) if nf else float("nan"),
+                             "force_components": nf})
+        return rows
+
+    def _finish(self, history) -> TrainResult:
+        o = self.cfg["output"]
+        out_dir = o["directory"]
+        pred = self.predict()
+        table = self.rmse_table(pred)
+        pot = self.potential
+        if self.rank == 0:
+            pot.save(os.path.join(out_dir, "potential.fragnn"))
+            if o["n2p2"]:
+                pot.save_n2p2(os.path.join(out_dir, "n2p2"))
+            from . import outputs
+            outputs.write_learning_curve(history, out_dir, plots=o["plots"])
+            outputs.write_rmse_table(table, out_dir)
+            if o["plots"]:
+                outputs.parity_plots(self, pred, out_dir)
+            self.log(outputs.format_table(table))
+        if self.comm is not None:
+            self.comm.Barrier()
+        return TrainResult(potential=pot, history=history, table=table, predictions=pred,
+                           output_directory=out_dir)
+
+
+def train(config: Dict[str, Any], structures: Optional[List[Structure]] = None,
+          comm=None) -> TrainResult:
+    """Train from a config dict (see :mod:`pyfragnn.training.config`); returns TrainResult."""
+    return Trainer(config, structures=structures, comm=comm).run()

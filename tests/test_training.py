@@ -1,0 +1,402 @@
+"""Trainer: data sets, config, preparation, optimisers (pure Python), and end-to-end training
+on EMT-labelled Cu-Ni cells (compiled core): accuracy bars, FragNN reload, kill-and-resume,
+MPI np=2 versus serial, bad data and bad config."""
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pyfragnn.dataset import (DatasetError, Structure, read_dataset, read_input_data,
+                              validate, write_extxyz, write_input_data)
+from pyfragnn.training import prepare
+from pyfragnn.training.config import ConfigError, load_config, normalise_config
+from pyfragnn.training.optim import Adam, KalmanFilter
+
+
+# ---------------------------------------------------------------- optimisers (pure Python)
+
+@pytest.mark.parametrize("kt", [0, 1])
+@pytest.mark.parametrize("rank_block", [1, 5, 64])
+def test_kalman_filter_matches_dense_reference(kt, rank_block):
+    rng = np.random.default_rng(0)
+    n, upe = 40, 10
+    kf = KalmanFilter(n, kalman_type=kt, rank_block=rank_block, updates_per_epoch=upe)
+    w = np.zeros(n)
+    w_ref = np.zeros(n)
+    P = np.eye(n) / 1e-2
+    q, eta, lam = 0.01, 0.01, 0.96
+    for _ in range(30):
+        h = rng.normal(size=n)
+        e = rng.normal()
+        kf.update(w, h, e)
+        x = P @ h
+        if kt == 0:
+            a = h @ x + 1 / eta
+            w_ref += x * e / a
+            P = P - np.outer(x, x) / a + q * np.eye(n)
+            q = max(q * math.exp(-2.302 / upe), 1e-6)
+            eta = min(eta * math.exp(2.302 / upe), 1.0)
+        else:
+            a = h @ x + lam
+            w_ref += x * e / a
+            P = (P - np.outer(x, x) / a) / lam
+            lam = 0.99987 * lam + 1 - 0.99987
+    assert np.allclose(w, w_ref, rtol=1e-12, atol=1e-12 * np.abs(w_ref).max())
+    kf.flush()
+    assert np.allclose(kf.blocks[0].full_matrix(), P, rtol=0, atol=1e-11 * np.abs(P).max())
+
+
+def test_decoupled_kalman_is_blockwise_and_fits_linear_model():
+    rng = np.random.default_rng(1)
+    n = 12
+    w_true = rng.normal(size=n)
+    kf = KalmanFilter(n, blocks=[0, 5, 12], q0=0.0, qmin=0.0, eta=1.0, etamax=1.0)
+    w = np.zeros(n)
+    for _ in range(400):
+        h = rng.normal(size=n)
+        kf.update(w, h, float(h @ (w_true - w)))
+    assert np.allclose(w, w_true, atol=1e-3)
+    assert len(kf.blocks) == 2 and kf.blocks[0].P0.shape == (5, 5)
+
+
+def test_adam_minimises_quadratic():
+    rng = np.random.default_rng(2)
+    A = rng.normal(size=(8, 8))
+    A = A @ A.T + np.eye(8)
+    b = rng.normal(size=8)
+    w = np.zeros(8)
+    opt = Adam(8, lr=0.05)
+    for _ in range(3000):
+        opt.step(w, A @ w - b)
+    assert np.allclose(w, np.linalg.solve(A, b), atol=1e-3)  # Adam oscillates at ~lr scale
+
+
+# ---------------------------------------------------------------- data sets
+
+def _toy_structures(n=4):
+    rng = np.random.default_rng(3)
+    out = []
+    for k in range(n):
+        m = 3 + k
+        out.append(Structure(symbols=["Cu"] * (m - 1) + ["Ni"], positions=rng.normal(0, 2, (m, 3)),
+                             cell=np.eye(3) * 9.0 if k % 2 else np.zeros((3, 3)),
+                             pbc=np.array([k % 2 == 1] * 3), energy=float(rng.normal()),
+                             forces=rng.normal(size=(m, 3)), label=f"T{k % 2}",
+                             set="test" if k == 0 else "train", weight=1.0 + k,
+                             force_mask=np.arange(m) % 2 == 0))
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["extxyz", "n2p2", "db"])
+def test_dataset_roundtrip(tmp_path, fmt):
+    S = _toy_structures()
+    if fmt == "extxyz":
+        path = str(tmp_path / "d.extxyz")
+        write_extxyz(S, path)
+    elif fmt == "n2p2":
+        path = str(tmp_path / "input.data")
+        write_input_data(S, path)
+    else:
+        import ase.db
+        path = str(tmp_path / "d.db")
+        with ase.db.connect(path) as db:
+            for s in S:
+                db.write(s.to_atoms(), label=s.label, set=s.set, weight=s.weight,
+                         data={"force_mask": s.mask()})
+    R = read_dataset(path)
+    assert len(R) == len(S)
+    for a, b in zip(S, R):
+        assert a.symbols == b.symbols and a.label == b.label and a.set == b.set
+        assert b.weight == pytest.approx(a.weight)
+        assert np.allclose(a.positions, b.positions, atol=1e-7)
+        assert np.allclose(a.forces, b.forces, atol=1e-7)
+        assert b.energy == pytest.approx(a.energy, abs=1e-7)
+        assert np.array_equal(a.mask(), b.mask())
+        assert np.array_equal(np.asarray(a.pbc), np.asarray(b.pbc))
+        assert b.source.endswith(f"record {R.index(b) + 1}")
+
+
+def test_bad_data_reported_with_file_and_record(tmp_path):
+    S = _toy_structures()
+    path = str(tmp_path / "input.data")
+    write_input_data(S, path)
+    from pathlib import Path
+    text = Path(path).read_text().splitlines()
+    # record 3: NaN force; record 4: energy line removed
+    starts = [i for i, l in enumerate(text) if l.startswith("begin")]
+    atom3 = next(i for i in range(starts[2], len(text)) if text[i].startswith("atom"))
+    tok = text[atom3].split()
+    tok[7] = "nan"
+    text[atom3] = " ".join(tok)
+    text = [l for i, l in enumerate(text) if not (i > starts[3] and l.startswith("energy"))]
+    Path(path).write_text("\n".join(text) + "\n")
+    with pytest.raises(DatasetError, match="record 4: no energy line"):
+        read_input_data(path)
+    # NaN forces and unknown elements are found by validate, naming file and record
+    S2 = _toy_structures()
+    S2[2].forces[0, 0] = np.nan
+    S2[2].source = "x.data: record 3"
+    S2[1].symbols[0] = "Zn"
+    S2[1].source = "x.data: record 2"
+    with pytest.raises(DatasetError) as ei:
+        validate(S2, ["Ni", "Cu"])
+    msg = str(ei.value)
+    assert "x.data: record 3: non-finite force on atom 1" in msg
+    assert "x.data: record 2: unknown element(s) Zn" in msg
+    bad = tmp_path / "bad.data"
+    bad.write_text("begin\natom 0 0 0 Cu 0 0 0 0\nend\n")
+    with pytest.raises(DatasetError, match=r"bad.data: record 1 \(line 2\): atom line needs 9"):
+        read_input_data(str(bad))
+
+
+# ---------------------------------------------------------------- config and preparation
+
+def test_bad_config_values(tmp_path):
+    with pytest.raises(ConfigError, match="training.optimizer"):
+        normalise_config({"data": {"files": ["a.xyz"]}, "training": {"optimizer": "sgd"}})
+    with pytest.raises(ConfigError, match="training.kalman.epsilon"):
+        normalise_config({"data": {"files": ["a.xyz"]}, "training": {"kalman": {"epsilon": -1}}})
+    with pytest.raises(ConfigError, match="unknown key 'training.epoch'"):
+        normalise_config({"data": {"files": ["a.xyz"]}, "training": {"epoch": 3}})
+    with pytest.raises(ConfigError, match="model.activations"):
+        normalise_config({"data": {"files": ["a.xyz"]}, "model": {"activations": ["t", "l"]}})
+    p = tmp_path / "c.toml"
+    p.write_text('[data]\nfiles = ["d.extxyz"]\n[training]\nepochs = "ten"\n')
+    with pytest.raises(ConfigError, match="'training.epochs' must be a number"):
+        load_config(str(p))
+    p.write_text('[data]\nfiles = ["d.extxyz"]\n[training]\nepochs = 3\n')
+    cfg = load_config(str(p))
+    assert cfg["data"]["files"] == [str(tmp_path / "d.extxyz")]
+    assert cfg["training"]["kalman"]["qtau"] == 2.302
+
+
+def test_reference_energies_and_sf_statistics():
+    counts = np.array([[2, 0], [1, 3], [4, 4], [0, 5]], float)
+    eps = np.array([-1.5, -3.25])
+    assert np.allclose(prepare.reference_energies(counts, counts @ eps), eps)
+    G = np.array([[0.1, 2.0, 5.0], [0.3, 2.0, 6.0], [0.2, 2.0, 4.0]])
+    with pytest.raises(prepare.ConstantSymmetryFunctionError, match="SF 2 .*constant value 2"):
+        prepare.sf_statistics(G, "Cu", ["a", "Cu 2 Cu 1.0 0.0 6.0", "c"])
+    lo, hi, mu, sig = prepare.sf_statistics(G[:, [0, 2]], "Cu")
+    assert np.allclose(lo, [0.1, 4.0]) and np.allclose(mu, [0.2, 5.0])
+
+
+def test_sf_generators_and_pruning():
+    el = ["H", "C", "Zn"]
+    rad = prepare.radial_functions(el, 6.0, n=4, r_min=1.0, drop_pairs=[("Zn", "H"), ("H", "H")])
+    # 9 central-neighbour pairs minus Zn-H, H-Zn, H-H
+    assert len(rad) == 4 * 6
+    assert not any(l.startswith("H 2 H") or l.startswith("Zn 2 H") for l in rad)
+    cen = prepare.radial_functions(["Cu"], 5.0, n=3, r_min=1.0, mode="centred")
+    assert [float(l.split()[4]) for l in cen] == [0.0] * 3
+    ang = prepare.angular_functions(["Cu", "Ni"], 5.0, etas=[0.01], zetas=[1, 2], lambdas=[-1, 1],
+                                    pair_cutoffs={("Cu", "Ni"): 4.0})
+    assert len(ang) == 2 * 3 * 4
+    assert all(l.split()[-1] == "4" for l in ang if "Ni" in l.split()[1:4] and "Cu" in l)
+
+
+# ---------------------------------------------------------------- end-to-end (compiled core)
+
+def _core_ok():
+    try:
+        from pyfragnn import _core
+        return hasattr(_core, "TrainingStructure")
+    except ImportError:
+        return False
+
+
+needs_core = pytest.mark.skipif(not _core_ok(), reason="pyfragnn._core with training.pxi needed")
+
+
+def emt_cells(n, seed=0):
+    """Rattled (0.02-0.12 Å) and strained (+-4 %) fcc Cu-Ni cells of 8 atoms, EMT labels."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        at = bulk("Cu", "fcc", a=3.58) * (2, 2, 2)
+        at.set_chemical_symbols(list(np.where(rng.random(len(at)) < 0.4, "Ni", "Cu")))
+        F = np.eye(3) + rng.uniform(-0.04, 0.04, (3, 3))
+        at.set_cell(at.cell @ (0.5 * (F + F.T)), scale_atoms=True)
+        at.positions += rng.normal(0, rng.uniform(0.02, 0.12), at.positions.shape)
+        at.calc = EMT()
+        out.append(Structure(symbols=at.get_chemical_symbols(), positions=at.positions.copy(),
+                             cell=np.array(at.cell), pbc=np.ones(3, bool),
+                             energy=float(at.get_potential_energy()),
+                             forces=at.get_forces().copy(),
+                             label="Cu-rich" if (np.array(at.get_chemical_symbols()) == "Cu").sum() >= 5
+                             else "Ni-rich", source=f"emt:{k + 1}"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def emt_data():
+    return emt_cells(300)
+
+
+def base_config(out, optimizer="ekf", epochs=8):
+    return {"data": {"files": [], "test_fraction": 0.2, "split": "label"},
+            "model": {"cutoff": 4.5, "hidden": [10, 10], "radial": {"n": 5, "r_min": 1.8},
+                      "angular": {"eta": [0.02], "zeta": [1, 4], "lambda": [-1, 1]}},
+            "training": {"optimizer": optimizer, "epochs": epochs, "seed": 11,
+                         "force_weight": 2.0, "force_fraction": 0.03, "progress": False,
+                         "adam": {"learning_rate": 0.005, "batch_size": 8}},
+            "output": {"directory": str(out), "plots": True}}
+
+
+@needs_core
+def test_ekf_training_reaches_bars_and_fragnn_reproduces(emt_data, tmp_path):
+    """Bars: test RMSE E < 20 meV/atom and F < 0.15 eV/Å after 8 epochs. The data spread is
+    0.27 eV/atom (s.d. of E/atom) and 1.0 eV/Å (force RMS), so the bars demand 93 % / 85 %
+    of it explained; n2p2's 3-epoch anchor on the harder fragment set is 55 meV/atom,
+    0.22 eV/Å. A fit measured at 6-10 meV/atom, 0.06-0.09 eV/Å leaves margin for platform
+    round-off."""
+    from pyfragnn.training.trainer import Trainer
+    from pyfragnn import FragNN, Potential
+    tr = Trainer(base_config(tmp_path / "ekf"), structures=emt_data)
+    res = tr.run()
+    last = res.history[-1]
+    assert res.history[0]["rmse_E_test"] > 0.1
+    assert last["rmse_E_test"] < 0.020, last
+    assert last["rmse_F_test"] < 0.15, last
+    for f in ("potential.fragnn", "learning_curve.csv", "learning_curve.png", "rmse_table.csv",
+              "rmse_table.md", "parity_energy.png", "parity_forces.png", "n2p2/input.nn",
+              "n2p2/scaling.data", "checkpoint.pkl"):
+        assert (tmp_path / "ekf" / f).exists(), f
+    labels = {(r["label"], r["set"]) for r in res.table}
+    assert ("Cu-rich", "test") in labels and ("(all)", "train") in labels
+    # trainer predictions (its own cache path) agree with Model::compute to round-off ...
+    err = tr.errors()
+    assert err["rmse_F_test"] == pytest.approx(last["rmse_F_test"], rel=1e-12)
+    # ... and reloading the written potential in FragNN reproduces them exactly
+    calc = FragNN(str(tmp_path / "ekf" / "potential.fragnn"))
+    n2p2 = Potential.load(str(tmp_path / "ekf" / "n2p2"))
+    for i in list(tr.test_idx[:5]) + list(tr.train_idx[:3]):
+        at = emt_data[i].to_atoms()
+        at.calc = calc
+        assert at.get_potential_energy() == res.predictions["energy"][i]
+        assert np.array_equal(at.get_forces(), res.predictions["forces"][i])
+        r = n2p2.compute(emt_data[i].positions, emt_data[i].symbols, emt_data[i].cell,
+                         emt_data[i].pbc)
+        assert r["energy"] == pytest.approx(res.predictions["energy"][i], rel=1e-12)
+
+
+@needs_core
+def test_adam_training_improves(emt_data, tmp_path):
+    from pyfragnn.training.trainer import Trainer
+    res = Trainer(base_config(tmp_path / "adam", "adam", epochs=6), structures=emt_data[:150]).run()
+    h0, h1 = res.history[0], res.history[-1]
+    assert h1["rmse_E_test"] < 0.3 * h0["rmse_E_test"]
+    assert h1["rmse_F_test"] < 0.5 * h0["rmse_F_test"]
+
+
+def _write_run(tmp_path, data, name, optimizer="ekf", epochs=3, **train):
+    d = tmp_path / name
+    d.mkdir()
+    write_extxyz(data, str(d / "data.extxyz"))
+    cfg = base_config("out", optimizer, epochs)
+    cfg["data"]["files"] = ["data.extxyz"]
+    cfg["training"].update(train)
+    cfg["output"]["plots"] = False
+    (d / "train.json").write_text(json.dumps(cfg))
+    return d
+
+
+def _env():
+    import pyfragnn
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(pyfragnn.__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    env["OPENBLAS_NUM_THREADS"] = "1"
+    return env
+
+
+def _cli(d, *extra, env=None, mpi=0):
+    cmd = [sys.executable, "-m", "pyfragnn.training.cli", "train", str(d / "train.json"), "-q",
+           *extra]
+    if mpi:
+        cmd = [shutil.which("mpirun") or shutil.which("mpiexec"), "-np", str(mpi)] + cmd
+    return subprocess.run(cmd, env=env or _env(), capture_output=True, text=True, timeout=300)
+
+
+def _weights(path):
+    from pyfragnn import Potential
+    core = Potential.load(str(path)).core
+    return np.concatenate([core.get_parameters(e) for e in range(len(core.elements))])
+
+
+@needs_core
+@pytest.mark.parametrize("optimizer,kill", [("ekf", "2:40"), ("adam", "2:5")])
+def test_sigkill_and_resume_gives_identical_weights(emt_data, tmp_path, optimizer, kill):
+    data = emt_data[:120]
+    a = _write_run(tmp_path, data, "a", optimizer)
+    r = _cli(a)
+    assert r.returncode == 0, r.stderr
+    b = _write_run(tmp_path, data, "b", optimizer)
+    env = _env()
+    env["PYFRAGNN_TEST_SIGKILL"] = kill  # SIGKILL in epoch 2, mid-epoch
+    r = _cli(b, env=env)
+    assert r.returncode == -9, (r.returncode, r.stderr)
+    assert not (b / "out" / "potential.fragnn").exists()
+    r = _cli(b)
+    assert r.returncode == 0, r.stderr
+    wa, wb = _weights(a / "out" / "potential.fragnn"), _weights(b / "out" / "potential.fragnn")
+    assert np.array_equal(wa, wb)
+
+
+@needs_core
+@pytest.mark.mpi
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun not found")
+@pytest.mark.parametrize("optimizer", ["ekf", "adam"])
+def test_mpi_two_ranks_equal_serial(emt_data, tmp_path, optimizer):
+    data = emt_data[:120]
+    s = _write_run(tmp_path, data, "serial", optimizer)
+    p = _write_run(tmp_path, data, "mpi", optimizer)
+    r = _cli(s)
+    assert r.returncode == 0, r.stderr
+    r = _cli(p, mpi=2)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ws, wp = _weights(s / "out" / "potential.fragnn"), _weights(p / "out" / "potential.fragnn")
+    assert np.max(np.abs(ws - wp)) <= 1e-10 * np.max(np.abs(ws))
+    # with the core's fixed-order covariance kernels the runs agree bit for bit
+    assert np.array_equal(ws, wp)
+
+
+@needs_core
+def test_constant_symmetry_function_and_bad_structure_errors(tmp_path):
+    from pyfragnn.training.trainer import Trainer
+    data = emt_cells(6, seed=5)
+    cfg = base_config(tmp_path / "c", epochs=1)
+    # a radial function whose shell no atom reaches is constant (zero) over the data
+    cfg["model"]["radial"] = {"n": 2, "r_min": 0.2}
+    cfg["model"]["cutoff"] = 1.0
+    with pytest.raises(prepare.ConstantSymmetryFunctionError, match="constant"):
+        Trainer(cfg, structures=data).setup()
+    data[3].forces = data[3].forces[:-1]
+    with pytest.raises(DatasetError, match="emt:4: forces have shape"):
+        Trainer(base_config(tmp_path / "d"), structures=data).setup()
+
+
+@needs_core
+def test_decoupled_kalman_fading_memory_and_early_stopping(emt_data, tmp_path):
+    """Element-decoupled filter with kalman_type 1 trains; early stopping keeps the best
+    epoch's weights and stops after `patience` epochs without test improvement."""
+    from pyfragnn.training.trainer import Trainer
+    cfg = base_config(tmp_path / "dec", epochs=6)
+    cfg["training"]["kalman"] = {"decoupled": True, "type": 1, "lambda": 0.98, "nu": 0.9987}
+    cfg["training"]["early_stopping_patience"] = 1
+    cfg["training"]["early_stopping_metric"] = "force"
+    tr = Trainer(cfg, structures=emt_data[:100])
+    res = tr.run()
+    h = res.history
+    best = min(h[1:], key=lambda r: r["rmse_F_test"])
+    assert best["rmse_F_test"] < 0.3 * h[0]["rmse_F_test"]
+    # stopped at most one epoch after the best one, and the final weights are the best ones
+    assert h[-1]["epoch"] - best["epoch"] <= 1
+    assert tr.errors()["rmse_F_test"] == pytest.approx(best["rmse_F_test"], rel=1e-12)
