@@ -5,7 +5,7 @@ Energies in eV, forces in eV/Å, stress in eV/Å^3 in ASE's Voigt order (xx, yy,
 from __future__ import annotations
 
 import warnings
-from typing import Optional, Union
+from typing import Union
 
 from ase.calculators.calculator import (Calculator, PropertyNotImplementedError,
                                         all_changes)

@@ -46,7 +46,6 @@ shift), ``cap`` (bool), ``central`` (bool).  Atom 0 is the first centre.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -654,15 +653,3 @@ def register_cli(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentP
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_fragments)
     return p
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="pyfragnn")
-    sub = parser.add_subparsers(dest="command", required=True)
-    register_cli(sub)
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -566,15 +566,3 @@ def register_cli(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentP
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_label)
     return p
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="pyfragnn")
-    sub = parser.add_subparsers(dest="command", required=True)
-    register_cli(sub)
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main(["label"] + sys.argv[1:]))

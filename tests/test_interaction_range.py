@@ -18,9 +18,9 @@ from pyfragnn.interaction_range import (
     analyse_hessian,
     force_convergence,
     hessian_blocks,
-    main,
     truncation_error,
 )
+from pyfragnn.cli import main
 from pyfragnn.labelling import compute
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
