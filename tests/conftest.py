@@ -19,6 +19,20 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 N2P2 = SHARED / "data" / "n2p2"
 
 
+def package_env(**extra: str) -> dict:
+    """Environment for subprocesses that import pyfragnn: the package this test process
+    imported (installed, or built in place) comes first on PYTHONPATH. Run such subprocesses
+    with cwd outside the checkout, so that the unbuilt source tree cannot shadow it."""
+    import os
+
+    import pyfragnn
+
+    env = dict(os.environ, **extra)
+    parent = str(Path(pyfragnn.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (parent, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
 def require_shared(path: Path) -> Path:
     """Skip the test when ../shared (CI copies it beside the clone) lacks path."""
     if not path.exists():

@@ -19,9 +19,9 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.io import read
 
+from conftest import package_env
 from pyfragnn.labelling import label, read_dataset, repair_extxyz, structure_key
 
-REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 STRUCT = SHARED / "data" / "structures"
 
@@ -65,8 +65,8 @@ def _structures(n: int, seed: int = 0):
 def helper(tmp_path, monkeypatch):
     (tmp_path / "labhelp.py").write_text(HELPER)
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(REPO),
-                                                      os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path),
+                                                      package_env()["PYTHONPATH"]]))
     monkeypatch.setenv("LABEL_CALL_LOG", str(tmp_path / "calls.log"))
     return tmp_path
 
@@ -98,9 +98,9 @@ def test_resume_after_kill_without_recomputation(helper):
     inp, out = helper / "in.extxyz", helper / "out.extxyz"
     write(inp, structs)
     log = helper / "calls.log"
-    cmd = [sys.executable, "-m", "pyfragnn.labelling", str(inp), "-o", str(out),
+    cmd = [sys.executable, "-m", "pyfragnn", "label", str(inp), "-o", str(out),
            "-m", "labhelp:slow_emt", "-j", "1", "-q"]
-    proc = subprocess.Popen(cmd, env=os.environ.copy(), start_new_session=True,
+    proc = subprocess.Popen(cmd, env=os.environ.copy(), cwd=helper, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -158,10 +158,9 @@ def test_mpi_master_worker(tmp_path):
     inp, out = tmp_path / "in.extxyz", tmp_path / "mpi.extxyz"
     write(inp, _structures(5))
     structs = read(inp, index=":")  # as the MPI run sees them (extxyz precision)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    r = subprocess.run([mpirun, "-n", "3", sys.executable, "-m", "pyfragnn.labelling", str(inp),
-                        "-o", str(out), "-m", "emt", "-q"], env=env, capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run([mpirun, "-n", "3", sys.executable, "-m", "pyfragnn", "label", str(inp),
+                        "-o", str(out), "-m", "emt", "-q"], env=package_env(), cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     frames = read_dataset(out)
     assert sorted(f.info["tag"] for f in frames) == list(range(5))

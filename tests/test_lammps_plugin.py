@@ -535,8 +535,8 @@ def test_entry_point_autoload(plugin, systems, tmp_path):
 
 def test_cli_prints_plugin_path(plugin):
     """`pyfragnn plugin-path` prints the plugin that LAMMPS is given."""
-    r = subprocess.run([sys.executable, "-m", "pyfragnn.cli", "plugin-path"], env=_env(None),
-                       text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+    r = subprocess.run([sys.executable, "-m", "pyfragnn", "plugin-path"], env=_env(None),
+                       cwd=Path(plugin).parent, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
     assert r.returncode == 0, r.stdout
     assert r.stdout.strip().splitlines()[-1] == plugin
 

@@ -318,11 +318,12 @@ def _env():
 
 
 def _cli(d, *extra, env=None, mpi=0):
-    cmd = [sys.executable, "-m", "pyfragnn.training.cli", "train", str(d / "train.json"), "-q",
+    cmd = [sys.executable, "-m", "pyfragnn", "train", str(d / "train.json"), "-q",
            *extra]
     if mpi:
         cmd = [shutil.which("mpirun") or shutil.which("mpiexec"), "-np", str(mpi)] + cmd
-    return subprocess.run(cmd, env=env or _env(), capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, env=env or _env(), cwd=d, capture_output=True, text=True,
+                          timeout=300)
 
 
 def _weights(path):
