@@ -301,6 +301,7 @@ void PairFragNN::compute(int eflag, int vflag)
   const double rc2 = cutoff_pot * cutoff_pot;
   const double s = cfl;
   double etot = 0.0;
+  std::string kernel_error;
   for (int ii0 = 0; ii0 < inum; ii0 += CHUNK) {
     const int ii1 = std::min(inum, ii0 + CHUNK);
     centres.clear();
@@ -338,9 +339,11 @@ void PairFragNN::compute(int eflag, int vflag)
     try {
       etot += model->compute(view, kelem.data(), nall, out);
     } catch (std::exception &e) {
-      error->one(FLERR, "pair fragnn: {}", e.what());
+      kernel_error = e.what();
+      break;
     }
   }
+  stop_on_kernel_error(kernel_error);
 
   // scatter back with unit conversion
   const double econv = 1.0 / cfe;
@@ -377,6 +380,25 @@ void PairFragNN::compute(int eflag, int vflag)
                  (int64_t) glob[1], resetew ? "on this step" : "in total", maxew,
                  update->ntimestep);
   }
+}
+
+/* ----------------------------------------------------------------------
+   a kernel error on any rank (e.g. two atoms at one place) stops all ranks together, with the
+   message of the lowest failing rank printed by rank 0 (error->one from a single rank can lose
+   its message when MPI aborts the job)
+------------------------------------------------------------------------- */
+
+void PairFragNN::stop_on_kernel_error(const std::string &msg)
+{
+  const int me = comm->me;
+  int mine = msg.empty() ? comm->nprocs : me, first = 0;
+  MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, world);
+  if (first == comm->nprocs) return;
+  int len = (me == first) ? (int) msg.size() : 0;
+  MPI_Bcast(&len, 1, MPI_INT, first, world);
+  std::string text(me == first ? msg : std::string(len, ' '));
+  MPI_Bcast(&text[0], len, MPI_CHAR, first, world);
+  error->all(FLERR, "pair fragnn: {} (rank {})", text, first);
 }
 
 /* ----------------------------------------------------------------------

@@ -89,6 +89,7 @@ class PairFragNN : public Pair {
   virtual void allocate();
   void map_elements(const std::vector<std::string> &);
   void resolve_units();
+  void stop_on_kernel_error(const std::string &);
   void report_warnings(const std::vector<pyfragnn::ExtrapolationWarning> &, int64_t);
 };
 

@@ -622,7 +622,7 @@ def test_misuse_unknown_keyword(plugin, systems, tmp_path):
 
 def test_rank_local_kernel_error_stops_all_ranks(plugin, systems, tmp_path):
     """A kernel error on one rank only (two atoms at the same place) ends the whole job via
-    error->one with the kernel's message, without hanging the other ranks."""
+    error->all with the kernel's message and the rank, without hanging the other ranks."""
     s = systems("cu2s")
     pos = s.pos.copy()
     pos[1] = pos[0]
