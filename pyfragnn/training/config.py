@@ -34,8 +34,11 @@ Example (TOML)::
     force_weight = 10.0           # EKF: multiplies force errors and Jacobians (n2p2)
     energy_fraction = 1.0         # EKF energy updates per epoch / training structures
     force_fraction = 0.02315      # EKF force updates per epoch / training force components
-    energy_error_threshold = 0.0  # EKF candidate accepted if |error| >= thr * RMSE (n2p2
-    force_error_threshold = 1.0   #   selection_mode 2), at most threshold_trials draws
+    energy_error_threshold = 0.0  # EKF candidate accepted if |error| > thr * RMSE (n2p2
+    force_error_threshold = 1.0   #   selection_mode 2; energy error per atom vs per-atom RMSE),
+                                  #   at most threshold_trials candidates from the epoch's
+                                  #   shuffled lists; the energy update itself uses the total
+                                  #   energy error and Jacobian, as n2p2
     threshold_trials = 3
     jacobian_memory_mb = 2048     # per process: cache descriptor Jacobians up to this size
     early_stopping_patience = 0   # epochs without test improvement before stopping (0: off)

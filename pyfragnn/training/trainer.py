@@ -333,11 +333,13 @@ class Trainer:
             self.comm.Bcast(buf, root=root)
 
     def _energy_obs(self, i: int, buf: np.ndarray) -> None:
+        """buf = [E_ref - E, dE/dw]: the total-energy error and Jacobian, as n2p2's combined
+        update (Training::update, US_COMBINED: error energyRef - energy, Jacobian the sum of
+        the atomic dE_i/dc; no division by the number of atoms)."""
         buf[:] = 0.0
         if self._owner(i) == self.rank:
-            n = self.nat[i]
-            E, _ = self.ts[i].energy_gradient(1.0 / n, out=buf[1:])
-            buf[0] = (self.Eref[i] - E) / n
+            E, _ = self.ts[i].energy_gradient(1.0, out=buf[1:])
+            buf[0] = self.Eref[i] - E
         self._bcast(buf, self._owner(i))
 
     def _force_obs(self, i: int, comp: int, buf: np.ndarray) -> None:
@@ -351,14 +353,33 @@ class Trainer:
         self._bcast(buf, self._owner(i))
 
     def _ekf_epoch(self, kf: KalmanFilter, err: dict, bar) -> int:
+        """One EKF epoch as n2p2's Training::loop()/update() with selection_mode 2:
+        - update candidates (training structures for energies, training force components for
+          forces) are shuffled once per epoch and consumed in that order, wrapping around
+          (n2p2 shuffleUpdateCandidates / posUpdateCandidates): every structure gets one
+          energy update per epoch at energy_fraction 1;
+        - the epoch schedule (int(energy_fraction * structures) energy and
+          int(force_fraction * components) force updates) is shuffled (setEpochSchedule);
+        - threshold selection: a candidate is taken once |E_ref - E| / N > thr_E * RMSE_E/atom
+          or |F_ref - F| > thr_F * RMSE_F (previous epoch's training RMSEs); each trial
+          consumes a candidate; after threshold_trials failures the last one drawn is used
+          (as n2p2's 2G update, which computes error and Jacobian of the last candidate);
+        - energy observation in total energy (see _energy_obs), force observation with error
+          and Jacobian both multiplied by force_weight.
+        """
         t = self.cfg["training"]
         tr = self.train_idx
         nE = int(t["energy_fraction"] * tr.size)
         nFc = self.nF[tr]
         nF = int(t["force_fraction"] * nFc.sum()) if self.cfg["data"]["use_forces"] else 0
+        # candidate lists (same draws on every rank)
+        candE = self.rng.permutation(tr)
+        cumF = np.cumsum(nFc)
+        nFtot = int(cumF[-1]) if cumF.size else 0
+        candF = self.rng.permutation(nFtot) if nF > 0 else np.zeros(0, dtype=np.int64)
         sched = np.concatenate([np.zeros(nE, dtype=np.int8), np.ones(nF, dtype=np.int8)])
         self.rng.shuffle(sched)
-        cumF = np.cumsum(nFc)
+        posE = posF = 0
         rmseE = err["rmse_E_train"] / self.eu
         rmseF = err["rmse_F_train"] * self.lu / self.eu
         thrE = t["energy_error_threshold"] * rmseE
@@ -372,16 +393,22 @@ class Trainer:
                 os.kill(os.getpid(), 9)  # test hook: PYFRAGNN_TEST_SIGKILL="epoch:update"
             for trial in range(trials):
                 if u == 0:
-                    i = int(tr[self.rng.integers(tr.size)])
+                    if posE >= candE.size:
+                        posE = 0
+                    i = int(candE[posE])
+                    posE += 1
                     self._energy_obs(i, buf)
-                    ok = abs(buf[0]) >= thrE
+                    ok = abs(buf[0]) / self.nat[i] > thrE
                 else:
-                    k = int(self.rng.integers(int(cumF[-1])))
+                    if posF >= candF.size:
+                        posF = 0
+                    k = int(candF[posF])
+                    posF += 1
                     j = int(np.searchsorted(cumF, k, side="right"))
                     i = int(tr[j])
                     comp = k - (int(cumF[j - 1]) if j > 0 else 0)
                     self._force_obs(i, comp, buf)
-                    ok = abs(buf[0]) >= thrF
+                    ok = abs(buf[0]) > thrF
                 if ok:
                     break
             sw = math.sqrt(self.wt[i])
