@@ -166,11 +166,7 @@ TrainingStructure::TrainingStructure(const Model& model, const double* positions
     for (int64_t i = 0; i < n; ++i) {
         const int e = element_[i];
         if (e < 0) continue;
-        AtomEnvironment env;
-        env.n = static_cast<int>(noff_[i + 1] - noff_[i]);
-        env.d = d_.data() + 3 * noff_[i];
-        env.r = r_.data() + noff_[i];
-        env.element = ej_.data() + noff_[i];
+        const AtomEnvironment env = environment(i);
         if (cache_jac_)
             model.descriptor(e).jacobian(env, &G_[goff_[i]], jac_.data() + joff_[i], s.dws);
         else
@@ -207,11 +203,7 @@ void TrainingStructure::set_cache_jacobians(const Model& model, bool on) {
     for (int64_t i = 0; i < n_; ++i) {
         const int e = element_[i];
         if (e < 0) continue;
-        AtomEnvironment env;
-        env.n = static_cast<int>(noff_[i + 1] - noff_[i]);
-        env.d = d_.data() + 3 * noff_[i];
-        env.r = r_.data() + noff_[i];
-        env.element = ej_.data() + noff_[i];
+        const AtomEnvironment env = environment(i);
         s.G.resize(nsf_[i]);
         model.descriptor(e).jacobian(env, s.G.data(), jac_.data() + joff_[i], s.dws);
     }
@@ -262,11 +254,7 @@ double TrainingStructure::energy_forces(const Model& model, double* forces) cons
                 for (int m = 0; m < 3 * nn_; ++m) s.dEdd[m] += gq * Jq[m];
             }
         } else {
-            AtomEnvironment env;
-            env.n = nn_;
-            env.d = d_.data() + 3 * noff_[i];
-            env.r = r_.data() + noff_[i];
-            env.element = ej_.data() + noff_[i];
+            const AtomEnvironment env = environment(i);
             s.G.resize(nsf);
             model.descriptor(e).compute(env, s.G.data(), s.dws);
             model.descriptor(e).contract(env, s.dEdx.data(), s.dEdd.data(), s.dws);
@@ -297,16 +285,21 @@ double TrainingStructure::energy_gradient(const Model& model, double scale, doub
     return etot;
 }
 
-const double* TrainingStructure::jacobian(const Model& model, int64_t i,
-                                          std::vector<double>& buf) const {
-    if (cache_jac_) return jac_.data() + joff_[i];
-    Scratch& s = scratch();
-    const int e = element_[i];
+AtomEnvironment TrainingStructure::environment(int64_t i) const {
     AtomEnvironment env;
     env.n = static_cast<int>(noff_[i + 1] - noff_[i]);
     env.d = d_.data() + 3 * noff_[i];
     env.r = r_.data() + noff_[i];
     env.element = ej_.data() + noff_[i];
+    return env;
+}
+
+const double* TrainingStructure::jacobian(const Model& model, int64_t i,
+                                          std::vector<double>& buf) const {
+    if (cache_jac_) return jac_.data() + joff_[i];
+    Scratch& s = scratch();
+    const int e = element_[i];
+    const AtomEnvironment env = environment(i);
     buf.resize(joff_[i + 1] - joff_[i]);
     s.G.resize(nsf_[i]);
     model.descriptor(e).jacobian(env, s.G.data(), buf.data(), s.dws);

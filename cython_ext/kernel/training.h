@@ -87,6 +87,8 @@ public:
                                     double* dw) const;
 
 private:
+    // Neighbourhood of atom i as stored by the constructor.
+    AtomEnvironment environment(int64_t i) const;
     // Jacobian of atom i into buf (computed or cached); returns pointer.
     const double* jacobian(const Model& model, int64_t i, std::vector<double>& buf) const;
     // One R-op pass for atom i with neighbour displacement u_j = c_t(j) - c_i (3 per j).

@@ -68,40 +68,38 @@ def write_rmse_table(rows: List[dict], out_dir: str) -> None:
         fh.write(format_table(rows) + "\n")
 
 
-def parity_plots(trainer, pred: dict, out_dir: str) -> None:
-    """parity_energy.png (E/atom) and parity_forces.png (force components), train and test."""
+def _parity(trainer, values, quantity: str, unit: str, ms: float, alpha: float,
+            path: str) -> None:
+    """One parity PNG; values(idx) -> (reference, prediction) arrays for those structures."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     for name, idx, mk in (("train", trainer.train_idx, "o"), ("test", trainer.test_idx, "s")):
         if idx.size == 0:
             continue
-        ref = np.array([trainer.structures[i].energy / trainer.nat[i] for i in idx])
-        nn = np.array([pred["energy"][int(i)] / trainer.nat[i] for i in idx])
-        ax.plot(ref, nn, mk, ms=3, alpha=0.6, label=name)
+        ref, nn = values(idx)
+        ax.plot(ref, nn, mk, ms=ms, alpha=alpha, label=name)
     lim = ax.get_xlim()
     ax.plot(lim, lim, "k-", lw=0.8)
-    ax.set_xlabel("reference E (eV/atom)")
-    ax.set_ylabel("HDNNP E (eV/atom)")
+    ax.set_xlabel(f"reference {quantity} ({unit})")
+    ax.set_ylabel(f"HDNNP {quantity} ({unit})")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "parity_energy.png"), dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    if not trainer.cfg["data"]["use_forces"]:
-        return
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    for name, idx, mk in (("train", trainer.train_idx, "o"), ("test", trainer.test_idx, "s")):
-        if idx.size == 0:
-            continue
-        ref = np.concatenate([trainer.structures[i].forces[trainer.structures[i].mask()].ravel()
-                              for i in idx])
-        nn = np.concatenate([pred["forces"][int(i)][trainer.structures[i].mask()].ravel()
-                             for i in idx])
-        ax.plot(ref, nn, mk, ms=1.5, alpha=0.4, label=name)
-    lim = ax.get_xlim()
-    ax.plot(lim, lim, "k-", lw=0.8)
-    ax.set_xlabel("reference F (eV/Å)")
-    ax.set_ylabel("HDNNP F (eV/Å)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "parity_forces.png"), dpi=120)
-    plt.close(fig)
+
+
+def parity_plots(trainer, pred: dict, out_dir: str) -> None:
+    """parity_energy.png (E/atom) and parity_forces.png (force components), train and test."""
+    s = trainer.structures
+
+    def energies(idx):
+        return (np.array([s[i].energy / trainer.nat[i] for i in idx]),
+                np.array([pred["energy"][int(i)] / trainer.nat[i] for i in idx]))
+
+    def forces(idx):
+        return (np.concatenate([s[i].forces[s[i].mask()].ravel() for i in idx]),
+                np.concatenate([pred["forces"][int(i)][s[i].mask()].ravel() for i in idx]))
+
+    _parity(trainer, energies, "E", "eV/atom", 3, 0.6, os.path.join(out_dir, "parity_energy.png"))
+    if trainer.cfg["data"]["use_forces"]:
+        _parity(trainer, forces, "F", "eV/Å", 1.5, 0.4, os.path.join(out_dir, "parity_forces.png"))

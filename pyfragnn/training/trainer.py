@@ -224,21 +224,9 @@ class Trainer:
         ne = len(self.elements)
         nsf = [core.n_symmetry_functions(e) for e in range(ne)]
         # per structure: count, min, max, sum per element
-        rows = {}
-        for i in self.owned:
-            if self.is_test[i]:
-                continue
-            ts = self.ts[i]
-            el = self.elem_idx[i]
-            per = []
-            for e in range(ne):
-                idx = np.flatnonzero(el == e)
-                if idx.size == 0:
-                    per.append(None)
-                    continue
-                G = np.array([ts.G(int(a)) for a in idx])
-                per.append((idx.size, G.min(0), G.max(0), G.sum(0)))
-            rows[i] = per
+        own_train = [i for i in self.owned if not self.is_test[i]]
+        rows = {i: [None if G is None else (len(G), G.min(0), G.max(0), G.sum(0))
+                    for G in self._element_G(i)] for i in own_train}
         allrows = self._gather_dict(rows)
         cnt = [0] * ne
         gmin = [np.full(n, np.inf) for n in nsf]
@@ -253,20 +241,8 @@ class Trainer:
                 gmax[e] = np.maximum(gmax[e], p[2])
                 gsum[e] = gsum[e] + p[3]
         mean = [gsum[e] / max(cnt[e], 1) for e in range(ne)]
-        rows2 = {}
-        for i in self.owned:
-            if self.is_test[i]:
-                continue
-            ts, el = self.ts[i], self.elem_idx[i]
-            per = []
-            for e in range(ne):
-                idx = np.flatnonzero(el == e)
-                if idx.size == 0:
-                    per.append(None)
-                    continue
-                G = np.array([ts.G(int(a)) for a in idx])
-                per.append(((G - mean[e]) ** 2).sum(0))
-            rows2[i] = per
+        rows2 = {i: [None if G is None else ((G - mean[e]) ** 2).sum(0)
+                     for e, G in enumerate(self._element_G(i))] for i in own_train}
         allrows2 = self._gather_dict(rows2)
         for e in range(ne):
             if cnt[e] == 0:
@@ -283,6 +259,15 @@ class Trainer:
             core.set_scaling(e, lo, hi, mu, sig)
         for ts in self.ts.values():
             ts.rescale()
+
+    def _element_G(self, i: int) -> list:
+        """Raw symmetry functions of structure i per element: (n_atoms_e, n_sf_e) or None."""
+        ts, el = self.ts[i], self.elem_idx[i]
+        out = []
+        for e in range(len(self.elements)):
+            idx = np.flatnonzero(el == e)
+            out.append(np.array([ts.G(int(a)) for a in idx]) if idx.size else None)
+        return out
 
     def _gather_dict(self, d: dict) -> dict:
         if self.comm is None:
