@@ -333,6 +333,12 @@ cdef class CoreModel:
         cdef vector[string] els = self.m.elements()
         return [format_symmetry_function(ps[0][k], els).decode() for k in range(ps.size())]
 
+    def symmetry_function_source_lines(self, int e):
+        """1-based line in the input.nn text of each of element e's functions (n2p2 sorted
+        order, as symmetry_function_lines); 0 where not read from text."""
+        cdef const vector[SymmetryFunctionParams]* ps = &self.m.descriptor(e).params()
+        return [ps[0][k].line for k in range(ps.size())]
+
     cdef AtomEnvironment _env(self, cnp.ndarray[double, ndim=2, mode="c"] d,
                               cnp.ndarray[double, ndim=1, mode="c"] r,
                               cnp.ndarray[int, ndim=1, mode="c"] el):

@@ -64,6 +64,46 @@ def test_decoupled_kalman_is_blockwise_and_fits_linear_model():
     assert len(kf.blocks) == 2 and kf.blocks[0].P0.shape == (5, 5)
 
 
+@pytest.mark.parametrize("kt", [0, 1])
+@pytest.mark.parametrize("rank_block,symmetric", [(1, False), (3, False), (64, False),
+                                                  (3, True)])
+def test_decoupled_kalman_matches_dense_reference(kt, rank_block, symmetric):
+    """Element-decoupled EKF (Puskorius & Feldkamp): block-diagonal P, shared innovation
+    a = sum_b h_b.P_b h_b + R, every block sees the full error; an empty block is ignored.
+    (n2p2's update_strategy 1 differs by design: independent filters with a_e = h_e.P_e h_e + R
+    and the error apportioned by element fractions.)"""
+    rng = np.random.default_rng(5)
+    n, upe, bounds = 17, 7, [0, 6, 6, 13, 17]
+    kf = KalmanFilter(n, kalman_type=kt, blocks=bounds, rank_block=rank_block,
+                      updates_per_epoch=upe, symmetric=symmetric)
+    bl = [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+    assert len(kf.blocks) == len(bl)
+    w, w_ref = np.zeros(n), np.zeros(n)
+    Ps = [np.eye(b - a) / 1e-2 for a, b in bl]
+    q, eta, lam = 0.01, 0.01, 0.96
+    for _ in range(40):
+        h = rng.normal(size=n) * rng.uniform(0.1, 10)
+        e = rng.normal()
+        kf.update(w, h, e)
+        xs = [P @ h[a:b] for P, (a, b) in zip(Ps, bl)]
+        A = (1 / eta if kt == 0 else lam) + sum(h[a:b] @ x for x, (a, b) in zip(xs, bl))
+        for k, ((a, b), x) in enumerate(zip(bl, xs)):
+            w_ref[a:b] += x * e / A
+            if kt == 0:
+                Ps[k] = Ps[k] - np.outer(x, x) / A + q * np.eye(b - a)
+            else:
+                Ps[k] = (Ps[k] - np.outer(x, x) / A) / lam
+        if kt == 0:
+            q = max(q * math.exp(-2.302 / upe), 1e-6)
+            eta = min(eta * math.exp(2.302 / upe), 1.0)
+        else:
+            lam = 0.99987 * lam + 1 - 0.99987
+    assert np.allclose(w, w_ref, rtol=0, atol=1e-12 * np.abs(w_ref).max())
+    kf.flush()
+    for blk, P in zip(kf.blocks, Ps):
+        assert np.allclose(blk.full_matrix(), P, rtol=0, atol=1e-12 * np.abs(P).max())
+
+
 def test_adam_minimises_quadratic():
     rng = np.random.default_rng(2)
     A = rng.normal(size=(8, 8))
@@ -184,6 +224,24 @@ def test_reference_energies_and_sf_statistics():
         prepare.sf_statistics(G, "Cu", ["a", "Cu 2 Cu 1.0 0.0 6.0", "c"])
     lo, hi, mu, sig = prepare.sf_statistics(G[:, [0, 2]], "Cu")
     assert np.allclose(lo, [0.1, 4.0]) and np.allclose(mu, [0.2, 5.0])
+
+
+def test_near_constant_symmetry_functions_relative_check():
+    """max - min <= tol * max(1, |max|, |min|) is (near-)constant: a tiny nonzero range passes
+    a zero test but would be scaled up by 1/range."""
+    gmin = np.array([0.0, 5.0, 1e3, 0.0, 2.0, 0.0, 1e-9, np.nan])
+    gmax = np.array([1e-8, 5 + 1e-7, 1e3 + 1e-4, 1e-3, 2.0, 3e-6, 2e-9, 1.0])
+    bad = prepare.near_constant_functions(gmin, gmax)
+    assert prepare.CONSTANT_SF_TOL == 1e-6
+    assert list(bad) == [0, 1, 2, 4, 6, 7]
+    assert list(prepare.near_constant_functions(gmin, gmax, tol=0.0)) == [4, 7]
+    G = np.array([[0.1, 2.0, 5.0], [0.3, 2.0 + 3e-9, 6.0], [0.2, 2.0, 4.0]])
+    with pytest.raises(prepare.ConstantSymmetryFunctionError,
+                       match=r"(?s)element Cu: 1 .*SF 2 \(Cu 2 Cu 1.0 0.0 6.0\): range 3e-09.*"
+                             r"Hint: set model.constant_sf"):
+        prepare.sf_statistics(G, "Cu", ["a", "Cu 2 Cu 1.0 0.0 6.0", "c"])
+    lo, hi, _, _ = prepare.sf_statistics(G, "Cu", tol=1e-12)
+    assert hi[1] - lo[1] == pytest.approx(3e-9)
 
 
 def test_sf_generators_and_pruning():
@@ -382,6 +440,97 @@ def test_constant_symmetry_function_and_bad_structure_errors(tmp_path):
     data[3].forces = data[3].forces[:-1]
     with pytest.raises(DatasetError, match="emt:4: forces have shape"):
         Trainer(base_config(tmp_path / "d"), structures=data).setup()
+
+
+# two functions that only see the far tails of their Gaussians on the Cu-Ni cells: ranges
+# ~1e-9 (angular, like Zn-H-H within 4 Å) and ~1e-8 (radial); nonzero, so a zero-range test
+# passes them
+_TINY_SFS = ["Cu 9 Ni Ni 2.0 1 1 4.5", "Cu 2 Ni 4.0 0.0 4.5"]
+
+
+def _input_nn_with_tiny_sfs(path):
+    sfs = prepare.radial_functions(["Ni", "Cu"], 4.5, n=3, r_min=1.8)
+    text = prepare.make_input_nn(["Ni", "Cu"], sfs[:9] + [_TINY_SFS[0]] + sfs[9:] +
+                                 [_TINY_SFS[1]], hidden=(6,), activations=("t", "l"))
+    path.write_text(text)
+    lines = text.splitlines()
+    return [lines.index("symfunction_short " + t) + 1 for t in _TINY_SFS]
+
+
+@needs_core
+def test_near_constant_symmetry_function_error_names_element_index_line_and_range(tmp_path):
+    from pyfragnn.training.trainer import Trainer
+    data = emt_cells(12, seed=21)
+    nums = _input_nn_with_tiny_sfs(tmp_path / "input.nn")
+    cfg = base_config(tmp_path / "out", epochs=1)
+    cfg["model"]["input_nn"] = str(tmp_path / "input.nn")
+    with pytest.raises(prepare.ConstantSymmetryFunctionError) as ei:
+        Trainer(cfg, structures=data).setup()
+    msg = str(ei.value)
+    assert "element Cu: 2 symmetry function(s) are (nearly) constant" in msg
+    assert f"line {nums[0]} of input.nn: Cu 9 Ni Ni 2 1 1 4.5" in msg
+    assert f"line {nums[1]} of input.nn: Cu 2 Ni 4 0 4.5" in msg
+    assert "range " in msg and "model.constant_sf" in msg
+    # the SF indices are the 1-based positions in n2p2 order (as in scaling.data)
+    from pyfragnn import _core
+    core = _core.CoreModel.from_text((tmp_path / "input.nn").read_text())
+    cu = core.elements.index("Cu")
+    for n in nums:
+        k = core.symmetry_function_source_lines(cu).index(n)
+        assert f"SF {k + 1} (line {n} of input.nn" in msg
+    # the ranges are nonzero: the previous zero-range test (1e-12 relative) passed them
+    ranges = [float(x) for x in __import__("re").findall(r"range ([0-9.e+-]+) \(min", msg)]
+    assert len(ranges) == 2 and all(1e-12 < r <= 1e-6 for r in ranges), ranges
+    # a looser tolerance accepts them
+    cfg["model"]["constant_sf_tol"] = 1e-13
+    Trainer(cfg, structures=data).setup()
+
+
+@needs_core
+def test_near_constant_symmetry_functions_dropped_and_saved_potential_consistent(tmp_path):
+    """model.constant_sf = "drop": the functions are removed before training, training stays
+    finite, the written potential (native and n2p2) lacks them and reproduces the trainer."""
+    from pyfragnn import FragNN, Potential
+    from pyfragnn.training.trainer import Trainer
+    data = emt_cells(30, seed=22)
+    nums = _input_nn_with_tiny_sfs(tmp_path / "input.nn")
+    cfg = base_config(tmp_path / "out", epochs=2)
+    cfg["model"]["input_nn"] = str(tmp_path / "input.nn")
+    cfg["model"]["constant_sf"] = "drop"
+    tr = Trainer(cfg, structures=data)
+    res = tr.run()
+    cu = tr.elements.index("Cu")
+    assert sorted(r["line"] for r in tr.dropped_sfs) == sorted(nums)
+    assert {r["element"] for r in tr.dropped_sfs} == {"Cu"}
+    assert tr.core.n_symmetry_functions(cu) == 6
+    assert tr.core.n_symmetry_functions(1 - cu) == 6
+    lines = tr.core.symmetry_function_lines(cu)
+    assert not any(l.startswith(("Cu 9", "Cu 2 Ni 4 ")) for l in lines)
+    gmin, gmax, _, _ = tr.core.get_scaling(cu)
+    assert np.all(gmax - gmin > 1e-3)
+    assert all(np.isfinite(r["rmse_E_train"]) and np.isfinite(r["rmse_F_train"])
+               for r in res.history)
+    assert res.history[-1]["rmse_E_train"] < res.history[0]["rmse_E_train"]
+    out = tmp_path / "out"
+    txt = (out / "dropped_symmetry_functions.txt").read_text().splitlines()
+    assert len(txt) == 3 and all(l.startswith("Cu ") for l in txt[1:])
+    n2p2_nn = (out / "n2p2" / "input.nn").read_text()
+    assert n2p2_nn.count("symfunction_short") == 12
+    assert "Cu 9" not in n2p2_nn
+    calc = FragNN(str(out / "potential.fragnn"))
+    n2p2 = Potential.load(str(out / "n2p2"))
+    for i in range(0, len(data), 4):
+        at = data[i].to_atoms()
+        at.calc = calc
+        assert at.get_potential_energy() == res.predictions["energy"][i]
+        assert np.array_equal(at.get_forces(), res.predictions["forces"][i])
+        r = n2p2.compute(data[i].positions, data[i].symbols, data[i].cell, data[i].pbc)
+        assert r["energy"] == pytest.approx(res.predictions["energy"][i], rel=1e-12)
+        assert np.allclose(r["forces"], res.predictions["forces"][i], rtol=0, atol=1e-10)
+    # resume from the checkpoint of the reduced model works (same deterministic drop)
+    cfg["training"]["epochs"] = 3
+    res2 = Trainer(cfg, structures=data).run()
+    assert len(res2.history) == 4 and res2.history[2] == res.history[2]
 
 
 @needs_core

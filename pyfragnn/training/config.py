@@ -26,6 +26,16 @@ Example (TOML)::
     angular = {eta = [0.02], zeta = [1, 4], lambda = [-1, 1], type = 9}   # n = 0 disables
     drop_pairs = []               # e.g. [["Zn", "H"], ["H", "H"]]
     pair_cutoffs = []             # e.g. [["Zn", "H", 4.0]]
+    constant_sf = "error"         # (near-)constant symmetry functions, i.e. max - min over the
+                                  # training atoms of their element <= constant_sf_tol *
+                                  # max(1, |max|, |min|) (scaling would divide by ~0 and new
+                                  # environments extrapolate wildly): "error" stops with a
+                                  # message naming element, SF index, input.nn line and range;
+                                  # "drop" removes them before training (the written input.nn,
+                                  # scaling.data and potential.fragnn lack them, so the saved
+                                  # potential evaluates exactly as trained; the list goes to
+                                  # output/dropped_symmetry_functions.txt)
+    constant_sf_tol = 1e-6        # relative tolerance of that check (>= 0)
 
     [training]
     optimizer = "ekf"             # ekf | adam
@@ -100,7 +110,8 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
               "scaling": "scalecenter", "normalize_nodes": False, "reference_energies": True,
               "radial": {"n": 6, "r_min": 1.5, "mode": "shifted"},
               "angular": {"n": 1, "eta": [0.02], "zeta": [1, 4], "lambda": [-1, 1], "type": 9},
-              "drop_pairs": [], "pair_cutoffs": []},
+              "drop_pairs": [], "pair_cutoffs": [], "constant_sf": "error",
+              "constant_sf_tol": 1e-6},
     "training": {"optimizer": "ekf", "epochs": 10, "seed": 12345, "force_weight": 10.0,
                  "energy_fraction": 1.0, "force_fraction": 0.02315,
                  "energy_error_threshold": 0.0, "force_error_threshold": 1.0,
@@ -211,6 +222,10 @@ def normalise_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
                               "(n2p2 letters l t s p r g c S e h)")
     if m["scaling"] not in ("none", "scale", "center", "scalecenter", "sigma"):
         raise ConfigError(f"'model.scaling' invalid: {m['scaling']!r}")
+    if m["constant_sf"] not in ("error", "drop"):
+        raise ConfigError(f"'model.constant_sf' must be 'error' or 'drop', got "
+                          f"{m['constant_sf']!r}")
+    _num(out, "model", "constant_sf_tol", 0.0)
     t = out["training"]
     if t["optimizer"] not in ("ekf", "adam"):
         raise ConfigError(f"'training.optimizer' must be 'ekf' or 'adam', got {t['optimizer']!r}")

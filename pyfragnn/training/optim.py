@@ -20,7 +20,11 @@ its rows, the products are all-gathered, and every rank applies the same small v
 so all ranks hold identical weights. The element-decoupled variant (``blocks``) keeps one
 covariance per weight block (block-diagonal P, e.g. one per element) and shares the innovation
 variance a = sum_b h_b.P_b h_b + R between the blocks (decoupled EKF of Puskorius & Feldkamp),
-so memory and work drop by the number of blocks.
+so memory and work drop by the number of blocks. This is exactly the global update with the
+cross-element covariances held at zero. It is not n2p2's ``update_strategy 1``
+(element-decoupled), which runs fully independent filters, each with its own
+a_e = h_e.P_e h_e + R and a share of the error (energy: N_e/N of the total-energy error; force:
+the fraction of the atom's neighbours of element e).
 """
 from __future__ import annotations
 

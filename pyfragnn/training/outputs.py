@@ -1,4 +1,4 @@
-"""Learning curve (CSV + PNG), RMSE table per type label, parity plots."""
+"""Learning curve (CSV + PNG), RMSE table per type label, parity plots, dropped SFs."""
 from __future__ import annotations
 
 import csv
@@ -8,7 +8,8 @@ from typing import List
 
 import numpy as np
 
-__all__ = ["write_learning_curve", "write_rmse_table", "format_table", "parity_plots"]
+__all__ = ["write_learning_curve", "write_rmse_table", "format_table", "parity_plots",
+           "write_dropped_symmetry_functions"]
 
 _COLS = ["epoch", "rmse_E_train", "rmse_E_test", "rmse_F_train", "rmse_F_test", "time_s",
          "updates"]
@@ -66,6 +67,17 @@ def write_rmse_table(rows: List[dict], out_dir: str) -> None:
             w.writerow(r)
     with open(os.path.join(out_dir, "rmse_table.md"), "w") as fh:
         fh.write(format_table(rows) + "\n")
+
+
+def write_dropped_symmetry_functions(rows: List[dict], out_dir: str) -> None:
+    """dropped_symmetry_functions.txt: the (near-)constant functions removed before training
+    (model.constant_sf = "drop"): element, index in the original n2p2 order, input.nn line,
+    the symfunction_short tokens and the range over the training atoms."""
+    with open(os.path.join(out_dir, "dropped_symmetry_functions.txt"), "w") as fh:
+        fh.write("# element  sf_index  input_nn_line  range  min  max  symfunction_short\n")
+        for r in rows:
+            fh.write(f"{r['element']} {r['index']} {r['line']} {r['range']:.6g} "
+                     f"{r['min']:.17g} {r['max']:.17g} {r['symfunction']}\n")
 
 
 def _parity(trainer, values, quantity: str, unit: str, ms: float, alpha: float,

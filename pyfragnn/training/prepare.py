@@ -1,5 +1,11 @@
 """Preparation: reference energies, symmetry-function statistics and SF-set generators.
 
+SF statistics reject (near-)constant functions, max - min <= tol * max(1, |max|, |min|) with
+tol = :data:`CONSTANT_SF_TOL` = 1e-6 by default (:func:`near_constant_functions`): scaling
+divides by that range, so a tiny nonzero range (e.g. 1e-8 for a Zn-H-H angular function within
+4 Å) would make every new environment extrapolate wildly. The trainer either stops with a
+message naming them or drops them (config ``model.constant_sf``).
+
 SF generators return ``symfunction_short`` lines (without the keyword) for input.nn:
 
 - :func:`radial_functions` type 2. ``mode="shifted"``: ``n`` Gaussians with centres r_s evenly
@@ -22,6 +28,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 __all__ = ["reference_energies", "sf_statistics", "ConstantSymmetryFunctionError",
+           "CONSTANT_SF_TOL", "near_constant_functions", "describe_constant_functions",
            "radial_functions", "angular_functions", "make_input_nn", "glorot_weights"]
 
 
@@ -50,35 +57,90 @@ def reference_energies(counts: np.ndarray, energies: np.ndarray,
     return eps
 
 
+#: Default relative tolerance of the (near-)constant check, see :func:`near_constant_functions`.
+CONSTANT_SF_TOL = 1e-6
+
+
+def near_constant_functions(gmin: np.ndarray, gmax: np.ndarray,
+                            tol: float = CONSTANT_SF_TOL) -> np.ndarray:
+    """Indices of (near-)constant symmetry functions: max - min <= tol * max(1, |max|, |min|)
+    (or a non-finite range).
+
+    Scaling maps [min, max] to [scale_min, scale_max], i.e. divides by max - min. A range of
+    zero gives NaN; a tiny nonzero range (e.g. 1e-8 for a Zn-H-H angular function that only
+    sees the tails of its Gaussians) passes a zero test but turns any new environment into an
+    input of order 1e6 and can blow up training. ``tol`` is relative to the magnitude of the
+    values, with an absolute floor of ``tol`` for values below 1.
+    """
+    gmin = np.asarray(gmin, dtype=float)
+    gmax = np.asarray(gmax, dtype=float)
+    rng = gmax - gmin
+    scale = np.maximum(1.0, np.maximum(np.abs(gmax), np.abs(gmin)))
+    with np.errstate(invalid="ignore"):
+        return np.flatnonzero(~(rng > tol * scale))
+
+
 def sf_statistics(G: np.ndarray, element: str, lines: Optional[Sequence[str]] = None,
-                  rel_tol: float = 1e-12) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                  tol: float = CONSTANT_SF_TOL
+                  ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(min, max, mean, sigma) over rows of G [n_atoms, n_sf] of one element.
 
-    Raises ConstantSymmetryFunctionError naming every function whose range is zero (n2p2
-    scaling would divide by zero and produce NaN).
+    Raises ConstantSymmetryFunctionError naming every (near-)constant function (see
+    :func:`near_constant_functions`; n2p2 scaling would divide by (almost) zero).
     """
     G = np.asarray(G, dtype=float)
     if G.ndim != 2 or G.shape[0] == 0:
         raise ConstantSymmetryFunctionError(
             f"element {element}: no atoms in the training set, cannot compute SF statistics")
     return finish_statistics(element, G.shape[0], G.min(axis=0), G.max(axis=0), G.sum(axis=0),
-                             ((G - G.sum(axis=0) / G.shape[0]) ** 2).sum(axis=0), lines, rel_tol)
+                             ((G - G.sum(axis=0) / G.shape[0]) ** 2).sum(axis=0), lines, tol)
 
 
-def finish_statistics(element, count, gmin, gmax, gsum, gssq, lines=None, rel_tol=1e-12):
+def describe_constant_functions(element: str, count: int, bad: Sequence[int], gmin, gmax,
+                                lines: Optional[Sequence[str]] = None,
+                                line_numbers: Optional[Sequence[int]] = None,
+                                source: str = "input.nn", tol: float = CONSTANT_SF_TOL,
+                                hint: bool = True) -> str:
+    """Message naming the element, each function's index (1-based, n2p2 sorted order as in
+    scaling.data), its line in input.nn and its range."""
+    desc = []
+    for s in list(bad)[:20]:
+        where = []
+        if line_numbers is not None and s < len(line_numbers) and line_numbers[s]:
+            where.append(f"line {line_numbers[s]} of {source}")
+        if lines is not None and s < len(lines):
+            where.append(str(lines[s]))
+        txt = f" ({': '.join(where)})" if where else ""
+        if gmax[s] == gmin[s]:
+            val = f"constant value {gmin[s]:.6g}"
+        else:
+            val = (f"range {gmax[s] - gmin[s]:.3g} (min {gmin[s]:.10g}, max {gmax[s]:.10g})")
+        desc.append(f"  SF {s + 1}{txt}: {val}")
+    if len(bad) > 20:
+        desc.append(f"  ... and {len(bad) - 20} more")
+    msg = (f"element {element}: {len(bad)} symmetry function(s) are (nearly) constant over the "
+           f"{count} training atoms of {element} (max - min <= {tol:g} * max(1, |max|, |min|)); "
+           "the scaling divides by that range, so any new environment would extrapolate "
+           "wildly (or give NaN):\n" + "\n".join(desc))
+    if hint:
+        msg += ("\nHint: set model.constant_sf = \"drop\" in the training config to remove "
+                "them automatically (the saved input.nn/potential then lacks them), remove "
+                "them from input.nn or prune them with model.drop_pairs / model.pair_cutoffs, "
+                "or add training structures in which they vary; model.constant_sf_tol sets "
+                "the tolerance.")
+    return msg
+
+
+def finish_statistics(element, count, gmin, gmax, gsum, gssq, lines=None,
+                      tol: float = CONSTANT_SF_TOL, line_numbers=None, source="input.nn"):
+    """(min, max, mean, sigma) from accumulated sums; raises ConstantSymmetryFunctionError for
+    (near-)constant functions (:func:`near_constant_functions`)."""
     mean = gsum / count
     sigma = np.sqrt(gssq / max(count - 1, 1))
-    rng = gmax - gmin
-    bad = np.flatnonzero(~(rng > rel_tol * np.maximum(1.0, np.abs(gmax))))
+    bad = near_constant_functions(gmin, gmax, tol)
     if bad.size:
-        desc = []
-        for s in bad[:20]:
-            txt = f" ({lines[s]})" if lines is not None and s < len(lines) else ""
-            desc.append(f"  SF {s + 1}{txt}: constant value {gmin[s]:.6g}")
-        raise ConstantSymmetryFunctionError(
-            f"element {element}: {bad.size} symmetry function(s) are constant over the "
-            f"{count} training atoms (the scaling would divide by zero); remove them or widen "
-            "the data set:\n" + "\n".join(desc))
+        raise ConstantSymmetryFunctionError(describe_constant_functions(
+            element, count, bad, gmin, gmax, lines, line_numbers, source, tol))
     return gmin, gmax, mean, sigma
 
 

@@ -122,8 +122,11 @@ class Trainer:
             input_nn = prepare.make_input_nn(elements, sfs, m["hidden"], m["activations"],
                                              m["cutoff_type"], m["cutoff_alpha"], m["scaling"],
                                              m["normalize_nodes"])
+        self.input_nn_text = input_nn
+        self.input_nn_source = m["input_nn"] or "<config>"
+        self.dropped_sfs: List[dict] = []
         try:
-            core = _core.CoreModel.from_text(input_nn, "", None, m["input_nn"] or "<config>")
+            core = _core.CoreModel.from_text(input_nn, "", None, self.input_nn_source)
         except (ValueError, RuntimeError) as exc:
             raise ConfigError(f"model: {exc}") from exc
         self.core = core
@@ -179,22 +182,16 @@ class Trainer:
                 core.set_atom_energy(e, float(v))
         # --- owned structures
         self.owned = [i for i in range(N) if i % self.size == self.rank]
-        self.ts: Dict[int, Any] = {}
         self.Fref: Dict[int, np.ndarray] = {}
         self.fmask: Dict[int, np.ndarray] = {}
         for i in self.owned:
             s = structs[i]
-            cell = np.asarray(s.cell, dtype=float) / self.lu
-            try:
-                self.ts[i] = _core.TrainingStructure(core, np.asarray(s.positions) / self.lu,
-                                                     cell, np.asarray(s.pbc, bool),
-                                                     self.elem_idx[i], False)
-            except (ValueError, RuntimeError) as exc:
-                raise DatasetError(f"{s.source or f'structure {i + 1}'}: {exc}") from exc
             if d["use_forces"]:
                 self.Fref[i] = np.asarray(s.forces, dtype=float) * (self.lu / self.eu)
                 self.fmask[i] = s.mask()
+        self._build_training_structures()
         self._scaling()
+        core = self.core
         # --- Jacobian cache within the memory budget (training structures first)
         budget = t["jacobian_memory_mb"] * 2 ** 20
         used = 0
@@ -218,8 +215,87 @@ class Trainer:
         self.rng = np.random.default_rng(t["seed"] + 1)
         self._setup_done = True
 
-    def _scaling(self) -> None:
-        """SF statistics over training atoms of all ranks, combined in structure order."""
+    def _build_training_structures(self) -> None:
+        """Neighbour lists and raw symmetry functions of the owned structures for self.core."""
+        _core = self._core_mod
+        self.ts: Dict[int, Any] = {}
+        for i in self.owned:
+            s = self.structures[i]
+            cell = np.asarray(s.cell, dtype=float) / self.lu
+            try:
+                self.ts[i] = _core.TrainingStructure(self.core,
+                                                     np.asarray(s.positions) / self.lu,
+                                                     cell, np.asarray(s.pbc, bool),
+                                                     self.elem_idx[i], False)
+            except (ValueError, RuntimeError) as exc:
+                raise DatasetError(f"{s.source or f'structure {i + 1}'}: {exc}") from exc
+
+    def _sf_source_lines(self, e: int) -> Optional[List[int]]:
+        """input.nn line of each of element e's functions (None with an older compiled core)."""
+        f = getattr(self.core, "symmetry_function_source_lines", None)
+        return list(f(e)) if f is not None else None
+
+    def _drop_symmetry_functions(self, drops: Dict[int, np.ndarray], stats) -> None:
+        """Comment the given functions (per element, indices in n2p2 order) out of the input.nn
+        text, rebuild the model (atom energies kept) and the training structures."""
+        m = self.cfg["model"]
+        tol = float(m["constant_sf_tol"])
+        src = self.input_nn_source
+        text_lines = self.input_nn_text.split("\n")
+        remove = {}
+        for e, bad in drops.items():
+            el = self.elements[e]
+            nums = self._sf_source_lines(e)
+            if nums is None:
+                raise prepare.ConstantSymmetryFunctionError(
+                    "model.constant_sf = 'drop' needs a compiled core with "
+                    "symmetry_function_source_lines (rebuild: python setup.py build_ext "
+                    "--inplace)\n" + prepare.describe_constant_functions(
+                        el, stats[e][0], bad, stats[e][1], stats[e][2], hint=False))
+            nsf = self.core.n_symmetry_functions(e)
+            if bad.size == nsf:
+                raise prepare.ConstantSymmetryFunctionError(
+                    f"model.constant_sf = 'drop' would remove all {nsf} symmetry functions of "
+                    f"element {el}:\n" + prepare.describe_constant_functions(
+                        el, stats[e][0], bad, stats[e][1], stats[e][2],
+                        self.core.symmetry_function_lines(e),
+                        nums if src != "<config>" else None, os.path.basename(src), tol,
+                        hint=False))
+            sf_lines = self.core.symmetry_function_lines(e)
+            for s in bad:
+                ln = int(nums[s])
+                if not 1 <= ln <= len(text_lines):  # pragma: no cover - defensive
+                    raise RuntimeError(f"symmetry function {s + 1} of {el}: no input.nn line")
+                remove[ln] = True
+                self.dropped_sfs.append({
+                    "element": el, "index": int(s) + 1, "line": ln, "source": src,
+                    "symfunction": sf_lines[s], "min": float(stats[e][1][s]),
+                    "max": float(stats[e][2][s]),
+                    "range": float(stats[e][2][s] - stats[e][1][s])})
+        for ln in remove:
+            text_lines[ln - 1] = ("# dropped by pyfragnn (near-constant over the training "
+                                  "set): " + text_lines[ln - 1])
+        new_text = "\n".join(text_lines)
+        old = self.core
+        core = self._core_mod.CoreModel.from_text(new_text, "", None, src)
+        if list(core.elements) != self.elements:  # pragma: no cover - defensive
+            raise RuntimeError("dropping symmetry functions changed the element list")
+        for e in range(len(self.elements)):
+            core.set_atom_energy(e, old.atom_energy(e))
+        self.core = core
+        self.input_nn_text = new_text
+        n = len(self.dropped_sfs)
+        per = ", ".join(f"{self.elements[e]}: {drops[e].size}" for e in sorted(drops))
+        self.log(f"dropped {n} near-constant symmetry function(s) ({per}; "
+                 f"model.constant_sf = 'drop', tol {tol:g})")
+        for r in self.dropped_sfs:
+            self.log(f"  {r['element']} SF {r['index']} (line {r['line']}: {r['symfunction']}): "
+                     f"range {r['range']:.3g}")
+        self._build_training_structures()
+
+    def _scaling(self, _second: bool = False) -> None:
+        """SF statistics over training atoms of all ranks, combined in structure order; drops
+        or rejects (near-)constant functions (model.constant_sf)."""
         core = self.core
         ne = len(self.elements)
         nsf = [core.n_symmetry_functions(e) for e in range(ne)]
@@ -244,18 +320,35 @@ class Trainer:
         rows2 = {i: [None if G is None else ((G - mean[e]) ** 2).sum(0)
                      for e, G in enumerate(self._element_G(i))] for i in own_train}
         allrows2 = self._gather_dict(rows2)
+        m = self.cfg["model"]
+        tol = float(m["constant_sf_tol"])
         for e in range(ne):
             if cnt[e] == 0:
                 raise prepare.ConstantSymmetryFunctionError(
                     f"element {self.elements[e]} has no atoms in the training set")
+        if m["constant_sf"] == "drop" and not _second:
+            drops = {}
+            for e in range(ne):
+                bad = prepare.near_constant_functions(gmin[e], gmax[e], tol)
+                if bad.size:
+                    drops[e] = bad
+            if drops:
+                self._drop_symmetry_functions(
+                    drops, {e: (cnt[e], gmin[e], gmax[e]) for e in range(ne)})
+                return self._scaling(_second=True)
+        # line numbers only for a user's input.nn (the generated text is not written out)
+        from_file = self.input_nn_source != "<config>"
+        src = os.path.basename(self.input_nn_source)
+        for e in range(ne):
             ssq = np.zeros(nsf[e])
             for i in self.train_idx:
                 p = allrows2[int(i)][e]
                 if p is not None:
                     ssq = ssq + p
             lines = core.symmetry_function_lines(e)
-            lo, hi, mu, sig = prepare.finish_statistics(self.elements[e], cnt[e], gmin[e],
-                                                        gmax[e], gsum[e], ssq, lines)
+            lo, hi, mu, sig = prepare.finish_statistics(
+                self.elements[e], cnt[e], gmin[e], gmax[e], gsum[e], ssq, lines, tol,
+                self._sf_source_lines(e) if from_file else None, src)
             core.set_scaling(e, lo, hi, mu, sig)
         for ts in self.ts.values():
             ts.rescale()
@@ -674,6 +767,8 @@ class Trainer:
             from . import outputs
             outputs.write_learning_curve(history, out_dir, plots=o["plots"])
             outputs.write_rmse_table(table, out_dir)
+            if self.dropped_sfs:
+                outputs.write_dropped_symmetry_functions(self.dropped_sfs, out_dir)
             if o["plots"]:
                 outputs.parity_plots(self, pred, out_dir)
             self.log(outputs.format_table(table))
