@@ -45,7 +45,7 @@ import numpy as np
 from ase import Atoms
 
 from .fragments import CappingRules, FragmentCutter, find_sites
-from .labelling import CalcSpec, compute, compute_many, label, read_dataset, structure_key
+from .labelling import CalcSpec, compute, compute_many, label, labelled_in_order, read_dataset
 
 __all__ = [
     "ConvergenceResult",
@@ -244,13 +244,13 @@ def hessian_blocks(
                 structs.append(a)
     if checkpoint is not None:
         label(structs, checkpoint, calculator=calculator, workers=workers, progress=progress)
-        done = {str(f.info["label_key"]): f for f in read_dataset(checkpoint)}
-        keys = [structure_key(a, i) for i, a in enumerate(structs)]  # ignores stale frames
-        missing = [i for i, k in enumerate(keys) if k not in done]
+        # matched by key (ignores stale frames; accepts keys of older label files)
+        frames = labelled_in_order(structs, read_dataset(checkpoint))
+        missing = [i for i, f in enumerate(frames) if f is None]
         if missing:
             raise RuntimeError(f"hessian_blocks: {len(missing)} displaced force calls failed; "
                                f"see {checkpoint}.failed.jsonl")
-        forces = [done[k].get_forces() for k in keys]
+        forces = [f.get_forces() for f in frames]
     else:
         forces = [r.get_forces() for r in compute_many(structs, calculator, workers=workers,
                                                        desc="hessian", progress=progress)]

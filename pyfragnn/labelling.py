@@ -17,7 +17,12 @@ extxyz frame to ``output``:
 
 Structure keys are ``"<index>-<sha1 of numbers, positions, cell, pbc, charge, multiplicity>"``
 (or ``info["label_key"]`` when present), so a restart with the same input skips exactly the
-finished structures.
+finished structures. Positions and cell enter the hash as the text ASE's extxyz writer
+produces for positions (``%.8f``), which is idempotent under format -> parse -> format: a
+structure held in memory and the same structure re-read from an extxyz file written by ASE get
+the same key (see :func:`structure_key`). Label files written before this key format (hash of
+positions rounded to 1e-6 Å, which a round trip could flip) are still resumed: their keys are
+recognised as well.
 
 Calculators: ``"emt"`` (ASE EMT), ``"gfn2"`` / ``"gfn1"`` (tblite; charge and multiplicity from
 ``info["charge"]``/``info["multiplicity"]``; periodic cells at Γ; ``OMP_NUM_THREADS``,
@@ -50,6 +55,8 @@ __all__ = [
     "compute",
     "compute_many",
     "structure_key",
+    "legacy_structure_key",
+    "labelled_in_order",
     "label",
     "LabelSummary",
     "read_dataset",
@@ -151,8 +158,53 @@ def compute(atoms: Atoms, calculator: CalcSpec) -> Atoms:
     return out
 
 
+def _extxyz_text(values) -> bytes:
+    """Numbers as ASE's extxyz writer formats positions ('%16.8f', without the padding), with
+    negative zero written as zero. format(parse(format(x))) == format(x) for |x| < 1e6: parsing
+    an 8-decimal string gives a double within 1e-10 of it, far from the next rounding
+    boundary (5e-9 away), so the text survives any number of write/read round trips."""
+    txt = " ".join("%.8f" % x for x in np.asarray(values, float).ravel())
+    return txt.replace("-0.00000000", "0.00000000").encode()
+
+
+def _canonical_number(v: Any) -> str:
+    """charge / multiplicity as text that survives an extxyz info round trip (0 == 0.0)."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    return str(int(f)) if f.is_integer() else repr(f)
+
+
 def structure_key(atoms: Atoms, index: int) -> str:
-    """Stable key ``"<index>-<sha1[:16]>"`` of a structure (or ``info['label_key']``)."""
+    """Stable key ``"<index>-<sha1[:16]>"`` of a structure (or ``info['label_key']``).
+
+    The hash covers atomic numbers, positions and cell as the text ASE's extxyz writer gives
+    positions ('%.8f' Å; the cell is written losslessly, so its 8-decimal text is stable too),
+    pbc, and charge/multiplicity from ``info``. The key is therefore the same for a structure in
+    memory and after ``ase.io.write``/``read`` in extxyz (positions written with 8 decimals);
+    structures that differ by less than ~1e-8 Å share a key.
+    """
+    if "label_key" in atoms.info:
+        return str(atoms.info["label_key"])
+    h = hashlib.sha1()
+    h.update(b"pyfragnn-key-2\n")
+    h.update(np.asarray(atoms.numbers, np.int64).tobytes())
+    h.update(b"\npos ")
+    h.update(_extxyz_text(atoms.positions))
+    h.update(b"\ncell ")
+    h.update(_extxyz_text(atoms.cell[:]))
+    h.update(b"\npbc ")
+    h.update(np.asarray(atoms.pbc, bool).tobytes())
+    h.update(f"\n{_canonical_number(atoms.info.get('charge', 0))}/"
+             f"{_canonical_number(atoms.info.get('multiplicity', 1))}".encode())
+    return f"{index}-{h.hexdigest()[:16]}"
+
+
+def legacy_structure_key(atoms: Atoms, index: int) -> str:
+    """The key of label files written before the extxyz-stable key (positions and cell rounded
+    to 1e-6 Å, which an extxyz round trip can flip at a rounding boundary); :func:`label`
+    accepts it so that such files are resumed."""
     if "label_key" in atoms.info:
         return str(atoms.info["label_key"])
     h = hashlib.sha1()
@@ -162,6 +214,21 @@ def structure_key(atoms: Atoms, index: int) -> str:
     h.update(np.asarray(atoms.pbc, bool).tobytes())
     h.update(f"{atoms.info.get('charge', 0)}/{atoms.info.get('multiplicity', 1)}".encode())
     return f"{index}-{h.hexdigest()[:16]}"
+
+
+def labelled_in_order(items: Sequence[Atoms], frames: Sequence[Atoms]) -> List[Optional[Atoms]]:
+    """For each input structure (index = position in ``items``) its labelled frame among
+    ``frames`` (e.g. :func:`read_dataset` of the output of :func:`label`), matched by
+    :func:`structure_key` or, for files written before it, :func:`legacy_structure_key`;
+    None where there is none."""
+    by_key = {str(f.info["label_key"]): f for f in frames if "label_key" in f.info}
+    out: List[Optional[Atoms]] = []
+    for i, a in enumerate(items):
+        f = by_key.get(structure_key(a, i))
+        if f is None:
+            f = by_key.get(legacy_structure_key(a, i))
+        out.append(f)
+    return out
 
 
 # --------------------------------------------------------------------------- worker side
@@ -409,9 +476,10 @@ def label(
     n_done = n_skip = 0
     for i, a in enumerate(items):
         k = structure_key(a, i)
-        if k in done:
+        old = legacy_structure_key(a, i)  # files written before the extxyz-stable key
+        if k in done or old in done:
             n_done += 1
-        elif k in failed and not retry_failed:
+        elif (k in failed or old in failed) and not retry_failed:
             n_skip += 1
         else:
             tasks.append((i, k, a))

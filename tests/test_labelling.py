@@ -15,12 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ase import Atoms
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.io import read
 
 from conftest import package_env
-from pyfragnn.labelling import label, read_dataset, repair_extxyz, structure_key
+from pyfragnn.labelling import (label, labelled_in_order, legacy_structure_key, read_dataset,
+                                repair_extxyz, structure_key)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 STRUCT = SHARED / "data" / "structures"
@@ -123,6 +125,94 @@ def test_resume_after_kill_without_recomputation(helper):
     # only the structure in progress at the kill may have been computed twice
     assert len(calls_before) + len(calls_after) <= 8 + 1
     assert repair_extxyz(out) == 0
+
+
+def _boundary_structures(n: int, seed: int = 7):
+    """Random molecules and cells whose coordinates sit at rounding boundaries: 1e-6 Å
+    half-way points (where rounding to 6 decimals flips between memory and the 8-decimal text
+    of an extxyz file), 8-decimal half-way points, and tiny negative values (-0.00000000)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        m = int(rng.integers(1, 12))
+        base = rng.uniform(-6, 6, (m, 3))
+        kind = rng.integers(0, 4, (m, 3))
+        x = np.where(kind == 0, np.round(base, 6) + 5e-7 + rng.uniform(-4e-9, 4e-9, (m, 3)),
+            np.where(kind == 1, np.round(base, 8) + 5e-9 + rng.uniform(-1e-12, 1e-12, (m, 3)),
+            np.where(kind == 2, -rng.uniform(0, 4.9e-9, (m, 3)), base)))
+        a = Atoms(rng.choice(["H", "C", "O", "Zn", "Cu"], m), positions=x)
+        if k % 2:
+            c = np.diag(rng.uniform(8, 12, 3)) + np.triu(rng.uniform(-1, 1, (3, 3)), 1)
+            c = np.round(c, 6) + 5e-7 + rng.uniform(-4e-9, 4e-9, (3, 3))
+            a.set_cell(c)
+            a.pbc = [True, bool(k % 4 == 1), True]
+        if k % 3 == 0:
+            a.info["charge"] = int(rng.integers(-1, 2))
+            a.info["multiplicity"] = 1
+        a.info["tag"] = k
+        out.append(a)
+    return out
+
+
+def test_structure_key_is_stable_under_extxyz_round_trip(tmp_path):
+    from ase.io import write
+
+    structs = _boundary_structures(300)
+    path = tmp_path / "in.extxyz"
+    write(path, structs, format="extxyz")
+    back = read(path, index=":", format="extxyz")
+    assert len(back) == len(structs)
+    legacy_changed = 0
+    for i, (a, b) in enumerate(zip(structs, back)):
+        assert np.allclose(a.positions, b.positions, atol=1e-8)
+        assert structure_key(a, i) == structure_key(b, i)
+        legacy_changed += legacy_structure_key(a, i) != legacy_structure_key(b, i)
+        # a second round trip changes nothing either
+        write(tmp_path / "one.extxyz", b, format="extxyz")
+        assert structure_key(read(tmp_path / "one.extxyz", format="extxyz"), i) == \
+            structure_key(a, i)
+    # the data do exercise the boundary: the previous (1e-6 rounding) key flips on most
+    assert legacy_changed > len(structs) // 2
+    # the key still tells different structures apart
+    keys = {structure_key(a, 0) for a in structs}
+    assert len(keys) == len(structs)
+    b = structs[1].copy()
+    b.positions[0, 0] += 2e-8
+    assert structure_key(b, 1) != structure_key(structs[1], 1)
+    b = structs[3].copy()
+    b.info["charge"] = b.info.get("charge", 0) + 1
+    assert structure_key(b, 3) != structure_key(structs[3], 3)
+
+
+def test_resume_from_file_after_labelling_from_memory(tmp_path):
+    """Labelled from memory, resumed from the extxyz file of the same structures: nothing is
+    recomputed. Files with the previous key format are resumed as well."""
+    from ase.io import write
+
+    structs = [a for a in _boundary_structures(24, seed=11) if len(a) >= 2][:10]
+    for a in structs:  # EMT elements only
+        a.set_chemical_symbols(["Cu"] * len(a))
+    out = tmp_path / "data.extxyz"
+    s = label(structs, out, calculator="emt", workers=0, progress=False)
+    assert (s.n_computed, s.n_failed) == (len(structs), 0)
+    inp = tmp_path / "in.extxyz"
+    write(inp, structs, format="extxyz")
+    s2 = label(str(inp), out, calculator="emt", workers=0, progress=False)
+    assert (s2.n_already_done, s2.n_computed) == (len(structs), 0)
+    frames = read_dataset(out)
+    assert [f.info["tag"] for f in labelled_in_order(read(inp, index=":"), frames)] == \
+        [a.info["tag"] for a in structs]
+    # a label file written with the previous key (positions rounded to 1e-6 Å)
+    old_out = tmp_path / "old.extxyz"
+    olds = []
+    for i, a in enumerate(structs):
+        b = a.copy()
+        b.info["label_key"] = legacy_structure_key(a, i)
+        olds.append(b)
+    label(olds, old_out, calculator="emt", workers=0, progress=False)
+    s3 = label(structs, old_out, calculator="emt", workers=0, progress=False)
+    assert (s3.n_already_done, s3.n_computed) == (len(structs), 0)
+    assert all(f is not None for f in labelled_in_order(structs, read_dataset(old_out)))
 
 
 def test_failing_calculator_is_recorded_not_fatal(helper):
