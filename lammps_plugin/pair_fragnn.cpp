@@ -24,8 +24,11 @@
 #include "model.h"    // pyfragnn kernel
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <dlfcn.h>
 #include <exception>
+#include <sys/stat.h>
 
 using namespace LAMMPS_NS;
 
@@ -35,11 +38,104 @@ constexpr double EV_PER_KCALMOL = 1.0 / 23.060547830619026;
 // warnings each rank records per step for showew output (all are counted)
 constexpr int64_t MAX_RECORDED_WARNINGS = 100;
 
-std::string join(const std::vector<std::string> &v)
+std::string join(const std::vector<std::string> &v, const char *sep = " ")
 {
   std::string s;
-  for (const auto &x : v) s += (s.empty() ? "" : " ") + x;
+  for (const auto &x : v) s += (s.empty() ? "" : sep) + x;
   return s;
+}
+
+bool path_exists(const std::string &p)
+{
+  struct stat st;
+  return !p.empty() && stat(p.c_str(), &st) == 0;
+}
+
+std::string parent_dir(const std::string &p)
+{
+  const size_t slash = p.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : p.substr(0, slash);
+}
+
+std::string join_path(const std::string &dir, const std::string &name)
+{
+  return (dir.empty() || dir.back() == '/') ? dir + name : dir + "/" + name;
+}
+
+// Absolute directory of the file this code was loaded from (fragnnplugin.so), "" if unknown.
+std::string plugin_dir()
+{
+  Dl_info info;
+  if (dladdr(reinterpret_cast<void *>(&plugin_dir), &info) == 0 || !info.dli_fname ||
+      !*info.dli_fname)
+    return "";
+  std::string file = info.dli_fname;
+  if (char *real = realpath(file.c_str(), nullptr)) {
+    file = real;
+    free(real);
+  }
+  return parent_dir(file);
+}
+
+// Folders of shipped potentials, as pyfragnn.potential.shipped_dirs(): the plugin is installed
+// as pyfragnn/lammps/fragnnplugin.so, the potentials as pyfragnn/potentials/NAME.fragnn; in a
+// source checkout (plugin in pyfragnn/lammps/ or build/lammps_plugin/) also <repo>/potentials.
+std::vector<std::string> shipped_dirs()
+{
+  std::vector<std::string> dirs;
+  const std::string here = plugin_dir();
+  if (here.empty()) return dirs;
+  const std::string up = parent_dir(here), root = parent_dir(up);
+  dirs.push_back(join_path(up, "potentials"));
+  const std::string repo = join_path(root, "potentials");
+  if (repo != dirs[0] && path_exists(join_path(root, "setup.py")) &&
+      path_exists(join_path(root, "cython_ext/kernel")))
+    dirs.push_back(repo);
+  return dirs;
+}
+
+/* Resolve pair_style fragnn's <potential> argument as pyfragnn's Potential.load does: the path
+   as given if it exists; else (for a relative name) NAME and NAME.fragnn in each directory of
+   $FRAGNN_POTENTIALS (colon-separated), then in the shipped folders. Returns the path found,
+   or "" with `err` naming every location searched. */
+std::string find_potential(const std::string &arg, std::string &err)
+{
+  err.clear();
+  if (path_exists(arg)) return arg;
+  std::vector<std::string> searched{arg};
+  if (!arg.empty() && arg[0] != '/') {
+    std::vector<std::string> dirs;
+    if (const char *env = getenv("FRAGNN_POTENTIALS")) {
+      std::string list = env;
+      size_t start = 0;
+      while (start <= list.size()) {
+        size_t end = list.find(':', start);
+        if (end == std::string::npos) end = list.size();
+        if (end > start) dirs.push_back(list.substr(start, end - start));
+        start = end + 1;
+      }
+    }
+    for (const auto &d : shipped_dirs()) dirs.push_back(d);
+    for (const auto &d : dirs)
+      for (const auto &name : {arg, arg + ".fragnn"}) {
+        const std::string p = join_path(d, name);
+        if (path_exists(p)) return p;
+        searched.push_back(p);
+      }
+  }
+  err = "no such file or directory, nor a potential of that name in $FRAGNN_POTENTIALS or the "
+        "shipped potentials; searched: " + join(searched, ", ");
+  return "";
+}
+
+// rank 0's string on every rank
+void bcast_string(std::string &s, MPI_Comm comm)
+{
+  int len = (int) s.size();
+  MPI_Bcast(&len, 1, MPI_INT, 0, comm);
+  s.resize(len);
+  if (len > 0) MPI_Bcast(&s[0], len, MPI_CHAR, 0, comm);
 }
 }    // namespace
 
@@ -104,7 +200,7 @@ void PairFragNN::settings(int narg, char **arg)
     error->all(FLERR, "Illegal pair_style fragnn command: expected pair_style fragnn <potential> "
                       "[cflength x] [cfenergy y] [showew yes|no] [maxew N] [resetew yes|no]");
 
-  potential_path = arg[0];
+  potential_arg = arg[0];
   cflength = cfenergy = 0.0;
   showew = true;
   resetew = false;
@@ -133,25 +229,26 @@ void PairFragNN::settings(int narg, char **arg)
     iarg += 2;
   }
 
-  // Rank 0 loads first and broadcasts any error, so that every rank stops together
-  // with the same message; the other ranks then load the same (small) files.
+  // Rank 0 resolves the name and loads first, then broadcasts the error or the resolved path,
+  // so that every rank stops together with the same message or loads the same (small) files.
   std::string err;
   if (comm->me == 0) {
-    try {
-      model = std::make_unique<pyfragnn::Model>(pyfragnn::Model::load(potential_path));
-    } catch (std::exception &e) {
-      err = e.what();
-      if (err.empty()) err = "unknown error";
+    potential_path = find_potential(potential_arg, err);
+    if (err.empty()) {
+      try {
+        model = std::make_unique<pyfragnn::Model>(pyfragnn::Model::load(potential_path));
+      } catch (std::exception &e) {
+        err = e.what();
+        if (err.empty()) err = "unknown error";
+      }
     }
   }
-  int len = (int) err.size();
-  MPI_Bcast(&len, 1, MPI_INT, 0, world);
-  if (len > 0) {
-    err.resize(len);
-    MPI_Bcast(&err[0], len, MPI_CHAR, 0, world);
+  bcast_string(err, world);
+  if (!err.empty()) {
     model.reset();
-    error->all(FLERR, "pair_style fragnn: cannot load potential '{}': {}", potential_path, err);
+    error->all(FLERR, "pair_style fragnn: cannot load potential '{}': {}", potential_arg, err);
   }
+  bcast_string(potential_path, world);
   if (comm->me != 0) {
     try {
       model = std::make_unique<pyfragnn::Model>(pyfragnn::Model::load(potential_path));
@@ -251,9 +348,11 @@ void PairFragNN::init_style()
 
   if (comm->me == 0)
     utils::logmesg(lmp,
-                   "pair fragnn: potential {}: elements {}, cutoff {:.10g} (potential units) = "
+                   "pair fragnn: potential {}{}: elements {}, cutoff {:.10g} (potential units) = "
                    "{:.10g} (LAMMPS units), cflength {:.10g}, cfenergy {:.10g}\n",
-                   potential_path, join(model->elements()), cutoff_pot, cutoff_lmp, cfl, cfe);
+                   potential_arg,
+                   potential_arg == potential_path ? "" : " (" + potential_path + ")",
+                   join(model->elements()), cutoff_pot, cutoff_lmp, cfl, cfe);
 }
 
 /* ---------------------------------------------------------------------- */

@@ -9,7 +9,10 @@
                                    [maxew N] [resetew yes|no]
      pair_coeff * * El1 El2 ... (one element symbol or NULL per atom type)
 
-   <potential>  n2p2 directory (input.nn, scaling.data, weights.NNN.data) or native file.
+   <potential>  n2p2 directory (input.nn, scaling.data, weights.NNN.data) or native file,
+                or the name of a potential: NAME or NAME.fragnn in the directories of
+                $FRAGNN_POTENTIALS (colon-separated), then in the shipped potentials
+                (../potentials/ from the plugin's own directory).
    cflength     LAMMPS length -> potential length (multiply), as n2p2's pair_style hdnnp.
    cfenergy     potential energy -> LAMMPS energy (divide), as n2p2's pair_style hdnnp.
                 Unset factors follow from the model's length_unit()/energy_unit()
@@ -65,7 +68,8 @@ class PairFragNN : public Pair {
 
  protected:
   std::unique_ptr<pyfragnn::Model> model;
-  std::string potential_path;
+  std::string potential_arg;       // as given in pair_style
+  std::string potential_path;      // the file or directory it resolved to
   double cflength, cfenergy;      // as given, or 0 if not given
   double cfl, cfe;                // effective factors used in compute()
   double cutoff_pot;              // model cutoff in potential length units

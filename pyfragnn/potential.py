@@ -20,19 +20,59 @@ PathLike = Union[str, os.PathLike]
 #: repository's potentials/*.fragnn there.
 SHIPPED = Path(__file__).resolve().parent / "potentials"
 
+#: Environment variable: colon-separated directories searched for potentials by name, before
+#: the shipped ones (``pair_style fragnn NAME`` reads the same variable).
+ENV_VAR = "FRAGNN_POTENTIALS"
+
+
+def shipped_dirs() -> list[Path]:
+    """Folders of shipped potentials: :data:`SHIPPED` (``pyfragnn/potentials``, where
+    ``pip install .`` puts them) and, when pyfragnn runs from a source checkout (built in
+    place), the checkout's ``potentials/``. ``pair_style fragnn`` searches the same folders
+    relative to its plugin (``pyfragnn/lammps/fragnnplugin.so``)."""
+    dirs = [SHIPPED]
+    root = SHIPPED.parent.parent
+    if (root / "setup.py").is_file() and (root / "cython_ext" / "kernel").is_dir():
+        dirs.append(root / "potentials")
+    return dirs
+
+
+def search_dirs() -> list[Path]:
+    """Folders searched for a potential by name, in order: each directory of
+    ``$FRAGNN_POTENTIALS`` (colon-separated), then :func:`shipped_dirs`."""
+    env = os.environ.get(ENV_VAR, "")
+    return [Path(d) for d in env.split(":") if d] + shipped_dirs()
+
+
+def available() -> dict[str, Path]:
+    """Potentials loadable by name: ``{name: path}`` of the ``*.fragnn`` files in
+    :func:`search_dirs` (the first of a name wins, as in :meth:`Potential.load`)."""
+    found: dict[str, Path] = {}
+    for d in search_dirs():
+        if d.is_dir():
+            for f in sorted(d.glob("*.fragnn")):
+                found.setdefault(f.stem, f)
+    return found
+
 
 def _find(path: PathLike) -> Path:
-    """Resolve a path, or the name of a shipped potential."""
+    """Resolve a path, or the name of a potential: the path as given if it exists; else (for a
+    relative name) NAME and NAME.fragnn in each of :func:`search_dirs`."""
     p = Path(path)
     if p.exists():
         return p
-    for candidate in (SHIPPED / str(path), SHIPPED / f"{path}.fragnn"):
-        if candidate.exists():
-            return candidate
-    shipped = sorted(x.stem for x in SHIPPED.glob("*.fragnn")) if SHIPPED.is_dir() else []
+    searched = [p]
+    if not p.is_absolute():
+        for d in search_dirs():
+            for candidate in (d / str(path), d / f"{path}.fragnn"):
+                if candidate.exists():
+                    return candidate
+                searched.append(candidate)
+    names = ", ".join(available()) or "none"
     raise FileNotFoundError(
-        f"no potential at '{path}' (neither a file, an n2p2 directory nor a shipped potential; "
-        f"shipped: {', '.join(shipped) or 'none'})")
+        f"no potential at '{path}' (neither a file, an n2p2 directory nor the name of a "
+        f"potential in ${ENV_VAR} or the shipped potentials; available by name: {names}); "
+        f"searched: {', '.join(map(str, searched))}")
 
 
 class Potential:
@@ -52,7 +92,9 @@ class Potential:
     def load(cls, path: PathLike, length_unit: Optional[float] = None,
              energy_unit: Optional[float] = None) -> "Potential":
         """Load a native potential file, an n2p2 directory (input.nn, scaling.data,
-        weights.NNN.data), an input.nn path, or a shipped potential by name.
+        weights.NNN.data), an input.nn path, or a potential by name: NAME or NAME.fragnn in
+        the directories of ``$FRAGNN_POTENTIALS`` (colon-separated), then in the shipped
+        potentials (:func:`search_dirs`).
 
         length_unit, energy_unit: Å and eV per potential unit (e.g. ``ase.units.Bohr``,
         ``ase.units.Hartree``); they override units stored in the file (default 1, 1).

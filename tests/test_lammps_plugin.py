@@ -64,9 +64,15 @@ def plugin():
     return path
 
 
-def _env(plugin_dir: str | None) -> dict:
-    """Environment for subprocesses: pyfragnn importable, plugin dir on LAMMPS_PLUGIN_PATH."""
+def _env(plugin_dir: str | None, extra: dict | None = None) -> dict:
+    """Environment for subprocesses: pyfragnn importable, plugin dir on LAMMPS_PLUGIN_PATH;
+    ``extra`` sets variables (a value None removes one)."""
     env = dict(os.environ)
+    for k, v in (extra or {}).items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
     env.pop("LAMMPS_PLUGIN_PATH", None)
     env.pop("LD_LIBRARY_PATH", None)
     if plugin_dir:
@@ -80,12 +86,14 @@ def _env(plugin_dir: str | None) -> dict:
 
 
 def run_lmp(script: str, cwd: Path, np_: int = 1, plugin_dir: str | None = None,
-            timeout: float = TIMEOUT, check: bool = True) -> subprocess.CompletedProcess:
-    """Run ``mpirun -np N lmp -in in.lmp`` in cwd; stdout and stderr merged in .stdout."""
+            timeout: float = TIMEOUT, check: bool = True,
+            env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``mpirun -np N lmp -in in.lmp`` in cwd; stdout and stderr merged in .stdout.
+    ``env``: variables to set (None: remove) on top of :func:`_env`."""
     (cwd / "in.lmp").write_text(script)
     cmd = ["mpirun", "-np", str(np_), "lmp", "-in", "in.lmp", "-log", "log.lammps"]
     try:
-        r = subprocess.run(cmd, cwd=cwd, env=_env(plugin_dir), stdout=subprocess.PIPE,
+        r = subprocess.run(cmd, cwd=cwd, env=_env(plugin_dir, env), stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as e:
         out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
@@ -199,11 +207,12 @@ print "RESULT $(pe:%.17g) $(vol:%.17g) $(c_pv[1]:%.17g) $(c_pv[2]:%.17g) $(c_pv[
 """
 
 
-def step0(system: System, cwd: Path, np_: int, plugin_dir: str, units="metal"):
+def step0(system: System, cwd: Path, np_: int, plugin_dir: str, units="metal",
+          env: dict | None = None):
     cwd.mkdir(parents=True, exist_ok=True)
     script = system.header(units) + STEP0.format(style=system.style,
                                                  elements=" ".join(system.elements))
-    r = run_lmp(script, cwd, np_, plugin_dir)
+    r = run_lmp(script, cwd, np_, plugin_dir, env=env)
     res = printed(r.stdout, "RESULT")
     d = read_dump(cwd / "step0.dump")
     vol = res[1]
@@ -437,6 +446,150 @@ def test_native_format_loads(step0_results, systems, tmp_path, plugin):
         assert rel_err(res["forces"], ref["forces"]) <= 1e-12, name
 
 
+# --------------------------------------------------------------------------- potentials by name
+
+def _synthetic_system(tmp: Path, style: str) -> System:
+    """A System (periodic H/O box, 24 atoms, Å/eV) for the synthetic potential of conftest."""
+    from conftest import water_like
+
+    s = System.__new__(System)
+    s.elements, s.masses = ["H", "O"], [1.00794, 15.9994]
+    pos, sym = water_like(8, 7.0, seed=3)
+    s.pos, s.cell, s.symbols = pos, np.eye(3) * 7.0, sym
+    s.types = [s.elements.index(x) + 1 for x in sym]
+    s.style = style
+    s.length_unit = s.energy_unit = 1.0
+    s.data = tmp / "synthetic.data"
+    write_data(s.data, s.cell, s.pos, s.types, 2)
+    return s
+
+
+@pytest.fixture(scope="module")
+def named_potential(tmp_path_factory):
+    """(directory, name, path): a synthetic H/O potential saved as <dir>/synth.fragnn."""
+    from conftest import make_synthetic_potential
+
+    d = tmp_path_factory.mktemp("named_pots")
+    path = d / "synth.fragnn"
+    make_synthetic_potential(seed=7).save(str(path))
+    return d, "synth", path
+
+
+@pytest.mark.parametrize("arg", ["synth", "synth.fragnn"])
+def test_pair_style_by_name(plugin, named_potential, tmp_path, monkeypatch, arg):
+    """`pair_style fragnn NAME` (and NAME.fragnn) finds the potential in a $FRAGNN_POTENTIALS
+    directory (after one without it) and gives the full path's energy, forces and virial to
+    1e-12 relative on 2 ranks; the log names the file it resolved to. Potential.load(NAME)
+    resolves to the same file and agrees with LAMMPS to 1e-10."""
+    from pyfragnn import Potential
+
+    d, _, path = named_potential
+    env = {"FRAGNN_POTENTIALS": f"{tmp_path / 'empty'}:{d}"}
+    (tmp_path / "empty").mkdir()
+    pdir = str(Path(plugin).parent)
+    s = _synthetic_system(tmp_path, f"fragnn {path} showew no maxew -1")
+    ref = step0(s, tmp_path / "path", 2, pdir)
+    s.style = f"fragnn {arg} showew no maxew -1"
+    res = step0(s, tmp_path / "name", 2, pdir, env=env)
+    assert f"pair fragnn: potential {arg} ({path}):" in res["log"]
+    assert abs(res["energy"] - ref["energy"]) <= 1e-12 * abs(ref["energy"])
+    assert rel_err(res["forces"], ref["forces"]) <= 1e-12
+    assert rel_err(res["virial"], ref["virial"]) <= 1e-12
+
+    from pyfragnn.potential import _find
+
+    monkeypatch.setenv("FRAGNN_POTENTIALS", env["FRAGNN_POTENTIALS"])
+    monkeypatch.chdir(tmp_path)
+    assert _find(arg) == path
+    py = Potential.load(arg).compute(s.pos, s.symbols, s.cell, (True,) * 3)
+    assert abs(py["energy"] - ref["energy"]) <= 1e-10 * abs(ref["energy"])
+    assert rel_err(ref["forces"], py["forces"]) <= 1e-10
+
+
+def test_misuse_unknown_potential_name(plugin, named_potential, systems, tmp_path):
+    """An unknown name stops LAMMPS on 2 ranks (no hang) with a message that names the
+    argument and lists every location searched: the name itself, NAME and NAME.fragnn in each
+    $FRAGNN_POTENTIALS directory, then in the shipped folder beside the plugin."""
+    d, _, _ = named_potential
+    other = tmp_path / "other"
+    other.mkdir()
+    s = systems("cu2s")
+    r = _misuse(plugin, tmp_path, s.header() + "pair_style fragnn no_such_pot\n",
+                "cannot load potential 'no_such_pot'",
+                env={"FRAGNN_POTENTIALS": f"{d}:{other}"})
+    shipped = Path(plugin).resolve().parent.parent / "potentials"
+    msg = next(ln for ln in r.stdout.splitlines() if "cannot load potential" in ln)
+    searched = msg.split("searched: ", 1)[1]
+    expected = ["no_such_pot"] + [str(x / n) for x in (d, other, shipped)
+                                  for n in ("no_such_pot", "no_such_pot.fragnn")]
+    for loc in expected:
+        assert loc in searched, (loc, msg)
+    assert searched.index(str(d / "no_such_pot")) < searched.index(str(other / "no_such_pot")) \
+        < searched.index(str(shipped / "no_such_pot"))
+
+
+IRMOF = ROOT / "pyfragnn" / "data" / "IRMOF-1_prim.extxyz"
+
+
+def _shipped_potentials() -> dict:
+    from pyfragnn.potential import shipped_dirs
+    found = {}
+    for d in shipped_dirs():
+        for f in sorted(d.glob("*.fragnn")) if d.is_dir() else []:
+            found.setdefault(f.stem, f)
+    return found
+
+
+def test_shipped_potentials_by_name(plugin, tmp_path, monkeypatch):
+    """Every shipped potential loads by name in LAMMPS (`pair_style fragnn NAME`, 2 ranks) and
+    in FragNN("NAME"), with $FRAGNN_POTENTIALS unset, and both give the same energy (1e-10
+    relative) and forces on the IRMOF-1 primitive cell when its elements (H C O Zn) are among
+    the potential's."""
+    from ase.data import atomic_masses, atomic_numbers
+    from ase.geometry import cellpar_to_cell
+    from ase.io import read
+    from pyfragnn import FragNN
+    from pyfragnn.potential import _find, shipped_dirs
+
+    pots = _shipped_potentials()
+    if not pots:
+        pytest.skip("no shipped potential: no *.fragnn file in "
+                    + " or ".join(str(d) for d in shipped_dirs()))
+    atoms = read(IRMOF)
+    # LAMMPS's restricted triclinic form (a along x, b in the xy plane), same fractional coords
+    atoms.set_cell(cellpar_to_cell(atoms.cell.cellpar()), scale_atoms=True)
+    species = sorted(set(atoms.get_chemical_symbols()), key=lambda x: atomic_numbers[x])
+    env = {"FRAGNN_POTENTIALS": None}
+    monkeypatch.delenv("FRAGNN_POTENTIALS", raising=False)
+    checked, skipped = [], []
+    for name, path in pots.items():
+        calc = FragNN(name)
+        assert Path(_find(name)).resolve() == path.resolve()
+        if not set(species) <= set(calc.potential.elements):
+            skipped.append(f"{name} (elements {' '.join(calc.potential.elements)})")
+            continue
+        a = atoms.copy()
+        a.calc = calc
+        e, f = a.get_potential_energy(), a.get_forces()
+        cwd = tmp_path / name
+        cwd.mkdir()
+        types = [species.index(x) + 1 for x in a.get_chemical_symbols()]
+        s = System.__new__(System)
+        s.elements, s.data = species, cwd / "s.data"
+        s.masses = [atomic_masses[atomic_numbers[x]] for x in species]
+        s.style = f"fragnn {name} showew no maxew -1"
+        write_data(s.data, a.cell.array, a.positions, types, len(species))
+        res = step0(s, cwd, 2, str(Path(plugin).parent), env=env)
+        assert f"pair fragnn: potential {name} (" in res["log"]
+        print(f"{name}: E(LAMMPS) {res['energy']:.12f} eV, E(FragNN) {e:.12f} eV")
+        assert abs(res["energy"] - e) <= 1e-10 * max(abs(e), 1.0), name
+        assert rel_err(res["forces"], f) <= 1e-10, name
+        checked.append(name)
+    if not checked:
+        pytest.skip(f"no shipped potential covers the elements {' '.join(species)} of {IRMOF.name}"
+                    f": {', '.join(skipped)}")
+
+
 # --------------------------------------------------------------------------- extrapolation
 
 def _cluster(tmp: Path) -> tuple[Path, list, np.ndarray]:
@@ -567,11 +720,13 @@ lmp.close()
 
 # --------------------------------------------------------------------------- misuse
 
-def _misuse(plugin, tmp_path, script: str, message: str, np_: int = 2):
-    r = run_lmp(script, tmp_path, np_, str(Path(plugin).parent), timeout=120, check=False)
+def _misuse(plugin, tmp_path, script: str, message: str, np_: int = 2, env: dict | None = None):
+    r = run_lmp(script, tmp_path, np_, str(Path(plugin).parent), timeout=120, check=False,
+                env=env)
     assert r.returncode != 0, f"LAMMPS did not fail:\n{r.stdout[-2000:]}"
     assert "ERROR" in r.stdout and message in r.stdout, r.stdout[-3000:]
     assert "Segmentation" not in r.stdout and "signal" not in r.stdout.lower()
+    return r
 
 
 def test_misuse_missing_potential(plugin, systems, tmp_path):
