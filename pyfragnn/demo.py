@@ -4,8 +4,11 @@
 reference method, on the IRMOF-1 primitive cell shipped in ``pyfragnn/data``:
 
 1. relax the atomic positions of the primitive cell (cell fixed, BFGS, loose ``fmax``);
-2. sample distorted bulk snapshots (random symmetric strain + Gaussian rattle);
-3. cut small fragments (radius R_c; three per site and snapshot, they are ~10x cheaper) and
+2. sample distorted bulk snapshots (random symmetric strain + Gaussian rattle) and thermal ones
+   (:func:`harmonic_snapshots`: normal modes of the shipped IRMOF-1 HDNNP1 populated at
+   200-700 K; a Gaussian rattle alone misses the large soft-mode amplitudes that MD at 300 K
+   visits, and potentials trained without them blow up within ~100 fs);
+3. cut small fragments (radius R_c; eight per site and snapshot, they are ~10x cheaper) and
    large fragments (radius 2·R_c; one per site and snapshot) centred on random members of every
    nonequivalent site, H-capped;
 4. label the fragments and the held-out periodic validation snapshots (parallel, resumable);
@@ -50,7 +53,7 @@ import numpy as np
 from ase import Atoms
 
 __all__ = ["DemoScale", "SCALES", "run_demo", "run_example", "train_hdnnp", "to_structures",
-           "distorted_snapshots", "cut_site_fragments", "evaluate", "lammps_md",
+           "distorted_snapshots", "harmonic_snapshots", "cut_site_fragments", "evaluate", "lammps_md",
            "register_cli", "DATA_DIR", "IRMOF1_PRIM"]
 
 PathLike = Union[str, os.PathLike]
@@ -71,11 +74,11 @@ class DemoScale:
     relax_steps: int = 30
     n_train_snapshots: int = 12      # bulk snapshots cut into training fragments
     n_val_snapshots: int = 4         # held-out periodic snapshots (labelled as bulk)
-    small_per_site: int = 3          # small training fragments per site and snapshot
+    small_per_site: int = 8          # small training fragments per site and snapshot
     large_per_site: int = 1          # large training fragments per site and snapshot
     rattle: float = 0.04             # Å, Gaussian sigma of the displacements
     strain: float = 0.01             # max |strain component|
-    epochs: int = 30
+    epochs: int = 20
     hidden: Tuple[int, ...] = (10, 10)
     radial_n: int = 5
     angular_zeta: Tuple[float, ...] = (1.0, 4.0)
@@ -85,6 +88,12 @@ class DemoScale:
     md_temperature: float = 300.0
     md_np: int = 2
     seed: int = 2023
+    # thermal snapshots (see harmonic_snapshots) in the harmonic model of a shipped potential
+    # that covers the structure's elements (none: rattled snapshots only)
+    n_thermal_train: int = 6
+    n_thermal_val: int = 2
+    thermal_T: Tuple[float, float] = (200.0, 700.0)
+    thermal_model: str = "irmof1_hdnnp1_gfn2"
 
 
 SCALES: Dict[str, DemoScale] = {
@@ -92,7 +101,7 @@ SCALES: Dict[str, DemoScale] = {
     "ci": DemoScale(relax_steps=2, n_train_snapshots=3, n_val_snapshots=1, epochs=2,
                     small_per_site=1,
                     hidden=(8, 8), radial_n=3, angular_zeta=(1.0,), test_fraction=0.2,
-                    md_steps=10),
+                    md_steps=10, n_thermal_train=1, n_thermal_val=0),
 }
 
 
@@ -242,6 +251,73 @@ def distorted_snapshots(atoms: Atoms, n: int, rattle: float, strain: float,
         a.positions += rng.normal(0.0, rattle, a.positions.shape)
         out.append(a)
     return out
+
+
+def harmonic_snapshots(atoms: Atoms, potential, n: int, temperatures: Tuple[float, float],
+                       strain: float, seed: int, delta: float = 0.005,
+                       min_wavenumber: float = 30.0) -> List[Atoms]:
+    """``n`` thermal snapshots of ``atoms`` in the harmonic approximation of ``potential`` (a
+    :class:`pyfragnn.Potential`, path or name, e.g. a preliminary HDNNP): the Γ-point Hessian by
+    central differences of its forces (``delta`` Å), normal-mode coordinates drawn from the
+    classical Boltzmann distribution at a temperature uniform in ``temperatures`` (K), plus a
+    random symmetric strain (components uniform in ±``strain``). Modes below
+    ``min_wavenumber`` (cm⁻¹; the acoustic ones, soft or unstable modes) are sampled as if at
+    that wavenumber, so that no amplitude diverges. ``info``: ``sampling='harmonic'``,
+    ``temperature``. Unlike a Gaussian rattle, soft motions (H wagging, ring librations) get
+    their thermal amplitudes, which MD then visits."""
+    from ase import units
+
+    from pyfragnn.calculator import FragNN
+
+    a0 = atoms.copy()
+    a0.calc = FragNN(potential)
+    nat = len(a0)
+    hess = np.zeros((3 * nat, 3 * nat))
+    for i in range(nat):
+        for d in range(3):
+            f = []
+            for sgn in (1.0, -1.0):
+                b = a0.copy()
+                b.calc = a0.calc
+                b.positions[i, d] += sgn * delta
+                f.append(b.get_forces().ravel())
+            hess[:, 3 * i + d] = -(f[0] - f[1]) / (2 * delta)
+    hess = 0.5 * (hess + hess.T)
+    m = np.repeat(a0.get_masses(), 3)
+    w2, vec = np.linalg.eigh(hess / np.sqrt(np.outer(m, m)))       # eV/(Å² amu)
+    # wavenumber of w2 = 1 eV/(Å² amu): sqrt(eV/amu)/Å / (2π c)
+    unit_cm = np.sqrt(units._e / units._amu) * 1e10 / (2 * np.pi * units._c * 100)
+    w2 = np.maximum(w2, (min_wavenumber / unit_cm) ** 2)
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        t = float(rng.uniform(*temperatures))
+        q = rng.normal(0.0, np.sqrt(units.kB * t / w2))
+        a = atoms.copy()
+        a.calc = None
+        e = rng.uniform(-strain, strain, (3, 3))
+        e = 0.5 * (e + e.T)
+        a.positions = a.positions + ((vec @ q) / np.sqrt(m)).reshape(nat, 3)
+        a.set_cell(a.cell.array @ (np.eye(3) + e), scale_atoms=True)
+        a.info.update(sampling="harmonic", temperature=t)
+        out.append(a)
+    return out
+
+
+def _thermal_model(sc: "DemoScale", atoms: Atoms):
+    """Path of the shipped potential ``sc.thermal_model`` when thermal snapshots are asked for
+    and it covers the elements of ``atoms``; else None (rattled snapshots only)."""
+    if sc.n_thermal_train + sc.n_thermal_val <= 0 or not sc.thermal_model:
+        return None
+    from pyfragnn.potential import Potential, available
+
+    path = available().get(sc.thermal_model)
+    if path is None:
+        _say(f"snapshots: shipped potential {sc.thermal_model} not found: rattled snapshots only")
+        return None
+    if not set(atoms.get_chemical_symbols()) <= set(Potential.load(path).elements):
+        return None
+    return path
 
 
 def cut_site_fragments(snapshots: Sequence[Atoms], site_labels: Sequence[str],
@@ -553,13 +629,29 @@ def run_demo(outdir: PathLike = "pyfragnn_demo", scale: Union[str, DemoScale] = 
         else:
             snaps = distorted_snapshots(relaxed, sc.n_train_snapshots + sc.n_val_snapshots,
                                         sc.rattle, sc.strain, sc.seed)
+            for a in snaps:
+                a.info["sampling"] = "rattle"
+            train_snaps = snaps[:sc.n_train_snapshots]
+            val_snaps = snaps[sc.n_train_snapshots:]
+            model = _thermal_model(sc, relaxed)
+            if model is not None:
+                _say(f"snapshots: {sc.n_train_snapshots + sc.n_val_snapshots} rattled + "
+                     f"{sc.n_thermal_train + sc.n_thermal_val} thermal "
+                     f"({sc.thermal_T[0]:.0f}-{sc.thermal_T[1]:.0f} K, harmonic model of "
+                     f"{model.name})")
+                th = harmonic_snapshots(relaxed, model, sc.n_thermal_train + sc.n_thermal_val,
+                                        sc.thermal_T, sc.strain / 2, sc.seed + 7)
+                train_snaps += th[:sc.n_thermal_train]
+                val_snaps += th[sc.n_thermal_train:]
+            snaps = train_snaps + val_snaps
             for k, a in enumerate(snaps):
-                a.info["role"] = "train" if k < sc.n_train_snapshots else "val"
+                a.info["role"] = "train" if k < len(train_snaps) else "val"
                 a.info["snapshot"] = k
             _write_atomic(snap_path, snaps)
             snaps = _read(snap_path)  # label exactly what a rerun reads (structure keys)
-        train_snaps = snaps[:sc.n_train_snapshots]
-        val_snaps = snaps[sc.n_train_snapshots:]
+        train_snaps = [a for a in snaps if a.info.get("role") == "train"]
+        val_snaps = [a for a in snaps if a.info.get("role") == "val"]
+        n_train_snaps = len(train_snaps)
         frag_sets = {}
         for tag, radius, per in (("s", sc.r_c, sc.small_per_site),
                                  ("l", 2 * sc.r_c, sc.large_per_site)):
@@ -652,7 +744,7 @@ def run_demo(outdir: PathLike = "pyfragnn_demo", scale: Union[str, DemoScale] = 
             for f in labelled[key]:
                 if f.info.get("role") != "val":
                     continue
-                b = bulk_by_snap[int(f.info["snapshot"]) + sc.n_train_snapshots]
+                b = bulk_by_snap[int(f.info["snapshot"]) + n_train_snaps]
                 c = int(f.info["centre"])
                 d.setdefault(str(f.info["site"]), []).append(
                     float(np.linalg.norm(f.get_forces()[0] - b.get_forces()[c])))
@@ -712,14 +804,13 @@ def run_demo(outdir: PathLike = "pyfragnn_demo", scale: Union[str, DemoScale] = 
 def _labelled_in_order(items: Sequence[Atoms], path: Path) -> List[Atoms]:
     """The labelled frames of ``items`` from the data set ``path``, in input order (frames of
     other inputs that an earlier run left in the file are ignored)."""
-    from pyfragnn.labelling import structure_key
+    from pyfragnn.labelling import labelled_in_order
 
-    by_key = {str(a.info.get("label_key")): a for a in _read(path)}
-    keys = [structure_key(a, i) for i, a in enumerate(items)]
-    missing = [i for i, k in enumerate(keys) if k not in by_key]
+    got = labelled_in_order(items, _read(path))
+    missing = [i for i, f in enumerate(got) if f is None]
     if missing:
         raise RuntimeError(f"{path}: no label for structures {missing[:10]}")
-    return [by_key[k] for k in keys]
+    return list(got)
 
 
 def _read_rmse_csv(path: Path) -> List[dict]:
@@ -746,12 +837,17 @@ def _write_report(path: Path, sc: DemoScale, relaxed: Atoms, sites, frag_sets, l
                   train_tables, results, ref_dev, md_msg, timings) -> None:
     L: List[str] = []
     L.append("# pyfragnn demo: IRMOF-1 HDNNPs from small and large GFN2-xTB fragments\n")
+    n_th = ((sc.n_thermal_train, sc.n_thermal_val) if _thermal_model(sc, relaxed) is not None
+            else (0, 0))
     L.append(f"Reference: GFN2-xTB (tblite). ACSF cutoff R_c = {sc.r_c:g} Å for both "
              f"potentials; small fragments R_frag = {sc.r_c:g} Å (HDNNP1), large fragments "
              f"R_frag = {2 * sc.r_c:g} Å = 2·R_c (HDNNP2). Networks "
              f"{'-'.join(map(str, sc.hidden))} tanh, {sc.epochs} EKF epochs. "
              f"{sc.n_train_snapshots} training and {sc.n_val_snapshots} validation bulk "
-             f"snapshots (strain ≤ {sc.strain:g}, rattle σ = {sc.rattle:g} Å). Relaxation: "
+             f"snapshots (strain ≤ {sc.strain:g}, rattle σ = {sc.rattle:g} Å)"
+             + (f" plus {n_th[0]} training and {n_th[1]} validation thermal snapshots "
+                f"(harmonic model of {sc.thermal_model}, {sc.thermal_T[0]:g}-"
+                f"{sc.thermal_T[1]:g} K)" if sum(n_th) else "") + ". Relaxation: "
              f"{relaxed.info.get('relax_steps', '?')} BFGS steps, final max|F| = "
              f"{float(relaxed.info.get('relax_fmax', float('nan'))):.3f} eV/Å (cell fixed).\n")
     n_tr = {k: sum(1 for a in labelled[k] if a.info.get("role") == "train")
@@ -836,19 +932,18 @@ def _write_report(path: Path, sc: DemoScale, relaxed: Atoms, sites, frag_sets, l
 def _shipped_case():
     """(potential path, structure path) of a shipped potential with a shipped structure whose
     elements it covers, or None."""
-    from pyfragnn.potential import SHIPPED, Potential
+    from pyfragnn.potential import Potential, shipped_dirs
 
-    if not SHIPPED.is_dir():
-        return None
-    for p in sorted(SHIPPED.glob("*.fragnn")):
-        try:
-            pot = Potential.load(p)
-        except (ValueError, RuntimeError, OSError):
-            continue
-        for s in sorted(DATA_DIR.glob("*.extxyz")):
-            at = _read(s, 0)[0]
-            if set(at.get_chemical_symbols()) <= set(pot.elements):
-                return p, s
+    for d in shipped_dirs():
+        for p in sorted(d.glob("*.fragnn")) if d.is_dir() else []:
+            try:
+                pot = Potential.load(p)
+            except (ValueError, RuntimeError, OSError):
+                continue
+            for s in sorted(DATA_DIR.glob("*.extxyz")):
+                at = _read(s, 0)[0]
+                if set(at.get_chemical_symbols()) <= set(pot.elements):
+                    return p, s
     return None
 
 
