@@ -268,22 +268,17 @@ def harmonic_snapshots(atoms: Atoms, potential, n: int, temperatures: Tuple[floa
     from ase import units
 
     from pyfragnn.calculator import FragNN
+    from pyfragnn.interaction_range import hessian_blocks
+    from pyfragnn.potential import Potential
 
-    a0 = atoms.copy()
-    a0.calc = FragNN(potential)
-    nat = len(a0)
-    hess = np.zeros((3 * nat, 3 * nat))
-    for i in range(nat):
-        for d in range(3):
-            f = []
-            for sgn in (1.0, -1.0):
-                b = a0.copy()
-                b.calc = a0.calc
-                b.positions[i, d] += sgn * delta
-                f.append(b.get_forces().ravel())
-            hess[:, 3 * i + d] = -(f[0] - f[1]) / (2 * delta)
+    pot = potential if isinstance(potential, Potential) else Potential.load(potential)
+    nat = len(atoms)
+    # blocks[k, A, j, alpha] = H[3A + j, 3k + alpha]
+    blocks = hessian_blocks(atoms, lambda a: FragNN(pot), displace=range(nat), fd_step=delta,
+                            progress=False).blocks
+    hess = blocks.transpose(1, 2, 0, 3).reshape(3 * nat, 3 * nat)
     hess = 0.5 * (hess + hess.T)
-    m = np.repeat(a0.get_masses(), 3)
+    m = np.repeat(atoms.get_masses(), 3)
     w2, vec = np.linalg.eigh(hess / np.sqrt(np.outer(m, m)))       # eV/(Å² amu)
     # wavenumber of w2 = 1 eV/(Å² amu): sqrt(eV/amu)/Å / (2π c)
     unit_cm = np.sqrt(units._e / units._amu) * 1e10 / (2 * np.pi * units._c * 100)
@@ -352,6 +347,18 @@ def evaluate(pot, images: Sequence[Atoms]) -> dict:
                     "E_nn": float(r["energy"]), "F_ref": np.array(a.get_forces()),
                     "F_nn": np.array(r["forces"]), "n_extrapolations": int(r["n_warnings"])})
     return {"structures": out}
+
+
+def _energy_per_atom(pot, atoms: Atoms) -> float:
+    """Energy per atom (eV) of ``atoms`` with Potential ``pot`` (no forces)."""
+    return float(pot.compute(atoms.positions, atoms.get_chemical_symbols(), atoms.cell.array,
+                             atoms.pbc, forces=False, virial=False)["energy"]) / len(atoms)
+
+
+def _offset_per_atom(pot, relaxed: Atoms) -> float:
+    """Energy offset of section 4.3 (eV/atom): HDNNP minus reference per-atom energy of the
+    labelled relaxed structure."""
+    return _energy_per_atom(pot, relaxed) - float(relaxed.get_potential_energy()) / len(relaxed)
 
 
 def _rmse(x: np.ndarray) -> float:
@@ -652,6 +659,8 @@ def run_demo(outdir: PathLike = "pyfragnn_demo", scale: Union[str, DemoScale] = 
         train_snaps = [a for a in snaps if a.info.get("role") == "train"]
         val_snaps = [a for a in snaps if a.info.get("role") == "val"]
         n_train_snaps = len(train_snaps)
+        n_thermal = tuple(sum(1 for a in group if a.info.get("sampling") == "harmonic")
+                          for group in (train_snaps, val_snaps))
         frag_sets = {}
         for tag, radius, per in (("s", sc.r_c, sc.small_per_site),
                                  ("l", 2 * sc.r_c, sc.large_per_site)):
@@ -715,12 +724,9 @@ def run_demo(outdir: PathLike = "pyfragnn_demo", scale: Union[str, DemoScale] = 
 
     # 6. evaluation
     with step("evaluate"):
-        E_relax_ref = float(relaxed.get_potential_energy()) / len(relaxed)
         results = {}
         for name, pot in pots.items():
-            r = pot.compute(relaxed.positions, relaxed.get_chemical_symbols(),
-                            relaxed.cell.array, relaxed.pbc, forces=False, virial=False)
-            offset = float(r["energy"]) / len(relaxed) - E_relax_ref
+            offset = _offset_per_atom(pot, relaxed)
             ev_bulk = evaluate(pot, labelled["bulk"])
             per_site = {}
             for s in site_names:
@@ -795,8 +801,8 @@ def run_demo(outdir: PathLike = "pyfragnn_demo", scale: Union[str, DemoScale] = 
                                                  for k, v in d.items()}
                                              for t, d in ref_dev.items()}}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
-    _write_report(out / "report.md", sc, relaxed, sites, frag_sets, labelled, train_tables,
-                  results, ref_dev, md_msg, timings)
+    _write_report(out / "report.md", sc, relaxed, n_thermal, sites, frag_sets, labelled,
+                  train_tables, results, ref_dev, md_msg, timings)
     _say(f"report: {out / 'report.md'}  (total {timings['total_s']:.0f} s)")
     return summary
 
@@ -833,12 +839,10 @@ def _read_history(path: Path) -> List[float]:
     return [float(r["time_s"]) for r in rows if int(float(r["epoch"])) >= 1 and r.get("time_s")]
 
 
-def _write_report(path: Path, sc: DemoScale, relaxed: Atoms, sites, frag_sets, labelled,
-                  train_tables, results, ref_dev, md_msg, timings) -> None:
+def _write_report(path: Path, sc: DemoScale, relaxed: Atoms, n_th: Tuple[int, int], sites,
+                  frag_sets, labelled, train_tables, results, ref_dev, md_msg, timings) -> None:
     L: List[str] = []
     L.append("# pyfragnn demo: IRMOF-1 HDNNPs from small and large GFN2-xTB fragments\n")
-    n_th = ((sc.n_thermal_train, sc.n_thermal_val) if _thermal_model(sc, relaxed) is not None
-            else (0, 0))
     L.append(f"Reference: GFN2-xTB (tblite). ACSF cutoff R_c = {sc.r_c:g} Å for both "
              f"potentials; small fragments R_frag = {sc.r_c:g} Å (HDNNP1), large fragments "
              f"R_frag = {2 * sc.r_c:g} Å = 2·R_c (HDNNP2). Networks "

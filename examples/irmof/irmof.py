@@ -119,6 +119,15 @@ class Run:
                 labels[k] = s.label
         return sites, labels
 
+    def _trained(self):
+        """(name, Potential) of each trained potential of the run, in POTENTIALS order."""
+        from pyfragnn.potential import Potential
+
+        for name in POTENTIALS:
+            p = self.dir / name / "potential.fragnn"
+            if p.exists():
+                yield name, Potential.load(p)
+
     # ---------------------------------------------------------------- steps
     def relax(self):
         p = self.dir / "relaxed.extxyz"
@@ -319,12 +328,9 @@ class Run:
 
     def validate(self):
         """Tables 1-6 and Fig. 6/7 analogues -> validation.json, PNGs, report.md."""
-        from pyfragnn.potential import Potential
-
         rc = self.rc
         t_start = time.perf_counter()
         rel = self.relaxed()
-        e_rel = rel.get_potential_energy() / len(rel)
         sites, labels = self.sites()
         site_names = [s.label for s in sites]
         bulk = self._labelled("bulk_val")
@@ -397,19 +403,9 @@ class Run:
                 "s_per_structure": _mean([float(a.info.get("label_seconds", np.nan))
                                           for a in offs.values()])}
         t5, t6, per_site, evs, offsets = {}, {}, {}, {}, {}
-        for name, data, fac in POTENTIALS_DEF:
-            p = self.dir / name / "potential.fragnn"
-            if not p.exists():
-                continue
-            pot = Potential.load(p)
-            r = pot.compute(rel.positions, rel.get_chemical_symbols(), rel.cell.array, rel.pbc,
-                            forces=False, virial=False)
-            off = float(r["energy"]) / len(rel) - e_rel
-            toff = {}
-            for (s, k), a in offs.items():
-                rr = pot.compute(a.positions, a.get_chemical_symbols(), a.cell.array, a.pbc,
-                                 forces=False, virial=False)
-                toff[f"{s}/{k}"] = (float(rr["energy"]) - a.get_potential_energy()) / len(a)
+        for name, pot in self._trained():
+            off = demo._offset_per_atom(pot, rel)
+            toff = {f"{s}/{k}": demo._offset_per_atom(pot, a) for (s, k), a in offs.items()}
             offsets[name] = {"relaxed_cell_eV_atom": off, "fragment_types_eV_atom": toff}
             t5[name] = {}
             for k in ("small", "large"):
@@ -635,7 +631,6 @@ run {n}
         vs the HDNNPs -> eos.json, eos.png: the 0 K lattice constant each method prefers, the
         reference for the NPT lattice constant (the cell itself is not relaxed here)."""
         from pyfragnn.labelling import make_calculator
-        from pyfragnn.potential import Potential
 
         rel = self.relaxed()
         factors = np.linspace(0.97, 1.03, 7)
@@ -654,14 +649,8 @@ run {n}
             c.calc = make_calculator("gfn2", c)
             e.append(float(c.get_potential_energy()) / len(c))
         res["energies"]["GFN2-xTB"] = e
-        for name in POTENTIALS:
-            p = self.dir / name / "potential.fragnn"
-            if p.exists():
-                pot = Potential.load(p)
-                res["energies"][name.upper()] = [
-                    float(pot.compute(c.positions, c.get_chemical_symbols(), c.cell.array,
-                                      c.pbc, forces=False, virial=False)["energy"]) / len(c)
-                    for c in cells]
+        for name, pot in self._trained():
+            res["energies"][name.upper()] = [demo._energy_per_atom(pot, c) for c in cells]
         res["a_min"] = {}
         for k, ev in res["energies"].items():
             cf = np.polyfit(a_conv, ev, 3)
@@ -697,7 +686,6 @@ run {n}
 
         from pyfragnn.calculator import FragNN
         from pyfragnn.labelling import label
-        from pyfragnn.potential import Potential
 
         rel = self.relaxed()
         src = self.dir / "bulk_md.extxyz"
@@ -723,16 +711,9 @@ run {n}
         out = self.dir / "labels_bulk_md.extxyz"
         label(src, out, "gfn2", workers=self.workers)
         data = sorted(demo._read(out), key=lambda a: int(a.info["label_index"]))
-        e_rel = rel.get_potential_energy() / len(rel)
         res = {"snapshots": len(data), "T_K": 300.0, "potentials": {}}
-        for name in POTENTIALS:
-            p = self.dir / name / "potential.fragnn"
-            if not p.exists():
-                continue
-            pot = Potential.load(p)
-            r = pot.compute(rel.positions, rel.get_chemical_symbols(), rel.cell.array, rel.pbc,
-                            forces=False, virial=False)
-            off = float(r["energy"]) / len(rel) - e_rel
+        for name, pot in self._trained():
+            off = demo._offset_per_atom(pot, rel)
             row = {}
             for src_pot in ("hdnnp1", "hdnnp2", "all"):
                 sub = [a for a in data if src_pot == "all" or a.info["md_potential"] == src_pot]
