@@ -236,6 +236,30 @@ def train_hdnnp(structures, outdir: PathLike, cutoff: float, epochs: int,
     return Trainer(cfg, structures=structures).run()
 
 
+def fine_tune_hdnnp(structures, outdir: PathLike, init_potential: PathLike, epochs: int,
+                    init_state: Optional[PathLike] = None, test_fraction: float = 0.1,
+                    seed: int = 12345, progress: bool = True,
+                    extra_training: Optional[dict] = None):
+    """Continue training a potential on (extended) data: model, scaling, atom energies and
+    weights from ``init_potential`` (``model.init_from``), the Kalman filter from the
+    ``init_state`` checkpoint if given (``training.kalman.init_state``). Otherwise as
+    :func:`train_hdnnp`; returns the ``TrainResult``."""
+    from pyfragnn.training.trainer import Trainer
+
+    training = {"optimizer": "ekf", "epochs": int(epochs), "seed": int(seed),
+                "progress": bool(progress), "resume": True,
+                "kalman": {"init_state": str(init_state) if init_state else ""}}
+    training.update(extra_training or {})
+    cfg = {
+        "data": {"test_fraction": float(test_fraction), "split": "label"},
+        "model": {"init_from": str(init_potential)},
+        "training": training,
+        "output": {"directory": str(outdir), "n2p2": False, "plots": True, "checkpoint": True},
+    }
+    Path(outdir).mkdir(parents=True, exist_ok=True)
+    return Trainer(cfg, structures=list(structures)).run()
+
+
 def distorted_snapshots(atoms: Atoms, n: int, rattle: float, strain: float,
                         seed: int) -> List[Atoms]:
     """``n`` copies of ``atoms`` with a random symmetric strain (components uniform in

@@ -550,3 +550,80 @@ def test_decoupled_kalman_fading_memory_and_early_stopping(emt_data, tmp_path):
     # stopped at most one epoch after the best one, and the final weights are the best ones
     assert h[-1]["epoch"] - best["epoch"] <= 1
     assert tr.errors()["rmse_F_test"] == pytest.approx(best["rmse_F_test"], rel=1e-12)
+
+
+@needs_core
+def test_fine_tuning_starts_from_the_potential_and_its_filter(emt_data, tmp_path):
+    """model.init_from: epoch 0 of the new run predicts exactly what the loaded potential
+    predicts (model, scaling, atom energies, weights taken over, also for new structures);
+    training.kalman.init_state continues the filter (its update count carries over); a filter
+    of the wrong size and init_from beside input_nn are errors."""
+    from pyfragnn import Potential
+    from pyfragnn.training.trainer import Trainer
+    first = tmp_path / "first"
+    Trainer(base_config(first, epochs=2), structures=emt_data[:80]).run()
+    pot = Potential.load(str(first / "potential.fragnn"))
+    cfg = base_config(tmp_path / "tuned", epochs=0)
+    cfg["model"] = {"init_from": str(first / "potential.fragnn")}
+    more = emt_data[:80] + emt_cells(20, seed=3)
+    tr = Trainer(cfg, structures=more)
+    res = tr.run()
+    for i in (0, 5, 85, 99):
+        s = more[i]
+        r = pot.compute(s.positions, s.symbols, s.cell, s.pbc)
+        assert res.predictions["energy"][i] == pytest.approx(r["energy"], rel=1e-12, abs=1e-12)
+        assert np.allclose(res.predictions["forces"][i], r["forces"], rtol=1e-10, atol=1e-12)
+    # continue training with the first run's filter: the update count carries over
+    cfg = base_config(tmp_path / "cont", epochs=1)
+    cfg["model"] = {"init_from": str(first / "potential.fragnn")}
+    cfg["training"]["kalman"] = {"init_state": str(first / "checkpoint.pkl")}
+    tr = Trainer(cfg, structures=more)
+    res = tr.run()
+    import pickle
+    with open(first / "checkpoint.pkl", "rb") as fh:
+        n0 = pickle.load(fh)["opt"]["n_updates"]
+    with open(tmp_path / "cont" / "checkpoint.pkl", "rb") as fh:
+        n1 = pickle.load(fh)["opt"]["n_updates"]
+    assert n1 == n0 + res.history[-1]["updates"]
+    assert res.history[-1]["rmse_F_train"] < 2 * res.history[0]["rmse_F_train"]
+    # a filter from a model with another number of weights
+    other = tmp_path / "other"
+    c = base_config(other, epochs=1)
+    c["model"]["hidden"] = [5, 5]
+    Trainer(c, structures=emt_data[:20]).run()
+    cfg = base_config(tmp_path / "bad", epochs=1)
+    cfg["model"] = {"init_from": str(first / "potential.fragnn")}
+    cfg["training"]["kalman"] = {"init_state": str(other / "checkpoint.pkl")}
+    with pytest.raises(ConfigError, match="init_state.*weights"):
+        Trainer(cfg, structures=more).run()
+    with pytest.raises(ConfigError, match="exclude"):
+        normalise_config({"data": {"files": ["x"]},
+                          "model": {"init_from": "a.fragnn", "input_nn": "input.nn"}})
+    cfg["training"]["kalman"] = {}
+    cfg["model"] = {"init_from": str(tmp_path / "missing.fragnn")}
+    with pytest.raises(ConfigError, match="init_from.*missing"):
+        Trainer(cfg, structures=more).run()
+
+
+@needs_core
+@pytest.mark.mpi
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun not found")
+def test_mpi_fine_tuning_equals_serial(emt_data, tmp_path):
+    """model.init_from + training.kalman.init_state under mpirun -np 2 (rank 0 reads the
+    filter, the covariance is scattered) gives the serial run's weights."""
+    first = _write_run(tmp_path, emt_data[:60], "first", epochs=1)
+    r = _cli(first)
+    assert r.returncode == 0, r.stderr
+    runs = []
+    for name, mpi in (("serial", 0), ("mpi", 2)):
+        d = _write_run(tmp_path, emt_data[:90], name, epochs=1)
+        cfg = json.loads((d / "train.json").read_text())
+        cfg["model"] = {"init_from": str(first / "out" / "potential.fragnn")}
+        cfg["training"]["kalman"] = {"init_state": str(first / "out" / "checkpoint.pkl")}
+        (d / "train.json").write_text(json.dumps(cfg))
+        r = _cli(d, mpi=mpi)
+        assert r.returncode == 0, r.stdout + r.stderr
+        runs.append(_weights(d / "out" / "potential.fragnn"))
+    w0 = _weights(first / "out" / "potential.fragnn")
+    assert not np.array_equal(runs[0], w0)
+    assert np.max(np.abs(runs[0] - runs[1])) <= 1e-10 * np.max(np.abs(runs[0]))

@@ -36,6 +36,11 @@ Example (TOML)::
                                   # potential evaluates exactly as trained; the list goes to
                                   # output/dropped_symmetry_functions.txt)
     constant_sf_tol = 1e-6        # relative tolerance of that check (>= 0)
+    init_from = ""                # fine-tuning: a trained potential (file, n2p2 directory or
+                                  # shipped name) whose model, SF scaling, atom energies and
+                                  # weights are the starting point; the other model keys are
+                                  # then ignored and the scaling is kept (new data outside its
+                                  # range is scaled beyond [-1, 1], not rescaled)
 
     [training]
     optimizer = "ekf"             # ekf | adam
@@ -70,6 +75,10 @@ Example (TOML)::
     decoupled = false             # one filter per element (block-diagonal covariance)
     rank_block = 64               # deferred rank-1 updates between covariance folds
     threads = 1                   # BLAS threads for the covariance products
+    init_state = ""               # optional checkpoint.pkl of an earlier run (same number of
+                                  # weights) whose filter state (P, q, eta, lambda) starts
+                                  # this one; use with model.init_from to continue an annealed
+                                  # filter on extended data (active learning)
     symmetric = false             # serial only: one-triangle SYMV/SYRK filter (faster, but
                                   # then MPI runs agree with serial only to round-off, which
                                   # threshold selection can amplify)
@@ -111,7 +120,7 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
               "radial": {"n": 6, "r_min": 1.5, "mode": "shifted"},
               "angular": {"n": 1, "eta": [0.02], "zeta": [1, 4], "lambda": [-1, 1], "type": 9},
               "drop_pairs": [], "pair_cutoffs": [], "constant_sf": "error",
-              "constant_sf_tol": 1e-6},
+              "constant_sf_tol": 1e-6, "init_from": ""},
     "training": {"optimizer": "ekf", "epochs": 10, "seed": 12345, "force_weight": 10.0,
                  "energy_fraction": 1.0, "force_fraction": 0.02315,
                  "energy_error_threshold": 0.0, "force_error_threshold": 1.0,
@@ -121,7 +130,8 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
                  "kalman": {"type": 0, "epsilon": 0.01, "q0": 0.01, "qtau": 2.302,
                             "qmin": 1e-6, "eta": 0.01, "etatau": 2.302, "etamax": 1.0,
                             "lambda": 0.96, "nu": 0.99987, "decoupled": False,
-                            "rank_block": 64, "threads": 1, "symmetric": False},
+                            "rank_block": 64, "threads": 1, "symmetric": False,
+                            "init_state": ""},
                  "adam": {"learning_rate": 1e-3, "batch_size": 16, "beta1": 0.9,
                           "beta2": 0.999, "eps": 1e-8, "force_weight": 1.0}},
     "output": {"directory": "train_out", "n2p2": True, "plots": True, "checkpoint": True},
@@ -149,6 +159,12 @@ def load_config(path: str) -> Dict[str, Any]:
                             for f in cfg["data"]["files"]]
     if cfg["model"]["input_nn"] and not os.path.isabs(cfg["model"]["input_nn"]):
         cfg["model"]["input_nn"] = os.path.join(base, cfg["model"]["input_nn"])
+    init = cfg["model"]["init_from"]
+    if init and os.path.exists(os.path.join(base, init)):
+        cfg["model"]["init_from"] = os.path.join(base, init)
+    st = cfg["training"]["kalman"]["init_state"]
+    if st and not os.path.isabs(st):
+        cfg["training"]["kalman"]["init_state"] = os.path.join(base, st)
     if not os.path.isabs(cfg["output"]["directory"]):
         cfg["output"]["directory"] = os.path.join(base, cfg["output"]["directory"])
     return cfg
@@ -226,6 +242,12 @@ def normalise_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
         raise ConfigError(f"'model.constant_sf' must be 'error' or 'drop', got "
                           f"{m['constant_sf']!r}")
     _num(out, "model", "constant_sf_tol", 0.0)
+    if not isinstance(m["init_from"], str):
+        raise ConfigError(f"'model.init_from' must be a path or potential name, got "
+                          f"{m['init_from']!r}")
+    if m["init_from"] and m["input_nn"]:
+        raise ConfigError("'model.init_from' and 'model.input_nn' exclude each other (the "
+                          "model comes from the potential given in init_from)")
     t = out["training"]
     if t["optimizer"] not in ("ekf", "adam"):
         raise ConfigError(f"'training.optimizer' must be 'ekf' or 'adam', got {t['optimizer']!r}")
@@ -252,6 +274,8 @@ def normalise_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
     _num(out, "training.kalman", "nu", 0.0, 1.0, lo_open=True)
     _num(out, "training.kalman", "rank_block", 1, integer=True)
     _num(out, "training.kalman", "threads", 1, integer=True)
+    if not isinstance(k["init_state"], str):
+        raise ConfigError(f"'training.kalman.init_state' must be a path, got {k['init_state']!r}")
     _num(out, "training.adam", "learning_rate", 0.0, lo_open=True)
     _num(out, "training.adam", "batch_size", 1, integer=True)
     _num(out, "training.adam", "beta1", 0.0, 1.0)

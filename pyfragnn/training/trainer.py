@@ -93,10 +93,19 @@ class Trainer:
         if not structs:
             raise DatasetError("no structures in the data files")
         input_nn = ""
+        init_core = None
+        if m["init_from"]:
+            from ..potential import Potential
+            try:
+                init_core = Potential.load(m["init_from"]).core
+            except (OSError, ValueError, RuntimeError) as exc:
+                raise ConfigError(f"model.init_from: {exc}") from exc
         if m["input_nn"]:
             with open(m["input_nn"]) as fh:
                 input_nn = fh.read()
-        if m["elements"]:
+        if init_core is not None:
+            elements = None
+        elif m["elements"]:
             elements = list(m["elements"])
         elif input_nn:
             elements = None
@@ -105,7 +114,9 @@ class Trainer:
             syms = sorted({s for st in structs for s in st.symbols}, key=lambda x: atomic_numbers[x])
             elements = syms
         # --- model
-        if not input_nn:
+        if init_core is not None:
+            input_nn = init_core.input_nn_text()
+        elif not input_nn:
             drop = [tuple(p) for p in m["drop_pairs"]]
             caps = {(p[0], p[1]): float(p[2]) for p in m["pair_cutoffs"]}
             r = m["radial"]
@@ -123,12 +134,16 @@ class Trainer:
                                              m["cutoff_type"], m["cutoff_alpha"], m["scaling"],
                                              m["normalize_nodes"])
         self.input_nn_text = input_nn
-        self.input_nn_source = m["input_nn"] or "<config>"
+        self.input_nn_source = m["input_nn"] or ("<init_from>" if init_core is not None
+                                                 else "<config>")
         self.dropped_sfs: List[dict] = []
-        try:
-            core = _core.CoreModel.from_text(input_nn, "", None, self.input_nn_source)
-        except (ValueError, RuntimeError) as exc:
-            raise ConfigError(f"model: {exc}") from exc
+        if init_core is not None:
+            core = init_core.copy()
+        else:
+            try:
+                core = _core.CoreModel.from_text(input_nn, "", None, self.input_nn_source)
+            except (ValueError, RuntimeError) as exc:
+                raise ConfigError(f"model: {exc}") from exc
         self.core = core
         self.elements = list(core.elements)
         validate(structs, self.elements, need_forces=d["use_forces"])
@@ -172,7 +187,7 @@ class Trainer:
         self.nF = np.array([3 * int(s.mask().sum()) if d["use_forces"] else 0 for s in structs])
         self.elem_idx = [core.element_indices(s.symbols) for s in structs]
         # --- reference energies (deterministic on every rank)
-        if m["reference_energies"]:
+        if m["reference_energies"] and init_core is None:
             counts = np.zeros((N, len(self.elements)))
             for i in range(N):
                 counts[i] = np.bincount(self.elem_idx[i], minlength=len(self.elements))
@@ -190,7 +205,11 @@ class Trainer:
                 self.Fref[i] = np.asarray(s.forces, dtype=float) * (self.lu / self.eu)
                 self.fmask[i] = s.mask()
         self._build_training_structures()
-        self._scaling()
+        if init_core is None:
+            self._scaling()
+        else:  # fine-tuning: the potential's scaling stays
+            for ts in self.ts.values():
+                ts.rescale()
         core = self.core
         # --- Jacobian cache within the memory budget (training structures first)
         budget = t["jacobian_memory_mb"] * 2 ** 20
@@ -208,8 +227,12 @@ class Trainer:
         self.woff = _core.model_weight_offsets(core)
         self.nw = int(self.woff[-1])
         rng_w = np.random.default_rng(t["seed"])
-        w = np.concatenate([prepare.glorot_weights(core.network_layers(e), rng_w)
-                            for e in range(len(self.elements))])
+        if init_core is not None:
+            w = np.array(_core.get_weights(core), dtype=float)
+            self.log(f"weights, scaling and atom energies from {m['init_from']}")
+        else:
+            w = np.concatenate([prepare.glorot_weights(core.network_layers(e), rng_w)
+                                for e in range(len(self.elements))])
         self.w = w
         _core.set_weights(core, w)
         self.rng = np.random.default_rng(t["seed"] + 1)
@@ -608,6 +631,31 @@ class Trainer:
         self.rng.bit_generator.state = st["rng"]
         return st
 
+    def _init_filter_state(self, opt, path: str) -> None:
+        """Start the Kalman filter from the state saved in another run's checkpoint."""
+        st = None
+        if self.rank == 0:
+            try:
+                with open(path, "rb") as fh:
+                    st = pickle.load(fh)["opt"]
+            except (OSError, KeyError, pickle.UnpicklingError, EOFError) as exc:
+                raise ConfigError(f"training.kalman.init_state: {path}: cannot read a "
+                                  f"checkpoint ({exc})") from exc
+            if "P" not in st:
+                raise ConfigError(f"training.kalman.init_state: {path} holds no Kalman filter")
+            n = sum(np.asarray(P).shape[0] for P in st["P"])
+            if n != self.nw or len(st["P"]) != len(opt.blocks):
+                raise ConfigError(f"training.kalman.init_state: {path} has a filter over {n} "
+                                  f"weights in {len(st['P'])} block(s); this model has "
+                                  f"{self.nw} in {len(opt.blocks)}")
+        if self.comm is not None:
+            P = st["P"] if self.rank == 0 else [None] * len(opt.blocks)
+            small = self.comm.bcast({k: v for k, v in st.items() if k != "P"}
+                                    if self.rank == 0 else None, root=0)
+            st = dict(small, P=P)
+        opt.set_state(st)
+        self.log(f"Kalman filter state from {path} ({st['n_updates']} updates)")
+
     # ------------------------------------------------------------------ run
     def run(self) -> TrainResult:
         if not self._setup_done:
@@ -646,6 +694,9 @@ class Trainer:
         st = None
         if t["resume"] and self.cfg["output"]["checkpoint"]:
             st = self._load_checkpoint(opt)
+        init_state = t["kalman"]["init_state"] if t["optimizer"] == "ekf" else ""
+        if st is None and init_state:
+            self._init_filter_state(opt, init_state)
         if st is not None:
             history = st["history"]
             best = st["best"]
