@@ -1,0 +1,188 @@
+"""Active learning (pyfragnn.active_learning): committee force deviations against the
+calculator's own forces, extrapolation counts against FragNN's list, candidate selection rules,
+exploration MD (NVT/NPT, stop criteria, annotations reproducible), fragments around the
+candidates and the ``pyfragnn select`` command line."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from ase import Atoms
+
+from pyfragnn.active_learning import (Candidate, annotate, candidate_fragments,
+                                      committee_forces, explore, extrapolating_atoms,
+                                      force_deviation, select_candidates)
+
+from conftest import package_env
+
+NAME = "irmof1_hdnnp1_gfn2"
+
+
+@pytest.fixture(scope="module")
+def committee(tmp_path_factory):
+    """The shipped IRMOF-1 HDNNP1 and a copy with its weights perturbed by 2 % (a second,
+    different potential over the same model)."""
+    from pyfragnn import Potential, _core
+    from pyfragnn.potential import available
+
+    if NAME not in available():
+        pytest.skip(f"the shipped potential {NAME} is not installed")
+    p1 = Potential.load(NAME)
+    p2 = p1.copy()
+    w = np.array(_core.get_weights(p2.core))
+    w *= 1 + 0.02 * np.random.default_rng(3).standard_normal(w.size)
+    _core.set_weights(p2.core, w)
+    path = tmp_path_factory.mktemp("committee") / "perturbed.fragnn"
+    p2.save(str(path))
+    return p1, p2, path
+
+
+@pytest.fixture(scope="module")
+def cell():
+    from pyfragnn.demo import IRMOF1_PRIM, _read, distorted_snapshots
+    return distorted_snapshots(_read(IRMOF1_PRIM, 0)[0], 1, rattle=0.05, strain=0.01, seed=5)[0]
+
+
+def test_force_deviation_is_the_largest_component_difference(committee, cell):
+    from pyfragnn import FragNN
+    p1, p2, _ = committee
+    F = []
+    for p in (p1, p2):
+        a = cell.copy()
+        a.calc = FragNN(p)
+        F.append(a.get_forces())
+    cf = committee_forces(cell, [p1, p2])
+    assert np.array_equal(cf[0], F[0]) and np.array_equal(cf[1], F[1])
+    dev = force_deviation(cf)
+    assert dev.shape == (len(cell),)
+    assert np.allclose(dev, np.abs(F[0] - F[1]).max(axis=1), rtol=0, atol=1e-14)
+    assert dev.max() > 0.01
+    # three members: largest pairwise difference per component
+    F3 = np.stack([F[0], F[1], 0.5 * (F[0] + F[1]) + 1.0])
+    ref = np.max([np.abs(F3[i] - F3[j]).max(axis=1) for i in range(3) for j in range(3)], axis=0)
+    assert np.allclose(force_deviation(F3), ref)
+    assert np.all(force_deviation(cf[:1]) == 0)
+    with pytest.raises(ValueError, match="shape"):
+        force_deviation(np.zeros((2, 5)))
+
+
+def test_extrapolation_counts_match_fragnn(committee, cell):
+    from pyfragnn import FragNN
+    p1, p2, _ = committee
+    squeezed = cell.copy()
+    squeezed.set_cell(cell.cell * 0.93, scale_atoms=True)
+    n = extrapolating_atoms(squeezed, [p1])
+    calc = FragNN(p1, max_warnings=-1)
+    squeezed.calc = calc
+    squeezed.get_potential_energy()
+    ref = np.bincount([w[0] for w in calc.results["extrapolations"]], minlength=len(cell))
+    assert calc.results["n_extrapolations"] > 0
+    assert np.array_equal(n, ref)
+    assert np.array_equal(extrapolating_atoms(squeezed, [p1, p2]), 2 * ref)  # same scaling
+    a = annotate(squeezed.copy(), [p1, p2])
+    assert np.array_equal(a.arrays["extrapolations"], 2 * ref)
+
+
+def _frame(dev, ext, spacing=2.0):
+    n = len(dev)
+    a = Atoms("H" * n, positions=[[spacing * i, 0, 0] for i in range(n)], cell=[100, 10, 10],
+              pbc=True)
+    a.arrays["force_deviation"] = np.asarray(dev, float)
+    a.arrays["extrapolations"] = np.asarray(ext, int)
+    return a
+
+
+def test_select_candidates_rules():
+    f0 = _frame([0.2, 1.5, 3.0, 0.1, 2.0, 0.9], [0, 0, 0, 2, 0, 0])
+    f1 = _frame([0.1, 0.2], [0, 0])
+    c = select_candidates([f0, f1], threshold=1.0, max_per_frame=10, min_separation=0.0)
+    # by deviation; the extrapolating atom 3 counts as 1.0 and ranks after 1.5
+    assert [(x.frame, x.atom) for x in c] == [(0, 2), (0, 4), (0, 1), (0, 3)]
+    assert c[0].deviation == 3.0 and c[3].extrapolations == 2
+    c = select_candidates([f0], threshold=1.0, use_extrapolation=False, min_separation=0.0,
+                          max_per_frame=10)
+    assert [x.atom for x in c] == [2, 4, 1]
+    # atoms 1 (2 Å) and 4 ... : centres closer than 3 Å to a taken one are skipped
+    c = select_candidates([f0], threshold=1.0, max_per_frame=10, min_separation=3.0)
+    assert [x.atom for x in c] == [2, 4]
+    c = select_candidates([f0], threshold=1.0, max_per_frame=1, min_separation=0.0)
+    assert [x.atom for x in c] == [2]
+    c = select_candidates([f0, _frame([5.0], [0])], threshold=1.0, max_per_frame=10,
+                          min_separation=0.0, max_total=2)
+    assert [(x.frame, x.atom) for x in c] == [(0, 2), (1, 0)]
+    assert select_candidates([f1], threshold=1.0) == []
+    with pytest.raises(KeyError, match="annotate"):
+        select_candidates([Atoms("H")])
+
+
+def test_explore_nvt_npt_and_stop(committee, cell):
+    p1, p2, _ = committee
+    fr = explore(cell, [p1, p2], 300.0, 40, timestep_fs=0.5, sample_every=10, seed=1)
+    assert [f.info["md_step"] for f in fr] == [10, 20, 30, 40]
+    assert not any("md_stopped" in f.info for f in fr)
+    moved = np.abs(fr[-1].positions - cell.positions).max()
+    assert 1e-3 < moved < 0.5
+    again = annotate(fr[2].copy(), [p1, p2])  # annotations reproduce from the stored frame
+    assert np.allclose(again.arrays["force_deviation"], fr[2].arrays["force_deviation"])
+    assert np.array_equal(again.arrays["extrapolations"], fr[2].arrays["extrapolations"])
+    same = explore(cell, [p1, p2], 300.0, 40, sample_every=10, seed=1)
+    assert np.array_equal(same[-1].positions, fr[-1].positions)
+    # stop criteria: the first frame above the limit is kept and marked
+    st = explore(cell, [p1, p2], 300.0, 40, sample_every=10, stop_temperature=1.0, seed=1)
+    assert len(st) == 1 and "temperature" in st[0].info["md_stopped"]
+    st = explore(cell, [p1, p2], 300.0, 40, sample_every=10, stop_deviation=1e-6, seed=1)
+    assert len(st) == 1 and "deviation" in st[0].info["md_stopped"]
+    npt = explore(cell, [p1], 300.0, 20, sample_every=10, ensemble="npt", seed=2)
+    assert npt[-1].info["md_ensemble"] == "npt"
+    assert abs(npt[-1].get_volume() / cell.get_volume() - 1) > 1e-7
+    assert np.all(npt[-1].arrays["force_deviation"] == 0)
+    with pytest.raises(ValueError, match="ensemble"):
+        explore(cell, [p1], 300.0, 10, ensemble="nve")
+
+
+def test_candidate_fragments_are_centred_on_the_candidates(committee, cell):
+    from pyfragnn.fragments import find_sites
+    labels = [""] * len(cell)
+    from pyfragnn.demo import IRMOF1_PRIM, _read
+    for s in find_sites(_read(IRMOF1_PRIM, 0)[0]):
+        for k in s.members:
+            labels[k] = s.label
+    frame = annotate(cell.copy(), committee[:2])
+    cands = [Candidate(0, 3, 1.2, 0), Candidate(0, 60, 0.4, 1)]
+    frags = candidate_fragments([frame], cands, 4.359, site_labels=labels)
+    assert len(frags) == 2
+    for c, f in zip(cands, frags):
+        k = int(np.flatnonzero((f.arrays["bulk_index"] == c.atom) & ~f.arrays["cap"])[0])
+        assert f.arrays["central"][k]
+        near = frame.get_distances(c.atom, range(len(frame)), mic=True) < 4.359
+        assert set(np.flatnonzero(near)) <= set(f.arrays["bulk_index"][~f.arrays["cap"]])
+        assert f.info["label"] == f"{labels[c.atom]}-al"
+        assert f.info["al_atom"] == c.atom and f.info["al_deviation"] == c.deviation
+        assert f.info["charge"] == 0 and f.info["multiplicity"] == 1
+
+
+def test_select_command_line(committee, cell, tmp_path):
+    from ase.io import read, write
+    p1, p2, path = committee
+    frames = [cell.copy()]
+    b = cell.copy()
+    b.positions += np.random.default_rng(8).normal(0, 0.03, b.positions.shape)
+    frames.append(b)
+    write(tmp_path / "traj.extxyz", frames)
+    out = tmp_path / "cand.extxyz"
+    r = subprocess.run([sys.executable, "-m", "pyfragnn", "select", str(tmp_path / "traj.extxyz"),
+                        "-p", NAME, "-p", str(path), "-t", "0.05", "-r", "4.359",
+                        "--max-per-frame", "2", "-o", str(out)],
+                       capture_output=True, text=True, env=package_env(), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    ann = [annotate(f.copy(), [p1, p2]) for f in frames]
+    ref = select_candidates(ann, 0.05, True, 2, 3.0)
+    assert 0 < len(ref) <= 4
+    got = read(out, ":")
+    assert [(f.info["al_frame"], f.info["al_atom"]) for f in got] == \
+        [(c.frame, c.atom) for c in ref]
+    assert f"{len(ref)} candidates" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "pyfragnn", "select", str(tmp_path / "traj.extxyz"),
+                        "-p", NAME, "-o", str(out)], capture_output=True, text=True,
+                       env=package_env(), cwd=tmp_path)
+    assert r.returncode != 0 and "--radius" in r.stderr
