@@ -42,9 +42,8 @@ def _potentials(potentials: Sequence[PotentialLike]) -> List[Potential]:
 
 
 def _compute(pot: Potential, atoms: Atoms, forces: bool = True) -> dict:
-    periodic = atoms.cell.rank == 3 and bool(np.any(atoms.pbc))
     return pot.compute(atoms.positions, atoms.get_chemical_symbols(),
-                       atoms.cell.array if periodic or atoms.pbc.any() else None, atoms.pbc,
+                       atoms.cell.array if atoms.pbc.any() else None, atoms.pbc,
                        forces=forces, virial=False, max_warnings=-1)
 
 

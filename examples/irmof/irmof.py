@@ -10,9 +10,13 @@ Steps (each reads the previous steps' files in DIR and skips work already done):
     fragments  distorted bulk snapshots; small (R_c) and large (2 R_c) fragments per site
     label      GFN2-xTB energies and forces of fragments and periodic validation snapshots
     train      HDNNP1 (small, R_c), HDNNP2 (large, R_c), HDNNP3 (large, 2 R_c); 2x15 tanh
+    active     active learning of HDNNP1: MD with the current HDNNP1, committee HDNNP1 vs
+               HDNNP2, new small fragments around disagreeing/extrapolating atoms, GFN2-xTB
+               labels, fine-tuning; al_iterations times -> hdnnp1_al/, al.json
     validate   Tables 1-6 and Fig. 6/7 analogues with the offset corrections of sections
                4.3/4.4 -> validation.json, parity.png, force_error_per_site.png, report.md
-    npt        LAMMPS NPT (300 K, 1 bar) of bulk IRMOF-1 with HDNNP1 -> lattice constant
+    npt        LAMMPS NVT, then NPT (300 K, 1 bar) of bulk IRMOF-1 with HDNNP1 (+AL when
+               hdnnp1_al exists) -> lattice constant
                (npt.json, npt_lattice.png)
     mdspeed    LAMMPS NVE of the 2x2x2 supercell with HDNNP1 at np=1 and 2 (mdspeed.json)
     report     reassemble report.md from validation.json, npt.json and mdspeed.json
@@ -67,6 +71,24 @@ class Scale:
     n_thermal_train: int = 0
     n_thermal_val: int = 0
     thermal_T: tuple = (200.0, 700.0)
+    # active learning of HDNNP1 (step ``active``): iterations; MD runs per iteration as
+    # (temperature K, ensemble, isotropic strain, seed); steps of 0.5 fs per run; fragments per
+    # iteration at most; fine-tuning epochs per iteration
+    al_iterations: int = 0
+    al_runs: tuple = ((300.0, "nvt", 0.0), (300.0, "nvt", 0.01), (300.0, "npt", 0.0),
+                      (450.0, "nvt", -0.01), (600.0, "nvt", 0.0))
+    # runs added from iteration al_extra_from on: compressed cells at 300 K (the LAMMPS NPT
+    # test of iteration 3's potential went to a = 25.0-25.3 Å, where GFN2-xTB's pressure at
+    # 300 K is about zero, and failed there); they stop at > 60 extrapolating atoms, the
+    # others at > 10
+    al_extra_runs: tuple = ((300.0, "nvt", -0.02), (300.0, "nvt", -0.03),
+                            (300.0, "npt", -0.02))
+    al_extra_from: int = 6
+    al_steps: int = 6000
+    al_max_per_iter: int = 120
+    al_epochs: int = 4
+    npt_nvt_steps: int = 4000   # NVT equilibration before the NPT stage (0.5 fs steps)
+    al_max_force: float = 20.0  # eV/Å: labelled fragments with larger force components dropped
 
 
 SCALES = {
@@ -75,7 +97,7 @@ SCALES = {
     # HDNNP1 (1320 small fragments) gets force_fraction 0.01, about 2900 updates per epoch,
     # HDNNP2 (168 large fragments) n2p2's 0.02315, about 1500 updates per epoch
     "medium": Scale(0.05, 60, 7, "prim", 24, 12, 0.05, 0.02, 45, (15, 15), 5, 20000, 9, 1,
-                    (0.01, 0.02315, 0.01), 16, 12, 8),
+                    (0.01, 0.02315, 0.01), 16, 12, 8, al_iterations=10),
     "full": Scale(0.02, 300, 7, "conv", 100, 20, 0.05, 0.02, 40, (15, 15), 8, 20000),
 }
 
@@ -118,6 +140,14 @@ class Run:
             for k in s.members:
                 labels[k] = s.label
         return sites, labels
+
+    def _md_potential(self) -> str:
+        """The potential of the npt and mdspeed steps: --potential, else HDNNP1 after active
+        learning when it exists, else HDNNP1."""
+        if self.args.potential:
+            return self.args.potential
+        return "hdnnp1_al" if (self.dir / "hdnnp1_al" / "potential.fragnn").exists() \
+            else "hdnnp1"
 
     def _trained(self):
         """(name, Potential) of each trained potential of the run, in POTENTIALS order."""
@@ -240,6 +270,137 @@ class Run:
             train_hdnnp(st, out, cutoff, epochs, hidden=sc.hidden, radial_n=radial_n,
                         seed=1, extra_training={"force_fraction": self.args.force_fraction
                                                 or sc.force_fraction[int(name[-1]) - 1]})
+
+    # ---------------------------------------------------------------- active learning
+    def active(self):
+        """Active learning of HDNNP1 as in the paper (section 3): bulk MD (ASE, primitive cell)
+        driven by the current HDNNP1; committee HDNNP1 + HDNNP2; atoms whose force components
+        differ by > 1 eV/Å or whose SFs extrapolate become centres of new *small* fragments
+        (radius R_c), labelled with GFN2-xTB; HDNNP1 is then fine-tuned (weights and Kalman
+        filter continued) on all small fragments. Repeated ``al_iterations`` times ->
+        al/iterNN/, hdnnp1_al/ (the final potential), al.json (per run: time survived, stop
+        reason; per iteration: candidates, fragments, errors)."""
+        import shutil
+
+        from pyfragnn.active_learning import (candidate_fragments, explore,
+                                              select_candidates)
+        from pyfragnn.labelling import label
+
+        sc, rc = self.sc, self.rc
+        n_iter = self.args.iterations or sc.al_iterations
+        if n_iter <= 0:
+            return _say(f"active: no iterations at scale {self.args.scale} (--iterations N)")
+        rel = self.relaxed()
+        _, site_labels = self.sites()
+        base = [a for a in self._labelled("small") if a.info["role"] == "train"]
+        committee = self.dir / "hdnnp2" / "potential.fragnn"
+        current = self.dir / "hdnnp1" / "potential.fragnn"
+        state = self.dir / "hdnnp1" / "checkpoint.pkl"
+        for p in (committee, current):
+            if not p.exists():
+                sys.exit(f"active: {p} missing (run the train step first)")
+        jpath = self.dir / "al.json"
+        log = json.loads(jpath.read_text()) if jpath.exists() else {"iterations": []}
+        done = {r["iteration"]: r for r in log["iterations"]}
+        added: list = []
+        for it in range(1, n_iter + 1):
+            d = self.dir / "al" / f"iter{it:02d}"
+            d.mkdir(parents=True, exist_ok=True)
+            rec = done.get(it, {"iteration": it})
+            run_list = tuple(sc.al_runs) + (tuple(sc.al_extra_runs)
+                                            if it >= sc.al_extra_from else ())
+            frames_p = d / "frames.extxyz"
+            if not frames_p.exists():
+                frames, runs = [], []
+                for k, (T, ens, strain) in enumerate(run_list):
+                    # the compressed extra runs start outside the data (their first frame
+                    # already extrapolates): only the temperature criterion stops them early
+                    n_ex = 10 if k < len(sc.al_runs) else 60
+                    start = rel.copy()
+                    start.set_cell(rel.cell * (1 + strain), scale_atoms=True)
+                    t0 = time.perf_counter()
+                    # NPT: Berendsen coupled with compressibility 1e-4/bar (~15x MOF-5's),
+                    # so that the cell visits compressed and expanded states within the run
+                    fr = explore(start, [current, committee], T, sc.al_steps, 0.5, 20, ens,
+                                 compressibility_per_bar=1e-4, stop_temperature=1.5 * T,
+                                 stop_extrapolating_atoms=n_ex, seed=100 * it + k)
+                    for f in fr:
+                        f.info.update(al_iteration=it, al_run=k)
+                    stop = fr[-1].info.get("md_stopped", "") if fr else ""
+                    runs.append({"T_K": T, "ensemble": ens, "strain": strain,
+                                 "ps": fr[-1].info["md_time_ps"] if fr else 0.0,
+                                 "stopped": stop, "frames": len(fr),
+                                 "max_deviation": float(max(f.arrays["force_deviation"].max()
+                                                            for f in fr)) if fr else 0.0,
+                                 "wall_s": time.perf_counter() - t0})
+                    _say(f"active {it}: run {k} {T:.0f} K {ens} strain {strain:+.2f}: "
+                         f"{runs[-1]['ps']:.2f} ps{' (stopped: ' + stop + ')' if stop else ''}")
+                    frames += fr
+                demo._write_atomic(frames_p, frames)
+                rec["runs"] = runs
+            frames = demo._read(frames_p)
+            if "runs" not in rec:  # e.g. the frames were written by an interrupted run
+                rec["runs"] = _al_runs_from_frames(frames, run_list)
+            frag_p = d / "fragments.extxyz"
+            if not frag_p.exists():
+                # the last frames of each run (where it went wrong) count most: newest first
+                cands = select_candidates(frames, 1.0, True, 3, 3.0, sc.al_max_per_iter)
+                frags = []
+                for c in cands:
+                    try:
+                        frags += candidate_fragments(frames, [c], rc, rc,
+                                                     site_labels=site_labels)
+                    except (ValueError, RuntimeError, IndexError) as exc:
+                        _say(f"active {it}: no fragment around atom {c.atom} of frame "
+                             f"{c.frame}: {exc}")
+                for f in frags:
+                    f.info.update(role="train", sampling="active", al_iteration=it)
+                rec["candidates"] = len(cands)
+                rec["fragments"] = len(frags)
+                rec["candidate_elements"] = {e: sum(1 for c in cands if frames[c.frame]
+                                                    .get_chemical_symbols()[c.atom] == e)
+                                             for e in ("H", "C", "O", "Zn")}
+                demo._write_atomic(frag_p, frags)
+            if "fragments" not in rec:  # interrupted before the record was written
+                rec["fragments"] = len(demo._read(frag_p))
+            lab_p = d / "labels.extxyz"
+            if demo._read(frag_p):
+                label(frag_p, lab_p, "gfn2", workers=self.workers)
+                lab = demo._read(lab_p)
+                rec.pop("label_s", None)  # older records: wall time, not CPU time
+                rec["label_cpu_s"] = float(sum(float(a.info.get("label_seconds", 0))
+                                               for a in lab))
+                # configurations deep inside a hole (reference forces of tens of eV/Å, atoms
+                # pushed together) would dominate the force RMSE the filter sees; the frames
+                # leading into the hole carry the information
+                keep = [a for a in lab if np.abs(a.get_forces()).max() <= sc.al_max_force]
+                rec["dropped_max_force"] = len(lab) - len(keep)
+                added += keep
+            out = d / "hdnnp1"
+            if not (out / "rmse_table.csv").exists():
+                st = to_structures(base + added)
+                _say(f"active {it}: fine-tuning HDNNP1 on {len(base)} + {len(added)} small "
+                     f"fragments, {sc.al_epochs} epochs")
+                t0 = time.perf_counter()
+                res = demo.fine_tune_hdnnp(st, out, current, sc.al_epochs, init_state=state,
+                                           seed=it,
+                                           extra_training={"force_fraction":
+                                                           sc.force_fraction[0]})
+                rec["train_s"] = time.perf_counter() - t0
+                rec["rmse"] = {k: res.history[-1][k] for k in
+                               ("rmse_E_train", "rmse_E_test", "rmse_F_train", "rmse_F_test")}
+            current, state = out / "potential.fragnn", out / "checkpoint.pkl"
+            done[it] = rec
+            log["iterations"] = [done[k] for k in sorted(done)]
+            jpath.write_text(json.dumps(log, indent=1, default=_json))
+        final = self.dir / "hdnnp1_al"
+        final.mkdir(exist_ok=True)
+        for name in ("potential.fragnn", "rmse_table.csv", "rmse_table.md",
+                     "learning_curve.csv", "input.nn"):
+            src = current.parent / name
+            if src.exists():
+                shutil.copy(src, final / name)
+        _say(f"active: HDNNP1+AL after {n_iter} iterations -> {final}")
 
     # ---------------------------------------------------------------- validation
     def _meta(self, rel, sites) -> dict:
@@ -504,12 +665,18 @@ class Run:
         if mdv:
             text = text.replace("## Fragment vs bulk GFN2-xTB forces",
                                 _render_mdval(mdv) + "\n## Fragment vs bulk GFN2-xTB forces", 1)
-        (self.dir / "report.md").write_text(text)
+        (self.dir / "report.md").write_text(text.replace("HDNNP1_AL", "HDNNP1+AL"))
         _say(f"report: {self.dir / 'report.md'}")
 
     # ---------------------------------------------------------------- MD
     def npt(self):
-        """NPT at 300 K and 1 bar with HDNNP1 -> npt.json, npt_lattice.png."""
+        """NPT at 300 K and 1 bar with HDNNP1 (after active learning when hdnnp1_al exists) of
+        the 2x2x2 supercell: NVT equilibration (``npt_nvt_steps``), the same number of steps
+        with a Berendsen barostat (iso, 1 ps, bulk modulus 5 GPa: the volume relaxes without
+        the overshoot a Nose-Hoover barostat gives from a cell under kbar stress), then NPT
+        with isotropic cell fluctuations (Nose-Hoover, Tdamp 50 fs, Pdamp 1 ps); the lattice
+        constant is the mean over the second half of that stage -> npt.json,
+        npt_lattice.png."""
         import shutil
         import subprocess
 
@@ -518,14 +685,22 @@ class Run:
         from pyfragnn.lammps import lammps_env
 
         rel = self.relaxed()
-        sup = rel.repeat((2, 2, 2))
+        from ase.build import make_supercell
+
+        # the conventional cubic cell (424 atoms, orthogonal box: LAMMPS's Berendsen barostat
+        # does not take triclinic boxes), from the fcc primitive cell
+        sup = make_supercell(rel, [[-1, 1, 1], [1, -1, 1], [1, 1, -1]])
+        if np.abs(sup.cell.array - np.diag(np.diag(sup.cell.array))).max() > 1e-6:
+            sys.exit("npt: the relaxed cell does not give an orthogonal conventional cell")
         work = self.dir / "npt"
         work.mkdir(exist_ok=True)
         nprocs = max(1, self.workers)
-        pot = (self.dir / "hdnnp1" / "potential.fragnn").resolve()
+        name = self._md_potential()
+        pot = (self.dir / name / "potential.fragnn").resolve()
         # NVE run first writes data.lmp and checks the plugin
         lammps_md(pot, sup, work, 10, nprocs=nprocs)
         n = self.args.steps or self.sc.npt_steps
+        n_nvt = self.sc.npt_nvt_steps if not self.args.steps else max(self.args.steps // 4, 1)
         dt_fs = 0.5
         every = max(1, n // 200)
         (work / "in.npt").write_text(f"""units metal
@@ -537,11 +712,18 @@ pair_coeff * * {' '.join(sorted(set(sup.get_chemical_symbols()), key=atomic_numb
 compute ew all pair fragnn
 velocity all create 300 4928 mom yes rot no dist gaussian
 timestep {dt_fs / 1000}
-fix npt all npt temp 300 300 0.05 tri 1.0 1.0 0.5
-variable a equal (vol/2)^(1/3)
+variable a equal vol^(1.0/3.0)
 thermo_style custom step time temp pe press vol v_a c_ew[1] c_ew[2]
 thermo_modify format float %.8g
 thermo {every}
+fix nvt all nvt temp 300 300 0.05
+run {n_nvt}
+fix ber all press/berendsen iso 1.0 1.0 1.0 modulus 50000
+run {n_nvt}
+unfix ber
+unfix nvt
+reset_timestep 0
+fix npt all npt temp 300 300 0.05 iso 1.0 1.0 1.0
 run {n}
 """)
         cmd = [shutil.which("mpirun"), "-np", str(nprocs), shutil.which("lmp"),
@@ -551,16 +733,24 @@ run {n}
         env = lammps_env()
         env["OMP_NUM_THREADS"] = "1"
         load = os.getloadavg()[0]
-        _say(f"npt: {len(sup)} atoms, {n} steps of {dt_fs} fs, np={nprocs}, HDNNP1")
+        _say(f"npt: {len(sup)} atoms, {n_nvt} NVT + {n} NPT steps of {dt_fs} fs, "
+             f"np={nprocs}, {name}")
         p = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
         log = (work / "log.npt").read_text() if (work / "log.npt").exists() else ""
         a0 = float((4 * rel.get_volume()) ** (1 / 3))
-        res = {"steps": n, "timestep_fs": dt_fs, "atoms": len(sup), "nprocs": nprocs,
+        res = {"steps": n, "nvt_steps": n_nvt, "potential": name, "barostat": "iso",
+               "cell": "conventional",
+               "timestep_fs": dt_fs, "atoms": len(sup), "nprocs": nprocs,
                "T_K": 300.0, "P_bar": 1.0, "a_relaxed_cell": a0, "a_experiment": 25.832,
                "cell_relaxed": (self.dir / "relax_cell.log").exists(),
                "loadavg_1min_at_start": load}
-        rows = _thermo_rows(log)
-        if p.returncode != 0 or "Loop time" not in log:
+        lines = log.splitlines()
+        heads = [i for i, line in enumerate(lines) if line.split()[:1] == ["Step"]]
+        res["stage_reached"] = ("nvt", "berendsen", "npt")[min(max(len(heads), 1), 3) - 1]
+        rows = _thermo_rows("\n".join(lines[heads[-1]:])) if heads else []
+        if len(heads) >= 3 and rows:
+            res["a_after_berendsen"] = float(rows[0]["v_a"])
+        if p.returncode != 0 or log.count("Loop time") < 3:
             res["failed"] = "\n".join((log + p.stderr).splitlines()[-12:])
         if rows:
             t = np.array([r["Time"] for r in rows])
@@ -579,7 +769,7 @@ run {n}
                 "sampled_steps_with_warnings": int(sum(r.get("c_ew[1]", 0) > 0 for r in rows)),
                 "sampled_steps": len(rows)})
             _lattice_png(self.dir / "npt_lattice.png", t, a, np.array([r["Temp"] for r in rows]),
-                         a0, n * dt_fs / 2000.0)
+                         a0, n * dt_fs / 2000.0, who=name.upper().replace("_AL", "+AL"))
         loop = [l for l in log.splitlines() if l.startswith("Loop time")]
         perf = [l for l in log.splitlines() if l.startswith("Performance:")]
         if loop:
@@ -589,6 +779,8 @@ run {n}
                         * 1e6})
         if perf:
             res["ns_per_day"] = float(perf[-1].split()[1])
+        if "failed" not in res and "a_mean_second_half" in res:
+            res["pressure_check"] = self._pressure_check(pot, res["a_mean_second_half"])
         (self.dir / "npt.json").write_text(json.dumps(res, indent=1))
         if "failed" in res:
             self.report()
@@ -600,14 +792,64 @@ run {n}
              f"{res['extrapolation_warnings_total']} extrapolation warnings")
         self.report()
 
+    def _pressure_check(self, pot, a_conv: float, frames: int = 5) -> dict:
+        """GFN2-xTB against the potential at the NPT lattice constant: Langevin MD (300 K,
+        0.5 fs) of the 106-atom cell scaled to ``a_conv`` with the potential, a frame every
+        0.25 ps after 0.5 ps; static pressure (-trace(stress)/3, GPa) of both methods on each
+        frame. Their mean difference, over the slope dP/da of GFN2-xTB, estimates how far
+        GFN2-xTB's own 300 K lattice constant lies from the potential's."""
+        from pyfragnn.active_learning import explore
+        from pyfragnn.calculator import FragNN
+        from pyfragnn.labelling import make_calculator
+
+        rel = self.relaxed()
+        gpa = 160.21766208
+        out = {"a_conv": a_conv, "frames": frames, "P_nn_GPa": [], "P_gfn2_GPa": []}
+        os.environ["OMP_NUM_THREADS"] = str(max(1, self.workers))
+        for da in (0.0, 0.15):  # two cells: the NPT one and one 0.15 Å larger (the slope)
+            start = rel.copy()
+            start.set_cell(rel.cell * (a_conv + da) / float((4 * rel.get_volume()) ** (1 / 3)),
+                           scale_atoms=True)
+            if da == 0:  # the scaled cell before MD: fractional coordinates of the 0 K cell
+                start.calc = make_calculator("gfn2", start)
+                out["P_gfn2_fixed_fractional"] = -float(np.mean(start.get_stress()[:3])) * gpa
+                start.calc = None
+            fr = explore(start, [pot], 300.0, 1000 + 500 * frames, 0.5, 500, seed=17)[2:]
+            pn, pg, dF, nex = [], [], [], []
+            for f in fr:
+                f.calc = FragNN(pot)
+                pn.append(-float(np.mean(f.get_stress()[:3])) * gpa)
+                fn = f.get_forces()
+                nex.append(int((f.arrays["extrapolations"] > 0).sum()))
+                f.calc = make_calculator("gfn2", f)
+                pg.append(-float(np.mean(f.get_stress()[:3])) * gpa)
+                dF.append((fn - f.get_forces()).ravel())
+            key = "" if da == 0 else "_plus_0.15"
+            out[f"P_nn_GPa{key}"], out[f"P_gfn2_GPa{key}"] = pn, pg
+            out[f"F_rmse_eV_A{key}"] = float(np.sqrt(np.mean(np.concatenate(dF) ** 2)))
+            out[f"extrapolating_atoms{key}"] = nex
+        d = np.mean(out["P_nn_GPa"]) - np.mean(out["P_gfn2_GPa"])
+        slope = (np.mean(out["P_gfn2_GPa_plus_0.15"]) - np.mean(out["P_gfn2_GPa"])) / 0.15
+        out.update(P_nn_mean=float(np.mean(out["P_nn_GPa"])),
+                   P_gfn2_mean=float(np.mean(out["P_gfn2_GPa"])), dP_nn_minus_gfn2=float(d),
+                   dP_da_gfn2_GPa_per_A=float(slope),
+                   a_gfn2_estimate=float(a_conv + d / slope) if slope < 0 else float("nan"))
+        _say(f"npt: pressure check at a = {a_conv:.3f} Å: P(potential) {out['P_nn_mean']:.3f}, "
+             f"P(GFN2-xTB) {out['P_gfn2_mean']:.3f} GPa; GFN2-xTB's own 300 K lattice constant "
+             f"≈ {out['a_gfn2_estimate']:.3f} Å; force RMSE {out['F_rmse_eV_A']:.3f} eV/Å")
+        return out
+
     def mdspeed(self):
-        """LAMMPS NVE of the 2x2x2 supercell with HDNNP1 at np=1 and np=2 -> mdspeed.json."""
+        """LAMMPS NVE (2000 steps of 0.5 fs from 600 K initial velocities) of the 2x2x2
+        supercell with HDNNP1 (+AL when it exists) at np=1 and np=2 -> mdspeed.json."""
         import subprocess
 
         sup = self.relaxed().repeat((2, 2, 2))
-        n = self.args.steps or 200
-        pot = self.dir / "hdnnp1" / "potential.fragnn"
+        n = self.args.steps or 2000
+        name = self._md_potential()
+        pot = self.dir / name / "potential.fragnn"
         res = {"atoms": len(sup), "steps": n, "timestep_fs": 0.5, "T_init_K": 600.0,
+               "potential": name,
                "cpu_count": os.cpu_count(), "loadavg_1min_at_start": os.getloadavg()[0],
                "runs": {}}
         for nprocs in (1, 2):
@@ -677,9 +919,10 @@ run {n}
 
     def mdval(self):
         """Bulk validation on MD snapshots: Langevin MD (300 K, 0.5 fs) of the relaxed cell with
-        HDNNP1 and with HDNNP2 (ASE, FragNN), 1 ps equilibration then one snapshot every 0.5 ps
-        (5 per potential), GFN2-xTB labels, errors of every potential -> mdval.json. Snapshots
-        from both potentials, so that neither is tested only where it took itself."""
+        HDNNP1, with HDNNP2 and (once the active step has run) with HDNNP1+AL (ASE, FragNN),
+        1 ps equilibration then one snapshot every 0.5 ps (5 per potential; missing ones are
+        added to bulk_md.extxyz), GFN2-xTB labels, errors of every potential -> mdval.json.
+        Snapshots from every potential, so that none is tested only where it took itself."""
         from ase import units
         from ase.md.langevin import Langevin
         from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
@@ -689,9 +932,12 @@ run {n}
 
         rel = self.relaxed()
         src = self.dir / "bulk_md.extxyz"
-        if not src.exists():
-            snaps = []
-            for k, name in enumerate(("hdnnp1", "hdnnp2")):
+        snaps = demo._read(src) if src.exists() else []
+        have = {a.info.get("md_potential") for a in snaps}
+        todo = [(k, name) for k, name in enumerate(("hdnnp1", "hdnnp2", "hdnnp1_al"))
+                if name not in have and (self.dir / name / "potential.fragnn").exists()]
+        if todo:
+            for k, name in todo:
                 a = rel.copy()
                 a.calc = FragNN(self.dir / name / "potential.fragnn")
                 MaxwellBoltzmannDistribution(a, temperature_K=300,
@@ -712,10 +958,12 @@ run {n}
         label(src, out, "gfn2", workers=self.workers)
         data = sorted(demo._read(out), key=lambda a: int(a.info["label_index"]))
         res = {"snapshots": len(data), "T_K": 300.0, "potentials": {}}
+        sources = [n for n in ("hdnnp1", "hdnnp2", "hdnnp1_al")
+                   if any(a.info["md_potential"] == n for a in data)]
         for name, pot in self._trained():
             off = demo._offset_per_atom(pot, rel)
             row = {}
-            for src_pot in ("hdnnp1", "hdnnp2", "all"):
+            for src_pot in sources + ["all"]:
                 sub = [a for a in data if src_pot == "all" or a.info["md_potential"] == src_pot]
                 ev = evaluate(pot, sub)
                 e = demo._errors(ev, off)
@@ -778,14 +1026,14 @@ run {n}
         _say(f"publish: report.md + {len(copied)} files -> {dest} ({size / 1e3:.0f} kB)")
 
     def all(self):
-        for s in ("relax", "range", "fragments", "label", "train", "validate", "mdval", "eos",
-                  "npt", "mdspeed"):
+        for s in ("relax", "range", "fragments", "label", "train", "active", "validate",
+                  "mdval", "eos", "npt", "mdspeed"):
             _say(f"== {s}")
             getattr(self, s)()
 
 
 # -------------------------------------------------------------------- paper and helpers
-POTENTIALS = ("hdnnp1", "hdnnp2", "hdnnp3")
+POTENTIALS = ("hdnnp1", "hdnnp2", "hdnnp3", "hdnnp1_al")
 #: name, training fragments, ACSF cutoff in units of R_c (as in Run.train)
 POTENTIALS_DEF = (("hdnnp1", "small", 1), ("hdnnp2", "large", 1), ("hdnnp3", "large", 2))
 #: Herbold & Behler (2023), IRMOF-1 with PBE-D3 (Tables 1, 2, 4, 6; Table 3 text: HDNNP1-initial)
@@ -813,6 +1061,20 @@ def _f(x):
 def _mean(x) -> float:
     x = np.asarray(x, float)
     return float(np.nanmean(x)) if x.size else float("nan")
+
+
+def _al_runs_from_frames(frames, runs) -> list:
+    """Per-run summary of an active-learning iteration from its annotated frames."""
+    out = []
+    for k, (T, ens, strain) in enumerate(runs):
+        fr = [f for f in frames if int(f.info.get("al_run", -1)) == k]
+        out.append({"T_K": T, "ensemble": ens, "strain": strain,
+                    "ps": float(fr[-1].info["md_time_ps"]) if fr else 0.0,
+                    "stopped": str(fr[-1].info.get("md_stopped", "")) if fr else "",
+                    "frames": len(fr),
+                    "max_deviation": float(max(f.arrays["force_deviation"].max() for f in fr))
+                    if fr else 0.0})
+    return out
 
 
 def _json(o):
@@ -950,7 +1212,8 @@ def _parity_png(path: Path, evs: dict, offsets: dict) -> None:
     plt.close(fig)
 
 
-def _lattice_png(path: Path, t_ps, a, temp, a0, t_half) -> None:
+def _lattice_png(path: Path, t_ps, a, temp, a0, t_half, cell: str = "conventional cell",
+                 who: str = "HDNNP1") -> None:
     plt = demo._plt()
     fig, axes = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True)
     axes[0].plot(t_ps, a, lw=1)
@@ -964,7 +1227,7 @@ def _lattice_png(path: Path, t_ps, a, temp, a0, t_half) -> None:
     axes[1].axhline(300, color="k", ls="--", lw=0.8)
     axes[1].set_ylabel("T (K)")
     axes[1].set_xlabel("time (ps)")
-    axes[0].set_title("IRMOF-1 2×2×2, LAMMPS NPT 300 K / 1 bar, HDNNP1")
+    axes[0].set_title(f"IRMOF-1 {cell}, LAMMPS NPT 300 K / 1 bar, {who}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -1117,7 +1380,8 @@ def _render_report(V: dict, npt, mds, wd: Path) -> str:
                  f"{n0['force_std_ref']:.3f} eV/Å. Paper: IRMOF-1 bulk, 502 structures, PBE-D3.\n")
         L.append(_tab([[n.upper(), r["n"], r["rmse_E"], r["rmse_E_offset"], r["offset"],
                         r["rmse_F"], f"{r['extrapolations']} / {r['structures_extrapolating']}",
-                        P["table6_irmof1"][n]["E"], P["table6_irmof1"][n]["F"]]
+                        P["table6_irmof1"].get(n, {}).get("E", "–"),
+                        P["table6_irmof1"].get(n, {}).get("F", "–")]
                        for n, r in t6.items()],
                       ["potential", "N", "E raw", "E corr.", "offset", "F", "extrapolations",
                        "paper E", "paper F"]) + "\n")
@@ -1160,12 +1424,19 @@ def _render_report(V: dict, npt, mds, wd: Path) -> str:
                          "central atoms large"] + [f"{n.upper()} F" for n in pss]) + "\n")
     if (wd / "force_error_per_site.png").exists():
         L.append("![force error per site](force_error_per_site.png)\n")
+    al = _load(wd / "al.json")
+    if al:
+        L.append(_render_al(al))
     # MD
-    L.append("## Molecular dynamics (LAMMPS, pair_style fragnn, HDNNP1)\n")
+    who = (npt or {}).get("potential", "hdnnp1")
+    L.append(f"## Molecular dynamics (LAMMPS, pair_style fragnn, {who.upper()})\n")
     if npt:
         if "a_mean_second_half" in npt:
-            L.append(f"NPT, 300 K / 1 bar, {npt['atoms']} atoms (2×2×2 primitive cells), "
-                     f"{npt.get('steps_done', npt['steps'])} of {npt['steps']} steps × "
+            nvt = (f"after {npt['nvt_steps']} NVT and {npt['nvt_steps']} Berendsen-barostat "
+                   f"steps, then Nose-Hoover iso" if npt.get("nvt_steps") else "tri")
+            cells = ("conventional cubic cell" if npt.get("cell") == "conventional"
+                     else "2×2×2 primitive cells")
+            L.append(f"NPT ({nvt}), 300 K / 1 bar, {npt['atoms']} atoms ({cells}), {npt.get('steps_done', npt['steps'])} of {npt['steps']} steps × "
                      f"{npt['timestep_fs']} fs, np={npt['nprocs']}: conventional lattice constant "
                      f"**⟨a⟩ = {npt['a_mean_second_half']:.3f} ± {npt['a_std_second_half']:.3f} "
                      f"Å** over the second half (final {npt['a_final']:.3f} Å; ⟨T⟩ "
@@ -1179,6 +1450,23 @@ def _render_report(V: dict, npt, mds, wd: Path) -> str:
                      f"{npt.get('extrapolation_warnings_total', '?')} extrapolation warnings "
                      f"(cumulative atom-ACSF-step count; {npt.get('sampled_steps_with_warnings')}"
                      f" of {npt.get('sampled_steps')} sampled steps had any).\n")
+        pc = npt.get("pressure_check")
+        if pc:
+            L.append(f"Check against GFN2-xTB at ⟨a⟩ (`_pressure_check`: {pc['frames']} frames "
+                     f"of 300 K MD of the 106-atom cell at a = {pc['a_conv']:.3f} Å, and as "
+                     f"many 0.15 Å larger for the slope): static pressure (virial only; the "
+                     f"kinetic part adds ≈ 0.1 GPa) {pc['P_nn_mean']:.3f} GPa with the "
+                     f"potential, {pc['P_gfn2_mean']:.3f} GPa with GFN2-xTB; with GFN2-xTB's "
+                     f"dP/da = {pc['dP_da_gfn2_GPa_per_A']:.2f} GPa/Å this puts GFN2-xTB's own "
+                     f"300 K lattice constant at ≈ **{pc['a_gfn2_estimate']:.2f} Å**. Force "
+                     f"RMSE vs GFN2-xTB on these frames {pc.get('F_rmse_eV_A', float('nan')):.3f}"
+                     f" eV/Å; atoms with extrapolating ACSFs per frame (of 106): "
+                     f"{', '.join(map(str, pc.get('extrapolating_atoms', [])))}. The same cell "
+                     f"with the fractional coordinates of the relaxed 25.832 Å cell (no MD) has "
+                     f"a GFN2-xTB static pressure of "
+                     f"{pc.get('P_gfn2_fixed_fractional', float('nan')):.2f} GPa: relaxing the "
+                     f"linkers makes the framework far softer than the fixed-coordinate E(a) "
+                     f"below suggests, hence ⟨a⟩ well below that curve's minimum.\n")
         if "failed" in npt:
             L.append("NPT run failed:\n\n```\n" + npt["failed"] + "\n```\n")
         if (wd / "npt_lattice.png").exists():
@@ -1194,8 +1482,8 @@ def _render_report(V: dict, npt, mds, wd: Path) -> str:
                 parts.append(f"np={np_}: {r['us_per_atom_step']:.2f} µs/atom-step, "
                              f"{r['ns_per_day']:.3f} ns/day, energy drift "
                              f"{r['drift_eV_atom']:.1e} eV/atom over the run")
-        L.append(f"MD speed, NVE {mds['atoms']} atoms, {mds['steps']} × {mds['timestep_fs']} "
-                 f"fs: " + "; ".join(parts) + f" ({mds['cpu_count']} cores, load average "
+        L.append(f"MD speed, NVE with {mds.get('potential', 'hdnnp1').upper()}, "
+                 f"{mds['atoms']} atoms, {mds['steps']} × {mds['timestep_fs']} fs: " + "; ".join(parts) + f" ({mds['cpu_count']} cores, load average "
                  f"{mds['loadavg_1min_at_start']:.1f} at the start).\n")
     else:
         L.append("MD speed: not run yet (`irmof.py mdspeed`).\n")
@@ -1214,6 +1502,47 @@ def _render_report(V: dict, npt, mds, wd: Path) -> str:
     return "\n".join(L)
 
 
+def _render_al(al: dict) -> str:
+    its = al.get("iterations", [])
+    L = ["## Active learning of HDNNP1 (`active` step)\n",
+         "Paper, section 3: bulk MD with preliminary potentials, fragments centred at atoms "
+         "whose forces differ between two HDNNPs by more than 1 eV/Å or whose ACSFs "
+         "extrapolate. Here: ASE MD of the 106-atom cell driven by the current HDNNP1 (0.5 fs; "
+         "Langevin NVT or Berendsen NPT), every 20 steps a frame annotated with the "
+         "committee HDNNP1 vs HDNNP2 (the large-fragment potential stands in for the paper's "
+         "second small-fragment HDNNP; a fixed member, so its own extrapolations also "
+         "select); a run stops when T > 1.5 T_target or > 10 atoms extrapolate (> 60 for the "
+         "compressed runs added from iteration 6, whose start already extrapolates). At most 3 "
+         "centres per frame, 3 Å apart; new *small* fragments (radius R_c) only, labelled "
+         "with GFN2-xTB (those with reference force components > 20 eV/Å, deep inside a "
+         "hole, are dropped); then HDNNP1 is fine-tuned on all small fragments, continuing "
+         "its weights and Kalman filter. 'ps' = simulated time before the stop (the run "
+         "length if it did not stop).\n"]
+    def key(r):
+        return f"{r['T_K']:.0f} K {r['ensemble']} {r['strain']:+.2f}"
+    keys: list = []
+    for it in its:
+        keys += [key(r) for r in it.get("runs", []) if key(r) not in keys]
+    head = ["iteration"] + keys + ["candidates", "fragments (dropped)", "F RMSE train/test",
+                                   "fine-tune s"]
+    rows = []
+    for it in its:
+        rm = it.get("rmse", {})
+        by = {key(r): r for r in it.get("runs", [])}
+        rows.append([it["iteration"]]
+                    + [f"{by[k]['ps']:.2f}" + ("*" if by[k].get("stopped") else "")
+                       if k in by else "–" for k in keys]
+                    + [it.get("candidates", "–"),
+                       f"{it.get('fragments', '–')} ({it.get('dropped_max_force', 0)})",
+                       f"{rm.get('rmse_F_train', float('nan')):.3f}/"
+                       f"{rm.get('rmse_F_test', float('nan')):.3f}" if rm else "–",
+                       _fmt1(it.get("train_s", float("nan")))])
+    L.append(_tab(rows, head) + "\n")
+    L.append("\\* stopped (temperature or extrapolation criterion). Per-run details in "
+             "[al.json](al.json).\n")
+    return "\n".join(L)
+
+
 def _render_mdval(m: dict) -> str:
     rows = [[n.upper(), src, d["n"], d["rmse_E_offset"], d["rmse_F"], d["extrapolations"]]
             for n, r in m["potentials"].items() for src, d in r.items()]
@@ -1229,7 +1558,7 @@ def _render_mdval(m: dict) -> str:
             "\n")
     return ("### Periodic bulk from MD at 300 K\n\n"
             f"{m['snapshots']} snapshots of the 106-atom cell from Langevin MD at 300 K (0.5 fs, "
-            "one every 0.5 ps after 1 ps) run with HDNNP1 and with HDNNP2, labelled with "
+            "one every 0.5 ps after 1 ps) run with each potential (not HDNNP3), labelled with "
             f"GFN2-xTB (force spread {m['force_std_ref']:.3f} eV/Å); 'from' = the potential that "
             "ran the MD. Energies offset-corrected as in Table 6.\n\n"
             + _tab(rows, ["potential", "from", "N", "E corr.", "F", "extrapolations"])
@@ -1242,8 +1571,9 @@ def _render_eos(eos: dict) -> str:
     rows = [[k, f"{v:.3f}", f"{v - ref:+.3f}" if k != "GFN2-xTB" else "–"] for k, v in a.items()]
     return ("## Equation of state (0 K, fixed fractional coordinates)\n\n"
             f"Relaxed cell scaled by {eos['scale_factors'][0]:.2f}–{eos['scale_factors'][-1]:.2f};"
-            " minimum of a cubic fit of E(a). GFN2-xTB's value is the reference for the NPT "
-            "lattice constant above (thermal expansion and relaxed internal coordinates aside)."
+            " minimum of a cubic fit of E(a). With the internal coordinates fixed this is "
+            "not the 300 K lattice constant: in MD the linkers relax and the cell is much "
+            "softer under compression (see the GFN2-xTB pressures in the NPT check above)."
             "\n\n" + _tab(rows, ["method", "a_min (Å)", "vs GFN2-xTB (Å)"])
             + "\n\n![E(a)](eos.png)\n")
 
@@ -1259,7 +1589,7 @@ def _fmt1(v) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("step", choices=["relax", "range", "fragments", "label", "train",
-                                     "validate", "mdval", "eos", "npt", "mdspeed", "report",
+                                     "active", "validate", "mdval", "eos", "npt", "mdspeed", "report",
                                      "publish", "all"])
     ap.add_argument("--workdir", default="irmof_run")
     ap.add_argument("--scale", default="reduced", choices=sorted(SCALES))
@@ -1279,6 +1609,11 @@ def main(argv=None) -> int:
                          "scale's")
     ap.add_argument("--steps", type=int, default=None,
                     help="npt / mdspeed: MD steps (default: the scale's npt_steps / 200)")
+    ap.add_argument("--potential", default=None,
+                    help="npt: potential directory name in the workdir (default hdnnp1_al if "
+                         "it exists, else hdnnp1)")
+    ap.add_argument("--iterations", type=int, default=None,
+                    help="active: active-learning iterations instead of the scale's")
     ap.add_argument("--dest", default=None,
                     help="publish: target folder (default examples/irmof/results)")
     args = ap.parse_args(argv)
