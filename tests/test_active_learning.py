@@ -186,3 +186,67 @@ def test_select_command_line(committee, cell, tmp_path):
                         "-p", NAME, "-o", str(out)], capture_output=True, text=True,
                        env=package_env(), cwd=tmp_path)
     assert r.returncode != 0 and "--radius" in r.stderr
+
+
+def test_active_learning_loop_on_emt(tmp_path):
+    """The whole loop against an exactly known teacher (EMT, Cu): two potentials trained on
+    rattled 0 K cells (σ 0.03 Å) only; exploration at 600 K; candidates where they disagree;
+    7 Å fragments around them labelled with EMT; fine-tuning. On independent 600 K MD frames
+    the force RMSE vs EMT must drop well below both the start and a control fine-tuned as long
+    on the original data alone (measured: 0.149 -> 0.039 eV/Å, control 0.156)."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    from pyfragnn import Potential
+    from pyfragnn.dataset import Structure
+    from pyfragnn.demo import fine_tune_hdnnp
+    from pyfragnn.training.trainer import Trainer
+
+    def label(at):
+        a = at.copy()
+        a.calc = EMT()
+        return Structure(symbols=a.get_chemical_symbols(), positions=a.positions.copy(),
+                         cell=np.array(a.cell) if a.pbc.any() else np.zeros((3, 3)),
+                         pbc=np.array(a.pbc), energy=float(a.get_potential_energy()),
+                         forces=a.get_forces().copy(), label="bulk")
+
+    def rmse(pot, frames):
+        p = Potential.load(str(pot))
+        d = []
+        for f in frames:
+            g = f.copy()
+            g.calc = EMT()
+            r = p.compute(f.positions, f.get_chemical_symbols(), f.cell.array, f.pbc)
+            d.append((r["forces"] - g.get_forces()).ravel())
+        return float(np.sqrt(np.mean(np.concatenate(d) ** 2)))
+
+    rng = np.random.default_rng(0)
+    base = bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 2, 2)
+    data = []
+    for _ in range(40):
+        a = base.copy()
+        a.positions += rng.normal(0, 0.03, a.positions.shape)
+        data.append(label(a))
+    pots = []
+    for seed in (1, 2):
+        out = tmp_path / f"p{seed}"
+        Trainer({"data": {"test_fraction": 0.1},
+                 "model": {"cutoff": 4.5, "hidden": [8, 8], "radial": {"n": 5, "r_min": 2.0},
+                           "angular": {"eta": [0.02], "zeta": [1, 4], "lambda": [-1, 1]}},
+                 "training": {"epochs": 6, "seed": seed, "progress": False,
+                              "force_fraction": 0.05},
+                 "output": {"directory": str(out), "plots": False, "n2p2": False}},
+                structures=data).run()
+        pots.append(out / "potential.fragnn")
+    test = explore(base, [pots[0]], 600.0, 400, sample_every=100, seed=99)
+    before = rmse(pots[0], test)
+    frames = explore(base, pots, 600.0, 400, sample_every=20, seed=5)
+    cands = select_candidates(frames, threshold=0.1, max_per_frame=2, min_separation=2.0)
+    assert 10 <= len(cands) <= 2 * len(frames)
+    new = [label(f) for f in candidate_fragments(frames, cands, 7.0, cap=False)]
+    state = tmp_path / "p1" / "checkpoint.pkl"
+    fine_tune_hdnnp(data + new, tmp_path / "al", pots[0], 8, init_state=state, progress=False)
+    fine_tune_hdnnp(data, tmp_path / "ctrl", pots[0], 8, init_state=state, progress=False)
+    after = rmse(tmp_path / "al" / "potential.fragnn", test)
+    control = rmse(tmp_path / "ctrl" / "potential.fragnn", test)
+    assert after < 0.5 * before and after < 0.5 * control, (before, after, control)
