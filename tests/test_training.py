@@ -627,3 +627,11 @@ def test_mpi_fine_tuning_equals_serial(emt_data, tmp_path):
     w0 = _weights(first / "out" / "potential.fragnn")
     assert not np.array_equal(runs[0], w0)
     assert np.max(np.abs(runs[0] - runs[1])) <= 1e-10 * np.max(np.abs(runs[0]))
+    # an unreadable filter is an error on every rank: the run ends (no rank left waiting)
+    d = _write_run(tmp_path, emt_data[:30], "bad", epochs=1)
+    cfg = json.loads((d / "train.json").read_text())
+    cfg["model"] = {"init_from": str(first / "out" / "potential.fragnn")}
+    cfg["training"]["kalman"] = {"init_state": str(tmp_path / "missing.pkl")}
+    (d / "train.json").write_text(json.dumps(cfg))
+    r = _cli(d, mpi=2)
+    assert r.returncode == 2 and "init_state" in r.stderr, r.stdout + r.stderr

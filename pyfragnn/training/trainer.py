@@ -595,36 +595,63 @@ class Trainer:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
 
+    def _on_root(self, read):
+        """``read()`` on rank 0 (in serial: here); its ConfigError is raised on every rank, so
+        that no rank is left waiting in a collective. Returns the result on rank 0, None on the
+        others."""
+        res, err = None, None
+        if self.rank == 0:
+            try:
+                res = read()
+            except ConfigError as exc:
+                err = exc
+        if self.comm is not None:
+            err = self.comm.bcast(err, root=0)
+        if err is not None:
+            raise err
+        return res
+
+    def _share_opt_state(self, ost: Optional[dict], opt) -> dict:
+        """Optimizer state held on rank 0 -> every rank: all but the Kalman covariances are
+        broadcast; those stay on rank 0 (``set_state`` scatters them), the others get None."""
+        if self.comm is None:
+            return ost
+        small = self.comm.bcast({k: v for k, v in ost.items() if k != "P"}
+                                if self.rank == 0 else None, root=0)
+        if self.rank == 0:
+            if "P" in ost:
+                small["P"] = ost["P"]
+        elif isinstance(opt, KalmanFilter):
+            small["P"] = [None] * len(opt.blocks)
+        return small
+
     def _load_checkpoint(self, opt):
         path = self._ckpt_path()
-        exists = os.path.exists(path) if self.rank == 0 else None
-        if self.comm is not None:
-            exists = self.comm.bcast(exists, root=0)
-        if not exists:
-            return None
-        st = None
-        if self.rank == 0:
+
+        def read():
+            if not os.path.exists(path):
+                return None
             with open(path, "rb") as fh:
                 st = pickle.load(fh)
             if st.get("fingerprint") != self._fingerprint():
                 raise ConfigError(f"{path} was written with a different configuration; "
                                   "delete it or set training.resume = false")
+            if isinstance(opt, KalmanFilter) and "P" not in st["opt"]:
+                raise ConfigError(f"{path}: optimizer in the checkpoint differs")
+            return st
+
+        st = self._on_root(read)
         if self.comm is not None:
-            small = None
-            if self.rank == 0:
-                small = {k: v for k, v in st.items() if k != "opt"}
-                small["opt"] = {k: v for k, v in st["opt"].items() if k != "P"}
-            small = self.comm.bcast(small, root=0)
-            P = st["opt"].get("P") if self.rank == 0 else None
-            if self.rank == 0:
-                st = small
-                st["opt"]["P"] = P
-            else:
-                st = small
-                if "P" not in st["opt"] and isinstance(opt, KalmanFilter):
-                    st["opt"]["P"] = [None] * len(opt.blocks)
-        if isinstance(opt, KalmanFilter) and "P" not in st["opt"]:
-            raise ConfigError(f"{path}: optimizer in the checkpoint differs")
+            head = None
+            if self.rank == 0 and st is not None:
+                head = {k: v for k, v in st.items() if k != "opt"}
+            if not self.comm.bcast(st is not None if self.rank == 0 else None, root=0):
+                return None
+            head = self.comm.bcast(head, root=0)
+            st = dict(head, opt=self._share_opt_state(st["opt"] if self.rank == 0 else None,
+                                                      opt))
+        if st is None:
+            return None
         opt.set_state(st["opt"])
         self.w[:] = st["w"]
         self._core_mod.set_weights(self.core, self.w)
@@ -633,8 +660,7 @@ class Trainer:
 
     def _init_filter_state(self, opt, path: str) -> None:
         """Start the Kalman filter from the state saved in another run's checkpoint."""
-        st = None
-        if self.rank == 0:
+        def read():
             try:
                 with open(path, "rb") as fh:
                     st = pickle.load(fh)["opt"]
@@ -648,11 +674,9 @@ class Trainer:
                 raise ConfigError(f"training.kalman.init_state: {path} has a filter over {n} "
                                   f"weights in {len(st['P'])} block(s); this model has "
                                   f"{self.nw} in {len(opt.blocks)}")
-        if self.comm is not None:
-            P = st["P"] if self.rank == 0 else [None] * len(opt.blocks)
-            small = self.comm.bcast({k: v for k, v in st.items() if k != "P"}
-                                    if self.rank == 0 else None, root=0)
-            st = dict(small, P=P)
+            return st
+
+        st = self._share_opt_state(self._on_root(read), opt)
         opt.set_state(st)
         self.log(f"Kalman filter state from {path} ({st['n_updates']} updates)")
 
