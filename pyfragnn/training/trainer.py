@@ -253,11 +253,6 @@ class Trainer:
             except (ValueError, RuntimeError) as exc:
                 raise DatasetError(f"{s.source or f'structure {i + 1}'}: {exc}") from exc
 
-    def _sf_source_lines(self, e: int) -> Optional[List[int]]:
-        """input.nn line of each of element e's functions (None with an older compiled core)."""
-        f = getattr(self.core, "symmetry_function_source_lines", None)
-        return list(f(e)) if f is not None else None
-
     def _drop_symmetry_functions(self, drops: Dict[int, np.ndarray], stats) -> None:
         """Comment the given functions (per element, indices in n2p2 order) out of the input.nn
         text, rebuild the model (atom energies kept) and the training structures."""
@@ -268,13 +263,7 @@ class Trainer:
         remove = {}
         for e, bad in drops.items():
             el = self.elements[e]
-            nums = self._sf_source_lines(e)
-            if nums is None:
-                raise prepare.ConstantSymmetryFunctionError(
-                    "model.constant_sf = 'drop' needs a compiled core with "
-                    "symmetry_function_source_lines (rebuild: python setup.py build_ext "
-                    "--inplace)\n" + prepare.describe_constant_functions(
-                        el, stats[e][0], bad, stats[e][1], stats[e][2], hint=False))
+            nums = list(self.core.symmetry_function_source_lines(e))
             nsf = self.core.n_symmetry_functions(e)
             if bad.size == nsf:
                 raise prepare.ConstantSymmetryFunctionError(
@@ -371,7 +360,7 @@ class Trainer:
             lines = core.symmetry_function_lines(e)
             lo, hi, mu, sig = prepare.finish_statistics(
                 self.elements[e], cnt[e], gmin[e], gmax[e], gsum[e], ssq, lines, tol,
-                self._sf_source_lines(e) if from_file else None, src)
+                self.core.symmetry_function_source_lines(e) if from_file else None, src)
             core.set_scaling(e, lo, hi, mu, sig)
         for ts in self.ts.values():
             ts.rescale()
