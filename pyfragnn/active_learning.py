@@ -62,27 +62,25 @@ def force_deviation(forces: np.ndarray) -> np.ndarray:
     return (f.max(axis=0) - f.min(axis=0)).max(axis=1)
 
 
+def _extrapolation_counts(results: Sequence[dict], n_atoms: int) -> np.ndarray:
+    """Warnings per atom, summed over the compute() results of the committee."""
+    atoms = [w[0] for r in results for w in r["warnings"]]
+    return np.bincount(np.asarray(atoms, dtype=int), minlength=n_atoms)
+
+
 def extrapolating_atoms(atoms: Atoms, potentials: Sequence[PotentialLike]) -> np.ndarray:
     """Number of symmetry-function values outside the training range, per atom, summed over
     the committee; shape (n_atoms,), int."""
-    n = np.zeros(len(atoms), dtype=int)
-    for p in _potentials(potentials):
-        for w in _compute(p, atoms, forces=False)["warnings"]:
-            n[w[0]] += 1
-    return n
+    return _extrapolation_counts([_compute(p, atoms, forces=False)
+                                  for p in _potentials(potentials)], len(atoms))
 
 
 def annotate(atoms: Atoms, potentials: Sequence[PotentialLike]) -> Atoms:
     """Attach ``arrays['force_deviation']`` (eV/Å) and ``arrays['extrapolations']`` to atoms
     (in place) and return it."""
-    pots = _potentials(potentials)
-    res = [_compute(p, atoms) for p in pots]
+    res = [_compute(p, atoms) for p in _potentials(potentials)]
     atoms.arrays["force_deviation"] = force_deviation(np.array([r["forces"] for r in res]))
-    n = np.zeros(len(atoms), dtype=int)
-    for r in res:
-        for w in r["warnings"]:
-            n[w[0]] += 1
-    atoms.arrays["extrapolations"] = n
+    atoms.arrays["extrapolations"] = _extrapolation_counts(res, len(atoms))
     return atoms
 
 
@@ -253,8 +251,10 @@ def candidate_fragments(frames: Sequence[Atoms], candidates: Sequence[Candidate]
 
 # --------------------------------------------------------------------------- CLI
 def _cmd_select(args: argparse.Namespace) -> int:
-    from ase.io import iread, write
+    from ase.io import iread
 
+    if args.output and not args.radius:
+        raise SystemExit("pyfragnn select: -o needs the fragment radius -r/--radius (Å)")
     pots = _potentials(args.potential)
     frames = []
     for k, a in enumerate(iread(args.trajectory, index=args.frames)):
@@ -289,7 +289,7 @@ def register_cli(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentP
     p.add_argument("trajectory", help="frames readable by ASE (extxyz, LAMMPS dump, traj, ...)")
     p.add_argument("-p", "--potential", action="append", required=True,
                    help="committee member: file, n2p2 directory or shipped name (repeatable; "
-                   "the first is the one whose extrapolations count with one member)")
+                   "with a single member only extrapolation selects atoms)")
     p.add_argument("-t", "--threshold", type=float, default=1.0,
                    help="force deviation threshold in eV/Å (default 1.0, as in the paper)")
     p.add_argument("--no-extrapolation", action="store_true",
@@ -304,11 +304,5 @@ def register_cli(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentP
     p.add_argument("--rc", type=float, default=None, help="R_c for central atoms (default radius)")
     p.add_argument("--no-cap", action="store_true", help="plain spheres (metals)")
     p.add_argument("-o", "--output", help="extxyz file for the candidate fragments")
-    p.set_defaults(func=_cmd_select_checked)
+    p.set_defaults(func=_cmd_select)
     return p
-
-
-def _cmd_select_checked(args: argparse.Namespace) -> int:
-    if args.output and not args.radius:
-        raise SystemExit("pyfragnn select: -o needs the fragment radius -r/--radius (Å)")
-    return _cmd_select(args)

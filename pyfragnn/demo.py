@@ -211,7 +211,6 @@ def train_hdnnp(structures, outdir: PathLike, cutoff: float, epochs: int,
     from ase.data import atomic_numbers
 
     from pyfragnn.training import prepare
-    from pyfragnn.training.trainer import Trainer
 
     structures = list(structures)
     els = list(elements) if elements else sorted({s for st in structures for s in st.symbols},
@@ -224,16 +223,28 @@ def train_hdnnp(structures, outdir: PathLike, cutoff: float, epochs: int,
     Path(outdir).mkdir(parents=True, exist_ok=True)
     nn = Path(outdir) / "input.nn"
     nn.write_text(prepare.make_input_nn(els, lines, hidden, ["t"] * len(hidden) + ["l"]))
+    return _run_ekf(structures, outdir, {"input_nn": str(nn.resolve())}, {}, epochs,
+                    test_fraction, seed, progress, extra_training)
+
+
+def _run_ekf(structures, outdir: PathLike, model: dict, kalman: dict, epochs: int,
+             test_fraction: float, seed: int, progress: bool,
+             extra_training: Optional[dict]):
+    """The Trainer run of :func:`train_hdnnp` and :func:`fine_tune_hdnnp`: EKF, split
+    stratified per label, resumable, no n2p2 files; ``extra_training`` updates ``[training]``."""
+    from pyfragnn.training.trainer import Trainer
+
     training = {"optimizer": "ekf", "epochs": int(epochs), "seed": int(seed),
-                "progress": bool(progress), "resume": True}
+                "progress": bool(progress), "resume": True, "kalman": kalman}
     training.update(extra_training or {})
     cfg = {
         "data": {"test_fraction": float(test_fraction), "split": "label"},
-        "model": {"input_nn": str(nn.resolve())},
+        "model": model,
         "training": training,
         "output": {"directory": str(outdir), "n2p2": False, "plots": True, "checkpoint": True},
     }
-    return Trainer(cfg, structures=structures).run()
+    Path(outdir).mkdir(parents=True, exist_ok=True)
+    return Trainer(cfg, structures=list(structures)).run()
 
 
 def fine_tune_hdnnp(structures, outdir: PathLike, init_potential: PathLike, epochs: int,
@@ -244,20 +255,9 @@ def fine_tune_hdnnp(structures, outdir: PathLike, init_potential: PathLike, epoc
     weights from ``init_potential`` (``model.init_from``), the Kalman filter from the
     ``init_state`` checkpoint if given (``training.kalman.init_state``). Otherwise as
     :func:`train_hdnnp`; returns the ``TrainResult``."""
-    from pyfragnn.training.trainer import Trainer
-
-    training = {"optimizer": "ekf", "epochs": int(epochs), "seed": int(seed),
-                "progress": bool(progress), "resume": True,
-                "kalman": {"init_state": str(init_state) if init_state else ""}}
-    training.update(extra_training or {})
-    cfg = {
-        "data": {"test_fraction": float(test_fraction), "split": "label"},
-        "model": {"init_from": str(init_potential)},
-        "training": training,
-        "output": {"directory": str(outdir), "n2p2": False, "plots": True, "checkpoint": True},
-    }
-    Path(outdir).mkdir(parents=True, exist_ok=True)
-    return Trainer(cfg, structures=list(structures)).run()
+    return _run_ekf(structures, outdir, {"init_from": str(init_potential)},
+                    {"init_state": str(init_state) if init_state else ""}, epochs,
+                    test_fraction, seed, progress, extra_training)
 
 
 def distorted_snapshots(atoms: Atoms, n: int, rattle: float, strain: float,
