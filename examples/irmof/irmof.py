@@ -422,7 +422,7 @@ class Run:
             "scale": self.args.scale, "scale_params": asdict(sc), "r_c": self.rc,
             "r_c_source": src, "range": rng, "n_atoms_cell": len(rel),
             "formula": rel.get_chemical_formula(),
-            "a_conv_relaxed_cell": float((4 * rel.get_volume()) ** (1 / 3)),
+            "a_conv_relaxed_cell": _a_conv(rel),
             "cell_relaxed": (self.dir / "relax_cell.log").exists(),
             "relax_steps": rel.info.get("relax_steps"),
             "relax_fmax": _f(rel.info.get("relax_fmax")),
@@ -737,7 +737,7 @@ run {n}
              f"np={nprocs}, {name}")
         p = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
         log = (work / "log.npt").read_text() if (work / "log.npt").exists() else ""
-        a0 = float((4 * rel.get_volume()) ** (1 / 3))
+        a0 = _a_conv(rel)
         res = {"steps": n, "nvt_steps": n_nvt, "potential": name, "barostat": "iso",
                "cell": "conventional",
                "timestep_fs": dt_fs, "atoms": len(sup), "nprocs": nprocs,
@@ -808,7 +808,7 @@ run {n}
         os.environ["OMP_NUM_THREADS"] = str(max(1, self.workers))
         for da in (0.0, 0.15):  # two cells: the NPT one and one 0.15 Å larger (the slope)
             start = rel.copy()
-            start.set_cell(rel.cell * (a_conv + da) / float((4 * rel.get_volume()) ** (1 / 3)),
+            start.set_cell(rel.cell * (a_conv + da) / _a_conv(rel),
                            scale_atoms=True)
             if da == 0:  # the scaled cell before MD: fractional coordinates of the 0 K cell
                 start.calc = make_calculator("gfn2", start)
@@ -882,7 +882,7 @@ run {n}
             a.calc = None
             a.set_cell(rel.cell.array * f, scale_atoms=True)
             cells.append(a)
-        a_conv = [float((4 * c.get_volume()) ** (1 / 3)) for c in cells]
+        a_conv = [_a_conv(c) for c in cells]
         os.environ["OMP_NUM_THREADS"] = str(max(1, self.workers))
         res = {"scale_factors": factors.tolist(), "a_conv": a_conv, "energies": {}}
         _say(f"eos: GFN2-xTB, {len(cells)} cells")
@@ -1061,6 +1061,11 @@ def _f(x):
 def _mean(x) -> float:
     x = np.asarray(x, float)
     return float(np.nanmean(x)) if x.size else float("nan")
+
+
+def _a_conv(prim) -> float:
+    """Conventional cubic lattice constant (Å) of an fcc primitive cell (4 primitive cells)."""
+    return float((4 * prim.get_volume()) ** (1 / 3))
 
 
 def _al_runs_from_frames(frames, runs) -> list:
