@@ -307,16 +307,21 @@ def harmonic_snapshots(atoms: Atoms, potential, n: int, temperatures: Tuple[floa
     # wavenumber of w2 = 1 eV/(Å² amu): sqrt(eV/amu)/Å / (2π c)
     unit_cm = np.sqrt(units._e / units._amu) * 1e10 / (2 * np.pi * units._c * 100)
     w2 = np.maximum(w2, (min_wavenumber / unit_cm) ** 2)
+    # Displacements x = C^(1/2) z with z ~ N(0, 1) in mass-weighted Cartesian space and
+    # C^(1/2) = V diag(1/w) V^T: the same distribution as drawing each mode's amplitude, but
+    # independent of the basis eigh picks inside degenerate (symmetry-related) modes, which
+    # changes with the BLAS thread count; so a seed gives the same snapshots everywhere.
+    root = (vec / np.sqrt(w2)) @ vec.T
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
         t = float(rng.uniform(*temperatures))
-        q = rng.normal(0.0, np.sqrt(units.kB * t / w2))
+        x = np.sqrt(units.kB * t) * (root @ rng.normal(0.0, 1.0, 3 * nat))
         a = atoms.copy()
         a.calc = None
         e = rng.uniform(-strain, strain, (3, 3))
         e = 0.5 * (e + e.T)
-        a.positions = a.positions + ((vec @ q) / np.sqrt(m)).reshape(nat, 3)
+        a.positions = a.positions + (x / np.sqrt(m)).reshape(nat, 3)
         a.set_cell(a.cell.array @ (np.eye(3) + e), scale_atoms=True)
         a.info.update(sampling="harmonic", temperature=t)
         out.append(a)
