@@ -2,7 +2,7 @@
 
 Subcommands: ``example`` (the main job: a shipped potential on an example structure),
 ``evaluate``, ``info``, ``convert``, ``plugin-path``, and the workflow commands that their
-modules register: ``fragments``, ``label``, ``range``, ``train``, ``select``.
+modules register: ``fragments``, ``label``, ``range``, ``train``, ``select``, ``run``.
 """
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from typing import Optional, Sequence
 
 # Modules that add their own subcommand through register_cli(subparsers).
 _REGISTERED = ["pyfragnn.fragments", "pyfragnn.labelling", "pyfragnn.interaction_range",
-               "pyfragnn.training.cli", "pyfragnn.demo", "pyfragnn.active_learning"]
+               "pyfragnn.training.cli", "pyfragnn.demo", "pyfragnn.example",
+               "pyfragnn.active_learning",
+               "pyfragnn.workflow"]
 
 
 def _cmd_info(args) -> int:

@@ -1,0 +1,367 @@
+"""Typed configuration of the fragment workflow (one TOML file, see :func:`load_config`).
+
+Every table and key is a dataclass field below with its documentation (``describe()`` prints
+them all, ``pyfragnn run --keys``). Unknown tables or keys and values of the wrong type are a
+:class:`WorkflowConfigError` naming the key (``training.epochs: expected an integer, got
+'20'``). Lengths in Å, energies in eV, forces in eV/Å, temperatures in K, times in fs.
+
+Minimal example (EMT, copper)::
+
+    [run]
+    directory = "run"
+
+    [[structures]]
+    name = "Cu"
+    file = "cu.extxyz"
+
+    [reference]
+    method = "emt"
+
+    [range]
+    r_c = 4.5
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Tuple, Union, get_args, get_origin, get_type_hints
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python < 3.11
+    import tomli as tomllib
+
+__all__ = ["WorkflowConfig", "WorkflowConfigError", "load_config", "config_from_dict",
+           "describe"]
+
+
+class WorkflowConfigError(ValueError):
+    """An invalid workflow configuration; the message names the file and key."""
+
+
+def _doc(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING):
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata={"doc": text})
+    return field(default=default, metadata={"doc": text})
+
+
+@dataclass
+class RunConfig:
+    directory: str = _doc("run folder, relative to the configuration file", "run")
+    seed: int = _doc("seed of every random choice (snapshots, fragments, splits, MD)", 1)
+    workers: int = _doc("parallel reference calculations (processes, one thread each)", 2)
+
+
+@dataclass
+class StructureConfig:
+    name: str = _doc("short name of the system (site labels become NAME:site)", "")
+    file: str = _doc("periodic structure, any ASE-readable file (first frame), relative to "
+                     "the configuration file; a path starting with 'pyfragnn:' names a "
+                     "structure shipped in pyfragnn/data", "")
+
+
+@dataclass
+class ReferenceConfig:
+    method: str = _doc("reference method: 'emt', 'gfn2' (GFN2-xTB, tblite) or "
+                       "'module:factory' (a function atoms -> ASE calculator, e.g. DFT)", "emt")
+    max_force: float = _doc("outlier rule: reference structures with any |F| component above "
+                            "this are left out of training and counted in the report", 20.0)
+    max_energy_deviation: float = _doc(
+        "outlier rule: energy per atom more than this many eV/atom from the median of "
+        "structures with the same composition is left out and counted", 1.0)
+
+
+@dataclass
+class RelaxConfig:
+    steps: int = _doc("BFGS steps of the positions with the reference method (cell fixed); "
+                      "0: use the structure as given", 50)
+    fmax: float = _doc("convergence of the relaxation (largest |F|)", 0.05)
+
+
+@dataclass
+class RangeConfig:
+    r_c: float = _doc("ACSF cutoff R_c = small-fragment radius; 0: from the Hessian "
+                      "analysis of the reference method, R_c = R_frag^conv / 2 (section 2.2)",
+                      0.0)
+    threshold: float = _doc("Hessian analysis: truncation error allowed for R_frag^conv",
+                            0.125)
+    delta: float = _doc("Hessian analysis: displacement scale of the truncation estimate",
+                        0.1)
+    fd_step: float = _doc("Hessian analysis: finite-difference step", 0.01)
+
+
+@dataclass
+class InitialConfig:
+    fragments_per_site: int = _doc("small fragments per site cut from the relaxed structure "
+                                   "for the reference MD in vacuum", 1)
+    md_steps: int = _doc("reference MD steps per fragment in vacuum (Langevin)", 200)
+    md_temperature: float = _doc("temperature of the fragment MD", 500.0)
+    timestep_fs: float = _doc("MD time step", 0.5)
+    sample_every: int = _doc("keep every N-th MD frame (with its reference labels)", 10)
+    rattled: int = _doc("extra rattled/strained copies of each fragment, labelled", 2)
+    rattle: float = _doc("Gaussian displacement sigma of those copies", 0.05)
+
+
+@dataclass
+class SamplingConfig:
+    temperatures: List[float] = _doc("bulk MD temperatures with the preliminary potential, "
+                                     "one run each", factory=lambda: [300.0, 500.0])
+    md_steps: int = _doc("MD steps per temperature (Langevin, 0.5 fs)", 400)
+    sample_every: int = _doc("snapshot every N steps", 50)
+    strain: float = _doc("random symmetric strain (max component) of extra snapshots", 0.02)
+    strained: int = _doc("extra strained + rattled copies of the relaxed structure", 2)
+    rattle: float = _doc("Gaussian displacement sigma of the strained copies", 0.04)
+
+
+@dataclass
+class FragmentsConfig:
+    small_per_site: int = _doc("small fragments (radius R_c) per site and snapshot", 1)
+    large_per_site: int = _doc("large fragments (radius 2 R_c) per site and snapshot", 1)
+    cap: bool = _doc("cap broken covalent bonds with H", True)
+    max_bond_stretch: float = _doc(
+        "a snapshot whose bond (topology of the relaxed structure) is longer than this factor "
+        "times its relaxed length is skipped and reported", 1.3)
+
+
+@dataclass
+class TrainingConfig:
+    epochs: int = _doc("EKF epochs of every HDNNP", 20)
+    hidden: List[int] = _doc("hidden layers of HDNNP1/2/3", factory=lambda: [10, 10])
+    committee_hidden: List[int] = _doc("hidden layers of HDNNP1's committee partner (another "
+                                       "architecture and seed, section 3)",
+                                       factory=lambda: [12, 8])
+    radial_n: int = _doc("shifted radial ACSFs (type 2) per element pair", 5)
+    r_min: float = _doc("smallest radial shift", 0.8)
+    angular_zeta: List[float] = _doc("zetas of the wide angular ACSFs (type 9, eta 0.02, "
+                                     "lambda +-1)", factory=lambda: [1.0, 4.0])
+    force_fraction: float = _doc("EKF force updates per epoch / force components", 0.02315)
+    test_fraction: float = _doc("held-out fraction per fragment type", 0.1)
+    hdnnp3: bool = _doc("also train HDNNP3 (large fragments, cutoff 2 R_c)", False)
+
+
+@dataclass
+class ActiveConfig:
+    iterations: int = _doc("active-learning iterations of HDNNP1 (0: none)", 3)
+    temperatures: List[float] = _doc("bulk MD temperatures explored per iteration",
+                                     factory=lambda: [300.0, 600.0])
+    md_steps: int = _doc("MD steps per temperature (ASE Langevin NVT, 0.5 fs)", 400)
+    sample_every: int = _doc("frames checked every N steps", 20)
+    threshold: float = _doc("committee force deviation that makes an atom a candidate", 1.0)
+    max_per_frame: int = _doc("candidates per frame", 3)
+    min_separation: float = _doc("smallest distance between candidates of one frame", 3.0)
+    max_candidates: int = _doc("candidates per iteration", 40)
+    epochs: int = _doc("fine-tuning epochs per iteration (weights and Kalman filter continue)",
+                       4)
+
+
+@dataclass
+class ValidationConfig:
+    md_frames: int = _doc("held-out bulk frames from 300 K MD with the final HDNNP1", 4)
+    md_temperature: float = _doc("temperature of that MD", 300.0)
+    md_steps: int = _doc("MD steps between the validation frames", 100)
+    distorted: int = _doc("held-out rattled + strained cells", 2)
+    rattle: float = _doc("their Gaussian displacement sigma", 0.05)
+    strain: float = _doc("their largest strain component", 0.01)
+
+
+@dataclass
+class MDConfig:
+    steps: int = _doc("LAMMPS NVE steps with HDNNP1 (0: no MD check)", 2000)
+    timestep_fs: float = _doc("time step", 0.5)
+    temperature: float = _doc("initial temperature", 300.0)
+    supercell: List[int] = _doc("repetitions of the relaxed cell", factory=lambda: [2, 2, 2])
+    nprocs: int = _doc("MPI ranks (mpirun -np)", 2)
+    max_drift: float = _doc("largest |total-energy drift| per atom over the run that passes",
+                            1e-3)
+
+
+@dataclass
+class WorkflowConfig:
+    run: RunConfig = _doc("where and how", factory=RunConfig)
+    structures: List[StructureConfig] = _doc("periodic structures (one [[structures]] table "
+                                             "each)", factory=list)
+    reference: ReferenceConfig = _doc("reference method", factory=ReferenceConfig)
+    relax: RelaxConfig = _doc("relaxation", factory=RelaxConfig)
+    range: RangeConfig = _doc("interaction range and cutoff", factory=RangeConfig)
+    initial: InitialConfig = _doc("initial data: reference MD of small fragments in vacuum",
+                                  factory=InitialConfig)
+    sampling: SamplingConfig = _doc("bulk snapshots from MD with the preliminary potential",
+                                    factory=SamplingConfig)
+    fragments: FragmentsConfig = _doc("small and large fragments of the snapshots",
+                                      factory=FragmentsConfig)
+    training: TrainingConfig = _doc("HDNNP training (EKF)", factory=TrainingConfig)
+    active: ActiveConfig = _doc("active learning of HDNNP1", factory=ActiveConfig)
+    validation: ValidationConfig = _doc("held-out bulk validation", factory=ValidationConfig)
+    md: MDConfig = _doc("LAMMPS NVE stability check", factory=MDConfig)
+    #: folder of the configuration file (paths are relative to it); not a TOML key
+    base_dir: str = field(default=".", metadata={"internal": True})
+
+    def section(self, name: str) -> Dict[str, Any]:
+        """Plain dict of one table (for fingerprints); ``'seed'`` is ``run.seed`` alone (the
+        folder and the worker count change no result)."""
+        if name == "seed":
+            return {"seed": self.run.seed}
+        v = getattr(self, name)
+        if isinstance(v, list):
+            return {"items": [dataclasses.asdict(x) for x in v]}
+        return dataclasses.asdict(v)
+
+    def path(self, p: str) -> Path:
+        """A path of the configuration resolved against its folder."""
+        q = Path(p).expanduser()
+        return q if q.is_absolute() else Path(self.base_dir) / q
+
+
+def _type_name(tp: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(
+        tp, str(tp))
+
+
+def _check_scalar(key: str, tp: Any, v: Any) -> Any:
+    if tp is bool:
+        if not isinstance(v, bool):
+            raise WorkflowConfigError(f"{key}: expected true or false, got {v!r}")
+        return v
+    if tp is int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise WorkflowConfigError(f"{key}: expected an integer, got {v!r}")
+        return v
+    if tp is float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise WorkflowConfigError(f"{key}: expected a finite number, got {v!r}")
+        return float(v)
+    if tp is str:
+        if not isinstance(v, str):
+            raise WorkflowConfigError(f"{key}: expected a string, got {v!r}")
+        return v
+    raise AssertionError(tp)  # pragma: no cover
+
+
+def _build(cls: Any, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise WorkflowConfigError(f"{prefix or 'configuration'}: expected a table, got {data!r}")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise WorkflowConfigError(f"unknown key{'s' if len(unknown) > 1 else ''} "
+                                  + ", ".join(f"{prefix}{k}" for k in unknown)
+                                  + f" (known: {', '.join(sorted(fields))})")
+    kw = {}
+    for name, v in data.items():
+        key, tp = prefix + name, hints[name]
+        if dataclasses.is_dataclass(tp):
+            kw[name] = _build(tp, v, key + ".")
+        elif get_origin(tp) in (list, List):
+            (inner,) = get_args(tp)
+            if not isinstance(v, list):
+                raise WorkflowConfigError(f"{key}: expected a list, got {v!r}")
+            if dataclasses.is_dataclass(inner):
+                kw[name] = [_build(inner, x, f"{key}[{i}].") for i, x in enumerate(v)]
+            else:
+                kw[name] = [_check_scalar(f"{key}[{i}]", inner, x) for i, x in enumerate(v)]
+        else:
+            kw[name] = _check_scalar(key, tp, v)
+    return cls(**kw)
+
+
+_POSITIVE = ("run.workers", "training.epochs", "training.radial_n", "md.nprocs",
+             "initial.sample_every", "sampling.sample_every", "active.sample_every",
+             "md.timestep_fs", "initial.timestep_fs", "relax.fmax", "fragments.max_bond_stretch",
+             "reference.max_force", "reference.max_energy_deviation", "range.threshold",
+             "range.delta", "range.fd_step", "active.max_per_frame", "active.max_candidates")
+_NON_NEGATIVE = ("relax.steps", "range.r_c", "initial.md_steps", "initial.rattled",
+                 "initial.rattle", "sampling.md_steps", "sampling.strained", "sampling.rattle",
+                 "sampling.strain", "fragments.small_per_site", "fragments.large_per_site",
+                 "training.force_fraction", "active.iterations", "active.epochs",
+                 "active.threshold", "active.min_separation", "validation.md_frames",
+                 "validation.md_steps", "validation.distorted", "validation.rattle",
+                 "validation.strain", "md.steps", "md.max_drift", "initial.fragments_per_site")
+
+
+def _validate(cfg: WorkflowConfig) -> None:
+    def get(key: str) -> Any:
+        sec, name = key.split(".")
+        return getattr(getattr(cfg, sec), name)
+
+    for k in _POSITIVE:
+        if get(k) <= 0:
+            raise WorkflowConfigError(f"{k}: must be > 0, got {get(k)!r}")
+    for k in _NON_NEGATIVE:
+        if get(k) < 0:
+            raise WorkflowConfigError(f"{k}: must be >= 0, got {get(k)!r}")
+    if not 0.0 <= cfg.training.test_fraction < 1.0:
+        raise WorkflowConfigError("training.test_fraction: must be in [0, 1)")
+    for k in ("training.hidden", "training.committee_hidden"):
+        if not get(k) or any(n < 1 for n in get(k)):
+            raise WorkflowConfigError(f"{k}: needs at least one layer, each >= 1 node")
+    if len(cfg.md.supercell) != 3 or any(n < 1 for n in cfg.md.supercell):
+        raise WorkflowConfigError("md.supercell: three integers >= 1")
+    if not cfg.structures:
+        raise WorkflowConfigError("structures: at least one [[structures]] table with 'file'")
+    names = set()
+    for i, s in enumerate(cfg.structures):
+        if not s.file:
+            raise WorkflowConfigError(f"structures[{i}].file: missing")
+        s.name = s.name or Path(s.file).stem
+        if s.name in names:
+            raise WorkflowConfigError(f"structures[{i}].name: {s.name!r} used twice")
+        names.add(s.name)
+    from ..labelling import check_calculator_spec
+
+    try:
+        check_calculator_spec(cfg.reference.method)
+    except (TypeError, ValueError) as exc:
+        raise WorkflowConfigError(f"reference.method: {exc}") from None
+
+
+def config_from_dict(data: Dict[str, Any], base_dir: Union[str, Path] = ".") -> WorkflowConfig:
+    """Build and check a :class:`WorkflowConfig` from a parsed TOML dict."""
+    cfg = _build(WorkflowConfig, data, "")
+    cfg.base_dir = str(Path(base_dir).resolve())
+    _validate(cfg)
+    return cfg
+
+
+def load_config(path: Union[str, Path]) -> WorkflowConfig:
+    """Read a workflow TOML file; errors name the file and the key."""
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise WorkflowConfigError(f"{p}: no such file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise WorkflowConfigError(f"{p}: not valid TOML: {exc}") from None
+    try:
+        return config_from_dict(data, p.resolve().parent)
+    except WorkflowConfigError as exc:
+        raise WorkflowConfigError(f"{p}: {exc}") from None
+
+
+def describe() -> str:
+    """Every table and key with its type, default and documentation (plain text)."""
+    out: List[str] = []
+
+    def walk(cls: Any, prefix: str) -> None:
+        hints = get_type_hints(cls)
+        inst = cls()
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("internal"):
+                continue
+            tp = hints[f.name]
+            inner: Tuple[Any, ...] = get_args(tp)
+            if dataclasses.is_dataclass(tp) or (inner and dataclasses.is_dataclass(inner[0])):
+                sub = tp if dataclasses.is_dataclass(tp) else inner[0]
+                brackets = "[[{}]]" if inner else "[{}]"
+                out.append(f"\n{brackets.format(prefix + f.name)}  # {f.metadata['doc']}")
+                walk(sub, "")
+            else:
+                out.append(f"{prefix}{f.name} = {json.dumps(getattr(inst, f.name))}  "
+                           f"# {f.metadata['doc']}")
+
+    walk(WorkflowConfig, "")
+    return "\n".join(out).lstrip() + "\n"

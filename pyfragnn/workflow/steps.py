@@ -1,0 +1,495 @@
+"""The steps of the fragment workflow (Herbold & Behler 2023), in order.
+
+relax → sites → range → initial → preliminary → sampling → fragments → label → train → active
+→ validate → md → report. Each step reads the configuration tables named in its ``Step``
+entry and the outputs of the steps in ``after``; see :mod:`pyfragnn.workflow.runner`.
+Units: Å, eV, eV/Å, fs, K.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Tuple
+
+import numpy as np
+from ase import Atoms
+
+from .runner import Context, Step, WorkflowError, cfg_file
+
+__all__ = ["STEPS"]
+
+
+# --------------------------------------------------------------------------- files
+def read_frames(path: Path) -> List[Atoms]:
+    """All frames of an extxyz file ([] for an empty or missing file)."""
+    from ase.io import read
+
+    if not path.exists() or path.stat().st_size == 0:
+        return []
+    return list(read(str(path), ":"))
+
+
+def write_frames(path: Path, frames: Sequence[Atoms]) -> None:
+    """Write extxyz through a temporary file and a rename (never half a file)."""
+    from ase.io import write
+
+    tmp = path.with_name(path.name + ".tmp")
+    if frames:
+        write(str(tmp), list(frames), format="extxyz")
+    else:
+        tmp.write_text("")
+    os.replace(tmp, path)
+
+
+def _labelled(ctx: Context, items: List[Atoms], name: str) -> List[Atoms]:
+    """Label ``items`` with the reference method into ``ctx.out/name.extxyz`` (resumable) and
+    return them in input order; a failed calculation stops the step naming the file."""
+    from ..labelling import label, labelled_in_order
+
+    if not items:
+        return []
+    path = ctx.out / f"{name}.extxyz"
+    summ = label(items, path, calculator=ctx.cfg.reference.method, workers=ctx.cfg.run.workers,
+                 progress=None)
+    got = labelled_in_order(items, read_frames(path))
+    missing = [i for i, f in enumerate(got) if f is None]
+    if missing:
+        raise WorkflowError(f"{ctx.step}: {len(missing)} reference calculations failed "
+                            f"(structures {missing[:5]}...; see {path}.failed.jsonl)")
+    ctx.say(f"{name}: {summ.n_computed} computed, {summ.n_already_done} reused")
+    return list(got)  # type: ignore[arg-type]
+
+
+def _cpu_s(frames: Sequence[Atoms]) -> float:
+    return float(sum(float(a.info.get("label_seconds", 0.0)) for a in frames))
+
+
+def outliers(frames: Sequence[Atoms], max_force: float,
+             max_energy_deviation: float) -> List[Tuple[int, str]]:
+    """Reference outliers: (index, reason) of frames with a force component above
+    ``max_force`` eV/Å or an energy per atom more than ``max_energy_deviation`` eV/atom from
+    the median of the frames with the same composition."""
+    bad: Dict[int, str] = {}
+    groups: Dict[str, List[int]] = {}
+    for i, a in enumerate(frames):
+        fmax = float(np.abs(a.get_forces()).max()) if len(a) else 0.0
+        if fmax > max_force:
+            bad[i] = f"max |F| component {fmax:.1f} eV/Å > {max_force}"
+        groups.setdefault(a.get_chemical_formula(), []).append(i)
+    for idx in groups.values():
+        e = np.array([frames[i].get_potential_energy() / len(frames[i]) for i in idx])
+        med = float(np.median(e))
+        for i, v in zip(idx, e):
+            if abs(v - med) > max_energy_deviation and i not in bad:
+                bad[i] = f"E/atom {v - med:+.3f} eV from the median of its composition"
+    return sorted(bad.items())
+
+
+def _clean(ctx: Context, frames: List[Atoms], what: str) -> Tuple[List[Atoms], List[dict]]:
+    """Frames without the reference outliers, and the list of those left out."""
+    ref = ctx.cfg.reference
+    out = outliers(frames, ref.max_force, ref.max_energy_deviation)
+    drop = {i for i, _ in out}
+    for i, why in out:
+        ctx.say(f"{what}: structure {i} ({frames[i].info.get('label', '')}) left out: {why}")
+    return ([a for i, a in enumerate(frames) if i not in drop],
+            [{"index": i, "label": str(frames[i].info.get("label", "")), "reason": why}
+             for i, why in out])
+
+
+def _relaxed(ctx: Context) -> List[Atoms]:
+    return read_frames(ctx.input("relax") / "relaxed.extxyz")
+
+
+def _site_labels(ctx: Context) -> Dict[str, List[str]]:
+    return {k: v["labels"] for k, v in ctx.record("sites").items()}
+
+
+def _site_members(ctx: Context) -> Dict[str, Dict[str, List[int]]]:
+    return {k: v["members"] for k, v in ctx.record("sites").items()}
+
+
+def _r_c(ctx: Context) -> float:
+    return float(ctx.record("range")["r_c"])
+
+
+# --------------------------------------------------------------------------- steps
+def step_relax(ctx: Context) -> Dict[str, Any]:
+    """Relax the positions of every structure with the reference method (cell fixed)."""
+    from ase.io import read
+
+    from ..labelling import compute
+
+    cfg = ctx.cfg
+    rec, out = {}, []
+    for s in cfg.structures:
+        path = cfg_file(cfg, s.file)
+        if not path.exists():
+            raise WorkflowError(f"structures: {s.name}: file {path} not found")
+        a = read(str(path), 0)
+        if not a.pbc.all() or a.cell.rank != 3:
+            raise WorkflowError(f"structures: {s.name}: {path} is not a 3-D periodic cell")
+        done = ctx.out / f"relaxed_{s.name}.extxyz"
+        if done.exists():
+            r = read_frames(done)[0]
+        else:
+            r = _relax_one(a, cfg.reference.method, cfg.relax.fmax, cfg.relax.steps,
+                           cfg.run.workers) if cfg.relax.steps else compute(a, cfg.reference.method)
+            r.info["name"] = s.name
+            write_frames(done, [r])
+        fmax = float(np.linalg.norm(r.get_forces(), axis=1).max())
+        rec[s.name] = {"atoms": len(r), "formula": r.get_chemical_formula(),
+                       "energy_eV": float(r.get_potential_energy()), "fmax_eV_A": fmax,
+                       "steps": int(r.info.get("relax_steps", 0))}
+        ctx.say(f"{s.name}: {len(r)} atoms, max|F| {fmax:.3f} eV/Å")
+        out.append(r)
+    write_frames(ctx.out / "relaxed.extxyz", out)
+    return rec
+
+
+def _relax_one(atoms: Atoms, spec, fmax: float, steps: int, threads: int) -> Atoms:
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.optimize import BFGS
+
+    from ..labelling import _thread_env, make_calculator
+
+    a = atoms.copy()
+    with _thread_env(max(1, threads)):
+        a.calc = make_calculator(spec, a)
+        opt = BFGS(a, logfile=None, maxstep=0.1)
+        opt.run(fmax=fmax, steps=steps)
+        res = a.copy()
+        res.calc = SinglePointCalculator(res, energy=float(a.get_potential_energy()),
+                                         forces=np.array(a.get_forces()))
+    res.info["relax_steps"] = int(opt.nsteps)
+    return res
+
+
+def step_sites(ctx: Context) -> Dict[str, Any]:
+    """Symmetry-nonequivalent sites of each relaxed structure (labels NAME:site when several
+    structures are given, so a site shared by several frameworks is one site per framework)."""
+    from ..fragments import find_sites
+
+    relaxed = _relaxed(ctx)
+    multi = len(relaxed) > 1
+    rec = {}
+    for a in relaxed:
+        name = str(a.info["name"])
+        labels = [""] * len(a)
+        members = {}
+        for s in find_sites(a):
+            lab = f"{name}:{s.label}" if multi else s.label
+            members[lab] = [int(k) for k in s.members]
+            for k in s.members:
+                labels[k] = lab
+        rec[name] = {"labels": labels, "members": members}
+        ctx.say(f"{name}: " + ", ".join(f"{k}(x{len(v)})" for k, v in members.items()))
+    return rec
+
+
+def step_range(ctx: Context) -> Dict[str, Any]:
+    """R_c given, or from the Hessian of the reference method: R_c = R_frag^conv / 2."""
+    from ..interaction_range import analyse_hessian, hessian_blocks, plot_hessian
+
+    cfg = ctx.cfg
+    if cfg.range.r_c > 0:
+        ctx.say(f"R_c = {cfg.range.r_c} Å from the configuration")
+        return {"r_c": cfg.range.r_c, "source": "configuration"}
+    rec: Dict[str, Any] = {"source": "hessian", "structures": {}}
+    for a in _relaxed(ctx):
+        name = str(a.info["name"])
+        bare = a.copy()
+        bare.calc = None
+        hess = hessian_blocks(bare, cfg.reference.method, fd_step=cfg.range.fd_step,
+                              workers=cfg.run.workers,
+                              checkpoint=ctx.out / f"hessian_{name}.extxyz")
+        rr = analyse_hessian(hess, cfg.range.threshold, cfg.range.delta)
+        plot_hessian(hess, rr, ctx.out / f"hessian_{name}.png", title=name)
+        (ctx.out / f"hessian_{name}.txt").write_text(rr.report() + "\n")
+        rec["structures"][name] = {"r_frag_conv": rr.r_frag_conv, "site_radius": rr.site_radius,
+                                   "min_cell_width": rr.min_cell_width}
+        ctx.say(f"{name}: R_frag^conv {rr.r_frag_conv:.3f} Å")
+    rec["r_frag_conv"] = max(v["r_frag_conv"] for v in rec["structures"].values())
+    rec["r_c"] = rec["r_frag_conv"] / 2
+    if rec["r_c"] <= 0:
+        raise WorkflowError("range: the Hessian analysis gave R_c = 0 (no interaction above the "
+                            "threshold); give range.r_c")
+    ctx.say(f"R_c = R_frag^conv / 2 = {rec['r_c']:.3f} Å")
+    return rec
+
+
+def _cut(cutter, centre: int, radius: float, r_c: float, cap: bool, site: str,
+         info: Dict[str, Any]) -> Atoms:
+    f = cutter.cut(int(centre), radius, r_c=r_c, cap=cap, type_label=site)
+    f.info.update(info)
+    f.info.update(site=site, centre=int(centre))
+    return f
+
+
+def step_initial(ctx: Context) -> Dict[str, Any]:
+    """Initial data (section 3): reference MD in vacuum of small fragments (radius R_c) around
+    every site of the relaxed structures, plus rattled copies of those fragments."""
+    from ..fragments import FragmentCutter
+    from ..sampling import distorted_snapshots, fragment_md
+
+    cfg, ini = ctx.cfg, ctx.cfg.initial
+    r_c = _r_c(ctx)
+    labels, members = _site_labels(ctx), _site_members(ctx)
+    rng = np.random.default_rng(cfg.run.seed)
+    frags = []
+    for a in _relaxed(ctx):
+        name = str(a.info["name"])
+        cutter = FragmentCutter(a, site_labels=labels[name])
+        for site, mem in members[name].items():
+            for c in rng.choice(mem, min(ini.fragments_per_site, len(mem)), replace=False):
+                frags.append(_cut(cutter, c, r_c, r_c, cfg.fragments.cap, site,
+                                  {"label": f"{site}-s", "structure": name}))
+    ctx.say(f"{len(frags)} fragments ({min(map(len, frags))}-{max(map(len, frags))} atoms), "
+            f"{ini.md_steps} MD steps at {ini.md_temperature:g} K each")
+    frames = fragment_md(frags, cfg.reference.method, ini.md_steps, ini.md_temperature,
+                         ini.timestep_fs, ini.sample_every, cfg.run.seed, cfg.run.workers,
+                         checkpoint_dir=ctx.out / "md")
+    rattled = []
+    for k, f in enumerate(frags):
+        for r in distorted_snapshots(f, ini.rattled, ini.rattle, 0.0, cfg.run.seed + k):
+            r.info.update(f.info, sampling="rattled")
+            rattled.append(r)
+    rattled = _labelled(ctx, rattled, "rattled_labels")
+    data, dropped = _clean(ctx, frames + rattled, "initial")
+    write_frames(ctx.out / "initial.extxyz", data)
+    return {"fragments": len(frags), "frames": len(frames), "rattled": len(rattled),
+            "kept": len(data), "outliers": dropped, "label_cpu_s": _cpu_s(frames + rattled),
+            "fragment_atoms": [len(f) for f in frags]}
+
+
+def _train(ctx: Context, data: List[Atoms], out: Path, cutoff: float, hidden: Sequence[int],
+           seed: int, elements: List[str]) -> Dict[str, Any]:
+    from ..training.recipes import to_structures, train_hdnnp
+
+    t = ctx.cfg.training
+    if not (out / "potential.fragnn").exists() or not (out / "rmse_table.csv").exists():
+        res = train_hdnnp(to_structures(data), out, cutoff, t.epochs, hidden=tuple(hidden),
+                          radial_n=t.radial_n, r_min=t.r_min, angular_zeta=t.angular_zeta,
+                          test_fraction=t.test_fraction, seed=seed, progress=None,
+                          elements=elements,
+                          extra_training={"force_fraction": t.force_fraction})
+        last = res.history[-1]
+        return {k: float(last[k]) for k in ("rmse_E_train", "rmse_E_test", "rmse_F_train",
+                                            "rmse_F_test")} | {"structures": len(data)}
+    return {"structures": len(data)}
+
+
+def _elements(ctx: Context) -> List[str]:
+    from ase.data import atomic_numbers
+
+    syms = {s for a in _relaxed(ctx) for s in a.get_chemical_symbols()}
+    if ctx.cfg.fragments.cap:
+        syms.add("H")
+    return sorted(syms, key=lambda x: atomic_numbers[x])
+
+
+def step_preliminary(ctx: Context) -> Dict[str, Any]:
+    """A preliminary committee (two HDNNPs: other seed and architecture) on the initial data."""
+    data = read_frames(ctx.input("initial") / "initial.extxyz")
+    t, r_c, els = ctx.cfg.training, _r_c(ctx), _elements(ctx)
+    seed = ctx.cfg.run.seed
+    return {"a": _train(ctx, data, ctx.out / "a", r_c, t.hidden, seed, els),
+            "b": _train(ctx, data, ctx.out / "b", r_c, t.committee_hidden, seed + 1, els)}
+
+
+def step_sampling(ctx: Context) -> Dict[str, Any]:
+    """Bulk snapshots: MD with the preliminary potential (stopped where the committee leaves
+    its data) at each temperature, plus strained and rattled copies of the relaxed cells."""
+    from ..active_learning import explore
+    from ..sampling import distorted_snapshots
+
+    cfg, sm = ctx.cfg, ctx.cfg.sampling
+    pots = [str(ctx.input("preliminary") / m / "potential.fragnn") for m in ("a", "b")]
+    snaps, runs = [], []
+    for a in _relaxed(ctx):
+        name = str(a.info["name"])
+        start = a.copy()
+        start.calc = None
+        for k, temp in enumerate(sm.temperatures):
+            fr = explore(start, pots, temp, sm.md_steps, 0.5, sm.sample_every,
+                         stop_temperature=2.0 * temp, seed=cfg.run.seed + 31 * k)
+            fr = [f for f in fr if int(f.info["md_step"]) > 0]
+            runs.append({"structure": name, "T_K": temp, "frames": len(fr),
+                         "stopped": fr[-1].info.get("md_stopped", "") if fr else "",
+                         "ps": float(fr[-1].info["md_time_ps"]) if fr else 0.0})
+            for f in fr:
+                f.info.update(structure=name, sampling=f"md{temp:g}K")
+            snaps += fr
+        for f in distorted_snapshots(start, sm.strained, sm.rattle, sm.strain, cfg.run.seed + 5):
+            f.info.update(structure=name, sampling="strained")
+            snaps.append(f)
+    for s in snaps:
+        for key in ("force_deviation", "extrapolations"):
+            s.arrays.pop(key, None)
+    write_frames(ctx.out / "snapshots.extxyz", snaps)
+    ctx.say(f"{len(snaps)} snapshots; MD runs: {runs}")
+    return {"snapshots": len(snaps), "runs": runs}
+
+
+def step_fragments(ctx: Context) -> Dict[str, Any]:
+    """Small (R_c) and large (2 R_c) fragments of the snapshots around random members of
+    every site; snapshots whose bonds are broken are skipped and reported."""
+    from ..fragments import FragmentCutter
+
+    cfg, fc = ctx.cfg, ctx.cfg.fragments
+    r_c = _r_c(ctx)
+    labels, members = _site_labels(ctx), _site_members(ctx)
+    rng = np.random.default_rng(cfg.run.seed + 2)
+    small, large, skipped = [], [], []
+    for i, snap in enumerate(read_frames(ctx.input("sampling") / "snapshots.extxyz")):
+        name = str(snap.info["structure"])
+        try:
+            cutter = FragmentCutter(snap, site_labels=labels[name])
+            for site, mem in members[name].items():
+                info = {"structure": name, "snapshot": i}
+                for c in rng.choice(mem, min(fc.small_per_site, len(mem)), replace=False):
+                    small.append(_cut(cutter, c, r_c, r_c, fc.cap, site,
+                                      dict(info, label=f"{site}-s")))
+                for c in rng.choice(mem, min(fc.large_per_site, len(mem)), replace=False):
+                    large.append(_cut(cutter, c, 2 * r_c, r_c, fc.cap, site,
+                                      dict(info, label=f"{site}-l")))
+        except (ValueError, RuntimeError) as exc:
+            skipped.append({"snapshot": i, "reason": str(exc)})
+            ctx.say(f"snapshot {i} skipped: {exc}")
+    write_frames(ctx.out / "small.extxyz", small)
+    write_frames(ctx.out / "large.extxyz", large)
+    size = lambda fr: [min(map(len, fr)), max(map(len, fr))] if fr else [0, 0]  # noqa: E731
+    ctx.say(f"{len(small)} small ({size(small)} atoms), {len(large)} large ({size(large)} atoms)")
+    return {"small": len(small), "large": len(large), "small_atoms": size(small),
+            "large_atoms": size(large), "skipped": skipped}
+
+
+def step_label(ctx: Context) -> Dict[str, Any]:
+    """Reference energies and forces of the small and large fragments; outliers left out."""
+    rec = {}
+    for kind in ("small", "large"):
+        frames = _labelled(ctx, read_frames(ctx.input("fragments") / f"{kind}.extxyz"),
+                           f"{kind}_labels")
+        kept, dropped = _clean(ctx, frames, kind)
+        write_frames(ctx.out / f"{kind}.extxyz", kept)
+        rec[kind] = {"labelled": len(frames), "kept": len(kept), "outliers": dropped,
+                     "label_cpu_s": _cpu_s(frames)}
+    return rec
+
+
+def _small_data(ctx: Context) -> List[Atoms]:
+    return (read_frames(ctx.input("initial") / "initial.extxyz")
+            + read_frames(ctx.input("label") / "small.extxyz"))
+
+
+def step_train(ctx: Context) -> Dict[str, Any]:
+    """HDNNP1 (small fragments, cutoff R_c) and its committee partner (other seed and
+    architecture), HDNNP2 (large fragments, R_c) and optionally HDNNP3 (large, 2 R_c)."""
+    t, r_c, els, seed = ctx.cfg.training, _r_c(ctx), _elements(ctx), ctx.cfg.run.seed
+    small = _small_data(ctx)
+    large = read_frames(ctx.input("label") / "large.extxyz")
+    rec = {"hdnnp1": _train(ctx, small, ctx.out / "hdnnp1", r_c, t.hidden, seed, els),
+           "hdnnp1b": _train(ctx, small, ctx.out / "hdnnp1b", r_c, t.committee_hidden,
+                             seed + 1, els),
+           "hdnnp2": _train(ctx, large, ctx.out / "hdnnp2", r_c, t.hidden, seed, els)}
+    if t.hdnnp3:
+        rec["hdnnp3"] = _train(ctx, large, ctx.out / "hdnnp3", 2 * r_c, t.hidden, seed, els)
+    return rec
+
+
+def _checkpoint(d: Path) -> Path:
+    """The trainer's checkpoint file in an output folder."""
+    found = sorted(d.glob("checkpoint.*"))
+    if not found:
+        raise WorkflowError(f"no trainer checkpoint in {d}")
+    return found[0]
+
+
+def step_active(ctx: Context) -> Dict[str, Any]:
+    """Active learning (section 3): bulk MD with the committee HDNNP1 + partner; atoms whose
+    force components differ by more than ``active.threshold`` or whose ACSFs extrapolate
+    become centres of new small fragments; both members are fine-tuned on all small
+    fragments. Stops when an iteration finds no candidate (converged) or after
+    ``active.iterations``. Resumable per iteration."""
+    from .active import run_active
+
+    return run_active(ctx)
+
+
+def step_validate(ctx: Context) -> Dict[str, Any]:
+    """Held-out bulk frames (300 K MD with the final HDNNP1, rattled/strained cells) labelled
+    with the reference method; errors of every potential per structure and site."""
+    from .validate import run_validate
+
+    return run_validate(ctx)
+
+
+def step_md(ctx: Context) -> Dict[str, Any]:
+    """LAMMPS NVE of the supercell of the first structure with the final HDNNP1."""
+    from ..md import lammps_md
+
+    m = ctx.cfg.md
+    if m.steps == 0:
+        return {"skipped": True}
+    a = _relaxed(ctx)[0].repeat(tuple(m.supercell))
+    pot = ctx.input("active") / "hdnnp1" / "potential.fragnn"
+    try:
+        res = lammps_md(pot, a, ctx.out, m.steps, m.timestep_fs, m.temperature, m.nprocs,
+                        seed=ctx.cfg.run.seed + 4928)
+    except (RuntimeError, OSError) as exc:
+        ctx.say(f"FAILED: {exc}")
+        return {"skipped": False, "passed": False, "steps_completed": _steps_done(ctx.out),
+                "error": str(exc)[-2000:], "atoms": len(a)}
+    res["passed"] = bool(abs(res["drift_eV_atom"]) <= m.max_drift)
+    res["steps_completed"] = int(res["steps"])
+    res["skipped"] = False
+    ctx.say(f"{len(a)} atoms, {m.steps} steps: drift {res['drift_eV_atom']:.2e} eV/atom "
+            f"({'pass' if res['passed'] else 'FAIL'}, limit {m.max_drift:g})")
+    return res
+
+
+def _steps_done(work: Path) -> int:
+    """Last thermo step LAMMPS logged before it failed."""
+    log = work / "log.lammps"
+    last = 0
+    if log.exists():
+        for line in log.read_text(errors="replace").splitlines():
+            t = line.split()
+            if t and t[0].isdigit() and len(t) >= 5:
+                last = int(t[0])
+    return last
+
+
+def step_report(ctx: Context) -> Dict[str, Any]:
+    """report.md (Tables 1-6 analogues, AL, MD), summary.json and the figures."""
+    from .report import write_report
+
+    return write_report(ctx)
+
+
+_ALL = ("relax", "sites", "range", "initial", "preliminary", "sampling", "fragments", "label",
+        "train", "active", "validate", "md")
+STEPS: List[Step] = [
+    Step("relax", step_relax, ("structures", "reference", "relax"), (), "relax the structures"),
+    Step("sites", step_sites, (), ("relax",), "nonequivalent sites"),
+    Step("range", step_range, ("range", "reference"), ("relax",), "interaction range, R_c"),
+    Step("initial", step_initial, ("initial", "fragments", "reference", "seed"),
+         ("relax", "sites", "range"), "reference MD of small fragments in vacuum"),
+    Step("preliminary", step_preliminary, ("training", "seed", "fragments"),
+         ("initial", "range", "relax"), "preliminary committee"),
+    Step("sampling", step_sampling, ("sampling", "seed"), ("preliminary", "relax"),
+         "bulk snapshots"),
+    Step("fragments", step_fragments, ("fragments", "seed"), ("sampling", "sites", "range"),
+         "small and large fragments"),
+    Step("label", step_label, ("reference",), ("fragments",), "reference labels"),
+    Step("train", step_train, ("training", "seed", "fragments"),
+         ("initial", "label", "range", "relax"), "HDNNP1, partner, HDNNP2(, HDNNP3)"),
+    Step("active", step_active, ("active", "training", "reference", "fragments", "seed"),
+         ("train", "initial", "label", "sites", "relax", "range"), "active learning"),
+    Step("validate", step_validate, ("validation", "reference", "seed"),
+         ("active", "train", "relax", "sites", "range"), "bulk validation"),
+    Step("md", step_md, ("md", "seed"), ("active", "relax"), "LAMMPS NVE check"),
+    Step("report", step_report, ("md",), _ALL, "report"),
+]

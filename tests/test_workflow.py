@@ -1,0 +1,244 @@
+"""The fragment workflow (pyfragnn.workflow, `pyfragnn run`) end to end on EMT, which is
+exactly local, so the bulk truth is cheap: Cu3Au (L1_2, 32 atoms, two sites).
+
+What is proven: every step runs and writes its outputs; HDNNP1 from small fragments predicts
+held-out bulk forces against EMT itself (independent truth) to a small fraction of the force
+spread; the LAMMPS NVE check conserves energy; a rerun reuses every step; a changed key reruns
+its step and those after it, never one before; a run killed inside a step resumes to the same
+potential as an uninterrupted run; configuration errors name the key.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import package_env
+
+CONFIG = """
+[run]
+directory = "run"
+seed = 1
+workers = 2
+
+[[structures]]
+name = "Cu3Au"
+file = "cu3au.extxyz"
+
+[reference]
+method = "emt"
+
+[relax]
+steps = 20
+
+[range]
+r_c = 4.0
+
+[initial]
+md_steps = 60
+md_temperature = 600.0
+sample_every = 10
+rattled = 2
+
+[sampling]
+temperatures = [300.0, 700.0]
+md_steps = 200
+sample_every = 50
+
+[fragments]
+cap = false
+small_per_site = 2
+large_per_site = 1
+
+[training]
+epochs = 6
+hidden = [8, 8]
+committee_hidden = [10, 6]
+radial_n = 4
+r_min = 2.0
+angular_zeta = [1.0]
+force_fraction = 0.1
+
+[active]
+iterations = 2
+temperatures = [600.0]
+md_steps = 200
+threshold = 0.1
+max_candidates = 8
+epochs = 3
+
+[validation]
+md_frames = 3
+md_steps = 60
+distorted = 2
+
+[md]
+steps = 400
+supercell = [1, 1, 1]
+nprocs = 1
+"""
+
+
+def _write_case(d: Path, config: str = CONFIG) -> Path:
+    from ase import Atoms
+    from ase.io import write
+
+    d.mkdir(parents=True, exist_ok=True)
+    cell = Atoms("AuCu3", scaled_positions=[(0, 0, 0), (.5, .5, 0), (.5, 0, .5), (0, .5, .5)],
+                 cell=[3.75] * 3, pbc=True).repeat((2, 2, 2))
+    cell.positions += np.random.default_rng(0).normal(0, 0.02, cell.positions.shape)
+    write(d / "cu3au.extxyz", cell)
+    (d / "wf.toml").write_text(config)
+    return d / "wf.toml"
+
+
+def _run(cfg: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pyfragnn", "run", str(cfg), *args],
+                          cwd=cfg.parent, capture_output=True, text=True, timeout=timeout,
+                          env=package_env())
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    cfg = _write_case(tmp_path_factory.mktemp("wf"))
+    t0 = time.perf_counter()
+    p = _run(cfg)
+    print(f"EMT workflow: {time.perf_counter() - t0:.0f} s wall")  # a figure, not a test
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return cfg
+
+
+def test_every_step_runs_and_hdnnp1_matches_emt_in_the_bulk(finished):
+    from ase.calculators.emt import EMT
+    from ase.io import read
+
+    from pyfragnn import Potential
+    from pyfragnn.workflow import step_names
+
+    run = finished.parent / "run"
+    for s in step_names():
+        rec = json.loads((run / s / "step.json").read_text())
+        assert rec["step"] == s and rec["fingerprint"]
+    summary = json.loads((run / "report" / "summary.json").read_text())
+    report = (run / "report" / "report.md").read_text()
+    for title in ("Tables 1/2", "Tables 3/4", "Table 6", "Figs. 6/7", "Active learning",
+                  "MD check", "Reference cost"):
+        assert title in report
+    for png in ("parity.png", "force_error_per_site.png"):
+        assert (run / "report" / png).stat().st_size > 1000
+    # independent truth: EMT itself on the held-out bulk frames
+    pot = Potential.load(str(run / "active" / "hdnnp1" / "potential.fragnn"))
+    frames = read(run / "validate" / "bulk_validation.extxyz", ":")
+    assert len(frames) == 5
+    d, spread = [], []
+    for f in frames:
+        g = f.copy()
+        g.calc = EMT()
+        ref = g.get_forces()
+        np.testing.assert_allclose(f.get_forces(), ref, atol=1e-10)  # labels are EMT's
+        d.append(pot.compute(f.positions, f.get_chemical_symbols(), f.cell.array,
+                             f.pbc)["forces"] - ref)
+        spread.append(ref)
+    rmse = float(np.sqrt(np.mean(np.concatenate(d) ** 2)))
+    assert rmse == pytest.approx(summary["hdnnp1_bulk_force_rmse"], rel=1e-9)
+    assert rmse < 0.2 * float(np.sqrt(np.mean(np.concatenate(spread) ** 2))), rmse
+    # the small fragments carry only their centre's complete environment; the large ones more
+    small = read(run / "label" / "small.extxyz", ":")
+    assert all(int(f.arrays["central"].sum()) >= 1 for f in small)
+    assert summary["md_steps_completed"] == 400
+    assert abs(summary["md_energy_drift_ev_per_atom"]) < 1e-3
+    for k in ("hdnnp1", "hdnnp2"):
+        assert math.isfinite(summary["reference_cpu_s"][k]) and summary["reference_cpu_s"][k] > 0
+
+
+def test_rerun_reuses_every_step(finished):
+    p = _run(finished)
+    assert p.returncode == 0, p.stderr
+    from pyfragnn.workflow import step_names
+
+    for s in step_names():
+        assert f"{s}: reusing" in p.stdout, p.stdout
+
+
+def test_changed_key_reruns_that_step_and_later_only(finished, tmp_path):
+    import shutil
+
+    d = tmp_path / "copy"
+    shutil.copytree(finished.parent, d)
+    cfg = d / "wf.toml"
+    cfg.write_text(CONFIG.replace("epochs = 6", "epochs = 5"))
+    before = {s: json.loads((d / "run" / s / "step.json").read_text())
+              for s in ("label", "train")}
+    p = _run(cfg, "--until", "active")
+    assert p.returncode == 0, p.stderr
+    for s in ("relax", "sites", "range", "initial", "label", "fragments", "sampling"):
+        assert f"{s}: reusing" in p.stdout
+    # training.epochs is read by the preliminary committee too: everything from there reruns
+    for s in ("preliminary", "train", "active"):
+        assert f"{s}: running" in p.stdout
+    after = json.loads((d / "run" / "train" / "step.json").read_text())
+    assert after["fingerprint"] != before["train"]["fingerprint"]
+    assert json.loads((d / "run" / "label" / "step.json").read_text()) == before["label"]
+    assert not (d / "run" / "validate" / "step.json").read_text() == "" and \
+        "validate" not in p.stdout  # --until stopped before validate
+
+
+def test_kill_inside_steps_and_resume_gives_the_same_potential(finished, tmp_path):
+    """SIGKILL while labelling and while training; the resumed run's HDNNP1 equals the
+    uninterrupted run's bit for bit."""
+    cfg = _write_case(tmp_path / "k")
+    run = cfg.parent / "run"
+    for step in ("label", "train"):
+        proc = subprocess.Popen([sys.executable, "-m", "pyfragnn", "run", str(cfg), "--until",
+                                 "train"], cwd=cfg.parent, env=package_env(),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        t0 = time.time()
+        partial = run / f".{step}.partial"
+        while not any(partial.glob("*.extxyz" if step == "label" else "*/checkpoint*")):
+            assert proc.poll() is None, f"run ended before it reached {step}"
+            assert time.time() - t0 < 300
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert not (run / step / "step.json").exists()
+    p = _run(cfg, "--until", "train")
+    assert p.returncode == 0, p.stderr
+    assert "label: reusing" in p.stdout and "train: resuming" in p.stdout
+    ref = finished.parent / "run" / "train"
+    for m in ("hdnnp1", "hdnnp2"):
+        assert (run / "train" / m / "potential.fragnn").read_bytes() == \
+            (ref / m / "potential.fragnn").read_bytes()
+
+
+def test_configuration_errors_name_the_key(tmp_path):
+    from pyfragnn.workflow import WorkflowConfigError, load_config
+
+    cfg = _write_case(tmp_path)
+    cases = {
+        "[training]\nepochs = 6": ("[training]\nepochs = \"6\"", "training.epochs"),
+        "cap = false": ("cap = \"false\"", "fragments.cap"),
+        "r_c = 4.0": ("r_c = nan", "range.r_c"),
+        "steps = 20": ("steps = 20\nfmx = 0.1", "relax.fmx"),
+        "method = \"emt\"": ("method = \"nosuchcode\"", "reference.method"),
+        "md_frames = 3": ("md_frames = -3", "validation.md_frames"),
+    }
+    for old, (new, key) in cases.items():
+        cfg.write_text(CONFIG.replace(old, new, 1))
+        with pytest.raises(WorkflowConfigError, match=key.replace(".", r"\.")):
+            load_config(cfg)
+    cfg.write_text(CONFIG)
+    assert load_config(cfg).training.epochs == 6
+    p = _run(cfg, "--until", "nosuchstep")
+    assert p.returncode == 2 and "nosuchstep" in p.stderr
+    p = subprocess.run([sys.executable, "-m", "pyfragnn", "run", "--keys"], capture_output=True,
+                       text=True, env=package_env())
+    assert p.returncode == 0 and "max_bond_stretch" in p.stdout and "[[structures]]" in p.stdout
