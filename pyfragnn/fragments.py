@@ -811,7 +811,7 @@ def check_fragment(frag: Atoms, topology: Optional[Union[BondTopology, Atoms]] =
         if not isinstance(topology, BondTopology):
             topology = BondTopology(topology, bond_scale=bond_scale)
         problems += _missing_neighbours(frag, topology)
-    elif n >= 2:
+    elif n:
         bonded = set(bond_graph(frag.get_chemical_symbols(), frag.positions, bond_scale).ravel())
         for k in _centre_atoms(frag) or [0]:
             if k not in bonded:
@@ -825,46 +825,81 @@ _SEP = ";"  # separator of info['centres'] / info['sites'] entries; every entry 
 
 def _cut_key(frag: Atoms) -> Optional[tuple]:
     """Identity of a cut: parent snapshot, r_c, real atoms as (bulk index, image relative to a
-    reference atom) and cap positions relative to that atom (1e-4 Å). None without bookkeeping."""
+    reference atom) with their positions relative to it, and the cap positions (1e-4 Å).
+    Invariant under reordering and lattice translation; None without bookkeeping."""
     if "frag_parent" not in frag.info or not all(k in frag.arrays for k in ("bulk_index", "image", "cap")):
         return None
     cap = np.asarray(frag.arrays["cap"], bool)
-    bi = np.asarray(frag.arrays["bulk_index"], int)[~cap]
-    im = np.asarray(frag.arrays["image"], int)[~cap]
-    if not len(bi):
+    real = np.nonzero(~cap)[0]
+    if not len(real):
         return None
-    rows = sorted(zip(bi.tolist(), map(tuple, im.tolist())))
-    ref_b, ref_im = rows[0]
-    ref = int(np.nonzero((np.asarray(frag.arrays["bulk_index"]) == ref_b) & ~cap
-                         & np.all(np.asarray(frag.arrays["image"]) == ref_im, axis=1))[0][0])
-    atoms = frozenset((b, tuple(int(x - y) for x, y in zip(s, ref_im))) for b, s in rows)
-    caps = tuple(sorted(map(tuple, np.round(frag.positions[cap] - frag.positions[ref], 4).tolist())))
+    bi = np.asarray(frag.arrays["bulk_index"], int)
+    im = np.asarray(frag.arrays["image"], int)
+    order = sorted(real.tolist(), key=lambda k: (bi[k], tuple(im[k])))
+    ref = order[0]
+    rel = np.round(frag.positions - frag.positions[ref], 4) + 0.0  # + 0.0: no negative zeros
+    atoms = tuple((int(bi[k]), tuple((im[k] - im[ref]).tolist()), tuple(rel[k].tolist()))
+                  for k in order)
+    caps = tuple(sorted(map(tuple, rel[cap].tolist())))
     return (str(frag.info["frag_parent"]), round(float(frag.info.get("frag_rc", 0.0)), 6), atoms, caps)
+
+
+def _kabsch(p: np.ndarray, q: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Proper rotation ``rot`` and translation ``t`` with ``p @ rot + t`` closest to ``q``."""
+    pc, qc = p.mean(0), q.mean(0)
+    u, _, vt = np.linalg.svd((p - pc).T @ (q - qc))
+    dsign = np.sign(np.linalg.det(u @ vt)) or 1.0
+    rot = u @ np.diag([1.0, 1.0, dsign]) @ vt
+    return rot, qc - pc @ rot
 
 
 def same_geometry(a: Atoms, b: Atoms, tol: float = 1e-3) -> bool:
     """True if ``b`` is ``a`` up to a permutation of like atoms and a proper rigid motion
-    (RMSD <= ``tol`` Å after alignment; atoms matched by their sorted distances to all others,
-    so highly symmetric molecules may be reported different, never wrongly the same)."""
+    (RMSD <= ``tol`` Å after the best alignment; mirror images are different).
+
+    Three non-collinear anchor atoms of ``a`` are tried against every atom triple of ``b`` with
+    the same elements, distance fingerprints and mutual distances (within ``10 tol``); each
+    candidate alignment is completed by optimal assignment of like atoms.
+    """
     from scipy.optimize import linear_sum_assignment
     from scipy.spatial.distance import cdist, pdist, squareform
 
-    if len(a) != len(b) or sorted(a.numbers) != sorted(b.numbers):
+    if len(a) != len(b) or sorted(a.numbers.tolist()) != sorted(b.numbers.tolist()):
         return False
+    if len(a) < 3:
+        return bool(len(a) < 2 or abs(a.get_distance(0, 1) - b.get_distance(0, 1)) <= tol)
+    loose = 10 * tol
     da, db = squareform(pdist(a.positions)), squareform(pdist(b.positions))
-    if len(a) > 1 and np.max(np.abs(np.sort(da.ravel()) - np.sort(db.ravel()))) > 4 * tol:
+    if np.max(np.abs(np.sort(da.ravel()) - np.sort(db.ravel()))) > loose:
         return False
-    perm = np.empty(len(a), int)
-    for z in np.unique(a.numbers):
-        ia, ib = np.nonzero(a.numbers == z)[0], np.nonzero(b.numbers == z)[0]
-        fa, fb = np.sort(da[ia], axis=1), np.sort(db[ib], axis=1)
-        r, c = linear_sum_assignment(cdist(fa, fb))
-        perm[ia[r]] = ib[c]
-    p, q = a.positions - a.positions.mean(0), b.positions[perm] - b.positions[perm].mean(0)
-    u, _, vt = np.linalg.svd(p.T @ q)
-    dsign = np.sign(np.linalg.det(u @ vt)) or 1.0
-    rot = u @ np.diag([1.0, 1.0, dsign]) @ vt
-    return bool(np.sqrt(np.mean(np.sum((p @ rot - q) ** 2, axis=1))) <= tol)
+    fa, fb = np.sort(da, axis=1), np.sort(db, axis=1)
+    cand = [np.nonzero((b.numbers == a.numbers[i]) &
+                       (np.max(np.abs(fb - fa[i]), axis=1) <= loose))[0] for i in range(len(a))]
+    i0 = int(np.argmin([len(c) for c in cand]))
+    i1 = int(np.argmax(da[i0]))
+    line = (a.positions[i1] - a.positions[i0]) / da[i0, i1]
+    off = a.positions - a.positions[i0]
+    i2 = int(np.argmax(np.linalg.norm(off - np.outer(off @ line, line), axis=1)))
+    anchors = [i0, i1, i2]
+    elements = [(np.nonzero(a.numbers == z)[0], np.nonzero(b.numbers == z)[0])
+                for z in np.unique(a.numbers)]
+    for j0 in cand[i0]:
+        for j1 in cand[i1]:
+            if abs(db[j0, j1] - da[i0, i1]) > loose:
+                continue
+            for j2 in cand[i2]:
+                if abs(db[j0, j2] - da[i0, i2]) > loose or abs(db[j1, j2] - da[i1, i2]) > loose:
+                    continue
+                rot, t = _kabsch(a.positions[anchors], b.positions[[j0, j1, j2]])
+                moved = a.positions @ rot + t
+                sq = 0.0
+                for ia, ib in elements:
+                    cost = cdist(moved[ia], b.positions[ib], "sqeuclidean")
+                    r, c = linear_sum_assignment(cost)
+                    sq += float(cost[r, c].sum())
+                if np.sqrt(sq / len(a)) <= tol:
+                    return True
+    return False
 
 
 def unique_fragments(frags: Sequence[Atoms], geometric: bool = False,
@@ -872,7 +907,8 @@ def unique_fragments(frags: Sequence[Atoms], geometric: bool = False,
     """Each distinct fragment once, in order of first appearance, with every source recorded.
 
     Identity: the same cut (same parent snapshot ``frag_parent``, same ``frag_rc``, same bulk
-    atoms up to one lattice translation, same caps), detected exactly; with ``geometric=True``
+    atoms up to one lattice translation at the same relative positions, same caps; 1e-4 Å),
+    detected exactly; with ``geometric=True``
     also fragments that :func:`same_geometry` finds equal within ``tol`` (Å), e.g. from other
     snapshots or without bookkeeping. The kept copy gets ``info['centres']`` (each source's
     centres joined by '+') and ``info['sites']`` (each source's ``frag_type``), entries
