@@ -350,7 +350,7 @@ def cut_site_fragments(snapshots: Sequence[Atoms], site_labels: Sequence[str],
     """``per_site`` H-capped fragments of ``radius`` Å per snapshot and site, centred on
     distinct random members of the site (fewer if the site has fewer members). ``info``: ``label`` = ``<site>-<tag>``, ``site``, ``snapshot``, ``role``,
     ``centre``; ``arrays['central']`` marks atoms whose ``r_c`` sphere is bulk-complete."""
-    from pyfragnn.fragments import FragmentCutter
+    from pyfragnn.fragments import FragmentCutter, StretchedBondError, UnsoundFragmentError
 
     rng = np.random.default_rng(seed)
     out = []
@@ -358,7 +358,11 @@ def cut_site_fragments(snapshots: Sequence[Atoms], site_labels: Sequence[str],
         cutter = FragmentCutter(snap, site_labels=list(site_labels))
         for site, members in site_members.items():
             for c in rng.choice(members, min(per_site, len(members)), replace=False):
-                f = cutter.cut(int(c), radius, r_c=r_c, type_label=site)
+                try:
+                    f = cutter.cut(int(c), radius, r_c=r_c, type_label=site)
+                except (StretchedBondError, UnsoundFragmentError) as exc:  # detached atom
+                    _say(f"fragments: snapshot {s}, centre {int(c)} skipped: {exc}")
+                    continue
                 f.info.update(label=f"{site}-{tag}", site=site, snapshot=s, role=role,
                               centre=int(c))
                 out.append(f)

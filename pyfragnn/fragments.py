@@ -9,6 +9,22 @@ Main entry points
     several centres, in any periodic cell (all images are searched), hydrogen-capped.
 ``central_mask(...)``
     Atoms whose whole ``r_c`` sphere in the fragment equals the bulk one.
+``check_fragment(frag, topology)``
+    Problems of a fragment (>= 10 atoms, closed-shell neutral, the centre's bonded neighbours,
+    no pair < 0.75 Å); empty list = sound.
+``unique_fragments(frags)`` / ``fragment_sources(frag)`` (from :mod:`pyfragnn.dedup`)
+    Each distinct molecule once, with every centre and site it serves.
+
+Sound fragments from snapshots (issue 11)
+-----------------------------------------
+``FragmentCutter(snapshot, reference=relaxed)`` takes the bond graph (and the site labels)
+from the relaxed reference structure (same atoms, same order; :mod:`pyfragnn.topology`), so a
+thermal snapshot cannot detach an atom; a cut that involves a bond stretched beyond
+``CappingRules.max_stretch`` (1.25) x its reference length raises ``StretchedBondError``
+(``pyfragnn.topology.check_snapshot`` checks a whole snapshot). Without a reference, bonds are
+detected in the snapshot and a cut that would keep an atom without any bond, or its partner,
+raises ``StretchedBondError`` (partner within ``max_stretch`` x the bond test) or
+``UnsoundFragmentError`` (a centre without any bond) instead of giving e.g. a lone H atom.
 
 Capping rules (``CappingRules``, all configurable)
 --------------------------------------------------
@@ -38,8 +54,11 @@ Bookkeeping (kept through extxyz)
 ``info``: ``label`` = ``frag_type`` (type label; ``label`` is what pyfragnn.dataset reads),
 ``frag_centres`` (bulk indices; extxyz reads a single one back as a scalar, use
 ``np.atleast_1d``), ``frag_type`` (type label), ``frag_radius`` (Å),
-``frag_rc`` (Å), ``charge``, ``multiplicity``, ``n_electrons``, ``n_atom``, ``n_central``,
-``n_cap``.  ``arrays``: ``bulk_index`` (int, -1 for caps), ``image`` (int, (N, 3) lattice
+``frag_rc`` (Å), ``frag_parent`` (:func:`snapshot_key` of the structure cut), ``charge``,
+``multiplicity``, ``n_electrons``, ``n_atom``, ``n_central``, ``n_cap``; after
+:func:`unique_fragments` also ``centres`` and ``sites`` (one entry per source, each ending in
+';', e.g. ``"12;40+3;"`` and ``"O2;O2;"``), ``n_sources``.
+``arrays``: ``bulk_index`` (int, -1 for caps), ``image`` (int, (N, 3) lattice
 shift), ``cap`` (bool), ``central`` (bool).  Atom 0 is the first centre.
 """
 
@@ -58,6 +77,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
+from .dedup import fragment_sources, same_geometry, unique_fragments
 from .topology import BondTopology, StretchedBond, StretchedBondError
 
 __all__ = [
@@ -817,135 +837,6 @@ def check_fragment(frag: Atoms, topology: Optional[Union[BondTopology, Atoms]] =
             if k not in bonded:
                 problems.append(f"centre atom {k} ({frag[k].symbol}) has no bonded neighbour")
     return problems
-
-
-# --------------------------------------------------------------------------- de-duplication
-_SEP = ";"  # separator of info['centres'] / info['sites'] entries; every entry ends with it
-
-
-def _cut_key(frag: Atoms) -> Optional[tuple]:
-    """Identity of a cut: parent snapshot, r_c, real atoms as (bulk index, image relative to a
-    reference atom) with their positions relative to it, and the cap positions (1e-4 Å).
-    Invariant under reordering and lattice translation; None without bookkeeping."""
-    if "frag_parent" not in frag.info or not all(k in frag.arrays for k in ("bulk_index", "image", "cap")):
-        return None
-    cap = np.asarray(frag.arrays["cap"], bool)
-    real = np.nonzero(~cap)[0]
-    if not len(real):
-        return None
-    bi = np.asarray(frag.arrays["bulk_index"], int)
-    im = np.asarray(frag.arrays["image"], int)
-    order = sorted(real.tolist(), key=lambda k: (bi[k], tuple(im[k])))
-    ref = order[0]
-    rel = np.round(frag.positions - frag.positions[ref], 4) + 0.0  # + 0.0: no negative zeros
-    atoms = tuple((int(bi[k]), tuple((im[k] - im[ref]).tolist()), tuple(rel[k].tolist()))
-                  for k in order)
-    caps = tuple(sorted(map(tuple, rel[cap].tolist())))
-    return (str(frag.info["frag_parent"]), round(float(frag.info.get("frag_rc", 0.0)), 6), atoms, caps)
-
-
-def _kabsch(p: np.ndarray, q: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Proper rotation ``rot`` and translation ``t`` with ``p @ rot + t`` closest to ``q``."""
-    pc, qc = p.mean(0), q.mean(0)
-    u, _, vt = np.linalg.svd((p - pc).T @ (q - qc))
-    dsign = np.sign(np.linalg.det(u @ vt)) or 1.0
-    rot = u @ np.diag([1.0, 1.0, dsign]) @ vt
-    return rot, qc - pc @ rot
-
-
-def same_geometry(a: Atoms, b: Atoms, tol: float = 1e-3) -> bool:
-    """True if ``b`` is ``a`` up to a permutation of like atoms and a proper rigid motion
-    (RMSD <= ``tol`` Å after the best alignment; mirror images are different).
-
-    Three non-collinear anchor atoms of ``a`` are tried against every atom triple of ``b`` with
-    the same elements, distance fingerprints and mutual distances (within ``10 tol``); each
-    candidate alignment is completed by optimal assignment of like atoms.
-    """
-    from scipy.optimize import linear_sum_assignment
-    from scipy.spatial.distance import cdist, pdist, squareform
-
-    if len(a) != len(b) or sorted(a.numbers.tolist()) != sorted(b.numbers.tolist()):
-        return False
-    if len(a) < 3:
-        return bool(len(a) < 2 or abs(a.get_distance(0, 1) - b.get_distance(0, 1)) <= tol)
-    loose = 10 * tol
-    da, db = squareform(pdist(a.positions)), squareform(pdist(b.positions))
-    if np.max(np.abs(np.sort(da.ravel()) - np.sort(db.ravel()))) > loose:
-        return False
-    fa, fb = np.sort(da, axis=1), np.sort(db, axis=1)
-    cand = [np.nonzero((b.numbers == a.numbers[i]) &
-                       (np.max(np.abs(fb - fa[i]), axis=1) <= loose))[0] for i in range(len(a))]
-    i0 = int(np.argmin([len(c) for c in cand]))
-    i1 = int(np.argmax(da[i0]))
-    line = (a.positions[i1] - a.positions[i0]) / da[i0, i1]
-    off = a.positions - a.positions[i0]
-    i2 = int(np.argmax(np.linalg.norm(off - np.outer(off @ line, line), axis=1)))
-    anchors = [i0, i1, i2]
-    elements = [(np.nonzero(a.numbers == z)[0], np.nonzero(b.numbers == z)[0])
-                for z in np.unique(a.numbers)]
-    for j0 in cand[i0]:
-        for j1 in cand[i1]:
-            if abs(db[j0, j1] - da[i0, i1]) > loose:
-                continue
-            for j2 in cand[i2]:
-                if abs(db[j0, j2] - da[i0, i2]) > loose or abs(db[j1, j2] - da[i1, i2]) > loose:
-                    continue
-                rot, t = _kabsch(a.positions[anchors], b.positions[[j0, j1, j2]])
-                moved = a.positions @ rot + t
-                sq = 0.0
-                for ia, ib in elements:
-                    cost = cdist(moved[ia], b.positions[ib], "sqeuclidean")
-                    r, c = linear_sum_assignment(cost)
-                    sq += float(cost[r, c].sum())
-                if np.sqrt(sq / len(a)) <= tol:
-                    return True
-    return False
-
-
-def unique_fragments(frags: Sequence[Atoms], geometric: bool = False,
-                     tol: float = 1e-3) -> List[Atoms]:
-    """Each distinct fragment once, in order of first appearance, with every source recorded.
-
-    Identity: the same cut (same parent snapshot ``frag_parent``, same ``frag_rc``, same bulk
-    atoms up to one lattice translation at the same relative positions, same caps; 1e-4 Å),
-    detected exactly; with ``geometric=True``
-    also fragments that :func:`same_geometry` finds equal within ``tol`` (Å), e.g. from other
-    snapshots or without bookkeeping. The kept copy gets ``info['centres']`` (each source's
-    centres joined by '+') and ``info['sites']`` (each source's ``frag_type``), entries
-    terminated by ';' so that they stay strings in extxyz (read with :func:`fragment_sources`),
-    and ``info['n_sources']``.
-    """
-    kept: List[Atoms] = []
-    by_key: Dict[tuple, int] = {}
-    for f in frags:
-        key = _cut_key(f)
-        hit = by_key.get(key) if key is not None else None
-        if hit is None and geometric:
-            hit = next((k for k, g in enumerate(kept) if same_geometry(g, f, tol)), None)
-        if hit is None:
-            g = f.copy()
-            g.info["centres"], g.info["sites"], g.info["n_sources"] = "", "", 0
-            kept.append(g)
-            hit = len(kept) - 1
-            if key is not None:
-                by_key[key] = hit
-        g = kept[hit]
-        cen = "+".join(str(int(c)) for c in np.atleast_1d(f.info.get("frag_centres", [])))
-        g.info["centres"] = str(g.info["centres"]) + cen + _SEP
-        g.info["sites"] = str(g.info["sites"]) + str(f.info.get("frag_type", "")) + _SEP
-        g.info["n_sources"] = int(g.info["n_sources"]) + 1
-    return kept
-
-
-def fragment_sources(frag: Atoms) -> List[Tuple[Tuple[int, ...], str]]:
-    """``[(centres, site label), ...]`` recorded by :func:`unique_fragments` on a fragment (also
-    after an extxyz round trip); a fragment that was not de-duplicated gives its own."""
-    if "centres" not in frag.info:
-        cen = tuple(int(c) for c in np.atleast_1d(frag.info.get("frag_centres", [])))
-        return [(cen, str(frag.info.get("frag_type", "")))]
-    cs = str(frag.info["centres"]).split(_SEP)[:-1]
-    ss = str(frag.info["sites"]).split(_SEP)[:-1]
-    return [(tuple(int(x) for x in c.split("+") if x), s) for c, s in zip(cs, ss)]
 
 
 # --------------------------------------------------------------------------- CLI
