@@ -798,7 +798,7 @@ def _missing_neighbours(frag: Atoms, topology: BondTopology) -> List[str]:
 
 def check_fragment(frag: Atoms, topology: Optional[Union[BondTopology, Atoms]] = None,
                    min_atoms: int = MIN_ATOMS, min_distance: float = MIN_PAIR_DISTANCE,
-                   bond_scale: float = 1.2) -> List[str]:
+                   bond_scale: float = 1.2, closed_shell: bool = True) -> List[str]:
     """Problems of a fragment (empty list: sound).
 
     Checks: at least ``min_atoms`` atoms; closed-shell neutral (``info['charge']`` 0, even
@@ -807,6 +807,7 @@ def check_fragment(frag: Atoms, topology: Optional[Union[BondTopology, Atoms]] =
     bonded neighbours: from ``topology`` (a :class:`~pyfragnn.topology.BondTopology` or the
     reference structure) as real atoms within ``max_stretch`` x the reference length, or,
     without one, at least one neighbour by the bond test ``d <= bond_scale (r_i + r_j)``.
+    ``closed_shell=False`` drops the charge/parity rule (uncapped metal clusters).
     """
     problems: List[str] = []
     n = len(frag)
@@ -815,7 +816,7 @@ def check_fragment(frag: Atoms, topology: Optional[Union[BondTopology, Atoms]] =
     charge = float(frag.info.get("charge", 0))
     mult = float(frag.info.get("multiplicity", 1))
     n_el = electron_count(frag.numbers, int(round(charge)))
-    if charge != 0 or n_el % 2 or mult != 1:
+    if closed_shell and (charge != 0 or n_el % 2 or mult != 1):
         problems.append(f"not closed-shell neutral (charge {charge:g}, {n_el} electrons, "
                         f"multiplicity {mult:g})")
     if n >= 2:

@@ -125,6 +125,24 @@ def test_far_centres_still_cut_and_topology_follows_wrapping(ref):
         BondTopology(ref).shifts_for(ref[:-1])
 
 
+@pytest.mark.parametrize("rattle", [0.0, 0.02])
+def test_reference_topology_cuts_what_bond_detection_cuts(ref, rattle):
+    """Where no bond is strained much, the reference topology and bonds detected in the frame
+    give the same fragments (same bulk atoms, images, caps)."""
+    frame = _md_like(ref, seed=8, rattle=rattle, strain=0.01 if rattle else 0.0)
+    with_ref, plain = FragmentCutter(frame, reference=ref), FragmentCutter(frame)
+    for s in find_sites(ref):
+        for r in RADII:
+            f, g = with_ref.cut(s.index, r), plain.cut(s.index, r)
+            assert np.array_equal(f.arrays["bulk_index"], g.arrays["bulk_index"]), (s.label, r)
+            assert np.array_equal(f.arrays["image"], g.arrays["image"]), (s.label, r)
+            cap = f.arrays["cap"]
+            assert np.allclose(f.positions[~cap], g.positions[~cap], atol=1e-12)
+            caps_f, caps_g = (np.array(sorted(x.positions[cap].tolist())) for x in (f, g))
+            assert np.allclose(caps_f, caps_g, atol=1e-12)  # same caps (in another order)
+    assert with_ref.site_labels == FragmentCutter(ref).site_labels  # sites of the reference
+
+
 def test_cli_reference_skips_stretched(ref, tmp_path):
     h, c = _ch_pair(ref)
     snap, refp = tmp_path / "snap.extxyz", tmp_path / "ref.extxyz"
@@ -241,6 +259,8 @@ def test_check_fragment_reports_each_problem(ref):
     h.info.update(f.info)
     assert any("lacks its bonded neighbour" in x for x in check_fragment(h, ref))
     assert check_fragment(f, ref, min_atoms=len(f) + 1)
+    assert check_fragment(lone, closed_shell=False, min_atoms=1) == [
+        "centre atom 0 (Zn) has no bonded neighbour"]
 
 
 # ----------------------------------------------------------------- de-duplication
