@@ -740,8 +740,9 @@ def _cmd_label(args: argparse.Namespace) -> int:
               retry_failed=args.retry_failed, omp_threads=args.omp_threads,
               start_method=args.start_method, progress=False if args.quiet else None,
               mpi=True if args.mpi else None)
-    if s.n_computed or s.n_failed or s.n_already_done:
+    if s.n_computed or s.n_failed or s.n_already_done or s.n_duplicates:
         print(f"{s.n_total} structures: {s.n_already_done} already done, {s.n_computed} computed, "
+              f"{s.n_duplicates} copied from an identical structure, "
               f"{s.n_failed} failed, {s.n_skipped_failed} skipped (failed before); "
               f"{s.wall_s:.1f} s wall, {s.per_structure_s:.3f} s/structure")
     return 0
