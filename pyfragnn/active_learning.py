@@ -226,9 +226,12 @@ def candidate_fragments(frames: Sequence[Atoms], candidates: Sequence[Candidate]
     """H-capped fragments of radius ``radius`` (Å) centred at each candidate atom
     (:class:`pyfragnn.fragments.FragmentCutter`; ``r_c`` defines the central atoms, default
     ``radius``). ``site_labels`` (per atom of the frames) names the fragment type; default the
-    element. ``info`` records ``al_frame``, ``al_atom``, ``al_deviation``,
+    element. A candidate whose cut would separate a detached atom (a bond the frame stretched
+    beyond the bond test) is skipped with a warning. ``info`` records ``al_frame``, ``al_atom``, ``al_deviation``,
     ``al_extrapolations`` and the frame's ``md_*`` keys."""
-    from .fragments import FragmentCutter
+    import warnings
+
+    from .fragments import FragmentCutter, StretchedBondError, UnsoundFragmentError
 
     out: List[Atoms] = []
     cutters = {}
@@ -238,8 +241,12 @@ def candidate_fragments(frames: Sequence[Atoms], candidates: Sequence[Candidate]
             labels = list(site_labels) if site_labels is not None else f.get_chemical_symbols()
             cutters[c.frame] = FragmentCutter(f, rules, site_labels=labels)
         cutter = cutters[c.frame]
-        frag = cutter.cut(c.atom, radius, r_c=r_c, cap=cap,
-                          type_label=f"{cutter.site_labels[c.atom]}-{tag}")
+        try:
+            frag = cutter.cut(c.atom, radius, r_c=r_c, cap=cap,
+                              type_label=f"{cutter.site_labels[c.atom]}-{tag}")
+        except (StretchedBondError, UnsoundFragmentError) as exc:  # a detached atom: no sound cut
+            warnings.warn(f"candidate_fragments: frame {c.frame}, atom {c.atom} skipped: {exc}")
+            continue
         frag.info.update(al_frame=c.frame, al_atom=c.atom, al_deviation=c.deviation,
                          al_extrapolations=c.extrapolations)
         for k, v in f.info.items():

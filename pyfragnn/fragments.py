@@ -9,6 +9,22 @@ Main entry points
     several centres, in any periodic cell (all images are searched), hydrogen-capped.
 ``central_mask(...)``
     Atoms whose whole ``r_c`` sphere in the fragment equals the bulk one.
+``check_fragment(frag, topology)``
+    Problems of a fragment (>= 10 atoms, closed-shell neutral, the centre's bonded neighbours,
+    no pair < 0.75 Å); empty list = sound.
+``unique_fragments(frags)`` / ``fragment_sources(frag)`` (from :mod:`pyfragnn.dedup`)
+    Each distinct molecule once, with every centre and site it serves.
+
+Sound fragments from snapshots (issue 11)
+-----------------------------------------
+``FragmentCutter(snapshot, reference=relaxed)`` takes the bond graph (and the site labels)
+from the relaxed reference structure (same atoms, same order; :mod:`pyfragnn.topology`), so a
+thermal snapshot cannot detach an atom; a cut that involves a bond stretched beyond
+``CappingRules.max_stretch`` (1.25) x its reference length raises ``StretchedBondError``
+(``pyfragnn.topology.check_snapshot`` checks a whole snapshot). Without a reference, bonds are
+detected in the snapshot and a cut that would keep an atom without any bond, or its partner,
+raises ``StretchedBondError`` (partner within ``max_stretch`` x the bond test) or
+``UnsoundFragmentError`` (a centre without any bond) instead of giving e.g. a lone H atom.
 
 Capping rules (``CappingRules``, all configurable)
 --------------------------------------------------
@@ -38,8 +54,11 @@ Bookkeeping (kept through extxyz)
 ``info``: ``label`` = ``frag_type`` (type label; ``label`` is what pyfragnn.dataset reads),
 ``frag_centres`` (bulk indices; extxyz reads a single one back as a scalar, use
 ``np.atleast_1d``), ``frag_type`` (type label), ``frag_radius`` (Å),
-``frag_rc`` (Å), ``charge``, ``multiplicity``, ``n_electrons``, ``n_atom``, ``n_central``,
-``n_cap``.  ``arrays``: ``bulk_index`` (int, -1 for caps), ``image`` (int, (N, 3) lattice
+``frag_rc`` (Å), ``frag_parent`` (:func:`snapshot_key` of the structure cut), ``charge``,
+``multiplicity``, ``n_electrons``, ``n_atom``, ``n_central``, ``n_cap``; after
+:func:`unique_fragments` also ``centres`` and ``sites`` (one entry per source, each ending in
+';', e.g. ``"12;40+3;"`` and ``"O2;O2;"``), ``n_sources``.
+``arrays``: ``bulk_index`` (int, -1 for caps), ``image`` (int, (N, 3) lattice
 shift), ``cap`` (bool), ``central`` (bool).  Atom 0 is the first centre.
 """
 
@@ -58,6 +77,9 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
+from .dedup import fragment_sources, same_geometry, unique_fragments
+from .topology import BondTopology, StretchedBond, StretchedBondError
+
 __all__ = [
     "Site",
     "CappingRules",
@@ -69,6 +91,14 @@ __all__ = [
     "electron_count",
     "charge_multiplicity",
     "bond_graph",
+    "snapshot_key",
+    "check_fragment",
+    "same_geometry",
+    "unique_fragments",
+    "fragment_sources",
+    "UnsoundFragmentError",
+    "StretchedBondError",
+    "BondTopology",
     "register_cli",
 ]
 
@@ -105,6 +135,7 @@ class CappingRules:
     drop_disconnected: bool = True
     min_cap_distance: float = 1.0
     odd_electrons: str = "doublet"
+    max_stretch: float = 1.25  # see pyfragnn.topology: largest d / d_ref of a bond in a snapshot
     unit_buffer: float = 8.0  # Å searched beyond the radius to complete rigid units (doubled up to 3x if needed)
 
     def breakable(self, a: str, b: str) -> bool:
@@ -118,6 +149,8 @@ class CappingRules:
             raise ValueError("CappingRules.odd_electrons must be 'doublet', 'anion' or 'cation', "
                              f"got {self.odd_electrons!r}")
         self.breakable_pairs = frozenset(frozenset(p) for p in self.breakable_pairs)
+        if not self.max_stretch > 1.0:
+            raise ValueError(f"CappingRules.max_stretch must be > 1, got {self.max_stretch}")
 
 
 @dataclass
@@ -270,6 +303,30 @@ class _IncompleteUnit(ValueError):
     pass
 
 
+class UnsoundFragmentError(ValueError):
+    """A fragment that :func:`check_fragment` rejects (or a cut that cannot give a sound one);
+    ``problems`` lists the reasons."""
+
+    def __init__(self, problems: Sequence[str], context: str = "") -> None:
+        self.problems = list(problems)
+        pre = f"{context}: " if context else ""
+        super().__init__(f"{pre}unsound fragment: " + "; ".join(self.problems))
+
+
+def snapshot_key(atoms: Atoms) -> str:
+    """Short sha1 of numbers, positions and cell (as 8-decimal text, so it survives an extxyz
+    round trip) and pbc of a structure: ``info['frag_parent']`` of the fragments cut from it."""
+    import hashlib
+
+    h = hashlib.sha1()
+    h.update(np.asarray(atoms.numbers, np.int64).tobytes())
+    for arr in (atoms.positions, np.array(atoms.cell)):
+        h.update(" ".join("%.8f" % x for x in np.asarray(arr, float).ravel())
+                 .replace("-0.00000000", "0.00000000").encode())
+    h.update(np.asarray(atoms.pbc, bool).tobytes())
+    return h.hexdigest()[:16]
+
+
 class FragmentCutter:
     """Cuts fragments from one periodic (or finite) structure; caches per-structure data.
 
@@ -279,20 +336,41 @@ class FragmentCutter:
         Bulk structure (ideal crystal or distorted snapshot), any cell shape.
     rules : CappingRules, optional
     site_labels : sequence of str, optional
-        Per-atom type labels; default from ``find_sites`` (element symbols if that fails).
+        Per-atom type labels; default from ``find_sites`` of the reference (or of ``atoms``
+        without one; element symbols if that fails).
+    reference : Atoms or BondTopology, optional
+        Relaxed reference structure (same atoms, same order) or its
+        :class:`~pyfragnn.topology.BondTopology`: the bond graph comes from it instead of
+        being re-detected in ``atoms``, and a cut that involves a bond stretched beyond
+        ``rules.max_stretch`` x its reference length raises
+        :class:`~pyfragnn.topology.StretchedBondError`. Without a reference, bonds are detected
+        in ``atoms`` and a cut that would separate a detached atom from its nearest partner
+        (nearer than ``max_stretch`` x the bond test) raises ``StretchedBondError`` as well.
     """
 
     def __init__(self, atoms: Atoms, rules: Optional[CappingRules] = None,
-                 site_labels: Optional[Sequence[str]] = None, symprec: float = 1e-3) -> None:
+                 site_labels: Optional[Sequence[str]] = None, symprec: float = 1e-3,
+                 reference: Optional[Union[Atoms, BondTopology]] = None) -> None:
         if len(atoms) == 0:
             raise ValueError("FragmentCutter: empty structure")
         self.atoms = atoms
         self.rules = rules or CappingRules()
         self.symbols = atoms.get_chemical_symbols()
+        self.topology: Optional[BondTopology] = None
+        sites_from = atoms
+        if reference is not None:
+            if isinstance(reference, BondTopology):
+                self.topology = reference
+            else:
+                self.topology = BondTopology(reference, self.rules.bond_scale, self.rules.max_stretch)
+                sites_from = reference
+            self.topology.check_atoms(atoms)
+            self._topo_nb = self.topology.neighbours(atoms)
+            self._stretched = self.topology.stretched(atoms)
         if site_labels is None:
             site_labels = list(self.symbols)
             try:
-                for s in find_sites(atoms, symprec=symprec, bond_scale=self.rules.bond_scale):
+                for s in find_sites(sites_from, symprec=symprec, bond_scale=self.rules.bond_scale):
                     for k in s.members:
                         site_labels[k] = s.label
             except Exception:  # pragma: no cover - spglib failure: fall back to elements
@@ -300,7 +378,13 @@ class FragmentCutter:
         if len(site_labels) != len(atoms):
             raise ValueError(f"site_labels has {len(site_labels)} entries, structure has {len(atoms)} atoms")
         self.site_labels = list(site_labels)
+        self.parent_key = snapshot_key(atoms)
         self._bulk_counts: Dict[float, np.ndarray] = {}
+
+    @property
+    def stretched_bonds(self) -> List[StretchedBond]:
+        """Bonds of the reference topology stretched in this snapshot (empty without reference)."""
+        return list(self._stretched) if self.topology is not None else []
 
     # ------------------------------------------------------------------ helpers
     def _centre_positions(self, centres: Sequence[int]) -> np.ndarray:
@@ -336,12 +420,15 @@ class FragmentCutter:
 
     # --------------------------------------------------------------------- cut
     def cut(self, centres: Union[int, Sequence[int]], radius: float, r_c: Optional[float] = None,
-            cap: bool = True, type_label: Optional[str] = None) -> Atoms:
+            cap: bool = True, type_label: Optional[str] = None, check: bool = False) -> Atoms:
         """Cut the fragment around ``centres`` (bulk indices) with radius ``radius`` (Å).
 
         ``r_c`` (Å, default ``radius``) defines the ``central`` atoms. Several centres give the
         union of spheres; each further centre is taken at its image nearest the first one.
         Returns a non-periodic ``Atoms`` with the bookkeeping described in the module docstring.
+        Raises :class:`~pyfragnn.topology.StretchedBondError` for a stretched bond (see the class
+        docstring) and, with ``check=True``, :class:`UnsoundFragmentError` when
+        :func:`check_fragment` (default limits, this cutter's topology) finds a problem.
         """
         if np.isscalar(centres):
             centres = [int(centres)]  # type: ignore[list-item]
@@ -358,11 +445,17 @@ class FragmentCutter:
         buffer = rules.unit_buffer if cap else 0.0
         for attempt in range(4):  # grow the search region until all rigid units are complete
             try:
-                return self._cut(centres, cpos, radius, r_c, cap, type_label, radius + buffer)
+                frag = self._cut(centres, cpos, radius, r_c, cap, type_label, radius + buffer)
             except _IncompleteUnit:
                 if attempt == 3:
                     raise
                 buffer *= 2.0
+                continue
+            if check:
+                problems = check_fragment(frag, self.topology)
+                if problems:
+                    raise UnsoundFragmentError(problems, f"cut around {self._centre_names(centres)}")
+            return frag
         raise AssertionError  # pragma: no cover
 
     def _cut(self, centres, cpos, radius, r_c, cap, type_label, region_r) -> Atoms:
@@ -392,14 +485,21 @@ class FragmentCutter:
         inside = dist <= radius + _TOL
         sym = [self.symbols[i] for i in ridx_a]
 
+        self._region_index = ridx_a
         if not cap:
             sel = np.nonzero(inside)[0]
             caps_pos = np.zeros((0, 3))
             caps_parent = np.zeros(0, int)
         else:
-            self._region_index = ridx_a
+            bonds = self._region_bonds(keys, ridx_a, rsh_a) if self.topology is not None \
+                else bond_graph(sym, rpos_a, rules.bond_scale)
             sel, caps_pos, caps_parent = self._select_and_cap(
-                sym, rpos_a, dist, inside, centre_nodes, radius, region_r)
+                sym, rpos_a, dist, inside, centre_nodes, radius, region_r, bonds)
+        if self.topology is not None:
+            inside_set = set(ridx_a[sel].tolist())
+            bad = [x for x in self._stretched if x.i in inside_set or x.j in inside_set]
+            if bad:
+                raise StretchedBondError(bad, f"cut around {self._centre_names(centres)}")
 
         # order: centres first, then by distance, caps last
         first = [n for n in dict.fromkeys(centre_nodes)]
@@ -422,6 +522,7 @@ class FragmentCutter:
         labels = [self.site_labels[c] for c in centres]
         frag.info.update(
             frag_centres=np.array(centres, int),
+            frag_parent=self.parent_key,
             frag_type=type_label if type_label is not None else "+".join(labels),
             label=type_label if type_label is not None else "+".join(labels),
             frag_radius=float(radius),
@@ -435,10 +536,9 @@ class FragmentCutter:
         )
         return frag
 
-    def _select_and_cap(self, sym, pos, dist, inside, centre_nodes, radius, region_r):
+    def _select_and_cap(self, sym, pos, dist, inside, centre_nodes, radius, region_r, bonds):
         rules = self.rules
         n = len(sym)
-        bonds = bond_graph(sym, pos, rules.bond_scale)
         adj: List[List[int]] = [[] for _ in range(n)]
         for a, b in bonds:
             adj[a].append(int(b))
@@ -483,8 +583,11 @@ class FragmentCutter:
         for a in range(n):
             members[unit[a]].append(a)
         # atoms near the region boundary: their units may be incomplete
-        max_bond = rules.bond_scale * 2 * max(covalent_radii[atomic_numbers[s]] for s in set(sym))
-        boundary = dist > region_r - max_bond
+        if self.topology is not None:  # exact: a topology partner lies outside the region
+            boundary = self._region_incomplete
+        else:
+            max_bond = rules.bond_scale * 2 * max(covalent_radii[atomic_numbers[s]] for s in set(sym))
+            boundary = dist > region_r - max_bond
         chosen = np.zeros(nunits, bool)
         for c in centre_nodes:
             chosen[unit[c]] = True
@@ -545,6 +648,8 @@ class FragmentCutter:
                     if others:
                         clash_units.add(unit[removed[ci]])
             if not clash_units:
+                if self.topology is None:
+                    self._check_detached(sym, pos, bonds, boundary, selmask, centre_nodes)
                 return sel_nodes, caps_a, np.array(parents, int)
             for u in clash_units:
                 chosen[u] = True
@@ -553,6 +658,53 @@ class FragmentCutter:
     def _name(self, region_node: int) -> str:
         b = int(self._region_index[region_node])
         return f"{self.symbols[b]} (bulk index {b})"
+
+    def _centre_names(self, centres: Sequence[int]) -> str:
+        return "+".join(f"{self.symbols[c]}{c}" for c in centres)
+
+    def _region_bonds(self, keys: Dict[Tuple[int, int, int, int], int], ridx: np.ndarray,
+                      rsh: np.ndarray) -> np.ndarray:
+        """Bonds (B, 2) between region nodes from the reference topology; sets
+        ``_region_incomplete`` (nodes with a bonded partner outside the region)."""
+        pairs: List[Tuple[int, int]] = []
+        incomplete = np.zeros(len(ridx), bool)
+        for node, (a, s) in enumerate(zip(ridx, rsh)):
+            for j, shift, _ in self._topo_nb[int(a)]:
+                t = s + shift
+                m = keys.get((j, int(t[0]), int(t[1]), int(t[2])))
+                if m is None:
+                    incomplete[node] = True
+                elif m > node:
+                    pairs.append((node, m))
+        self._region_incomplete = incomplete
+        return np.array(pairs, int).reshape(-1, 2)
+
+    def _check_detached(self, sym, pos, bonds, boundary, selmask, centre_nodes) -> None:
+        """Without a reference topology: raise if the cut keeps an atom without any bond while
+        a partner lies within ``max_stretch`` x the bond test (a stretched, undetected bond), or
+        if a centre has no bond at all (its fragment would lack the centre's bonded unit)."""
+        rules = self.rules
+        deg = np.bincount(bonds.ravel(), minlength=len(sym))
+        rad = np.array([covalent_radii[atomic_numbers[x]] for x in sym])
+        lone = np.nonzero((deg == 0) & ~boundary)[0]
+        if not len(lone):
+            return
+        tree = cKDTree(pos)
+        found: List[StretchedBond] = []
+        for a in lone:
+            reach = rules.max_stretch * rules.bond_scale * (rad[a] + rad.max())
+            for b in tree.query_ball_point(pos[a], reach):
+                test = rules.bond_scale * (rad[a] + rad[b])
+                d = float(np.linalg.norm(pos[b] - pos[a]))
+                if b != a and d <= rules.max_stretch * test and (selmask[a] or selmask[b]):
+                    ia, ib = int(self._region_index[a]), int(self._region_index[b])
+                    found.append(StretchedBond(ia, ib, (sym[a], sym[b]), d, test,
+                                               rules.max_stretch * test, "bond test"))
+        if found:
+            raise StretchedBondError(found, "cut (no reference structure: a detached atom)")
+        for c in centre_nodes:
+            if deg[c] == 0 and len(sym) > 1:
+                raise UnsoundFragmentError([f"centre {self._name(c)} has no bonded neighbour"])
 
     def _central(self, frag: Atoms, r_c: float) -> np.ndarray:
         is_cap = frag.arrays["cap"]
@@ -570,20 +722,26 @@ class FragmentCutter:
 
 def cut_fragment(atoms: Atoms, centres: Union[int, Sequence[int]], radius: float,
                  r_c: Optional[float] = None, cap: bool = True,
-                 rules: Optional[CappingRules] = None, type_label: Optional[str] = None) -> Atoms:
-    """One-off ``FragmentCutter(atoms, rules).cut(centres, radius, r_c, cap, type_label)``."""
-    return FragmentCutter(atoms, rules).cut(centres, radius, r_c=r_c, cap=cap, type_label=type_label)
+                 rules: Optional[CappingRules] = None, type_label: Optional[str] = None,
+                 reference: Optional[Union[Atoms, BondTopology]] = None,
+                 check: bool = False) -> Atoms:
+    """One-off ``FragmentCutter(atoms, rules, reference=reference).cut(centres, radius, r_c,
+    cap, type_label, check)``."""
+    return FragmentCutter(atoms, rules, reference=reference).cut(
+        centres, radius, r_c=r_c, cap=cap, type_label=type_label, check=check)
 
 
 def site_fragments(atoms: Atoms, radius: float, r_c: Optional[float] = None, cap: bool = True,
                    rules: Optional[CappingRules] = None, symprec: float = 1e-3,
-                   progress: Optional[bool] = None) -> List[Atoms]:
-    """One fragment around the representative atom of each nonequivalent site."""
+                   progress: Optional[bool] = None,
+                   reference: Optional[Atoms] = None, check: bool = False) -> List[Atoms]:
+    """One fragment around the representative atom of each nonequivalent site (sites of
+    ``reference`` when given, whose bond topology is then used; see :class:`FragmentCutter`)."""
     from .progress import Progress
 
-    cutter = FragmentCutter(atoms, rules, symprec=symprec)
-    sites = find_sites(atoms, symprec=symprec)
-    return [cutter.cut(s.index, radius, r_c=r_c, cap=cap, type_label=s.label)
+    cutter = FragmentCutter(atoms, rules, symprec=symprec, reference=reference)
+    sites = find_sites(atoms if reference is None else reference, symprec=symprec)
+    return [cutter.cut(s.index, radius, r_c=r_c, cap=cap, type_label=s.label, check=check)
             for s in Progress(sites, desc="fragments", disable=None if progress else True)]
 
 
@@ -597,36 +755,145 @@ def central_mask(fragment: Atoms, bulk: Atoms, r_c: float) -> np.ndarray:
     return cutter._central(fragment, r_c)
 
 
+# --------------------------------------------------------------------------- soundness
+MIN_ATOMS = 10          # smallest sound fragment (atoms)
+MIN_PAIR_DISTANCE = 0.75  # Å, closest allowed pair in a sound fragment
+
+
+def _centre_atoms(frag: Atoms) -> List[int]:
+    """Fragment indices of the centres: atoms 0..m-1 for m distinct entries of frag_centres."""
+    if "frag_centres" not in frag.info:
+        return []
+    m = len(dict.fromkeys(np.atleast_1d(frag.info["frag_centres"]).astype(int).tolist()))
+    return list(range(min(m, len(frag))))
+
+
+def _missing_neighbours(frag: Atoms, topology: BondTopology) -> List[str]:
+    """Bonds of the topology from each centre whose partner is not a real fragment atom within
+    ``max_stretch`` x the reference length (each fragment atom matches one bond)."""
+    out: List[str] = []
+    if "bulk_index" not in frag.arrays:
+        return ["no 'bulk_index' array: cannot match the centre's bonded neighbours"]
+    bi = np.asarray(frag.arrays["bulk_index"], int)
+    real = ~np.asarray(frag.arrays.get("cap", np.zeros(len(frag), bool)), bool)
+    for k in _centre_atoms(frag):
+        c = int(bi[k])
+        if not 0 <= c < len(topology.symbols):
+            out.append(f"centre bulk index {c} outside the reference topology")
+            continue
+        used = set()
+        for b in np.nonzero((topology.i == c) | (topology.j == c))[0]:
+            partner = int(topology.j[b] if topology.i[b] == c else topology.i[b])
+            lim = topology.max_stretch * topology.length[b]
+            d = np.linalg.norm(frag.positions - frag.positions[k], axis=1)
+            cand = [a for a in np.nonzero(real & (bi == partner) & (d <= lim))[0]
+                    if a not in used and a != k]
+            if cand:
+                used.add(min(cand, key=lambda a: d[a]))
+            else:
+                out.append(f"centre {topology.symbols[c]}{c} lacks its bonded neighbour "
+                           f"{topology.symbols[partner]}{partner} (within {lim:.2f} Å)")
+    return out
+
+
+def check_fragment(frag: Atoms, topology: Optional[Union[BondTopology, Atoms]] = None,
+                   min_atoms: int = MIN_ATOMS, min_distance: float = MIN_PAIR_DISTANCE,
+                   bond_scale: float = 1.2, closed_shell: bool = True) -> List[str]:
+    """Problems of a fragment (empty list: sound).
+
+    Checks: at least ``min_atoms`` atoms; closed-shell neutral (``info['charge']`` 0, even
+    electron count, ``info['multiplicity']`` 1 where given); no pair closer than
+    ``min_distance`` (Å); every centre (atoms 0..m-1 for the m ``frag_centres``) keeps its
+    bonded neighbours: from ``topology`` (a :class:`~pyfragnn.topology.BondTopology` or the
+    reference structure) as real atoms within ``max_stretch`` x the reference length, or,
+    without one, at least one neighbour by the bond test ``d <= bond_scale (r_i + r_j)``.
+    ``closed_shell=False`` drops the charge/parity rule (uncapped metal clusters).
+    """
+    problems: List[str] = []
+    n = len(frag)
+    if n < min_atoms:
+        problems.append(f"{n} atoms < {min_atoms}")
+    charge = float(frag.info.get("charge", 0))
+    mult = float(frag.info.get("multiplicity", 1))
+    n_el = electron_count(frag.numbers, int(round(charge)))
+    if closed_shell and (charge != 0 or n_el % 2 or mult != 1):
+        problems.append(f"not closed-shell neutral (charge {charge:g}, {n_el} electrons, "
+                        f"multiplicity {mult:g})")
+    if n >= 2:
+        from scipy.spatial.distance import pdist, squareform
+
+        d = squareform(pdist(frag.positions))
+        np.fill_diagonal(d, np.inf)
+        i, j = np.unravel_index(np.argmin(d), d.shape)
+        if d[i, j] < min_distance:
+            problems.append(f"atoms {min(i, j)} and {max(i, j)} {d[i, j]:.3f} Å apart "
+                            f"(< {min_distance} Å)")
+    if topology is not None:
+        if not isinstance(topology, BondTopology):
+            topology = BondTopology(topology, bond_scale=bond_scale)
+        problems += _missing_neighbours(frag, topology)
+    elif n:
+        bonded = set(bond_graph(frag.get_chemical_symbols(), frag.positions, bond_scale).ravel())
+        for k in _centre_atoms(frag) or [0]:
+            if k not in bonded:
+                problems.append(f"centre atom {k} ({frag[k].symbol}) has no bonded neighbour")
+    return problems
+
+
 # --------------------------------------------------------------------------- CLI
 def _cmd_fragments(args: argparse.Namespace) -> int:
+    import sys
+
     from ase.io import read, write
 
     from .progress import Progress
 
     atoms = read(args.structure, index=int(args.frame))
+    reference = read(args.reference, index=-1) if args.reference else None
     rules = CappingRules(include=args.include, odd_electrons=args.odd_electrons,
-                         keep_rings=not args.cut_rings, min_cap_distance=args.min_cap_distance)
-    cutter = FragmentCutter(atoms, rules, symprec=args.symprec)
+                         keep_rings=not args.cut_rings, min_cap_distance=args.min_cap_distance,
+                         max_stretch=args.max_stretch)
+    cutter = FragmentCutter(atoms, rules, symprec=args.symprec, reference=reference)
+    if cutter.stretched_bonds:
+        print(f"{args.structure}: {len(cutter.stretched_bonds)} bond(s) stretched beyond "
+              f"{rules.max_stretch} x the reference length: "
+              + "; ".join(str(b) for b in cutter.stretched_bonds[:5]), file=sys.stderr)
     if args.centres:
         jobs = [([int(x) for x in c.split("+")], None) for c in args.centres]
     else:
-        jobs = [([s.index], s.label) for s in find_sites(atoms, symprec=args.symprec)]
-    frags = []
+        sites = find_sites(atoms if reference is None else reference, symprec=args.symprec)
+        jobs = [([s.index], s.label) for s in sites]
+    frags, skipped = [], 0
     t0 = time.perf_counter()
     tasks = [(c, lab, r) for r in args.radius for c, lab in jobs]
     for c, lab, r in Progress(tasks, desc="fragments", disable=args.quiet or None):
-        frags.append(cutter.cut(c, r, r_c=args.rc, cap=not args.no_cap, type_label=lab))
+        try:
+            frags.append(cutter.cut(c, r, r_c=args.rc, cap=not args.no_cap, type_label=lab))
+        except (StretchedBondError, UnsoundFragmentError) as exc:
+            skipped += 1
+            print(f"skipped centre {'+'.join(map(str, c))} R={r}: {exc}", file=sys.stderr)
     dt = time.perf_counter() - t0
+    n_cut = len(frags)
+    if not args.keep_duplicates:
+        frags = unique_fragments(frags)
+    topo = cutter.topology
     print(f"{'type':>10} {'R_frag':>7} {'N_atom':>6} {'N_cap':>5} {'N_central':>9} "
-          f"{'ratio':>5} {'charge':>6} {'mult':>4}")
+          f"{'ratio':>5} {'charge':>6} {'mult':>4} {'sources':>7} {'sound':>5}")
+    n_unsound = 0
     for f in frags:
         i = f.info
+        problems = check_fragment(f, topo) if not args.no_cap else []
+        n_unsound += bool(problems)
         print(f"{i['frag_type']:>10} {i['frag_radius']:7.3f} {i['n_atom']:6d} {i['n_cap']:5d} "
               f"{i['n_central']:9d} {i['n_central'] / i['n_atom']:5.2f} {i['charge']:6d} "
-              f"{i['multiplicity']:4d}")
+              f"{i['multiplicity']:4d} {len(fragment_sources(f)):7d} "
+              f"{'no' if problems else 'yes':>5}")
+        for p in problems:
+            print(f"{'':>10}   {p}")
     bad = sum(1 for f in frags if f.info["charge"] != 0 or f.info["multiplicity"] != 1)
-    print(f"{len(frags)} fragments in {dt:.2f} s ({len(frags) / max(dt, 1e-9):.1f}/s); "
-          f"not closed-shell neutral: {bad}/{len(frags)}")
+    print(f"{n_cut} fragments in {dt:.2f} s ({n_cut / max(dt, 1e-9):.1f}/s); "
+          f"distinct: {len(frags)}; skipped (stretched bonds): {skipped}; "
+          f"not closed-shell neutral: {bad}/{len(frags)}; unsound: {n_unsound}/{len(frags)}")
     if args.output:
         write(args.output, frags, format="extxyz")
         print(f"wrote {args.output}")
@@ -649,6 +916,15 @@ def register_cli(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentP
     p.add_argument("--cut-rings", action="store_true", help="allow cutting ring bonds")
     p.add_argument("--no-cap", action="store_true", help="plain sphere, no capping (metals)")
     p.add_argument("--min-cap-distance", type=float, default=1.0)
+    p.add_argument("--reference", help="relaxed reference structure (same atoms, same order): "
+                   "bond topology and site labels come from it, and cuts that involve a bond "
+                   "stretched beyond --max-stretch x its reference length are skipped")
+    p.add_argument("--max-stretch", type=float, default=CappingRules.max_stretch,
+                   help="largest allowed bond length / reference length (default %(default)s)")
+    p.add_argument("--keep-duplicates", action="store_true",
+                   help="write every cut, also the same molecule reached from several centres "
+                   "(default: each distinct molecule once, its centres and sites in "
+                   "info['centres'] / info['sites'])")
     p.add_argument("--symprec", type=float, default=1e-3)
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_fragments)

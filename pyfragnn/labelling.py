@@ -15,6 +15,14 @@ extxyz frame to ``output``:
   goes on; on restart finished and failed keys are skipped (``retry_failed=True`` retries the
   failed ones).
 
+Identical inputs are computed once: periodic structures with the same :func:`structure_hash`
+(numbers, positions and cell to 8 decimals, pbc, charge, multiplicity), molecules also when
+their atoms are reordered or translated (positions relative to the centroid equal to 1e-5 Å;
+e.g. one fragment reached from two centres). The
+result is written for each input under its own key and index, forces in its own atom order
+(``LabelSummary.n_duplicates`` counts the copies), also when the identical structure was
+finished in an earlier run.
+
 Structure keys are ``"<index>-<sha1 of numbers, positions, cell, pbc, charge, multiplicity>"``
 (or ``info["label_key"]`` when present), so a restart with the same input skips exactly the
 finished structures. Positions and cell enter the hash as the text ASE's extxyz writer
@@ -55,6 +63,7 @@ __all__ = [
     "compute",
     "compute_many",
     "structure_key",
+    "structure_hash",
     "legacy_structure_key",
     "labelled_in_order",
     "label",
@@ -187,6 +196,13 @@ def structure_key(atoms: Atoms, index: int) -> str:
     """
     if "label_key" in atoms.info:
         return str(atoms.info["label_key"])
+    return f"{index}-{structure_hash(atoms)}"
+
+
+def structure_hash(atoms: Atoms) -> str:
+    """The content part of :func:`structure_key` (sha1[:16], ignores ``info['label_key']``):
+    equal for structures with the same numbers, positions and cell to 8 decimals (Å), pbc,
+    charge and multiplicity. :func:`label` computes each distinct hash once."""
     h = hashlib.sha1()
     h.update(b"pyfragnn-key-2\n")
     h.update(np.asarray(atoms.numbers, np.int64).tobytes())
@@ -198,7 +214,7 @@ def structure_key(atoms: Atoms, index: int) -> str:
     h.update(np.asarray(atoms.pbc, bool).tobytes())
     h.update(f"\n{_canonical_number(atoms.info.get('charge', 0))}/"
              f"{_canonical_number(atoms.info.get('multiplicity', 1))}".encode())
-    return f"{index}-{h.hexdigest()[:16]}"
+    return h.hexdigest()[:16]
 
 
 def legacy_structure_key(atoms: Atoms, index: int) -> str:
@@ -403,6 +419,7 @@ class LabelSummary:
     n_failed: int
     n_skipped_failed: int
     wall_s: float
+    n_duplicates: int = 0  # inputs labelled with the result of an identical input (no calculation)
 
     @property
     def per_structure_s(self) -> float:
@@ -484,10 +501,11 @@ def label(
         else:
             tasks.append((i, k, a))
     method = _method_name(calculator)
-    n_ok = n_fail = 0
+    n_ok = n_fail = n_copy = 0
 
-    def handle(index: int, key: str, res: Optional[Atoms], err: Optional[str]) -> None:
-        nonlocal n_ok, n_fail
+    def handle_one(index: int, key: str, res: Optional[Atoms], err: Optional[str],
+                   copy: bool = False) -> None:
+        nonlocal n_ok, n_fail, n_copy
         if res is None:
             n_fail += 1
             _append(failed_path, json.dumps({"key": key, "index": index, "method": method,
@@ -499,7 +517,16 @@ def label(
         res.info["label_index"] = index
         res.info["label_method"] = method
         _append(out, _frame_text(res))
-        n_ok += 1
+        if copy:
+            n_copy += 1
+        else:
+            n_ok += 1
+
+    # each distinct structure is computed once; its result is written for every identical input
+    tasks, copies = _merge_duplicates(tasks)
+    _copy_done_results(tasks, copies, n_done, out, handle_one)
+    tasks = [t for t in tasks if t[1] not in copies or copies[t[1]] is not None]
+    handle = _fan_out(handle_one, copies)
 
     from .progress import Progress
 
@@ -523,7 +550,107 @@ def label(
                 for r in pool.imap_unordered(_run_one, tasks, chunksize=1):
                     handle(*r)
                     bar.update()
-    return LabelSummary(len(items), n_done, n_ok, n_fail, n_skip, time.perf_counter() - t0)
+    return LabelSummary(len(items), n_done, n_ok, n_fail, n_skip, time.perf_counter() - t0,
+                        n_copy)
+
+
+Task = Tuple[int, str, Atoms]
+
+
+def _dedup_key(atoms: Atoms) -> Tuple[str, np.ndarray]:
+    """``(key, order)``: inputs with equal keys are one calculation. Periodic structures:
+    :func:`structure_hash`, identity order. Molecules (no pbc): the hash of the atoms sorted by
+    element and position relative to their centroid (to 1e-5 Å), plus charge and
+    multiplicity, so the same molecule in another atom order or translated by a lattice vector
+    (a fragment reached from another centre) is recognised; ``order`` maps sorted to input
+    atoms."""
+    n = len(atoms)
+    if np.any(atoms.pbc) or n == 0:
+        return structure_hash(atoms), np.arange(n)
+    # positions as an extxyz file gives them back, so that a re-read structure has the same key
+    pos = np.array(_extxyz_text(atoms.positions).split(), float).reshape(-1, 3)
+    r = np.round(pos - pos.mean(axis=0), 5) + 0.0  # 1e-5 Å: above the 1e-8 text noise
+    order = np.lexsort((r[:, 2], r[:, 1], r[:, 0], atoms.numbers))
+    h = hashlib.sha1(b"pyfragnn-molecule-1\n")
+    h.update(np.asarray(atoms.numbers[order], np.int64).tobytes())
+    h.update(" ".join("%.5f" % x for x in r[order].ravel()).encode())
+    h.update(f"\n{_canonical_number(atoms.info.get('charge', 0))}/"
+             f"{_canonical_number(atoms.info.get('multiplicity', 1))}".encode())
+    return "m" + h.hexdigest()[:16], order
+
+
+_Copies = Dict[str, Optional[List[Tuple[Task, np.ndarray, np.ndarray]]]]
+
+
+def _merge_duplicates(tasks: List[Task]) -> Tuple[List[Task], _Copies]:
+    """One task per distinct :func:`_dedup_key`; ``copies[key of the kept task]`` lists the
+    identical inputs that get its result, each with its own and the kept task's atom order."""
+    first: Dict[str, Tuple[str, np.ndarray]] = {}
+    kept: List[Task] = []
+    copies: _Copies = {}
+    for t in tasks:
+        h, order = _dedup_key(t[2])
+        if h in first:
+            rep_key, rep_order = first[h]
+            copies[rep_key].append((t, order, rep_order))  # type: ignore[union-attr]
+        else:
+            first[h] = (t[1], order)
+            copies[t[1]] = []
+            kept.append(t)
+    return kept, copies
+
+
+def _copy_done_results(tasks: List[Task], copies: _Copies, n_done: int, out: Path,
+                       handle) -> None:
+    """On resume: pending inputs identical to a structure already in ``out`` get its result
+    (``copies[key]`` is set to None for them)."""
+    if not tasks or not n_done:
+        return
+    frames: Dict[str, Tuple[Atoms, np.ndarray]] = {}
+    for f in read_dataset(out):
+        h, order = _dedup_key(f)
+        frames.setdefault(h, (f, order))
+    for t in tasks:
+        h, order = _dedup_key(t[2])
+        if h not in frames:
+            continue
+        f, f_order = frames[h]
+        for (i, k, a), o, fo in [(t, order, f_order)] + [(c[0], c[1], f_order)
+                                                          for c in copies[t[1]] or []]:
+            handle(i, k, _with_result(a, f, o, fo), None, copy=True)
+        copies[t[1]] = None
+
+
+def _with_result(atoms: Atoms, labelled: Atoms, order: np.ndarray,
+                 labelled_order: np.ndarray) -> Atoms:
+    """A copy of ``atoms`` carrying the results of the identical ``labelled`` (per-atom results
+    such as forces mapped through both canonical orders)."""
+    n = len(atoms)
+    res = {}
+    for name, v in labelled.calc.results.items():
+        arr = np.asarray(v)
+        if arr.ndim >= 1 and arr.shape[0] == n and name != "stress":
+            mapped = np.empty_like(arr)
+            mapped[order] = arr[labelled_order]
+            res[name] = mapped
+        else:
+            res[name] = v
+    out = atoms.copy()
+    out.calc = SinglePointCalculator(out, **res)
+    out.info["label_seconds"] = labelled.info.get("label_seconds", 0.0)
+    return out
+
+
+def _fan_out(handle_one, copies: _Copies):
+    """``handle`` for the executors: the result of a kept task is written for it and for every
+    identical input (an error is recorded for each of them)."""
+    def handle(index: int, key: str, res: Optional[Atoms], err: Optional[str]) -> None:
+        dup = list(copies.get(key) or [])
+        handle_one(index, key, res, err)
+        for (i, k, a), order, rep_order in dup:
+            handle_one(i, k, None if res is None else _with_result(a, res, order, rep_order),
+                       err, copy=True)
+    return handle
 
 
 _TAG_TASK, _TAG_STOP, _TAG_RESULT = 1, 2, 3
@@ -613,8 +740,9 @@ def _cmd_label(args: argparse.Namespace) -> int:
               retry_failed=args.retry_failed, omp_threads=args.omp_threads,
               start_method=args.start_method, progress=False if args.quiet else None,
               mpi=True if args.mpi else None)
-    if s.n_computed or s.n_failed or s.n_already_done:
+    if s.n_computed or s.n_failed or s.n_already_done or s.n_duplicates:
         print(f"{s.n_total} structures: {s.n_already_done} already done, {s.n_computed} computed, "
+              f"{s.n_duplicates} copied from an identical structure, "
               f"{s.n_failed} failed, {s.n_skipped_failed} skipped (failed before); "
               f"{s.wall_s:.1f} s wall, {s.per_structure_s:.3f} s/structure")
     return 0
