@@ -222,11 +222,12 @@ def select_candidates(frames: Sequence[Atoms], threshold: float = 1.0,
 def candidate_fragments(frames: Sequence[Atoms], candidates: Sequence[Candidate],
                         radius: float, r_c: Optional[float] = None, cap: bool = True,
                         rules=None, site_labels: Optional[Sequence[str]] = None,
-                        tag: str = "al") -> List[Atoms]:
+                        tag: str = "al", reference=None) -> List[Atoms]:
     """H-capped fragments of radius ``radius`` (Å) centred at each candidate atom
     (:class:`pyfragnn.fragments.FragmentCutter`; ``r_c`` defines the central atoms, default
     ``radius``). ``site_labels`` (per atom of the frames) names the fragment type; default the
-    element. A candidate whose cut would separate a detached atom (a bond the frame stretched
+    element. ``reference``: relaxed structure (or its ``BondTopology``) whose bonds the cuts
+    keep (see :class:`~pyfragnn.fragments.FragmentCutter`). A candidate whose cut would separate a detached atom (a bond the frame stretched
     beyond the bond test) is skipped with a warning. ``info`` records ``al_frame``, ``al_atom``, ``al_deviation``,
     ``al_extrapolations`` and the frame's ``md_*`` keys."""
     import warnings
@@ -239,7 +240,7 @@ def candidate_fragments(frames: Sequence[Atoms], candidates: Sequence[Candidate]
         f = frames[c.frame]
         if c.frame not in cutters:
             labels = list(site_labels) if site_labels is not None else f.get_chemical_symbols()
-            cutters[c.frame] = FragmentCutter(f, rules, site_labels=labels)
+            cutters[c.frame] = FragmentCutter(f, rules, site_labels=labels, reference=reference)
         cutter = cutters[c.frame]
         try:
             frag = cutter.cut(c.atom, radius, r_c=r_c, cap=cap,

@@ -39,8 +39,10 @@ def committee(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cell():
-    from pyfragnn.demo import IRMOF1_PRIM, _read, distorted_snapshots
-    return distorted_snapshots(_read(IRMOF1_PRIM, 0)[0], 1, rattle=0.05, strain=0.01, seed=5)[0]
+    from ase.io import read
+    from pyfragnn.demo import IRMOF1_PRIM
+    from pyfragnn.sampling import distorted_snapshots
+    return distorted_snapshots(read(IRMOF1_PRIM, 0), 1, rattle=0.05, strain=0.01, seed=5)[0]
 
 
 def test_force_deviation_is_the_largest_component_difference(committee, cell):
@@ -143,8 +145,9 @@ def test_explore_nvt_npt_and_stop(committee, cell):
 def test_candidate_fragments_are_centred_on_the_candidates(committee, cell):
     from pyfragnn.fragments import find_sites
     labels = [""] * len(cell)
-    from pyfragnn.demo import IRMOF1_PRIM, _read
-    for s in find_sites(_read(IRMOF1_PRIM, 0)[0]):
+    from ase.io import read
+    from pyfragnn.demo import IRMOF1_PRIM
+    for s in find_sites(read(IRMOF1_PRIM, 0)):
         for k in s.members:
             labels[k] = s.label
     frame = annotate(cell.copy(), committee[:2])
@@ -199,7 +202,7 @@ def test_active_learning_loop_on_emt(tmp_path):
 
     from pyfragnn import Potential
     from pyfragnn.dataset import Structure
-    from pyfragnn.demo import fine_tune_hdnnp
+    from pyfragnn.training.recipes import fine_tune_hdnnp
     from pyfragnn.training.trainer import Trainer
 
     def label(at):

@@ -59,7 +59,8 @@ def test_small_fragments_give_bulk_forces_as_well_as_large(tmp_path):
     from ase.build import bulk
     from ase.calculators.emt import EMT
 
-    from pyfragnn.demo import distorted_snapshots, to_structures, train_hdnnp
+    from pyfragnn.sampling import distorted_snapshots
+    from pyfragnn.training.recipes import to_structures, train_hdnnp
 
     t0 = time.perf_counter()
     cu = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((3, 3, 3))

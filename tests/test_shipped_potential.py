@@ -47,11 +47,13 @@ def test_bulk_forces_match_gfn2_on_unseen_distorted_cells():
     force-component RMSE vs GFN2-xTB below 0.15 eV/Å (the README states 0.087 on 12 held-out
     rattled cells; the force spread is ≈ 2.5 eV/Å), every force finite, no gross outlier."""
     from pyfragnn import FragNN
-    from pyfragnn.demo import IRMOF1_PRIM, _read, distorted_snapshots
+    from ase.io import read
+    from pyfragnn.demo import IRMOF1_PRIM
+    from pyfragnn.sampling import distorted_snapshots
     from pyfragnn.labelling import make_calculator
 
     _shipped()
-    base = _read(IRMOF1_PRIM, 0)[0]
+    base = read(IRMOF1_PRIM, 0)
     calc = FragNN(NAME)
     dF = []
     for a in distorted_snapshots(base, 2, rattle=0.04, strain=0.01, seed=90210):
@@ -76,12 +78,13 @@ def test_md_at_300_K_stays_physical_and_accurate():
     agree with GFN2-xTB (RMSE < 0.15 eV/Å). The round-2 potential without active learning
     reached 758 K within 0.2 ps in such a run."""
     from pyfragnn.active_learning import explore
-    from pyfragnn.demo import IRMOF1_PRIM, _read
+    from ase.io import read
+    from pyfragnn.demo import IRMOF1_PRIM
     from pyfragnn.labelling import make_calculator
     from pyfragnn import FragNN
 
     _shipped()
-    base = _read(IRMOF1_PRIM, 0)[0]
+    base = read(IRMOF1_PRIM, 0)
     frames = explore(base, [NAME], 300.0, 2000, timestep_fs=0.5, sample_every=100, seed=7)
     assert len(frames) == 20
     temps = [f.get_temperature() for f in frames]

@@ -143,7 +143,7 @@ def test_every_step_runs_and_hdnnp1_matches_emt_in_the_bulk(finished):
         g = f.copy()
         g.calc = EMT()
         ref = g.get_forces()
-        np.testing.assert_allclose(f.get_forces(), ref, atol=1e-10)  # labels are EMT's
+        np.testing.assert_allclose(f.get_forces(), ref, rtol=1e-5, atol=1e-6)  # EMT labels
         d.append(pot.compute(f.positions, f.get_chemical_symbols(), f.cell.array,
                              f.pbc)["forces"] - ref)
         spread.append(ref)

@@ -40,8 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pyfragnn import demo
-from pyfragnn.demo import (IRMOF1_PRIM, cut_site_fragments, distorted_snapshots, evaluate,
+import irmof_helpers as demo  # the pipeline helpers this script was written with
+from irmof_helpers import (IRMOF1_PRIM, cut_site_fragments, distorted_snapshots, evaluate,
                            lammps_md, to_structures, train_hdnnp)
 
 

@@ -78,21 +78,24 @@ def _iteration(ctx: Context, it: int, current: Dict[str, Path], data: List,
                            "candidates": len(cands), "converged": not cands}
     ctx.say(f"iteration {it}: {len(frames)} frames, {len(cands)} candidates")
     if cands:
+        from ..dedup import unique_fragments
+        from ..fragments import CappingRules
+
         labels = _site_labels(ctx)
+        relaxed = {str(a.info["name"]): a for a in _relaxed(ctx)}
+        rules = CappingRules(max_stretch=ctx.cfg.fragments.max_bond_stretch)
         frags = []
-        for c in cands:
-            f = frames[c.frame]
-            try:
-                fr = candidate_fragments(frames, [c], _r_c(ctx), _r_c(ctx),
-                                         cap=ctx.cfg.fragments.cap,
-                                         site_labels=labels[str(f.info["structure"])], tag="s")
-            except (ValueError, RuntimeError) as exc:
-                ctx.say(f"no fragment around atom {c.atom} of frame {c.frame}: {exc}")
-                continue
+        for c in cands:  # one at a time: a stretched bond skips its candidate only
+            name = str(frames[c.frame].info["structure"])
+            fr = candidate_fragments(frames, [c], _r_c(ctx), _r_c(ctx),
+                                     cap=ctx.cfg.fragments.cap, rules=rules,
+                                     site_labels=labels[name], tag="s",
+                                     reference=relaxed[name])
             for g in fr:
-                g.info.update(structure=f.info["structure"], sampling="active",
-                              al_iteration=it, site=g.info["label"].rsplit("-", 1)[0])
+                g.info.update(structure=name, sampling="active", al_iteration=it,
+                              site=g.info["label"].rsplit("-", 1)[0])
             frags += fr
+        frags = unique_fragments(frags)
         sub = Context(ctx.cfg, ctx.root, d, ctx.step)
         labelled = _labelled(sub, frags, "labels")
         kept, dropped = _clean(sub, labelled, f"iteration {it}")

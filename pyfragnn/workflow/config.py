@@ -71,8 +71,9 @@ class ReferenceConfig:
     max_force: float = _doc("outlier rule: reference structures with any |F| component above "
                             "this are left out of training and counted in the report", 20.0)
     max_energy_deviation: float = _doc(
-        "outlier rule: energy per atom more than this many eV/atom from the median of "
-        "structures with the same composition is left out and counted", 1.0)
+        "outlier rule: energy per atom further than max(this, 8 x 1.4826 MAD) eV/atom from "
+        "the median of structures with the same composition is left out and counted "
+        "(pyfragnn.outliers)", 0.2)
 
 
 @dataclass
@@ -124,7 +125,7 @@ class FragmentsConfig:
     cap: bool = _doc("cap broken covalent bonds with H", True)
     max_bond_stretch: float = _doc(
         "a snapshot whose bond (topology of the relaxed structure) is longer than this factor "
-        "times its relaxed length is skipped and reported", 1.3)
+        "times its relaxed length is skipped and reported", 1.25)
 
 
 @dataclass

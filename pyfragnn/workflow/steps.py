@@ -7,9 +7,7 @@ Units: Å, eV, eV/Å, fs, K.
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
@@ -66,37 +64,20 @@ def _cpu_s(frames: Sequence[Atoms]) -> float:
     return float(sum(float(a.info.get("label_seconds", 0.0)) for a in frames))
 
 
-def outliers(frames: Sequence[Atoms], max_force: float,
-             max_energy_deviation: float) -> List[Tuple[int, str]]:
-    """Reference outliers: (index, reason) of frames with a force component above
-    ``max_force`` eV/Å or an energy per atom more than ``max_energy_deviation`` eV/atom from
-    the median of the frames with the same composition."""
-    bad: Dict[int, str] = {}
-    groups: Dict[str, List[int]] = {}
-    for i, a in enumerate(frames):
-        fmax = float(np.abs(a.get_forces()).max()) if len(a) else 0.0
-        if fmax > max_force:
-            bad[i] = f"max |F| component {fmax:.1f} eV/Å > {max_force}"
-        groups.setdefault(a.get_chemical_formula(), []).append(i)
-    for idx in groups.values():
-        e = np.array([frames[i].get_potential_energy() / len(frames[i]) for i in idx])
-        med = float(np.median(e))
-        for i, v in zip(idx, e):
-            if abs(v - med) > max_energy_deviation and i not in bad:
-                bad[i] = f"E/atom {v - med:+.3f} eV from the median of its composition"
-    return sorted(bad.items())
-
-
 def _clean(ctx: Context, frames: List[Atoms], what: str) -> Tuple[List[Atoms], List[dict]]:
-    """Frames without the reference outliers, and the list of those left out."""
+    """Frames without the reference outliers (:func:`pyfragnn.outliers.outliers`), and the
+    list of those left out."""
+    from ..outliers import outliers
+
     ref = ctx.cfg.reference
-    out = outliers(frames, ref.max_force, ref.max_energy_deviation)
-    drop = {i for i, _ in out}
-    for i, why in out:
-        ctx.say(f"{what}: structure {i} ({frames[i].info.get('label', '')}) left out: {why}")
+    out = outliers(frames, max_force=ref.max_force,
+                   max_energy_dev_per_atom=ref.max_energy_deviation)
+    drop = {o.index for o in out}
+    for o in out:
+        ctx.say(f"{what}: left out {o} ({frames[o.index].info.get('label', '')})")
     return ([a for i, a in enumerate(frames) if i not in drop],
-            [{"index": i, "label": str(frames[i].info.get("label", "")), "reason": why}
-             for i, why in out])
+            [{"index": o.index, "label": str(frames[o.index].info.get("label", "")),
+              "reason": str(o)} for o in out])
 
 
 def _relaxed(ctx: Context) -> List[Atoms]:
@@ -220,9 +201,31 @@ def step_range(ctx: Context) -> Dict[str, Any]:
     return rec
 
 
+def _cutter(ctx: Context, snap: Atoms, name: str):
+    """A FragmentCutter of ``snap`` whose bonds come from the relaxed structure ``name``; a
+    snapshot with a bond stretched beyond ``fragments.max_bond_stretch`` x its relaxed length
+    raises :class:`~pyfragnn.topology.StretchedBondError` naming the bond."""
+    from ..fragments import CappingRules, FragmentCutter
+    from ..topology import StretchedBondError
+
+    rules = CappingRules(max_stretch=ctx.cfg.fragments.max_bond_stretch)
+    ref = next(a for a in _relaxed(ctx) if a.info["name"] == name)
+    cutter = FragmentCutter(snap, rules, site_labels=_site_labels(ctx)[name], reference=ref)
+    if cutter.stretched_bonds:
+        raise StretchedBondError(cutter.stretched_bonds, "snapshot")
+    return cutter
+
+
 def _cut(cutter, centre: int, radius: float, r_c: float, cap: bool, site: str,
          info: Dict[str, Any]) -> Atoms:
+    """One fragment; :class:`~pyfragnn.fragments.UnsoundFragmentError` if
+    :func:`~pyfragnn.fragments.check_fragment` finds a problem (closed shell only if capped)."""
+    from ..fragments import UnsoundFragmentError, check_fragment
+
     f = cutter.cut(int(centre), radius, r_c=r_c, cap=cap, type_label=site)
+    problems = check_fragment(f, cutter.topology, closed_shell=cap)
+    if problems:
+        raise UnsoundFragmentError(problems, f"centre {centre}")
     f.info.update(info)
     f.info.update(site=site, centre=int(centre))
     return f
@@ -231,21 +234,22 @@ def _cut(cutter, centre: int, radius: float, r_c: float, cap: bool, site: str,
 def step_initial(ctx: Context) -> Dict[str, Any]:
     """Initial data (section 3): reference MD in vacuum of small fragments (radius R_c) around
     every site of the relaxed structures, plus rattled copies of those fragments."""
-    from ..fragments import FragmentCutter
+    from ..dedup import unique_fragments
     from ..sampling import distorted_snapshots, fragment_md
 
     cfg, ini = ctx.cfg, ctx.cfg.initial
     r_c = _r_c(ctx)
-    labels, members = _site_labels(ctx), _site_members(ctx)
+    members = _site_members(ctx)
     rng = np.random.default_rng(cfg.run.seed)
     frags = []
     for a in _relaxed(ctx):
         name = str(a.info["name"])
-        cutter = FragmentCutter(a, site_labels=labels[name])
+        cutter = _cutter(ctx, a, name)
         for site, mem in members[name].items():
             for c in rng.choice(mem, min(ini.fragments_per_site, len(mem)), replace=False):
                 frags.append(_cut(cutter, c, r_c, r_c, cfg.fragments.cap, site,
                                   {"label": f"{site}-s", "structure": name}))
+    frags = unique_fragments(frags)
     ctx.say(f"{len(frags)} fragments ({min(map(len, frags))}-{max(map(len, frags))} atoms), "
             f"{ini.md_steps} MD steps at {ini.md_temperature:g} K each")
     frames = fragment_md(frags, cfg.reference.method, ini.md_steps, ini.md_temperature,
@@ -335,35 +339,47 @@ def step_sampling(ctx: Context) -> Dict[str, Any]:
 
 def step_fragments(ctx: Context) -> Dict[str, Any]:
     """Small (R_c) and large (2 R_c) fragments of the snapshots around random members of
-    every site; snapshots whose bonds are broken are skipped and reported."""
-    from ..fragments import FragmentCutter
+    every site, each distinct molecule once (:func:`pyfragnn.dedup.unique_fragments`);
+    snapshots with a stretched bond and unsound cuts are skipped and reported."""
+    from ..dedup import unique_fragments
+    from ..fragments import UnsoundFragmentError
+    from ..topology import StretchedBondError
 
     cfg, fc = ctx.cfg, ctx.cfg.fragments
     r_c = _r_c(ctx)
-    labels, members = _site_labels(ctx), _site_members(ctx)
+    members = _site_members(ctx)
     rng = np.random.default_rng(cfg.run.seed + 2)
-    small, large, skipped = [], [], []
+    small, large, skipped, unsound = [], [], [], []
     for i, snap in enumerate(read_frames(ctx.input("sampling") / "snapshots.extxyz")):
         name = str(snap.info["structure"])
         try:
-            cutter = FragmentCutter(snap, site_labels=labels[name])
-            for site, mem in members[name].items():
-                info = {"structure": name, "snapshot": i}
-                for c in rng.choice(mem, min(fc.small_per_site, len(mem)), replace=False):
-                    small.append(_cut(cutter, c, r_c, r_c, fc.cap, site,
-                                      dict(info, label=f"{site}-s")))
-                for c in rng.choice(mem, min(fc.large_per_site, len(mem)), replace=False):
-                    large.append(_cut(cutter, c, 2 * r_c, r_c, fc.cap, site,
-                                      dict(info, label=f"{site}-l")))
-        except (ValueError, RuntimeError) as exc:
+            cutter = _cutter(ctx, snap, name)
+        except StretchedBondError as exc:
             skipped.append({"snapshot": i, "reason": str(exc)})
             ctx.say(f"snapshot {i} skipped: {exc}")
+            continue
+        for site, mem in members[name].items():
+            info = {"structure": name, "snapshot": i}
+            for kind, n, radius, out in (("s", fc.small_per_site, r_c, small),
+                                         ("l", fc.large_per_site, 2 * r_c, large)):
+                for c in rng.choice(mem, min(n, len(mem)), replace=False):
+                    try:
+                        out.append(_cut(cutter, c, radius, r_c, fc.cap, site,
+                                        dict(info, label=f"{site}-{kind}")))
+                    except (StretchedBondError, UnsoundFragmentError) as exc:
+                        unsound.append({"snapshot": i, "centre": int(c), "reason": str(exc)})
+                        ctx.say(f"snapshot {i}, centre {c}: no fragment: {exc}")
+    n_cut = (len(small), len(large))
+    small, large = unique_fragments(small), unique_fragments(large)
     write_frames(ctx.out / "small.extxyz", small)
     write_frames(ctx.out / "large.extxyz", large)
     size = lambda fr: [min(map(len, fr)), max(map(len, fr))] if fr else [0, 0]  # noqa: E731
-    ctx.say(f"{len(small)} small ({size(small)} atoms), {len(large)} large ({size(large)} atoms)")
-    return {"small": len(small), "large": len(large), "small_atoms": size(small),
-            "large_atoms": size(large), "skipped": skipped}
+    ctx.say(f"{len(small)} distinct small ({size(small)} atoms) of {n_cut[0]} cuts, "
+            f"{len(large)} distinct large ({size(large)} atoms) of {n_cut[1]} cuts; "
+            f"{len(skipped)} snapshots skipped, {len(unsound)} unsound cuts")
+    return {"small": len(small), "large": len(large), "small_cuts": n_cut[0],
+            "large_cuts": n_cut[1], "small_atoms": size(small), "large_atoms": size(large),
+            "skipped_snapshots": skipped, "unsound_cuts": unsound}
 
 
 def step_label(ctx: Context) -> Dict[str, Any]:

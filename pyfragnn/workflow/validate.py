@@ -65,10 +65,12 @@ def _frames(ctx: Context) -> List:
 
 def _reference_deviation(ctx: Context, bulk: List) -> Dict[str, Dict[str, List[float]]]:
     """|F_fragment,centre - F_bulk| (eV/Å) per fragment size and site, first 2 MD frames."""
-    from ..fragments import FragmentCutter
+    from ..fragments import UnsoundFragmentError
+    from ..topology import StretchedBondError
+    from .steps import _cut, _cutter
 
     r_c = _r_c(ctx)
-    labels, members = _site_labels(ctx), _site_members(ctx)
+    members = _site_members(ctx)
     rng = np.random.default_rng(ctx.cfg.run.seed + 3)
     frags, where = [], []
     seen: Dict[str, int] = {}
@@ -79,15 +81,18 @@ def _reference_deviation(ctx: Context, bulk: List) -> Dict[str, Dict[str, List[f
         seen[name] = seen.get(name, 0) + 1
         bare = b.copy()
         bare.calc = None
-        cutter = FragmentCutter(bare, site_labels=labels[name])
+        try:
+            cutter = _cutter(ctx, bare, name)
+        except StretchedBondError as exc:
+            ctx.say(f"frame {i}: no centre fragments: {exc}")
+            continue
         for site, mem in members[name].items():
             c = int(rng.choice(mem))
             for tag, radius in (("small", r_c), ("large", 2 * r_c)):
                 try:
-                    frags.append(cutter.cut(c, radius, r_c=r_c, cap=ctx.cfg.fragments.cap,
-                                            type_label=site))
+                    frags.append(_cut(cutter, c, radius, r_c, ctx.cfg.fragments.cap, site, {}))
                     where.append((i, c, site, tag))
-                except (ValueError, RuntimeError) as exc:
+                except (StretchedBondError, UnsoundFragmentError) as exc:
                     ctx.say(f"no {tag} fragment around {c} of frame {i}: {exc}")
     lab = _labelled(ctx, frags, "centre_fragments")
     out: Dict[str, Dict[str, List[float]]] = {"small": {}, "large": {}}
