@@ -381,3 +381,155 @@ def test_n2p2_partly_infinite_scaling_is_an_error(water_pot):
     sc.write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match=rf"scaling.data line {k + 2}: element H: INF"):
         load(water_pot)
+
+
+# --------------------------------------------------------------------------- 2, 4: checkpoints
+
+def test_state_file_round_trip_is_exact(tmp_path):
+    from pyfragnn.training.checkpoint import load_state, save_state
+
+    rng = np.random.default_rng(5)
+    gen = np.random.default_rng(9)
+    st = {"w": rng.normal(size=17), "opt": {"q": 0.1 + 1e-17, "n": 3, "P": [rng.normal(size=(4, 4))]},
+          "rng": gen.bit_generator.state, "history": [{"epoch": 0, "rmse": float("nan")}],
+          "best": None, "flag": True, "name": "x"}
+    save_state(str(tmp_path / "s.npz"), st)
+    back = load_state(str(tmp_path / "s.npz"))
+    np.testing.assert_array_equal(back["w"], st["w"])
+    np.testing.assert_array_equal(back["opt"]["P"][0], st["opt"]["P"][0])
+    assert back["opt"]["q"] == st["opt"]["q"] and back["opt"]["n"] == 3
+    assert back["rng"] == st["rng"] and back["best"] is None and back["flag"] is True
+    assert np.isnan(back["history"][0]["rmse"])
+    g2 = np.random.default_rng(0)
+    g2.bit_generator.state = back["rng"]
+    assert g2.random() == gen.random()
+
+
+def _tamper_array(path: Path) -> None:
+    """Change one weight and rewrite a well-formed .npz (zip CRCs fine), keeping the old
+    checksum: only the sha256 can tell."""
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k].copy() for k in z.files}
+    arrays["a0"][3] += 1e77
+    np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "flipped_byte", "tampered",
+                                    "foreign_npz", "pickle"])
+def test_damaged_state_file_names_the_file(tmp_path, damage):
+    from pyfragnn.training.checkpoint import CheckpointError, load_state, save_state
+
+    path = tmp_path / "checkpoint.npz"
+    save_state(str(path), {"w": np.arange(40.0), "opt": {"q": 1.0}})
+    raw = path.read_bytes()
+    marker = tmp_path / "pwned"
+    if damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "truncated":
+        path.write_bytes(raw[: len(raw) // 2])
+    elif damage == "flipped_byte":
+        k = raw.index(np.arange(40.0)[5:6].tobytes())
+        path.write_bytes(raw[:k] + bytes([raw[k] ^ 0x40]) + raw[k + 1:])
+    elif damage == "tampered":
+        _tamper_array(path)
+    elif damage == "foreign_npz":
+        np.savez(path, x=np.zeros(3))
+    else:
+        import pickle
+
+        class Evil:
+            def __reduce__(self):
+                return (os.system, (f"touch {marker}",))
+
+        path.write_bytes(pickle.dumps({"opt": Evil()}, protocol=4))
+    match = {"empty": "empty", "truncated": "truncated or corrupt",
+             "flipped_byte": "truncated or corrupt|checksum mismatch",
+             "tampered": "checksum mismatch", "foreign_npz": "not a pyfragnn training state",
+             "pickle": "is a pickle .* not loaded"}[damage]
+    with pytest.raises(CheckpointError, match=f"{path}.*({match})|({match}).*{path}"):
+        load_state(str(path))
+    assert not marker.exists()
+
+
+def _training():
+    return pytest.importorskip("test_training")
+
+
+def _damage(path: Path, how: str) -> None:
+    if how == "empty":
+        path.write_bytes(b"")
+    elif how == "truncated":
+        path.write_bytes(path.read_bytes()[:1000])
+    else:
+        _tamper_array(path)
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    """A finished 1-epoch training run (its checkpoint.npz is damaged by the tests)."""
+    tt = _training()
+    tmp = tmp_path_factory.mktemp("ckpt")
+    d = tt._write_run(tmp, tt.emt_cells(24), "run", epochs=1)
+    r = tt._cli(d)
+    assert r.returncode == 0, r.stderr
+    assert (d / "out" / "checkpoint.npz").exists()
+    return d
+
+
+@pytest.mark.parametrize("how", ["empty", "truncated", "tampered"])
+def test_damaged_checkpoint_serial(first_run, tmp_path, how):
+    """Resume from an empty/truncated/altered checkpoint: exit 2, the message names it."""
+    tt = _training()
+    d = tmp_path / "run"
+    shutil.copytree(first_run, d)
+    ckpt = d / "out" / "checkpoint.npz"
+    _damage(ckpt, how)
+    r = tt._cli(d, "--epochs", "2")
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert str(ckpt) in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+
+
+@pytest.mark.mpi
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun not found")
+@pytest.mark.parametrize("how", ["empty", "truncated"])
+def test_damaged_checkpoint_mpi_every_rank_stops(first_run, tmp_path, how):
+    """mpirun -np 2 with a damaged checkpoint: every rank stops (no rank left in a
+    broadcast), exit 2, the message names the file."""
+    tt = _training()
+    d = tmp_path / "run"
+    shutil.copytree(first_run, d)
+    ckpt = d / "out" / "checkpoint.npz"
+    _damage(ckpt, how)
+    try:
+        r = tt._cli(d, "--epochs", "2", mpi=2)
+    except subprocess.TimeoutExpired:  # pragma: no cover - the bug this guards against
+        pytest.fail("mpirun -np 2 hung on a damaged checkpoint")
+    assert r.returncode == 2, (r.returncode, r.stdout[-1000:], r.stderr[-2000:])
+    assert str(ckpt) in r.stderr, r.stderr[-2000:]
+
+
+def test_old_pickle_checkpoint_refused(first_run, tmp_path):
+    tt = _training()
+    d = tmp_path / "run"
+    shutil.copytree(first_run, d)
+    (d / "out" / "checkpoint.npz").unlink()
+    (d / "out" / "checkpoint.pkl").write_bytes(b"\x80\x04K\x01.")
+    r = tt._cli(d, "--epochs", "2")
+    assert r.returncode == 2 and "checkpoint.pkl is a pickle" in r.stderr, r.stderr[-2000:]
+    cfg = json.loads((d / "train.json").read_text())
+    cfg["training"]["kalman"] = {"init_state": str(d / "out" / "checkpoint.pkl")}
+    cfg["training"]["resume"] = False
+    (d / "train.json").write_text(json.dumps(cfg))
+    r = tt._cli(d, "--epochs", "2")
+    assert r.returncode == 2 and "init_state" in r.stderr and "pickle" in r.stderr, r.stderr
+
+
+def test_no_pickle_loading_in_package():
+    """Acceptance: nothing in pyfragnn/ loads a pickle."""
+    import pyfragnn
+
+    root = Path(pyfragnn.__file__).parent
+    for f in root.rglob("*.py"):
+        text = f.read_text()
+        for bad in ("pickle.load", "import pickle", "allow_pickle=True", "from pickle"):
+            assert bad not in text, f"{f}: {bad}"

@@ -58,7 +58,7 @@ Example (TOML)::
     jacobian_memory_mb = 2048     # per process: cache descriptor Jacobians up to this size
     early_stopping_patience = 0   # epochs without test improvement before stopping (0: off)
     early_stopping_metric = "sum" # energy | force | sum (E RMSE/atom + F RMSE)
-    resume = true                 # continue from output/checkpoint.pkl if present
+    resume = true                 # continue from output/checkpoint.npz if present
     progress = true
 
     [training.kalman]             # n2p2 kalman_type 0 (standard) or 1 (fading memory)
@@ -75,7 +75,7 @@ Example (TOML)::
     decoupled = false             # one filter per element (block-diagonal covariance)
     rank_block = 64               # deferred rank-1 updates between covariance folds
     threads = 1                   # BLAS threads for the covariance products
-    init_state = ""               # optional checkpoint.pkl of an earlier run (same number of
+    init_state = ""               # optional checkpoint.npz of an earlier run (same number of
                                   # weights) whose filter state (P, q, eta, lambda) starts
                                   # this one; use with model.init_from to continue an annealed
                                   # filter on extended data (active learning)
