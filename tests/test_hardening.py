@@ -533,3 +533,65 @@ def test_no_pickle_loading_in_package():
         text = f.read_text()
         for bad in ("pickle.load", "import pickle", "allow_pickle=True", "from pickle"):
             assert bad not in text, f"{f}: {bad}"
+
+
+# --------------------------------------------------------------------------- 5: config types
+
+@pytest.mark.parametrize("section,key,value,match", [
+    ("training", "resume", "false", "'training.resume' must be true or false"),
+    ("data", "use_forces", "false", "'data.use_forces' must be true or false"),
+    ("output", "plots", "no", "'output.plots' must be true or false"),
+    ("data", "test_fraction", float("nan"), "'data.test_fraction' must be a finite number"),
+    ("training", "epochs", float("inf"), "'training.epochs' must be a finite number"),
+    ("training.kalman", "eta", "0.02", "'training.kalman.eta' must be a number"),
+    ("model", "angular", {"eta": "0.02"}, "'model.angular.eta' must be a list"),
+    ("model", "angular", {"eta": [0.02, "x"]}, "'model.angular.eta' must list finite numbers"),
+    ("model", "radial", {"r_min": float("nan")}, "'model.radial.r_min' must be a finite"),
+    ("model", "scaling", 3, "'model.scaling' must be a string"),
+    ("model", "hidden", 10, "'model.hidden' must be a list"),
+    ("model", "elements", ["H", 1], "'model.elements' must list element symbols"),
+    ("data", "files", 5, "'data.files' must list at least one data file"),
+])
+def test_config_types_checked(section, key, value, match):
+    from pyfragnn.training.config import ConfigError, normalise_config
+
+    cfg = {"data": {"files": ["a.xyz"]}}
+    top, _, sub = section.partition(".")
+    table = cfg.setdefault(top, {})
+    if sub:
+        table = table.setdefault(sub, {})
+    table[key] = value
+    with pytest.raises(ConfigError, match=match):
+        normalise_config(cfg)
+
+
+def test_config_file_nan_and_bytes(tmp_path):
+    from pyfragnn.training.config import ConfigError, load_config
+
+    p = tmp_path / "c.toml"
+    p.write_text('[data]\nfiles = ["d.extxyz"]\ntest_fraction = nan\n')
+    with pytest.raises(ConfigError, match="'data.test_fraction' must be a finite number"):
+        load_config(str(p))
+    p.write_bytes(b'[data]\nfiles = ["d\xff.extxyz"]\n')
+    with pytest.raises(ConfigError, match=f"{p}: cannot parse"):
+        load_config(str(p))
+
+
+# --------------------------------------------------------------------------- libraries
+
+def test_blas_threads_sets_and_restores_every_blas():
+    pytest.importorskip("scipy.linalg")  # its OpenBLAS too
+    from threadpoolctl import threadpool_info
+
+    from pyfragnn.training.optim import blas_threads
+
+    def counts():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before = counts()
+    assert before
+    with blas_threads(1):
+        assert set(counts()) == {1}
+    assert counts() == before
+    with blas_threads(None):
+        assert counts() == before

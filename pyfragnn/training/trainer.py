@@ -29,20 +29,8 @@ __all__ = ["Trainer", "TrainResult", "train"]
 
 
 def _progress(total, desc, enabled):
-    try:
-        from ..progress import Progress
-        return Progress(total=total, desc=desc, disable=None if enabled else True)
-    except ImportError:  # pragma: no cover
-        class _Null:
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *a):
-                return False
-
-            def update(self, n=1):
-                pass
-        return _Null()
+    from ..progress import Progress
+    return Progress(total=total, desc=desc, disable=None if enabled else True)
 
 
 @dataclass
