@@ -184,7 +184,7 @@ def read_extxyz(path: str) -> List[Structure]:
         try:
             frames = list(read_xyz(io.StringIO(text), index=slice(None)))
         except Exception as exc:  # noqa: BLE001 - any parse failure of this frame
-            what = f"unknown element {exc}" if isinstance(exc, KeyError) else str(exc)
+            what = f"unknown element or key {exc}" if isinstance(exc, KeyError) else str(exc)
             raise DatasetError(f"{path}: record {rec} (line {line}): cannot parse: "
                                f"{what}") from exc
         if len(frames) != 1:
@@ -356,6 +356,8 @@ def validate(structures: Iterable[Structure], elements: Optional[Sequence[str]] 
         pos = np.asarray(s.positions)
         if pos.shape != (n, 3) or not np.all(np.isfinite(pos)):
             problems.append(f"{src}: positions missing or not finite")
+        if not np.all(np.isfinite(np.asarray(s.cell, dtype=float))):
+            problems.append(f"{src}: cell {np.asarray(s.cell).tolist()} is not finite")
         if s.energy is None:
             problems.append(f"{src}: missing energy")
         elif not math.isfinite(s.energy):
