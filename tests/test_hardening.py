@@ -629,3 +629,21 @@ def test_benchmark_uses_installed_package_over_unbuilt_checkout(tmp_path):
     assert "UNBUILT TREE IMPORTED" not in r.stderr, r.stderr[-2000:]
     assert "_core" not in r.stderr, r.stderr[-2000:]
     assert str(tmp_path / "none") in r.stderr + r.stdout  # got as far as reading the data
+
+
+@pytest.mark.mpi
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun not found")
+def test_mpi_error_on_one_rank_ends_the_run(first_run, tmp_path):
+    """Any unexpected error on one rank (here: rank 0 cannot write its checkpoint, whose
+    temporary path is a directory) ends all ranks instead of leaving them in a collective."""
+    tt = _training()
+    d = tmp_path / "run"
+    shutil.copytree(first_run, d)
+    (d / "out" / "checkpoint.npz").unlink()
+    (d / "out" / "checkpoint.npz.tmp").mkdir()
+    try:
+        r = tt._cli(d, "--epochs", "1", mpi=2)
+    except subprocess.TimeoutExpired:  # pragma: no cover
+        pytest.fail("mpirun -np 2 hung after an error on rank 0")
+    assert r.returncode != 0, r.stdout[-1000:]
+    assert "checkpoint.npz.tmp" in r.stderr, r.stderr[-2000:]
