@@ -247,6 +247,12 @@ def test_non_utf8_potential_files_name_file_and_line(water_pot):
     with pytest.raises(ValueError, match=rf"weights.008.data line {k + 1}: cannot parse "
                                          r"'0.1\\xFF2'"):
         load(water_pot)
+    # overlong and surrogate forms are not UTF-8 either (as Python decodes)
+    for junk in (b"\xe0\x95\xa9", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xc0\xaf"):
+        lines[k] = b"0.1" + junk + b" a 1 0 1 1 1\n"
+        w.write_bytes(b"".join(lines))
+        with pytest.raises(ValueError, match=rf"weights.008.data line {k + 1}: cannot parse"):
+            load(water_pot)
 
 
 def test_gmin_greater_than_gmax_message(water_pot):

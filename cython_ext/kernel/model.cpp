@@ -115,16 +115,32 @@ constexpr int64_t kMaxWeights = 50000000;
 /// the data that n2p2's nnp-scaling saw (it writes +-DBL_MAX or INF for such elements).
 constexpr double kAbsentMagnitude = 1e300;
 
-/// Byte offset of the first invalid UTF-8 sequence in s, or npos.
+/// Byte offset of the first invalid UTF-8 sequence in s, or npos (strict, as Python decodes:
+/// no overlong forms, no surrogates, nothing above U+10FFFF).
 size_t invalid_utf8_at(const std::string& s) {
-    size_t i = 0;
     const size_t n = s.size();
+    auto byte = [&s](size_t k) { return static_cast<unsigned char>(s[k]); };
+    size_t i = 0;
     while (i < n) {
-        const unsigned char c = static_cast<unsigned char>(s[i]);
-        size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
-        if (len == 0 || i + len > n || (len == 2 && c < 0xC2)) return i;
-        for (size_t k = 1; k < len; ++k)
-            if ((static_cast<unsigned char>(s[i + k]) & 0xC0) != 0x80) return i;
+        const unsigned char c = byte(i);
+        if (c < 0x80) { ++i; continue; }
+        size_t len = 0;
+        unsigned char lo = 0x80, hi = 0xBF;  // range of the second byte
+        if (c >= 0xC2 && c <= 0xDF) len = 2;
+        else if (c >= 0xE0 && c <= 0xEF) {
+            len = 3;
+            if (c == 0xE0) lo = 0xA0;
+            if (c == 0xED) hi = 0x9F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            len = 4;
+            if (c == 0xF0) lo = 0x90;
+            if (c == 0xF4) hi = 0x8F;
+        } else {
+            return i;
+        }
+        if (i + len > n || byte(i + 1) < lo || byte(i + 1) > hi) return i;
+        for (size_t k = 2; k < len; ++k)
+            if ((byte(i + k) & 0xC0) != 0x80) return i;
         i += len;
     }
     return std::string::npos;
