@@ -97,6 +97,27 @@ def test_percent_in_path_lammps(tmp_path):
     assert pe == pytest.approx(ref, rel=1e-10)
 
 
+def test_empty_scaling_data_is_a_lammps_error(tmp_path):
+    """pair_style fragnn with an empty scaling.data: a LAMMPS error naming the file (it ran
+    with scaling off, 710 eV off for the water box)."""
+    tl = pytest.importorskip("test_lammps_plugin")
+    try:
+        import pyfragnn.lammps as pl
+        plug = pl.plugin_path()
+    except (ImportError, FileNotFoundError) as exc:
+        pytest.skip(f"LAMMPS plugin not available: {exc}")
+    if shutil.which("lmp") is None or shutil.which("mpirun") is None:
+        pytest.skip("lmp/mpirun not on PATH")
+    pot = tmp_path / "pot"
+    shutil.copytree(require_shared(N2P2 / "Cu2S_PBE" / "pot"), pot)
+    (pot / "scaling.data").write_text("")
+    s = tl.System("cu2s", tmp_path)
+    script = s.header() + f"pair_style fragnn {pot}\npair_coeff * * S Cu\nrun 0\n"
+    r = tl.run_lmp(script, tmp_path, 2, str(Path(plug).parent), check=False, timeout=120)
+    assert r.returncode != 0 and "ERROR" in r.stdout, r.stdout[-2000:]
+    assert f"{pot}/scaling.data: no data lines" in r.stdout, r.stdout[-2000:]
+
+
 # --------------------------------------------------------------------------- 3: silently wrong
 
 def test_empty_scaling_data_is_an_error(water_pot):
