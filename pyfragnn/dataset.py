@@ -22,6 +22,7 @@ silently.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass, field
@@ -31,6 +32,12 @@ import numpy as np
 
 __all__ = ["Structure", "DatasetError", "read_dataset", "read_extxyz", "read_ase_db",
            "read_input_data", "write_input_data", "write_extxyz", "validate"]
+
+
+@functools.lru_cache(maxsize=1)
+def _element_symbols() -> frozenset:
+    from ase.data import chemical_symbols
+    return frozenset(chemical_symbols[1:])
 
 
 class DatasetError(ValueError):
@@ -130,23 +137,59 @@ def _from_atoms(at, source: str, problems: list) -> Structure:
                      label=label, set=st, weight=weight, force_mask=mask, source=source)
 
 
+def _text_lines(path: str) -> List[str]:
+    """Lines of a text file (UTF-8); a byte that is not UTF-8 is a DatasetError naming the
+    file and line."""
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    try:
+        return raw.decode("utf-8").splitlines(keepends=True)
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DatasetError(f"{path}: line {line}: not a text file (byte "
+                           f"0x{raw[exc.start]:02X} is not UTF-8)") from None
+
+
+def _xyz_frames(path: str, lines: List[str]):
+    """Split extxyz text into frames: yields (record, first line number, frame text).
+    A frame is an atom-count line, a comment line and that many atom lines."""
+    i, rec = 0, 0
+    while i < len(lines):
+        if not lines[i].strip():
+            i += 1
+            continue
+        rec += 1
+        try:
+            n = int(lines[i].split()[0])
+            if n < 0:
+                raise ValueError
+        except ValueError:
+            raise DatasetError(f"{path}: record {rec} (line {i + 1}): expected the number of "
+                               f"atoms, found {lines[i].strip()[:60]!r}") from None
+        if i + 2 + n > len(lines):
+            raise DatasetError(f"{path}: record {rec} (line {i + 1}): {n} atoms announced, "
+                               f"the file ends after {max(len(lines) - i - 2, 0)}")
+        yield rec, i + 1, "".join(lines[i:i + 2 + n])
+        i += 2 + n
+
+
 def read_extxyz(path: str) -> List[Structure]:
-    """Read an extended XYZ file (all frames)."""
+    """Read an extended XYZ file (all frames); errors name the record (frame) and line."""
+    import io
+
     from ase.io.extxyz import read_xyz
     out: List[Structure] = []
     problems: list = []
-    with open(path) as fh:
-        it = read_xyz(fh, index=slice(None))
-        rec = 0
-        while True:
-            rec += 1
-            try:
-                at = next(it)
-            except StopIteration:
-                break
-            except Exception as exc:  # malformed frame: ase cannot resync, report and stop
-                raise DatasetError(f"{path}: record {rec}: cannot parse: {exc}") from exc
-            out.append(_from_atoms(at, f"{path}: record {rec}", problems))
+    for rec, line, text in _xyz_frames(path, _text_lines(path)):
+        try:
+            frames = list(read_xyz(io.StringIO(text), index=slice(None)))
+        except Exception as exc:  # noqa: BLE001 - any parse failure of this frame
+            what = f"unknown element or key {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise DatasetError(f"{path}: record {rec} (line {line}): cannot parse: "
+                               f"{what}") from exc
+        if len(frames) != 1:
+            raise DatasetError(f"{path}: record {rec} (line {line}): cannot parse the frame")
+        out.append(_from_atoms(frames[0], f"{path}: record {rec}", problems))
     if problems:
         raise DatasetError(_summary(problems))
     return out
@@ -181,54 +224,55 @@ def read_input_data(path: str) -> List[Structure]:
     def bad(lineno, msg):
         raise DatasetError(f"{path}: record {rec} (line {lineno}): {msg}")
 
-    with open(path) as fh:
-        for lineno, raw in enumerate(fh, 1):
-            tok = raw.split()
-            if not tok:
-                continue
-            key = tok[0]
-            if key == "begin":
-                if cur is not None:
-                    bad(lineno, "'begin' before 'end' of the previous structure")
-                rec += 1
-                cur = {"lattice": [], "atoms": [], "energy": None, "set": None,
-                       "comment": "", "line": lineno}
-                for t in tok[1:]:
-                    if t.startswith("set="):
-                        s = t[4:].lower()
-                        if s not in ("train", "test"):
-                            bad(lineno, f"set={s!r}, expected train or test")
-                        cur["set"] = s
-                continue
-            if cur is None:
-                rec_ = rec + 1
-                raise DatasetError(f"{path}: record {rec_} (line {lineno}): "
-                                   f"'{key}' outside begin/end")
-            try:
-                if key == "comment":
-                    cur["comment"] = raw.strip()[len("comment"):].strip()
-                elif key == "lattice":
-                    if len(tok) != 4:
-                        bad(lineno, "lattice needs 3 numbers")
-                    cur["lattice"].append([float(v) for v in tok[1:4]])
-                elif key == "atom":
-                    if len(tok) != 10:
-                        bad(lineno, f"atom line needs 9 values, got {len(tok) - 1}")
-                    cur["atoms"].append((tok[4], [float(v) for v in tok[1:4]],
-                                         [float(v) for v in tok[7:10]]))
-                elif key == "energy":
-                    cur["energy"] = float(tok[1])
-                elif key == "charge":
-                    pass
-                elif key == "end":
-                    out.append(_finish_input_data(cur, path, rec, problems))
-                    cur = None
-                else:
-                    bad(lineno, f"unknown keyword '{key}'")
-            except (ValueError, IndexError) as exc:
-                if isinstance(exc, DatasetError):
-                    raise
-                bad(lineno, f"cannot parse '{raw.strip()}': {exc}")
+    for lineno, raw in enumerate(_text_lines(path), 1):
+        tok = raw.split()
+        if not tok:
+            continue
+        key = tok[0]
+        if key == "begin":
+            if cur is not None:
+                bad(lineno, "'begin' before 'end' of the previous structure")
+            rec += 1
+            cur = {"lattice": [], "atoms": [], "energy": None, "set": None,
+                   "comment": "", "line": lineno}
+            for t in tok[1:]:
+                if t.startswith("set="):
+                    s = t[4:].lower()
+                    if s not in ("train", "test"):
+                        bad(lineno, f"set={s!r}, expected train or test")
+                    cur["set"] = s
+            continue
+        if cur is None:
+            rec_ = rec + 1
+            raise DatasetError(f"{path}: record {rec_} (line {lineno}): "
+                               f"'{key}' outside begin/end")
+        try:
+            if key == "comment":
+                cur["comment"] = raw.strip()[len("comment"):].strip()
+            elif key == "lattice":
+                if len(tok) != 4:
+                    bad(lineno, "lattice needs 3 numbers")
+                cur["lattice"].append([float(v) for v in tok[1:4]])
+            elif key == "atom":
+                if len(tok) != 10:
+                    bad(lineno, f"atom line needs 9 values, got {len(tok) - 1}")
+                if tok[4] not in _element_symbols():
+                    bad(lineno, f"unknown element '{tok[4]}'")
+                cur["atoms"].append((tok[4], [float(v) for v in tok[1:4]],
+                                     [float(v) for v in tok[7:10]]))
+            elif key == "energy":
+                cur["energy"] = float(tok[1])
+            elif key == "charge":
+                pass
+            elif key == "end":
+                out.append(_finish_input_data(cur, path, rec, problems))
+                cur = None
+            else:
+                bad(lineno, f"unknown keyword '{key}'")
+        except (ValueError, IndexError) as exc:
+            if isinstance(exc, DatasetError):
+                raise
+            bad(lineno, f"cannot parse '{raw.strip()}': {exc}")
     if cur is not None:
         raise DatasetError(f"{path}: record {rec}: missing 'end'")
     if problems:
@@ -312,6 +356,8 @@ def validate(structures: Iterable[Structure], elements: Optional[Sequence[str]] 
         pos = np.asarray(s.positions)
         if pos.shape != (n, 3) or not np.all(np.isfinite(pos)):
             problems.append(f"{src}: positions missing or not finite")
+        if not np.all(np.isfinite(np.asarray(s.cell, dtype=float))):
+            problems.append(f"{src}: cell {np.asarray(s.cell).tolist()} is not finite")
         if s.energy is None:
             problems.append(f"{src}: missing energy")
         elif not math.isfinite(s.energy):

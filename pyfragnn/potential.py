@@ -111,7 +111,7 @@ class Potential:
                   weights: Optional[str] = None, length_unit: Optional[float] = None,
                   energy_unit: Optional[float] = None) -> "Potential":
         """Load n2p2 files explicitly. input_nn: a directory or an input.nn path; scaling:
-        scaling.data path; weights: printf pattern with one %03d for the atomic number."""
+        scaling.data path; weights: path whose last "%03d" stands for the atomic number."""
         p = Path(input_nn)
         d = p if p.is_dir() else p.parent
         nn = p / "input.nn" if p.is_dir() else p
@@ -199,9 +199,23 @@ class Potential:
             res["virial"] *= eu
         if atom_virial:
             res["atom_virial"] *= eu
+        _check_finite(res, forces)
         els = self.elements
         res["warnings"] = [(a, els[e], s + 1, v, lo, hi) for a, e, s, v, lo, hi in res["warnings"]]
         return res
+
+
+def _check_finite(res: dict, forces: bool) -> None:
+    """Raise ValueError when an energy or force of a result is not finite (overflow from a
+    potential's extreme weights, offsets or units), instead of returning inf/NaN."""
+    if not np.isfinite(res["energy"]):
+        raise ValueError(f"the total energy is not finite ({res['energy']}): the potential's "
+                         "weights, energy offsets or units overflow for this structure")
+    if forces:
+        bad = np.flatnonzero(~np.isfinite(res["forces"]).all(axis=1))
+        if bad.size:
+            raise ValueError(f"the force on atom {bad[0]} is not finite: the potential's "
+                             "weights or units overflow for this structure")
 
 
 def virial_to_stress(virial: np.ndarray, volume: float) -> np.ndarray:

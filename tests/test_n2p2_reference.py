@@ -1,4 +1,4 @@
-"""The kernel against n2p2's own results (../shared/data/n2p2/*/reference.txt)."""
+"""The kernel against n2p2's own results (tests/data/n2p2/*/reference.txt)."""
 import numpy as np
 import pytest
 

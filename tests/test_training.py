@@ -325,7 +325,7 @@ def test_ekf_training_reaches_bars_and_fragnn_reproduces(emt_data, tmp_path):
     assert last["rmse_F_test"] < 0.15, last
     for f in ("potential.fragnn", "learning_curve.csv", "learning_curve.png", "rmse_table.csv",
               "rmse_table.md", "parity_energy.png", "parity_forces.png", "n2p2/input.nn",
-              "n2p2/scaling.data", "checkpoint.pkl"):
+              "n2p2/scaling.data", "checkpoint.npz"):
         assert (tmp_path / "ekf" / f).exists(), f
     labels = {(r["label"], r["set"]) for r in res.table}
     assert ("Cu-rich", "test") in labels and ("(all)", "train") in labels
@@ -576,14 +576,12 @@ def test_fine_tuning_starts_from_the_potential_and_its_filter(emt_data, tmp_path
     # continue training with the first run's filter: the update count carries over
     cfg = base_config(tmp_path / "cont", epochs=1)
     cfg["model"] = {"init_from": str(first / "potential.fragnn")}
-    cfg["training"]["kalman"] = {"init_state": str(first / "checkpoint.pkl")}
+    cfg["training"]["kalman"] = {"init_state": str(first / "checkpoint.npz")}
     tr = Trainer(cfg, structures=more)
     res = tr.run()
-    import pickle
-    with open(first / "checkpoint.pkl", "rb") as fh:
-        n0 = pickle.load(fh)["opt"]["n_updates"]
-    with open(tmp_path / "cont" / "checkpoint.pkl", "rb") as fh:
-        n1 = pickle.load(fh)["opt"]["n_updates"]
+    from pyfragnn.training.checkpoint import load_state
+    n0 = load_state(str(first / "checkpoint.npz"))["opt"]["n_updates"]
+    n1 = load_state(str(tmp_path / "cont" / "checkpoint.npz"))["opt"]["n_updates"]
     assert n1 == n0 + res.history[-1]["updates"]
     assert res.history[-1]["rmse_F_train"] < 2 * res.history[0]["rmse_F_train"]
     # a filter from a model with another number of weights
@@ -593,7 +591,7 @@ def test_fine_tuning_starts_from_the_potential_and_its_filter(emt_data, tmp_path
     Trainer(c, structures=emt_data[:20]).run()
     cfg = base_config(tmp_path / "bad", epochs=1)
     cfg["model"] = {"init_from": str(first / "potential.fragnn")}
-    cfg["training"]["kalman"] = {"init_state": str(other / "checkpoint.pkl")}
+    cfg["training"]["kalman"] = {"init_state": str(other / "checkpoint.npz")}
     with pytest.raises(ConfigError, match="init_state.*weights"):
         Trainer(cfg, structures=more).run()
     with pytest.raises(ConfigError, match="exclude"):
@@ -619,7 +617,7 @@ def test_mpi_fine_tuning_equals_serial(emt_data, tmp_path):
         d = _write_run(tmp_path, emt_data[:90], name, epochs=1)
         cfg = json.loads((d / "train.json").read_text())
         cfg["model"] = {"init_from": str(first / "out" / "potential.fragnn")}
-        cfg["training"]["kalman"] = {"init_state": str(first / "out" / "checkpoint.pkl")}
+        cfg["training"]["kalman"] = {"init_state": str(first / "out" / "checkpoint.npz")}
         (d / "train.json").write_text(json.dumps(cfg))
         r = _cli(d, mpi=mpi)
         assert r.returncode == 0, r.stdout + r.stderr
@@ -631,7 +629,7 @@ def test_mpi_fine_tuning_equals_serial(emt_data, tmp_path):
     d = _write_run(tmp_path, emt_data[:30], "bad", epochs=1)
     cfg = json.loads((d / "train.json").read_text())
     cfg["model"] = {"init_from": str(first / "out" / "potential.fragnn")}
-    cfg["training"]["kalman"] = {"init_state": str(tmp_path / "missing.pkl")}
+    cfg["training"]["kalman"] = {"init_state": str(tmp_path / "missing.npz")}
     (d / "train.json").write_text(json.dumps(cfg))
     r = _cli(d, mpi=2)
     assert r.returncode == 2 and "init_state" in r.stderr, r.stdout + r.stderr

@@ -83,6 +83,109 @@ std::string fmt(double v) {
     return buf;
 }
 
+/// A scaling.data value: a number, or INF/NaN (n2p2's mark of an absent element).
+double scaling_value(const std::string& t, const std::string& source, int line,
+                     const std::string& what) {
+    const char* s = t.c_str();
+    char* end = nullptr;
+    const double v = std::strtod(s, &end);
+    if (end == s || *end != '\0')
+        throw std::invalid_argument(where(source, line) + "cannot parse '" + t +
+                                    "' as a number for " + what);
+    return v;
+}
+
+/// A number for `what` that must lie in [lo, hi] (finite); the error names source and line.
+double to_bounded(const std::string& t, const std::string& source, int line,
+                  const std::string& what, double lo, double hi) {
+    const double v = to_double(t, source, line, what);
+    if (!(v >= lo && v <= hi))
+        throw std::invalid_argument(where(source, line) + what + " " + t +
+                                    " is out of range [" + fmt(lo) + ", " + fmt(hi) + "]");
+    return v;
+}
+
+/// Largest magnitude accepted for energies (mean_energy, atom_energy) and scaling bounds.
+constexpr double kMaxMagnitude = 1e12;
+/// Accepted range of unit factors and normalisation factors (Å or eV per potential unit).
+constexpr double kMinFactor = 1e-8, kMaxFactor = 1e8;
+/// Most weights and biases an atomic network may have (checked before allocating).
+constexpr int64_t kMaxWeights = 50000000;
+/// A scaling.data value at or beyond this magnitude (or INF/NaN) marks an element absent from
+/// the data that n2p2's nnp-scaling saw (it writes +-DBL_MAX or INF for such elements).
+constexpr double kAbsentMagnitude = 1e300;
+
+/// Byte offset of the first invalid UTF-8 sequence in s, or npos (strict, as Python decodes:
+/// no overlong forms, no surrogates, nothing above U+10FFFF).
+size_t invalid_utf8_at(const std::string& s) {
+    const size_t n = s.size();
+    auto byte = [&s](size_t k) { return static_cast<unsigned char>(s[k]); };
+    size_t i = 0;
+    while (i < n) {
+        const unsigned char c = byte(i);
+        if (c < 0x80) { ++i; continue; }
+        size_t len = 0;
+        unsigned char lo = 0x80, hi = 0xBF;  // range of the second byte
+        if (c >= 0xC2 && c <= 0xDF) len = 2;
+        else if (c >= 0xE0 && c <= 0xEF) {
+            len = 3;
+            if (c == 0xE0) lo = 0xA0;
+            if (c == 0xED) hi = 0x9F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            len = 4;
+            if (c == 0xF0) lo = 0x90;
+            if (c == 0xF4) hi = 0x8F;
+        } else {
+            return i;
+        }
+        if (i + len > n || byte(i + 1) < lo || byte(i + 1) > hi) return i;
+        for (size_t k = 2; k < len; ++k)
+            if ((byte(i + k) & 0xC0) != 0x80) return i;
+        i += len;
+    }
+    return std::string::npos;
+}
+
+/// s with every byte of an invalid UTF-8 sequence written as \xNN (valid text unchanged).
+std::string printable(const std::string& s) {
+    std::string out;
+    size_t i = 0;
+    while (i < s.size()) {
+        const size_t bad = invalid_utf8_at(s.substr(i));
+        if (bad == std::string::npos) { out += s.substr(i); break; }
+        out += s.substr(i, bad);
+        char b[8];
+        std::snprintf(b, sizeof b, "\\x%02X", static_cast<unsigned char>(s[i + bad]));
+        out += b;
+        i += bad + 1;
+    }
+    return out;
+}
+
+/// f(), with the message of a std::invalid_argument / std::runtime_error made valid UTF-8
+/// (a token of a damaged file may be echoed in it; Python decodes messages as UTF-8).
+template <class F>
+auto utf8_errors(F&& f) -> decltype(f()) {
+    try {
+        return f();
+    } catch (const std::invalid_argument& e) {
+        throw std::invalid_argument(printable(e.what()));
+    } catch (const std::runtime_error& e) {
+        throw std::runtime_error(printable(e.what()));
+    }
+}
+
+/// Throws naming source and line when text is not UTF-8 (n2p2 files are ASCII).
+void require_utf8(const std::string& text, const std::string& source) {
+    const size_t bad = invalid_utf8_at(text);
+    if (bad == std::string::npos) return;
+    const int line = 1 + static_cast<int>(std::count(text.begin(), text.begin() + bad, '\n'));
+    char b[8];
+    std::snprintf(b, sizeof b, "0x%02X", static_cast<unsigned char>(text[bad]));
+    throw std::invalid_argument(where(source, line) + "not a text file (byte " + b +
+                                " is not UTF-8)");
+}
+
 void write_file_atomic(const std::string& path, const std::string& content) {
     const std::string tmp = path + ".tmp";
     {
@@ -101,10 +204,18 @@ bool is_directory(const std::string& path) {
     return stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-std::string weights_path(const std::string& format, int z) {
-    char buf[4096];
-    std::snprintf(buf, sizeof buf, format.c_str(), z);
-    return buf;
+/// The weights file of atomic number z: the last "%03d" in pattern replaced by z, zero-padded
+/// to three digits. Plain text substitution, never printf: the rest of the pattern is a user
+/// path and may hold '%' itself.
+std::string weights_path(const std::string& pattern, int z) {
+    static const std::string kSlot = "%03d";
+    const size_t at = pattern.rfind(kSlot);
+    if (at == std::string::npos)
+        throw std::invalid_argument("weights file pattern '" + pattern +
+                                    "' has no %03d slot for the atomic number");
+    std::string digits = std::to_string(z);
+    if (digits.size() < 3) digits.insert(0, 3 - digits.size(), '0');
+    return pattern.substr(0, at) + digits + pattern.substr(at + kSlot.size());
 }
 
 /// Parse the values of a weights file (first column of each non-comment line).
@@ -141,6 +252,8 @@ bool is_model_keyword(const std::string& k) {
 Model Model::from_text(const std::string& input_nn, const std::string& scaling,
                        const std::vector<std::vector<double>>& parameters,
                        const std::string& source) {
+    return utf8_errors([&]() -> Model {
+    require_utf8(input_nn, source);
     Model m;
     const std::vector<Line> lines = split_lines(input_nn);
     std::map<std::string, const Line*> single;  // last occurrence of single-valued keywords
@@ -152,14 +265,16 @@ Model Model::from_text(const std::string& input_nn, const std::string& scaling,
             std::istringstream ts(l.raw.substr(16));
             std::string k1, k2;
             double v1 = 0, v2 = 0;
-            if (ts >> k1 >> v1 >> k2 >> v2 && k1 == "length_unit" && k2 == "energy_unit" &&
-                v1 > 0 && v2 > 0) {
-                m.length_unit_ = v1;
-                m.energy_unit_ = v2;
-            } else {
+            if (!(ts >> k1 >> v1 >> k2 >> v2 && k1 == "length_unit" && k2 == "energy_unit"))
                 throw std::invalid_argument(where(source, l.number) +
                                             "garbled '# pyfragnn units' line");
-            }
+            for (const auto& [key, v] : {std::pair{k1, v1}, std::pair{k2, v2}})
+                if (!(v >= kMinFactor && v <= kMaxFactor))
+                    throw std::invalid_argument(where(source, l.number) + key + " " + fmt(v) +
+                                                " is out of range [" + fmt(kMinFactor) + ", " +
+                                                fmt(kMaxFactor) + "]");
+            m.length_unit_ = v1;
+            m.energy_unit_ = v2;
             continue;
         }
         if (l.tokens.empty()) continue;
@@ -250,12 +365,14 @@ Model Model::from_text(const std::string& input_nn, const std::string& scaling,
     if (single.count("scale_min_short")) {
         const Line& l = *single["scale_min_short"];
         nargs(l, 1);
-        m.smin_ = to_double(l.tokens[1], source, l.number, "scale_min_short");
+        m.smin_ = to_bounded(l.tokens[1], source, l.number, "scale_min_short", -kMaxMagnitude,
+                             kMaxMagnitude);
     }
     if (single.count("scale_max_short")) {
         const Line& l = *single["scale_max_short"];
         nargs(l, 1);
-        m.smax_ = to_double(l.tokens[1], source, l.number, "scale_max_short");
+        m.smax_ = to_bounded(l.tokens[1], source, l.number, "scale_max_short", -kMaxMagnitude,
+                             kMaxMagnitude);
     }
 
     // Normalisation (all three keywords switch it on).
@@ -266,10 +383,11 @@ Model Model::from_text(const std::string& input_nn, const std::string& scaling,
         for (const char* k : {"mean_energy", "conv_energy", "conv_length"}) {
             const Line& l = *single[k];
             nargs(l, 1);
-            const double v = to_double(l.tokens[1], source, l.number, k);
-            if (std::string(k) == "mean_energy") m.mean_energy_ = v;
-            else if (v <= 0.0)
-                throw std::invalid_argument(where(source, l.number) + k + " must be positive");
+            const bool mean = std::string(k) == "mean_energy";
+            const double v = to_bounded(l.tokens[1], source, l.number, k,
+                                        mean ? -kMaxMagnitude : kMinFactor,
+                                        mean ? kMaxMagnitude : kMaxFactor);
+            if (mean) m.mean_energy_ = v;
             else if (std::string(k) == "conv_energy") m.conv_energy_ = v;
             else m.conv_length_ = v;
         }
@@ -296,7 +414,9 @@ Model Model::from_text(const std::string& input_nn, const std::string& scaling,
         std::vector<int> v;
         for (size_t t = first; t < l.tokens.size(); ++t) {
             const long n = to_int(l.tokens[t], source, l.number, "a node count");
-            if (n < 1) throw std::invalid_argument(where(source, l.number) + "node count must be >= 1");
+            if (n < 1 || n > kMaxWeights)
+                throw std::invalid_argument(where(source, l.number) + "node count " + l.tokens[t] +
+                                            " must lie in [1, " + std::to_string(kMaxWeights) + "]");
             v.push_back(static_cast<int>(n));
         }
         return v;
@@ -348,6 +468,9 @@ Model Model::from_text(const std::string& input_nn, const std::string& scaling,
                                         " has a hidden layer count without matching "
                                         "element_nodes_short/element_activation_short");
 
+    std::vector<int> nodes_line(ne, lnodes.number);
+    for (const Line* l : el_nodes) nodes_line[elem_index(*l, l->tokens[1])] = l->number;
+
     // Symmetry functions, sorted per element.
     std::vector<std::vector<SymmetryFunctionParams>> sfs(ne);
     for (const Line* l : sf_lines) {
@@ -370,6 +493,14 @@ Model Model::from_text(const std::string& input_nn, const std::string& scaling,
         std::vector<int> layers{d.descriptor.size()};
         layers.insert(layers.end(), nodes[e].begin(), nodes[e].end());
         layers.push_back(1);
+        int64_t nweights = 0;  // checked before the network allocates them
+        for (size_t k = 1; k < layers.size(); ++k)
+            nweights += (static_cast<int64_t>(layers[k - 1]) + 1) * layers[k];
+        if (nweights > kMaxWeights)
+            throw std::invalid_argument(
+                where(source, nodes_line[e]) + "the network of element " + syms[e] + " would have " +
+                std::to_string(nweights) + " weights and biases, more than the limit of " +
+                std::to_string(kMaxWeights));
         d.network = AtomicNetwork(layers, acts[e], single.count("normalize_nodes") > 0);
         const size_t n = d.descriptor.size();
         d.gmin.assign(n, -std::numeric_limits<double>::infinity());
@@ -379,8 +510,8 @@ Model Model::from_text(const std::string& input_nn, const std::string& scaling,
     }
     for (const Line* l : atom_energy_lines) {
         nargs(*l, 2);
-        m.el_[elem_index(*l, l->tokens[1])].atom_energy =
-            to_double(l->tokens[2], source, l->number, "atom_energy");
+        m.el_[elem_index(*l, l->tokens[1])].atom_energy = to_bounded(
+            l->tokens[2], source, l->number, "atom_energy", -kMaxMagnitude, kMaxMagnitude);
     }
 
     // Scaling data: lines consumed in order, element by element.
@@ -411,16 +542,43 @@ Model Model::from_text(const std::string& input_nn, const std::string& scaling,
                         where(ssrc, l.number) + "expected element " + std::to_string(e + 1) +
                         " function " + std::to_string(s + 1) + ", found " + l.tokens[0] + " " +
                         l.tokens[1]);
-                d.gmin[s] = to_double(l.tokens[2], ssrc, l.number, "Gmin");
-                d.gmax[s] = to_double(l.tokens[3], ssrc, l.number, "Gmax");
-                d.gmean[s] = to_double(l.tokens[4], ssrc, l.number, "Gmean");
-                d.gsigma[s] = l.tokens.size() > 5
-                                  ? to_double(l.tokens[5], ssrc, l.number, "Gsigma") : 0.0;
+                static const char* const kCols[] = {"Gmin", "Gmax", "Gmean", "Gsigma"};
+                double v[4] = {0.0, 0.0, 0.0, 0.0};
+                bool absent = false;
+                for (size_t c = 0; c < 4 && c + 2 < l.tokens.size(); ++c) {
+                    v[c] = scaling_value(l.tokens[c + 2], ssrc, l.number, kCols[c]);
+                    absent = absent || !(std::fabs(v[c]) < kAbsentMagnitude);
+                }
+                if (s == 0) d.scaling_absent = absent;
+                if (absent != d.scaling_absent)
+                    throw std::invalid_argument(
+                        where(ssrc, l.number) + "element " + d.symbol +
+                        (absent ? ": INF or +-1.8e308 here but not in the element's other rows"
+                                : ": finite values here but INF or +-1.8e308 in the element's "
+                                  "other rows (n2p2's mark of an element absent from the data)"));
+                if (!absent)
+                    for (size_t c = 0; c < 4; ++c)
+                        if (!(std::fabs(v[c]) <= kMaxMagnitude))
+                            throw std::invalid_argument(where(ssrc, l.number) + kCols[c] + " " +
+                                                        l.tokens[c + 2] + " is out of range [" +
+                                                        fmt(-kMaxMagnitude) + ", " +
+                                                        fmt(kMaxMagnitude) + "]");
+                d.gmin[s] = v[0];
+                d.gmax[s] = v[1];
+                d.gmean[s] = v[2];
+                d.gsigma[s] = v[3];
             }
         }
+        m.scaling_source_ = ssrc;
         m.has_scaling_data_ = true;
     }
-    for (int e = 0; e < ne; ++e) m.update_scaling(e);
+    for (int e = 0; e < ne; ++e) {
+        try {
+            m.update_scaling(e);
+        } catch (const std::invalid_argument& err) {
+            throw std::invalid_argument(m.scaling_source_ + ": " + err.what());
+        }
+    }
 
     // Weights.
     if (!parameters.empty()) {
@@ -430,6 +588,7 @@ Model Model::from_text(const std::string& input_nn, const std::string& scaling,
         for (int e = 0; e < ne; ++e) m.el_[e].network.set_parameters(parameters[e]);
     }
     return m;
+    });
 }
 
 void Model::update_scaling(int e) {
@@ -440,7 +599,7 @@ void Model::update_scaling(int e) {
     d.smin_eff = 0.0;
     if (scaling_ == ScalingType::NONE) return;
     // identity until statistics are set (for this element)
-    if (!has_scaling_data_ || n == 0 || !std::isfinite(d.gmin[0])) return;
+    if (!has_scaling_data_ || n == 0 || d.scaling_absent || !std::isfinite(d.gmin[0])) return;
     for (size_t s = 0; s < n; ++s) {
         const std::string who = "element " + d.symbol + " symmetry function " +
                                 std::to_string(s + 1) + ": ";
@@ -450,10 +609,13 @@ void Model::update_scaling(int e) {
                 break;
             case ScalingType::SCALE:
             case ScalingType::SCALECENTER:
-                if (!(d.gmax[s] > d.gmin[s]))
+                if (d.gmax[s] == d.gmin[s])
                     throw std::invalid_argument(
                         who + "Gmin == Gmax (" + fmt(d.gmin[s]) +
                         "): the function is constant over the training data and cannot be scaled");
+                if (!(d.gmax[s] > d.gmin[s]))
+                    throw std::invalid_argument(who + "Gmin " + fmt(d.gmin[s]) + " > Gmax " +
+                                                fmt(d.gmax[s]) + ": not a valid scaling range");
                 d.slope[s] = (smax_ - smin_) / (d.gmax[s] - d.gmin[s]);
                 d.shift[s] = scaling_ == ScalingType::SCALE ? d.gmin[s] : d.gmean[s];
                 d.smin_eff = smin_;
@@ -461,7 +623,8 @@ void Model::update_scaling(int e) {
             case ScalingType::SIGMA:
                 if (!(d.gsigma[s] > 0.0))
                     throw std::invalid_argument(
-                        who + "sigma is zero: the function is constant over the training data "
+                        who + "Gsigma " + fmt(d.gsigma[s]) + " is not positive: the function is "
+                              "constant over the training data "
                               "and cannot be scaled");
                 d.slope[s] = (smax_ - smin_) / d.gsigma[s];
                 d.shift[s] = d.gmean[s];
@@ -478,6 +641,7 @@ void Model::update_scaling(int e) {
 
 Model Model::read_n2p2(const std::string& input_nn, const std::string& scaling,
                        const std::string& weights_format) {
+    return utf8_errors([&]() -> Model {
     const std::string settings = read_file(input_nn, "n2p2 settings file");
     // Elements are needed to find the weight files: parse once without weights.
     Model probe = from_text(settings, "", {}, input_nn);
@@ -487,6 +651,12 @@ Model Model::read_n2p2(const std::string& input_nn, const std::string& scaling,
         if (f) scal = read_file(scaling, "scaling data file");
         else if (probe.scaling_ != ScalingType::NONE)
             throw std::runtime_error("cannot open scaling data file '" + scaling + "'");
+        bool has_data = false;
+        for (const Line& l : split_lines(scal)) has_data = has_data || !l.tokens.empty();
+        if (!has_data && probe.scaling_ != ScalingType::NONE)
+            throw std::invalid_argument(scaling + ": no data lines, but " + input_nn +
+                                        " asks for symmetry-function scaling");
+        if (!has_data) scal.clear();
     }
     std::vector<std::vector<double>> params;
     for (int e = 0; e < probe.n_elements(); ++e) {
@@ -500,13 +670,16 @@ Model Model::read_n2p2(const std::string& input_nn, const std::string& scaling,
         params.push_back(std::move(w));
     }
     try {
-        return from_text(settings, scal, params, input_nn);
+        Model m = from_text(settings, scal, params, input_nn);
+        if (m.has_scaling_data_) m.scaling_source_ = scaling;
+        return m;
     } catch (const std::invalid_argument& err) {
         std::string msg = err.what();
         const std::string tag = input_nn + " (scaling.data)";
         if (msg.rfind(tag, 0) == 0) msg = scaling + msg.substr(tag.size());
         throw std::invalid_argument(msg);
     }
+    });
 }
 
 Model Model::load(const std::string& path) {
@@ -529,6 +702,7 @@ Model Model::load(const std::string& path) {
 static const char* const kNativeHeader = "# pyfragnn potential";
 
 Model Model::read_native(const std::string& path) {
+    return utf8_errors([&]() -> Model {
     const std::string text = read_file(path, "potential");
     std::istringstream in(text);
     std::string raw;
@@ -605,6 +779,7 @@ Model Model::read_native(const std::string& path) {
                                            "[scaling.data] section");
     std::string scal = scaling.empty() ? "" : std::string(static_cast<size_t>(soff), '\n') + scaling;
     return from_text(padded + settings, scal, params, path);
+    });
 }
 
 std::string Model::input_nn_text() const {
@@ -673,7 +848,7 @@ std::string Model::input_nn_text() const {
 
 std::string Model::scaling_text() const {
     for (const ElementData& d : el_)
-        if (!d.gmin.empty() && !std::isfinite(d.gmin[0]))
+        if (!d.gmin.empty() && !d.scaling_absent && !std::isfinite(d.gmin[0]))
             throw std::runtime_error("scaling statistics of element " + d.symbol +
                                      " have not been set");
     std::ostringstream o;
@@ -731,9 +906,12 @@ double Model::cutoff() const { return cutoff_; }
 double Model::length_unit() const { return length_unit_; }
 double Model::energy_unit() const { return energy_unit_; }
 void Model::set_units(double length_unit, double energy_unit) {
-    if (!(length_unit > 0.0) || !(energy_unit > 0.0) || !std::isfinite(length_unit) ||
-        !std::isfinite(energy_unit))
-        throw std::invalid_argument("units must be positive and finite");
+    for (const auto& [key, v] : {std::pair{"length_unit", length_unit},
+                                 std::pair{"energy_unit", energy_unit}})
+        if (!(v >= kMinFactor && v <= kMaxFactor))
+            throw std::invalid_argument(std::string(key) + " " + fmt(v) + " is out of range [" +
+                                        fmt(kMinFactor) + ", " + fmt(kMaxFactor) +
+                                        "] (Å or eV per potential unit)");
     length_unit_ = length_unit;
     energy_unit_ = energy_unit;
 }
@@ -765,6 +943,7 @@ void Model::set_scaling(int e, const std::vector<double>& gmin, const std::vecto
     ElementData old = d;
     const bool had = has_scaling_data_;
     d.gmin = gmin; d.gmax = gmax; d.gmean = gmean; d.gsigma = gsigma;
+    d.scaling_absent = false;
     has_scaling_data_ = true;
     try {
         for (int k = 0; k < n_elements(); ++k) update_scaling(k);
@@ -810,6 +989,11 @@ double Model::compute(const NeighborListView& nl, const int* element, int64_t n_
             throw std::invalid_argument("atom " + std::to_string(i) + " has element index " +
                                         std::to_string(element[i]) + ", the potential has " +
                                         std::to_string(ne) + " elements");
+        if (element[i] >= 0 && el_[element[i]].scaling_absent && scaling_ != ScalingType::NONE)
+            throw std::invalid_argument(
+                "atom " + std::to_string(i) + " is " + el_[element[i]].symbol + ", but " +
+                scaling_source_ + " has no scaling data for " + el_[element[i]].symbol +
+                " (INF rows: the element was absent from the data the scaling was computed on)");
     }
     DescriptorWorkspace dws;
     NetworkWorkspace nws;

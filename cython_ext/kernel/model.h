@@ -57,7 +57,8 @@ struct ComputeOutput {
 class Model {
 public:
     /// Read n2p2 files. input_nn: path of input.nn; scaling: path of scaling.data;
-    /// weights_format: printf pattern with one %03d for Z, e.g. "dir/weights.%03d.data".
+    /// weights_format: path whose last "%03d" stands for Z, zero-padded to three digits, e.g.
+    /// "dir/weights.%03d.data" (substituted as text, not by printf: other '%' stay as they are).
     /// Throws std::invalid_argument / std::runtime_error naming file and line.
     static Model read_n2p2(const std::string& input_nn, const std::string& scaling,
                            const std::string& weights_format);
@@ -127,6 +128,7 @@ private:
         std::vector<double> gmin, gmax, gmean, gsigma;
         std::vector<double> slope, shift;   // x = smin_eff + slope * (G - shift)
         double smin_eff = 0.0;
+        bool scaling_absent = false;  // INF rows in scaling.data: element absent from the data
     };
     void update_scaling(int e);
     void check_element(int e) const;
@@ -143,6 +145,7 @@ private:
     int cutoff_type_ = 1;
     double cutoff_alpha_ = 0.0;
     bool has_scaling_data_ = false;
+    std::string scaling_source_;            // where the scaling data came from (for errors)
     std::vector<std::string> extra_lines_;  // input.nn lines not used for prediction (kept)
 };
 

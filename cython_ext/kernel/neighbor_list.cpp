@@ -34,6 +34,10 @@ NeighborList build_neighbor_list(const double* positions, int64_t n, const doubl
     std::array<Vec, 3> b;
     for (int a = 0; a < 3; ++a) b[a] = {cell[3 * a], cell[3 * a + 1], cell[3 * a + 2]};
     for (int a = 0; a < 3; ++a)
+        if (pbc[a] && !(std::isfinite(b[a][0]) && std::isfinite(b[a][1]) && std::isfinite(b[a][2])))
+            throw std::invalid_argument("periodic axis " + std::to_string(a) +
+                                        " has a non-finite cell vector");
+    for (int a = 0; a < 3; ++a)
         if (pbc[a] && !(norm(b[a]) > 0.0))
             throw std::invalid_argument("periodic axis " + std::to_string(a) +
                                         " has a zero cell vector");
@@ -124,6 +128,22 @@ NeighborList build_neighbor_list(const double* positions, int64_t n, const doubl
         const double phys = binw[a] * width[a];
         const double need = std::ceil(rc / phys);  // may be huge for flat open axes
         reach[a] = static_cast<int>(std::min(need, pbc[a] ? 1e7 : nb[a] - 1.0));
+    }
+    // Memory is bounded by the atoms, not by the volume: at most kBinsPerAtom bins per atom
+    // (a sparse structure in a large box gets coarser bins; the search reach follows).
+    {
+        constexpr int64_t kBinsPerAtom = 4, kMinBins = 64;
+        const int64_t cap = kMinBins + kBinsPerAtom * n;
+        while (static_cast<int64_t>(nb[0]) * nb[1] * nb[2] > cap) {
+            const int a = static_cast<int>(std::max_element(nb.begin(), nb.end()) - nb.begin());
+            nb[a] = (nb[a] + 1) / 2;
+        }
+        for (int a = 0; a < 3; ++a) {
+            const double span = pbc[a] ? 1.0 : std::max(hi[a] - lo[a], 1e-300);
+            binw[a] = span / nb[a];
+            const double need = std::ceil(rc / (binw[a] * width[a]));
+            reach[a] = static_cast<int>(std::min(need, pbc[a] ? 1e7 : nb[a] - 1.0));
+        }
     }
     // Guard against absurd image counts in degenerate periodic cells.
     {

@@ -295,7 +295,7 @@ class Run:
         base = [a for a in self._labelled("small") if a.info["role"] == "train"]
         committee = self.dir / "hdnnp2" / "potential.fragnn"
         current = self.dir / "hdnnp1" / "potential.fragnn"
-        state = self.dir / "hdnnp1" / "checkpoint.pkl"
+        state = self.dir / "hdnnp1" / "checkpoint.npz"
         for p in (committee, current):
             if not p.exists():
                 sys.exit(f"active: {p} missing (run the train step first)")
@@ -389,7 +389,7 @@ class Run:
                 rec["train_s"] = time.perf_counter() - t0
                 rec["rmse"] = {k: res.history[-1][k] for k in
                                ("rmse_E_train", "rmse_E_test", "rmse_F_train", "rmse_F_test")}
-            current, state = out / "potential.fragnn", out / "checkpoint.pkl"
+            current, state = out / "potential.fragnn", out / "checkpoint.npz"
             done[it] = rec
             log["iterations"] = [done[k] for k in sorted(done)]
             jpath.write_text(json.dumps(log, indent=1, default=_json))

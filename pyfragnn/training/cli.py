@@ -36,6 +36,15 @@ def _cmd_train(args) -> int:
         if comm is None or comm.Get_rank() == 0:
             print(f"pyfragnn train: error: {exc}", file=sys.stderr)
         return 2
+    except BaseException:
+        # An error on some ranks only: end every rank (the others may wait in a collective,
+        # and MPI_Finalize at exit would wait for them), after printing the traceback.
+        if comm is None:
+            raise
+        import traceback
+        traceback.print_exc()
+        sys.stderr.flush()
+        comm.Abort(3)
     return 0
 
 

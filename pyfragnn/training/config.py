@@ -58,7 +58,7 @@ Example (TOML)::
     jacobian_memory_mb = 2048     # per process: cache descriptor Jacobians up to this size
     early_stopping_patience = 0   # epochs without test improvement before stopping (0: off)
     early_stopping_metric = "sum" # energy | force | sum (E RMSE/atom + F RMSE)
-    resume = true                 # continue from output/checkpoint.pkl if present
+    resume = true                 # continue from output/checkpoint.npz if present
     progress = true
 
     [training.kalman]             # n2p2 kalman_type 0 (standard) or 1 (fading memory)
@@ -75,7 +75,7 @@ Example (TOML)::
     decoupled = false             # one filter per element (block-diagonal covariance)
     rank_block = 64               # deferred rank-1 updates between covariance folds
     threads = 1                   # BLAS threads for the covariance products
-    init_state = ""               # optional checkpoint.pkl of an earlier run (same number of
+    init_state = ""               # optional checkpoint.npz of an earlier run (same number of
                                   # weights) whose filter state (P, q, eta, lambda) starts
                                   # this one; use with model.init_from to continue an annealed
                                   # filter on extended data (active learning)
@@ -101,6 +101,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from typing import Any, Dict
 
@@ -148,7 +149,10 @@ def load_config(path: str) -> Dict[str, Any]:
         if path.endswith(".json"):
             cfg = json.loads(raw.decode())
         else:
-            import tomllib
+            try:
+                import tomllib
+            except ImportError:  # Python < 3.11
+                import tomli as tomllib
             cfg = tomllib.loads(raw.decode())
     except Exception as exc:
         raise ConfigError(f"{path}: cannot parse: {exc}") from exc
@@ -170,6 +174,37 @@ def load_config(path: str) -> Dict[str, Any]:
     return cfg
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_type(default: Any, v: Any, name: str) -> Any:
+    """v if it has the type of the key's default (bool, finite number, string, list), else a
+    ConfigError naming the key. (TOML/JSON give no "false" for false: a string is not a bool.)"""
+    if isinstance(default, bool):
+        if not isinstance(v, bool):
+            raise ConfigError(f"'{name}' must be true or false, got {v!r}")
+    elif _is_number(default):
+        if not _is_number(v):
+            raise ConfigError(f"'{name}' must be a number, got {v!r}")
+        if not math.isfinite(v):
+            raise ConfigError(f"'{name}' must be a finite number, got {v!r}")
+    elif isinstance(default, str):
+        if not isinstance(v, str):
+            raise ConfigError(f"'{name}' must be a string, got {v!r}")
+    elif isinstance(default, list):
+        if not isinstance(v, (list, tuple)):
+            raise ConfigError(f"'{name}' must be a list, got {v!r}")
+        v = list(v)
+    return v
+
+
+def _check_number_list(v: list, name: str) -> None:
+    for x in v:
+        if not _is_number(x) or not math.isfinite(x):
+            raise ConfigError(f"'{name}' must list finite numbers, got {x!r}")
+
+
 def _merge(defaults: dict, given: dict, where: str) -> dict:
     out = copy.deepcopy(defaults)
     for k, v in given.items():
@@ -185,9 +220,10 @@ def _merge(defaults: dict, given: dict, where: str) -> dict:
             unknown = set(v) - set(defaults[k])
             if unknown:
                 raise ConfigError(f"unknown key(s) {sorted(unknown)} in '{where}{k}'")
-            out[k] = {**defaults[k], **v}
+            out[k] = {**defaults[k], **{kk: _check_type(defaults[k][kk], vv, f"{where}{k}.{kk}")
+                                        for kk, vv in v.items()}}
         else:
-            out[k] = v
+            out[k] = _check_type(defaults[k], v, f"{where}{k}")
     return out
 
 
@@ -196,6 +232,8 @@ def _num(cfg, sec, key, lo=None, hi=None, integer=False, lo_open=False):
     name = f"{sec}.{key}"
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise ConfigError(f"'{name}' must be a number, got {v!r}")
+    if not math.isfinite(v):
+        raise ConfigError(f"'{name}' must be a finite number, got {v!r}")
     if integer and int(v) != v:
         raise ConfigError(f"'{name}' must be an integer, got {v!r}")
     if lo is not None and (v < lo or (lo_open and v == lo)):
@@ -212,8 +250,10 @@ def normalise_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
     files = out["data"]["files"]
     if isinstance(files, str):
         files = [files]
-    if not files or not all(isinstance(f, str) for f in files):
-        raise ConfigError("'data.files' must list at least one data file")
+    if not isinstance(files, (list, tuple)) or not files or \
+            not all(isinstance(f, str) for f in files):
+        raise ConfigError(f"'data.files' must list at least one data file (paths), got "
+                          f"{files!r}")
     out["data"]["files"] = list(files)
     if out["data"]["format"] not in ("auto", "extxyz", "db", "n2p2"):
         raise ConfigError(f"'data.format' must be auto, extxyz, db or n2p2, got "
@@ -236,6 +276,12 @@ def normalise_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
         if a not in list("ltsprgcSeh"):
             raise ConfigError(f"'model.activations': unknown activation {a!r} "
                               "(n2p2 letters l t s p r g c S e h)")
+    for key in ("eta", "zeta", "lambda"):
+        _check_number_list(m["angular"][key], f"model.angular.{key}")
+    if not all(isinstance(e, str) for e in m["elements"]):
+        raise ConfigError(f"'model.elements' must list element symbols, got {m['elements']!r}")
+    if not all(isinstance(a, str) for a in m["activations"]):
+        raise ConfigError(f"'model.activations' must list letters, got {m['activations']!r}")
     if m["scaling"] not in ("none", "scale", "center", "scalecenter", "sigma"):
         raise ConfigError(f"'model.scaling' invalid: {m['scaling']!r}")
     if m["constant_sf"] not in ("error", "drop"):

@@ -28,6 +28,7 @@ the fraction of the atom's neighbours of element e).
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import List, Optional, Sequence
 
@@ -36,58 +37,35 @@ import numpy as np
 __all__ = ["KalmanFilter", "Adam"]
 
 
-_BLAS = None
-
-
-def _blas_libs():
-    """(get, set) thread functions of the OpenBLAS copies of numpy and scipy (may be empty)."""
-    global _BLAS
-    if _BLAS is None:
-        _BLAS = []
-        import ctypes
-        import glob
-        import os
-        dirs = [os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")]
-        try:
-            import scipy
-            dirs.append(os.path.join(os.path.dirname(scipy.__file__), os.pardir, "scipy.libs"))
-        except ImportError:  # pragma: no cover
-            pass
-        for d in dirs:
-            for f in glob.glob(os.path.join(d, "*openblas*")):
-                try:
-                    lib = ctypes.CDLL(f)
-                except OSError:  # pragma: no cover
-                    continue
-                for pat in ("scipy_openblas_%s_num_threads64_", "scipy_openblas_%s_num_threads",
-                            "openblas_%s_num_threads64_", "openblas_%s_num_threads"):
-                    if hasattr(lib, pat % "set") and hasattr(lib, pat % "get"):
-                        setter = getattr(lib, pat % "set")
-                        setter.argtypes = [ctypes.c_int]
-                        _BLAS.append((getattr(lib, pat % "get"), setter))
-                        break
-    return _BLAS
+@functools.lru_cache(maxsize=1)
+def _blas_controllers() -> tuple:
+    """threadpoolctl's controllers of the BLAS libraries loaded now (numpy's and scipy's
+    OpenBLAS, MKL, ...); looked up once, since a look-up costs about a millisecond."""
+    from threadpoolctl import ThreadpoolController
+    _scipy_blas()  # the symmetric filter calls scipy's BLAS: have it loaded before the look-up
+    return tuple(ThreadpoolController().select(user_api="blas").lib_controllers)
 
 
 class blas_threads:
-    """Context manager: BLAS (numpy's and scipy's OpenBLAS) on n threads; no-op for None."""
+    """Context manager: the loaded BLAS libraries on n threads (threadpoolctl); no-op for None
+    or 0. Cheap enough (microseconds) to wrap every Kalman update."""
 
     def __init__(self, n: Optional[int]):
         self.n = n
-        self.old = []
+        self.old: list = []
 
     def __enter__(self):
         if self.n:
-            for get, set_ in _blas_libs():
-                old = get()
+            for lib in _blas_controllers():
+                old = lib.get_num_threads()
                 if old != self.n:
-                    set_(int(self.n))
-                    self.old.append((set_, old))
+                    lib.set_num_threads(int(self.n))
+                    self.old.append((lib, old))
         return self
 
     def __exit__(self, *exc):
-        for set_, old in self.old:
-            set_(int(old))
+        for lib, old in self.old:
+            lib.set_num_threads(old)
         self.old = []
         return False
 

@@ -13,7 +13,6 @@ import hashlib
 import json
 import math
 import os
-import pickle
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
@@ -21,6 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from ..dataset import DatasetError, Structure, read_dataset, validate
+from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_state, save_state
 from .config import ConfigError, normalise_config
 from .optim import Adam, KalmanFilter
 from . import prepare
@@ -29,20 +29,8 @@ __all__ = ["Trainer", "TrainResult", "train"]
 
 
 def _progress(total, desc, enabled):
-    try:
-        from ..progress import Progress
-        return Progress(total=total, desc=desc, disable=None if enabled else True)
-    except ImportError:  # pragma: no cover
-        class _Null:
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *a):
-                return False
-
-            def update(self, n=1):
-                pass
-        return _Null()
+    from ..progress import Progress
+    return Progress(total=total, desc=desc, disable=None if enabled else True)
 
 
 @dataclass
@@ -567,35 +555,31 @@ class Trainer:
         return hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest()
 
     def _ckpt_path(self) -> str:
-        return os.path.join(self.cfg["output"]["directory"], "checkpoint.pkl")
+        return os.path.join(self.cfg["output"]["directory"], CHECKPOINT_NAME)
 
     def _save_checkpoint(self, epoch, opt, history, best) -> None:
         ost = opt.state()  # collective for the Kalman filter
         if self.rank != 0:
             return
-        st = {"version": 1, "fingerprint": self._fingerprint(), "epoch": epoch,
-              "w": self.w.copy(), "opt": ost, "rng": self.rng.bit_generator.state,
-              "history": history, "best": best}
-        path = self._ckpt_path()
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as fh:
-            pickle.dump(st, fh, protocol=pickle.HIGHEST_PROTOCOL)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        save_state(self._ckpt_path(),
+                   {"fingerprint": self._fingerprint(), "epoch": epoch, "w": self.w.copy(),
+                    "opt": ost, "rng": self.rng.bit_generator.state, "history": history,
+                    "best": best})
 
     def _on_root(self, read):
-        """``read()`` on rank 0 (in serial: here); its ConfigError is raised on every rank, so
-        that no rank is left waiting in a collective. Returns the result on rank 0, None on the
-        others."""
+        """``read()`` on rank 0 (in serial: here). Any exception it raises is raised on every
+        rank (as a ConfigError with rank 0's message on the others), so that no rank is left
+        waiting in a collective. Returns the result on rank 0, None on the others."""
         res, err = None, None
         if self.rank == 0:
             try:
                 res = read()
-            except ConfigError as exc:
+            except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
                 err = exc
         if self.comm is not None:
-            err = self.comm.bcast(err, root=0)
+            msg = self.comm.bcast(None if err is None else str(err), root=0)
+            if self.rank != 0 and msg is not None:
+                raise ConfigError(msg)
         if err is not None:
             raise err
         return res
@@ -619,12 +603,20 @@ class Trainer:
 
         def read():
             if not os.path.exists(path):
+                old = os.path.join(os.path.dirname(path), "checkpoint.pkl")
+                if os.path.exists(old):
+                    raise CheckpointError(
+                        f"{old} is a pickle checkpoint of an older pyfragnn; it is not loaded "
+                        "(a pickle can run code). Delete it, or set training.resume = false")
                 return None
-            with open(path, "rb") as fh:
-                st = pickle.load(fh)
+            st = load_state(path)
             if st.get("fingerprint") != self._fingerprint():
                 raise ConfigError(f"{path} was written with a different configuration; "
                                   "delete it or set training.resume = false")
+            if not isinstance(st.get("opt"), dict) or not isinstance(st.get("w"), np.ndarray) \
+                    or st["w"].shape != self.w.shape:
+                raise CheckpointError(f"{path}: weights or optimizer state missing or of the "
+                                      "wrong size")
             if isinstance(opt, KalmanFilter) and "P" not in st["opt"]:
                 raise ConfigError(f"{path}: optimizer in the checkpoint differs")
             return st
@@ -651,13 +643,15 @@ class Trainer:
         """Start the Kalman filter from the state saved in another run's checkpoint."""
         def read():
             try:
-                with open(path, "rb") as fh:
-                    st = pickle.load(fh)["opt"]
-            except (OSError, KeyError, pickle.UnpicklingError, EOFError) as exc:
-                raise ConfigError(f"training.kalman.init_state: {path}: cannot read a "
-                                  f"checkpoint ({exc})") from exc
-            if "P" not in st:
-                raise ConfigError(f"training.kalman.init_state: {path} holds no Kalman filter")
+                st = load_state(path)["opt"]
+                if "P" not in st:
+                    raise ConfigError(f"training.kalman.init_state: {path} holds no Kalman "
+                                      "filter")
+            except CheckpointError as exc:
+                raise CheckpointError(f"training.kalman.init_state: {exc}") from exc
+            except (KeyError, TypeError) as exc:
+                raise CheckpointError(f"training.kalman.init_state: {path}: not a training "
+                                      f"checkpoint ({exc})") from exc
             n = sum(np.asarray(P).shape[0] for P in st["P"])
             if n != self.nw or len(st["P"]) != len(opt.blocks):
                 raise ConfigError(f"training.kalman.init_state: {path} has a filter over {n} "
