@@ -111,7 +111,9 @@ class InitialConfig:
 class SamplingConfig:
     temperatures: List[float] = _doc("bulk MD temperatures with the preliminary potential, "
                                      "one run each", factory=lambda: [300.0, 500.0])
-    md_steps: int = _doc("MD steps per temperature (Langevin, 0.5 fs)", 400)
+    runs: int = _doc("MD runs per temperature (other seeds); each stops where the "
+                     "preliminary potential heats the system past 1.5 x its temperature", 1)
+    md_steps: int = _doc("MD steps per run (Langevin, 0.5 fs)", 400)
     sample_every: int = _doc("snapshot every N steps", 50)
     strain: float = _doc("random symmetric strain (max component) of extra snapshots", 0.02)
     strained: int = _doc("extra strained + rattled copies of the relaxed structure", 2)
@@ -277,7 +279,7 @@ _POSITIVE = ("run.workers", "training.epochs", "training.radial_n", "md.nprocs",
              "range.delta", "range.fd_step", "active.max_per_frame", "active.max_candidates")
 _NON_NEGATIVE = ("relax.steps", "range.r_c", "initial.md_steps", "initial.rattled",
                  "initial.rattle", "sampling.md_steps", "sampling.strained", "sampling.rattle",
-                 "sampling.strain", "fragments.small_per_site", "fragments.large_per_site",
+                 "sampling.strain", "sampling.runs", "fragments.small_per_site", "fragments.large_per_site",
                  "training.force_fraction", "active.iterations", "active.epochs",
                  "active.threshold", "active.min_separation", "validation.md_frames",
                  "validation.md_steps", "validation.distorted", "validation.rattle",

@@ -304,8 +304,9 @@ def step_preliminary(ctx: Context) -> Dict[str, Any]:
 
 
 def step_sampling(ctx: Context) -> Dict[str, Any]:
-    """Bulk snapshots: MD with the preliminary potential (stopped where the committee leaves
-    its data) at each temperature, plus strained and rattled copies of the relaxed cells."""
+    """Bulk snapshots: MD runs with the preliminary potential at each temperature (each
+    stopped where it heats the system past 1.5 x the target: the frames up to there show where
+    it goes wrong), plus strained and rattled copies of the relaxed cells."""
     from ..active_learning import explore
     from ..sampling import distorted_snapshots
 
@@ -317,15 +318,17 @@ def step_sampling(ctx: Context) -> Dict[str, Any]:
         start = a.copy()
         start.calc = None
         for k, temp in enumerate(sm.temperatures):
-            fr = explore(start, pots, temp, sm.md_steps, 0.5, sm.sample_every,
-                         stop_temperature=2.0 * temp, seed=cfg.run.seed + 31 * k)
-            fr = [f for f in fr if int(f.info["md_step"]) > 0]
-            runs.append({"structure": name, "T_K": temp, "frames": len(fr),
-                         "stopped": fr[-1].info.get("md_stopped", "") if fr else "",
-                         "ps": float(fr[-1].info["md_time_ps"]) if fr else 0.0})
-            for f in fr:
-                f.info.update(structure=name, sampling=f"md{temp:g}K")
-            snaps += fr
+            for run in range(sm.runs):
+                fr = explore(start, pots, temp, sm.md_steps, 0.5, sm.sample_every,
+                             stop_temperature=1.5 * temp,
+                             seed=cfg.run.seed + 31 * k + 7919 * run)
+                fr = [f for f in fr if int(f.info["md_step"]) > 0]
+                runs.append({"structure": name, "T_K": temp, "run": run, "frames": len(fr),
+                             "stopped": fr[-1].info.get("md_stopped", "") if fr else "",
+                             "ps": float(fr[-1].info["md_time_ps"]) if fr else 0.0})
+                for f in fr:
+                    f.info.update(structure=name, sampling=f"md{temp:g}K")
+                snaps += fr
         for f in distorted_snapshots(start, sm.strained, sm.rattle, sm.strain, cfg.run.seed + 5):
             f.info.update(structure=name, sampling="strained")
             snaps.append(f)
