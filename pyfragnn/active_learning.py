@@ -281,10 +281,10 @@ def _cmd_select(args: argparse.Namespace) -> int:
         print(f"  frame {c.frame} atom {c.atom} ({frames[c.frame].get_chemical_symbols()[c.atom]})"
               f": deviation {c.deviation:.3f} eV/Å, {c.extrapolations} extrapolations")
     if args.output:
-        from .demo import _write_atomic
+        from .frames import write_frames
         frags = candidate_fragments(frames, cands, args.radius, r_c=args.rc,
                                     cap=not args.no_cap)
-        _write_atomic(args.output, frags)
+        write_frames(args.output, frags)
         print(f"wrote {len(frags)} fragments (radius {args.radius} Å) to {args.output}")
     return 0
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from .runner import Context
 from .steps import _checkpoint, _clean, _labelled, _r_c, _relaxed, _site_labels, _small_data
-from .steps import read_frames, write_frames
+from ..frames import read_frames, write_frames
 
 __all__ = ["run_active"]
 

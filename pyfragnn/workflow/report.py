@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Sequence
 import numpy as np
 
 from .runner import Context
-from .steps import read_frames
+from ..frames import read_frames
 
 __all__ = ["write_report", "summary"]
 

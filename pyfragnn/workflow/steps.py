@@ -7,40 +7,19 @@ Units: Å, eV, eV/Å, fs, K.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 from ase import Atoms
 
+from ..frames import read_frames, write_frames
 from .runner import Context, Step, WorkflowError, cfg_file
 
 __all__ = ["STEPS"]
 
 
-# --------------------------------------------------------------------------- files
-def read_frames(path: Path) -> List[Atoms]:
-    """All frames of an extxyz file ([] for an empty or missing file)."""
-    from ase.io import read
-
-    if not path.exists() or path.stat().st_size == 0:
-        return []
-    return list(read(str(path), ":"))
-
-
-def write_frames(path: Path, frames: Sequence[Atoms]) -> None:
-    """Write extxyz through a temporary file and a rename (never half a file)."""
-    from ase.io import write
-
-    tmp = path.with_name(path.name + ".tmp")
-    if frames:
-        write(str(tmp), list(frames), format="extxyz")
-    else:
-        tmp.write_text("")
-    os.replace(tmp, path)
-
-
+# --------------------------------------------------------------------------- helpers
 def _labelled(ctx: Context, items: List[Atoms], name: str) -> List[Atoms]:
     """Label ``items`` with the reference method into ``ctx.out/name.extxyz`` (resumable) and
     return them in input order; a failed calculation stops the step naming the file."""

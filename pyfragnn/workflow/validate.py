@@ -16,7 +16,8 @@ from typing import Any, Dict, List
 import numpy as np
 
 from .runner import Context
-from .steps import _labelled, _r_c, _relaxed, _site_labels, _site_members, write_frames
+from ..frames import write_frames
+from .steps import _labelled, _r_c, _relaxed, _site_labels, _site_members
 
 __all__ = ["run_validate", "potentials_to_validate"]
 
