@@ -29,9 +29,10 @@ PairFragNN *find_pair(LAMMPS *lmp, Error *error, Force *force, const char *who)
 void check_current(Error *error, PairFragNN *pair, Update *update, const char *who)
 {
   if (pair->atom_stats_step != update->ntimestep)
-    error->all(FLERR, "compute {}: pair fragnn has no committee statistics for step {} (they "
-                      "exist only on steps where forces were computed during a run)",
-               who, update->ntimestep);
+    error->all(FLERR, "compute {}: pair fragnn has no committee statistics for step {}: they "
+                      "are computed with the forces on the steps where thermo, dump or fix "
+                      "output is due to invoke a fragnn compute, during a run", who,
+               update->ntimestep);
 }
 }    // namespace
 
@@ -43,6 +44,7 @@ ComputeFragNNAtom::ComputeFragNNAtom(LAMMPS *lmp, int narg, char **arg) :
   if (narg != 3) error->all(FLERR, "Illegal compute fragnn/atom command: compute ID group fragnn/atom");
   peratom_flag = 1;
   size_peratom_cols = 2;
+  timeflag = 1;    // pair fragnn evaluates the committee on the steps this compute is due
 }
 
 ComputeFragNNAtom::~ComputeFragNNAtom()
@@ -53,7 +55,6 @@ ComputeFragNNAtom::~ComputeFragNNAtom()
 void ComputeFragNNAtom::init()
 {
   pair = find_pair(lmp, error, force, "fragnn/atom");
-  pair->request_atom_stats();
 }
 
 void ComputeFragNNAtom::compute_peratom()
@@ -100,6 +101,7 @@ ComputeFragNN::ComputeFragNN(LAMMPS *lmp, int narg, char **arg) :
   }
   vector_flag = 1;
   size_vector = 4;
+  timeflag = 1;    // pair fragnn evaluates the committee on the steps this compute is due
   extvector = 0;
   vector = new double[size_vector];
   std::fill(vector, vector + size_vector, 0.0);
@@ -113,7 +115,6 @@ ComputeFragNN::~ComputeFragNN()
 void ComputeFragNN::init()
 {
   pair = find_pair(lmp, error, force, "fragnn");
-  pair->request_atom_stats();
 }
 
 void ComputeFragNN::compute_vector()

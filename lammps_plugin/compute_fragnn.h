@@ -17,8 +17,10 @@
          [4] number of extrapolating symmetry-function values (sum of column 2)
 
    Both read what pair fragnn stored during its force computation of the same timestep
-   (each member's forces on ghost atoms are reverse-communicated there); they stop with an
-   error when invoked on a step without one (e.g. between runs).
+   (each member's forces on ghost atoms are reverse-communicated there). They store their
+   invocation steps (timeflag), and pair fragnn evaluates the whole committee only on those
+   steps (and on every step with average yes); elsewhere only the MD member runs. Invoked on
+   a step without statistics (not scheduled, or between runs) they stop with an error.
 ------------------------------------------------------------------------- */
 
 #ifdef COMPUTE_CLASS

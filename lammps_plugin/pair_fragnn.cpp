@@ -8,19 +8,22 @@
      F_lmp = F_pot * cflength / cfenergy,  W_lmp = W_pot / cfenergy.
    Forces on ghost atoms are reverse-communicated by LAMMPS (newton pair on).
 
-   With two or more potentials (a committee), or when compute fragnn/atom asks for per-atom
-   statistics, the kernel's Committee evaluates every member on the same list: the MD forces
+   On the steps where a compute fragnn or fragnn/atom is due (Compute::matchstep; every step
+   with average yes), the kernel's Committee evaluates every member on the same list: the MD forces
    go to atom->f as above, each member's forces to kmember, whose ghost parts this style
    reverse-communicates itself before it forms the per-atom force deviation of owned atoms.
+   On other steps only the MD member runs, through Model::compute.
 ------------------------------------------------------------------------- */
 
 #include "pair_fragnn.h"
 
 #include "atom.h"
 #include "comm.h"
+#include "compute.h"
 #include "error.h"
 #include "force.h"
 #include "memory.h"
+#include "modify.h"
 #include "neigh_list.h"
 #include "neighbor.h"
 #include "update.h"
@@ -160,7 +163,6 @@ PairFragNN::PairFragNN(LAMMPS *lmp) : Pair(lmp)
 
   model = nullptr;
   average = false;
-  atom_stats_wanted = false;
   atom_stats_step = -1;
   cflength = cfenergy = 0.0;
   cfl = cfe = 1.0;
@@ -462,6 +464,7 @@ void PairFragNN::init_style()
                                                 committee->descriptor_source(m) + 1));
     utils::logmesg(lmp, msg);
   }
+  stat_computes = modify->get_compute_by_style("^fragnn");
   ew_listed = 0;
   sum_first = sum_last = -1;
   sum_warnings = sum_steps_with = sum_max_step = 0.0;
@@ -491,13 +494,17 @@ void PairFragNN::compute(int eflag, int vflag)
   const int *numneigh = list->numneigh;
   int **firstneigh = list->firstneigh;
   const int nmem = n_members();
-  // the committee path: every member's forces and per-atom extrapolation counts
-  const bool stats = committee || atom_stats_wanted;
+  // the committee path (every member's forces, per-atom extrapolation counts) on every step
+  // with average yes, else on the steps where a fragnn compute will be invoked
+  bool stats = committee && average;
+  for (Compute *c : stat_computes) stats = stats || c->matchstep(update->ntimestep);
   std::unique_ptr<pyfragnn::Committee> single;
   if (stats && !committee)
     single = std::make_unique<pyfragnn::Committee>(std::vector<const pyfragnn::Model *>{model},
                                                    std::vector<double>{1.0});
-  const pyfragnn::Committee *comm_ptr = committee ? committee.get() : single.get();
+  // null: the MD member alone through Model::compute
+  const pyfragnn::Committee *comm_ptr = !stats ? nullptr : committee ? committee.get()
+                                                                     : single.get();
 
   // Element of every owned and ghost atom (-1 for types mapped to NULL).
   kelem.resize(nall);
@@ -685,7 +692,7 @@ void PairFragNN::print_summary()
                    "pair fragnn: steps {}-{}: {} extrapolation warnings{} on {} of {} steps "
                    "(at most {} on one step); {} in total\n",
                    sum_first, sum_last, (int64_t) sum_warnings,
-                   n_members() > 1 ? " (all members)" : "", (int64_t) sum_steps_with,
+                   average && n_members() > 1 ? " (all members)" : "", (int64_t) sum_steps_with,
                    sum_last - sum_first + 1, (int64_t) sum_max_step, (int64_t) ew_global_total);
   sum_first = sum_last = -1;
   sum_warnings = sum_steps_with = sum_max_step = 0.0;
@@ -768,7 +775,7 @@ void PairFragNN::report_warnings(const std::vector<pyfragnn::ExtrapolationWarnin
                        update->ntimestep, (int64_t) v[0],
                        (e >= 0 && e < (int) names.size()) ? names[e] : std::to_string(e),
                        (int) v[2] + 1, v[3], v[4], v[5],
-                       n_members() > 1 ? fmt::format(" member {}", (int) v[6] + 1) : "");
+                       average && n_members() > 1 ? fmt::format(" member {}", (int) v[6] + 1) : "");
   }
   if ((int64_t) nshow < nglobal)
     msg += fmt::format("  ({} more not listed)\n", nglobal - (int64_t) nshow);

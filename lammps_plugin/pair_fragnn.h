@@ -16,9 +16,10 @@
                 (colon-separated), then in the shipped potentials (../potentials/ from the
                 plugin's own directory). Two or more form a committee: all members need the
                 same elements, cutoff and units; MD runs on POT1 (or on the mean with
-                average yes); every member's forces are computed on the same neighbour list
-                (members with identical symmetry functions share their evaluation) for the
-                committee force deviation of `compute fragnn/atom` and `compute fragnn`.
+                average yes); on the steps where `compute fragnn/atom` or `compute fragnn`
+                is due (and on all steps with average yes) every member's forces are
+                computed on the same neighbour list (members with identical symmetry
+                functions share their evaluation) for the committee force deviation.
    cflength     LAMMPS length -> potential length (multiply), as n2p2's pair_style hdnnp.
    cfenergy     potential energy -> LAMMPS energy (divide), as n2p2's pair_style hdnnp.
                 Unset factors follow from the model's length_unit()/energy_unit()
@@ -33,7 +34,7 @@
    maxew        stop the run once the extrapolation-warning count summed over all ranks
                 (cumulative, or this step's with resetew yes) exceeds N. Default 0 (as
                 n2p2): the first warning stops the run; -1 never stops. With a committee,
-                warnings of all members count.
+                the warnings of the member(s) the MD runs on count.
    resetew      count warnings per step instead of cumulatively. Default no.
 
    Extrapolation-warning counts for thermo output: `compute ew all pair fragnn`,
@@ -84,8 +85,9 @@ class PairFragNN : public Pair {
 
   // --- committee statistics for compute fragnn/atom and compute fragnn ---------------------
   int n_members() const { return (int) models.size(); }
-  // Per-atom statistics are kept from the next compute() on (committees always keep them).
-  void request_atom_stats() { atom_stats_wanted = true; }
+  // Every member is evaluated (and these statistics kept) on the steps where a compute
+  // fragnn or fragnn/atom is scheduled (Compute::matchstep), and on every step with
+  // average yes; otherwise only member 1 runs, through Model::compute.
   // Timestep of the last compute() that filled atom_deviation/atom_extrapolations, or -1.
   bigint atom_stats_step;
   std::vector<double> atom_deviation;         // [nlocal] committee force deviation (LAMMPS units)
@@ -100,7 +102,7 @@ class PairFragNN : public Pair {
   std::string potential_arg;       // potential_args[0]
   std::string potential_path;      // potential_paths[0]
   bool average;                    // MD on the committee mean
-  bool atom_stats_wanted;
+  std::vector<class Compute *> stat_computes;    // compute fragnn, fragnn/atom (init_style)
   double cflength, cfenergy;      // as given, or 0 if not given
   double cfl, cfe;                // effective factors used in compute()
   double cutoff_pot;              // model cutoff in potential length units

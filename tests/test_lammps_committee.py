@@ -90,11 +90,13 @@ pair_coeff * * {elements}
 compute ca all fragnn/atom
 compute cg all fragnn threshold {threshold}
 compute pv all pressure NULL virial
+compute ew all pair fragnn
 dump d all custom 1 stats.dump id fx fy fz c_ca[1] c_ca[2]
 dump_modify d sort id format float %.17g
 thermo_style custom step pe c_cg[1] c_cg[2] c_cg[3] c_cg[4]
 run 0
 print "RESULT $(pe:%.17g) $(c_cg[1]:%.17g) $(c_cg[2]:%.17g) $(c_cg[3]:%.17g) $(c_cg[4]:%.17g)"
+print "EW $(c_ew[1]:%.17g)"
 print "VIRIAL $(c_pv[1]:%.17g) $(c_pv[2]:%.17g) $(c_pv[3]:%.17g) $(c_pv[4]:%.17g) $(c_pv[5]:%.17g) $(c_pv[6]:%.17g)"
 """
 
@@ -107,7 +109,7 @@ def _run_stats(s, pots, cwd: Path, np_: int, plugin_path: str, extra: str = "",
     r = run_lmp(script, cwd, np_, str(Path(plugin_path).parent))
     d = read_dump(cwd / "stats.dump")
     res = printed(r.stdout, "RESULT")
-    return {"energy": res[0], "global": res[1:], "virial": np.array(printed(r.stdout, "VIRIAL")),
+    return {"energy": res[0], "global": res[1:], "ew": printed(r.stdout, "EW")[0], "virial": np.array(printed(r.stdout, "VIRIAL")),
             "forces": np.column_stack([d["fx"], d["fy"], d["fz"]]),
             "deviation": d["c_ca[1]"], "extrapolations": d["c_ca[2]"], "log": r.stdout}
 
@@ -174,6 +176,9 @@ def test_md_member_unchanged(stats_runs, np_):
     assert rel_err(comm["virial"], single["virial"]) <= 1e-12
     # a single potential with compute fragnn/atom: deviation 0, extrapolations of A alone
     assert not single["deviation"].any()
+    # warnings (showew/maxew) are those of the MD member: B's extrapolations do not count
+    assert comm["ew"] == single["ew"] == single["extrapolations"].sum()
+    assert comm["extrapolations"].sum() > comm["ew"]
 
 
 def test_single_member_matches_python(stats_runs, python_reference, committee):
@@ -314,3 +319,68 @@ def test_misuse_member_missing(plugin, committee, tmp_path):
     _misuse(plugin, tmp_path, s.header() + f"pair_style fragnn {pots[0]} /no/such/pot\n",
             "cannot load potential '/no/such/pot' (committee member 2)")
 
+
+
+MD = """
+pair_style fragnn {pots} showew no maxew -1
+pair_coeff * * {elements}
+compute ca all fragnn/atom
+compute cg all fragnn
+velocity all create 300.0 4928459 loop all
+fix nve all nve
+timestep 0.001
+thermo_style custom step pe c_cg[1] c_cg[3]
+thermo_modify format float %.17g
+thermo 10
+dump d all custom 10 md.dump id x y z c_ca[1] c_ca[2]
+dump_modify d sort id format float %.17g
+run 30
+"""
+
+
+def read_frames(path: Path) -> list[dict]:
+    frames, lines = [], path.read_text().splitlines()
+    for k, ln in enumerate(lines):
+        if ln.startswith("ITEM: ATOMS"):
+            cols = ln.split()[2:]
+            n = int(lines[k - 5])
+            arr = np.array([[float(v) for v in x.split()] for x in lines[k + 1:k + 1 + n]])
+            frames.append({c: arr[:, i] for i, c in enumerate(cols)})
+    return frames
+
+
+def test_md_sampled_statistics(plugin, committee, tmp_path):
+    """During MD on 2 ranks the committee is evaluated on the output steps only (thermo and
+    dump every 10 steps): the dumped deviation and extrapolation counts of each frame equal
+    the Python ones for the dumped positions (1e-10); thermo's c_cg[1] is the frame's largest
+    deviation; the trajectory is that of member 1 alone (1e-9 Å after 30 steps)."""
+    from pyfragnn import Potential
+    from pyfragnn.active_learning import (committee_forces, extrapolating_atoms,
+                                          force_deviation)
+    s, pots = committee
+    members = [Potential.load(str(p)) for p in pots]
+    res = {}
+    for name, chosen in (("single", pots[:1]), ("committee", pots)):
+        cwd = tmp_path / name
+        cwd.mkdir()
+        script = s.header() + MD.format(pots=" ".join(map(str, chosen)),
+                                         elements=" ".join(s.elements))
+        r = run_lmp(script, cwd, 2, str(Path(plugin).parent))
+        from test_lammps_plugin import thermo_table
+        res[name] = (read_frames(cwd / "md.dump"), thermo_table(r.stdout))
+    frames, thermo = res["committee"]
+    assert len(frames) == 4
+    for k, fr in enumerate(frames):
+        pos = np.column_stack([fr["x"], fr["y"], fr["z"]])
+        other = res["single"][0][k]
+        # the committee path's MD forces agree with Model::compute's to rounding (1e-12)
+        assert np.max(np.abs(pos - np.column_stack([other["x"], other["y"], other["z"]]))) \
+            <= 1e-9
+        from ase import Atoms
+        atoms = Atoms(s.symbols, positions=pos, cell=s.cell, pbc=True)
+        dev = force_deviation(committee_forces(atoms, members))
+        ext = extrapolating_atoms(atoms, members)
+        assert np.max(np.abs(fr["c_ca[1]"] - dev)) <= 1e-10 * max(1.0, dev.max())
+        assert np.array_equal(fr["c_ca[2]"], ext)
+        assert abs(thermo["c_cg[1]"][k] - dev.max()) <= 1e-10 * max(1.0, dev.max())
+        assert thermo["c_cg[3]"][k] == (ext > 0).sum()

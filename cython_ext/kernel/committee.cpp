@@ -105,8 +105,8 @@ double Committee::compute(const NeighborListView& nl, const int* element, int64_
 
     DescriptorWorkspace dws;
     NetworkWorkspace nws;
-    std::vector<double> d, r, G, x, dEdx, dEdd;
-    std::vector<int> ej, tj;
+    std::vector<double> d, r, G, x, dEdx, dEdG, dEdd;
+    std::vector<int> ej, tj, set;
     double etot = 0.0;
     for (int64_t c = 0; c < nl.n_centres; ++c) {
         const int64_t i = centre(c);
@@ -162,8 +162,15 @@ double Committee::compute(const NeighborListView& nl, const int* element, int64_
             const int nsf = desc.size();
             G.resize(nsf); x.resize(nsf); dEdx.resize(nsf);
             desc.compute(env, G.data(), dws);
-            for (int m = src; m < M; ++m) {
-                if (source_[m] != src) continue;
+            // Members of this set: extrapolation, network, dE/dG; then one contraction of
+            // all their dE/dG vectors (the triplet geometry is shared between them).
+            set.clear();
+            for (int m = src; m < M; ++m)
+                if (source_[m] == src) set.push_back(m);
+            const int nv = static_cast<int>(set.size());
+            dEdG.resize(static_cast<size_t>(nv) * nsf);
+            for (int v = 0; v < nv; ++v) {
+                const int m = set[v];
                 const Model& mod = *members_[m];
                 const double w = w_[m];
                 const std::vector<double>& gmin = mod.gmin(e);
@@ -172,6 +179,7 @@ double Committee::compute(const NeighborListView& nl, const int* element, int64_
                 for (int s = 0; s < nsf; ++s) {
                     if (G[s] < gmin[s] - eps || G[s] > gmax[s] + eps) {
                         ++n_ex;
+                        if (w == 0.0) continue;   // warnings: the members the MD runs on
                         ++md.n_warnings;
                         if (md.warnings && (md.max_warnings < 0 ||
                                             static_cast<int64_t>(md.warnings->size()) <
@@ -192,15 +200,23 @@ double Committee::compute(const NeighborListView& nl, const int* element, int64_
                                              " (element " + m0.elements()[e] + ", member " +
                                              std::to_string(m + 1) + ")");
                 if (w != 0.0) ei_md += w == 1.0 ? ei : w * ei;
-                if (!need_grad || env.n == 0) continue;
+                if (!need_grad) continue;
                 const std::vector<double>& slope = mod.scaling_slope(e);
-                for (int s = 0; s < nsf; ++s) dEdx[s] *= slope[s] * inv_ce;  // now dE/dG
-                dEdd.resize(3 * static_cast<size_t>(env.n));
-                desc.contract(env, dEdx.data(), dEdd.data(), dws);
+                double* g = &dEdG[static_cast<size_t>(v) * nsf];
+                for (int s = 0; s < nsf; ++s) g[s] = dEdx[s] * (slope[s] * inv_ce);  // dE/dG
+            }
+            if (!need_grad || env.n == 0) continue;
+            const size_t nd = 3 * static_cast<size_t>(env.n);
+            dEdd.resize(nv * nd);
+            desc.contract_many(env, nv, dEdG.data(), dEdd.data(), dws);
+            for (int v = 0; v < nv; ++v) {
+                const int m = set[v];
+                const double w = w_[m];
+                double* gm = &dEdd[v * nd];
                 if (out.member_forces) {
                     double* f = out.member_forces + 3 * static_cast<size_t>(n_total) * m;
                     for (int j = 0; j < env.n; ++j) {
-                        const double* g = &dEdd[3 * j];
+                        const double* g = gm + 3 * j;
                         double* fi = f + 3 * i;
                         double* ft = f + 3 * static_cast<int64_t>(tj[j]);
                         for (int a = 0; a < 3; ++a) { fi[a] += g[a]; ft[a] -= g[a]; }
@@ -208,10 +224,10 @@ double Committee::compute(const NeighborListView& nl, const int* element, int64_
                 }
                 if (!md_grad || w == 0.0) continue;
                 if (w != 1.0)
-                    for (double& v : dEdd) v *= w;
+                    for (size_t q = 0; q < nd; ++q) gm[q] *= w;
                 for (int j = 0; j < env.n; ++j) {
-                    const double* g = &dEdd[3 * j];
-                    const double* v = &d[3 * j];
+                    const double* g = gm + 3 * j;
+                    const double* v3 = &d[3 * j];
                     const int t = tj[j];
                     if (md.forces) {
                         double* fi = md.forces + 3 * i;
@@ -219,8 +235,8 @@ double Committee::compute(const NeighborListView& nl, const int* element, int64_
                         for (int a = 0; a < 3; ++a) { fi[a] += g[a]; ft[a] -= g[a]; }
                     }
                     if (md.virial || md.atom_virial) {
-                        const double wv[6] = {-v[0] * g[0], -v[1] * g[1], -v[2] * g[2],
-                                              -v[0] * g[1], -v[0] * g[2], -v[1] * g[2]};
+                        const double wv[6] = {-v3[0] * g[0], -v3[1] * g[1], -v3[2] * g[2],
+                                              -v3[0] * g[1], -v3[0] * g[2], -v3[1] * g[2]};
                         if (md.virial)
                             for (int a = 0; a < 6; ++a) md.virial[a] += wv[a];
                         if (md.atom_virial)

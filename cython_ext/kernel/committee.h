@@ -23,8 +23,9 @@ namespace pyfragnn {
 /// What Committee::compute writes; any pointer may be null to skip that output.
 struct CommitteeOutput {
     /// The MD model, sum_m weight_m * member m: energies (overwritten), forces, virial and
-    /// atom_virial (accumulated), as Model::compute. md.n_warnings counts the warnings of all
-    /// members (+=); md.warnings / md.max_warnings record them (all members, capped).
+    /// atom_virial (accumulated), as Model::compute. md.n_warnings counts the warnings of the
+    /// members with a non-zero MD weight (+=), md.warnings / md.max_warnings record them
+    /// (capped), as Model::compute does for the MD model alone.
     ComputeOutput md;
     /// Member of each warning recorded in md.warnings (same length), optional.
     std::vector<int>* warning_member = nullptr;
