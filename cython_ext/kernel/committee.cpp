@@ -162,8 +162,7 @@ double Committee::compute(const NeighborListView& nl, const int* element, int64_
             const int nsf = desc.size();
             G.resize(nsf); x.resize(nsf); dEdx.resize(nsf);
             desc.compute(env, G.data(), dws);
-            // Members of this set: extrapolation, network, dE/dG; then one contraction of
-            // all their dE/dG vectors (the triplet geometry is shared between them).
+            // Members of this set: extrapolation, network, dE/dG; then their contractions.
             set.clear();
             for (int m = src; m < M; ++m)
                 if (source_[m] == src) set.push_back(m);
@@ -206,9 +205,12 @@ double Committee::compute(const NeighborListView& nl, const int* element, int64_
                 for (int s = 0; s < nsf; ++s) g[s] = dEdx[s] * (slope[s] * inv_ce);  // dE/dG
             }
             if (!need_grad || env.n == 0) continue;
+            // One contraction per member from the workspace of this set's compute() (a pass
+            // for several vectors at once measured only ~5 % faster than separate calls).
             const size_t nd = 3 * static_cast<size_t>(env.n);
             dEdd.resize(nv * nd);
-            desc.contract_many(env, nv, dEdG.data(), dEdd.data(), dws);
+            for (int v = 0; v < nv; ++v)
+                desc.contract(env, &dEdG[static_cast<size_t>(v) * nsf], &dEdd[v * nd], dws);
             for (int v = 0; v < nv; ++v) {
                 const int m = set[v];
                 const double w = w_[m];

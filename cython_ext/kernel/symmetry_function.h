@@ -65,7 +65,6 @@ bool symmetry_function_less(const SymmetryFunctionParams& a, const SymmetryFunct
 struct DescriptorWorkspace {
     std::vector<double> buf;
     std::vector<int> ibuf;
-    std::vector<double> batch;   ///< contract_many's scratch
 };
 
 /// All symmetry functions of one central element, in n2p2 sorted order.
@@ -90,21 +89,12 @@ public:
     void contract(const AtomEnvironment& env, const double* dEdG, double* dEdd,
                   DescriptorWorkspace& ws) const;
 
-    /// contract() for nvec vectors at once: dEdG [nvec][size()], dEdd [nvec][3 env.n]
-    /// (overwritten). Shares the per-triplet geometry between the vectors (a committee's
-    /// members with one symmetry-function set); symmetry_function_many.cpp.
-    void contract_many(const AtomEnvironment& env, int nvec, const double* dEdG, double* dEdd,
-                       DescriptorWorkspace& ws) const;
-
     /// Values and the full Jacobian dGdd[(s*env.n + j)*3 + a] = dG_s/d(d_j[a]) (for training
     /// and tests; memory size()*n*3).
     void jacobian(const AtomEnvironment& env, double* G, double* dGdd,
                   DescriptorWorkspace& ws) const;
 
 private:
-    void contract_pass(const AtomEnvironment& env, int nvec, const double* dEdG, double* dEdd,
-                       DescriptorWorkspace& ws) const;   // 2 <= nvec <= 4, Gaussian types only
-
     std::vector<SymmetryFunctionParams> sfs_;
     std::vector<int> z_;
 
