@@ -217,20 +217,23 @@ fix nve all nve
 fix stop all halt 5 v_dmax > {threshold} error continue
 timestep 0.001
 thermo_style custom step pe c_cg[1] c_cg[3]
-thermo 5
+thermo {thermo}
 run 200
 print "STOPPED $(step)"
 """
 
 
-def test_fix_halt_on_deviation(plugin, committee, python_reference, tmp_path):
+@pytest.mark.parametrize("thermo", [5, 7])
+def test_fix_halt_on_deviation(plugin, committee, python_reference, tmp_path, thermo):
     """A variable of compute fragnn drives fix halt: with a threshold below the deviation of the
-    start structure the run stops at the first check (step 5), on 2 ranks."""
+    start structure the run stops at the first check (step 5), on 2 ranks, also when thermo
+    output does not fall on that step (fix halt schedules the compute itself)."""
     s, pots = committee
     f = python_reference["forces"][:2]
     thr = 0.5 * (f.max(0) - f.min(0)).max()
     script = s.header() + HALT.format(pots=" ".join(map(str, pots[:2])),
-                                      elements=" ".join(s.elements), threshold=thr)
+                                      elements=" ".join(s.elements), threshold=thr,
+                                      thermo=thermo)
     r = run_lmp(script, tmp_path, 2, str(Path(plugin).parent))
     assert "Fix halt condition" in r.stdout
     assert printed(r.stdout, "STOPPED")[0] == 5
@@ -384,3 +387,23 @@ def test_md_sampled_statistics(plugin, committee, tmp_path):
         assert np.array_equal(fr["c_ca[2]"], ext)
         assert abs(thermo["c_cg[1]"][k] - dev.max()) <= 1e-10 * max(1.0, dev.max())
         assert thermo["c_cg[3]"][k] == (ext > 0).sum()
+
+
+def test_misuse_compute_without_pair(plugin, committee, tmp_path):
+    """compute fragnn/atom needs pair_style fragnn (2 ranks, error->all)."""
+    s, _ = committee
+    script = s.header() + ("pair_style lj/cut 3.0\npair_coeff * * 0.01 2.0\n"
+                           "compute al all fragnn/atom\nthermo_style custom step pe\nrun 0\n")
+    _misuse(plugin, tmp_path, script, "compute fragnn/atom requires pair_style fragnn")
+
+
+def test_misuse_keyword_first(plugin, committee, tmp_path):
+    s, _ = committee
+    _misuse(plugin, tmp_path, s.header() + "pair_style fragnn average yes\n",
+            "the first argument must be a potential, got keyword 'average'")
+
+
+def test_average_counts_all_members_warnings(stats_runs):
+    """With average yes the MD runs on every member, so every member's warnings count."""
+    avg = stats_runs("AB-avg", 2)
+    assert avg["ew"] == avg["extrapolations"].sum() > 0
