@@ -241,7 +241,7 @@ void PairFragNN::settings(int narg, char **arg)
   resetew = false;
   maxew = 0;
   ewlines = 1000;
-  showewsum = 1000;
+  showewsum = -1;    // default below: 1000 with showew yes, 0 (off) with showew no
   average = false;
 
   int iarg = npot;
@@ -274,6 +274,8 @@ void PairFragNN::settings(int narg, char **arg)
     }
     iarg += 2;
   }
+
+  if (showewsum < 0) showewsum = showew ? 1000 : 0;
 
   load_potentials(npot, arg);
   model = models[0].get();

@@ -30,7 +30,7 @@
                 per rank and step, and ewlines in all. Default yes (as n2p2).
    ewlines      most warnings listed in one run (-1: no limit). Default 1000.
    showewsum    every N steps one summary line of the warnings since the last one (if
-                any); 0 = off. Default 1000 (n2p2's showewsum).
+                any); 0 = off. Default 1000 with showew yes, 0 with showew no.
    maxew        stop the run once the extrapolation-warning count summed over all ranks
                 (cumulative, or this step's with resetew yes) exceeds N. Default 0 (as
                 n2p2): the first warning stops the run; -1 never stops. With a committee,

@@ -262,7 +262,8 @@ print "EW $(c_ew[2]:%.17g)"
 
 def test_warning_summary(plugin, tmp_path):
     """showew lists at most ewlines warnings per run, then says so; showewsum N prints one
-    line per N steps with the count of the window; the counts add up to the total."""
+    line per N steps with the count of the window; the counts add up to the total; showew no
+    prints neither by default."""
     data, _, _ = _cluster(tmp_path)
     pot = N2P2 / "H2O_RPBE-D3" / "pot"
     r = run_lmp(SUMMARY.format(data=data, pot=pot, ew="ewlines 7 showewsum 10"), tmp_path, 2,
@@ -282,6 +283,12 @@ def test_warning_summary(plugin, tmp_path):
                 str(Path(plugin).parent))
     assert len([ln for ln in r.stdout.splitlines() if "fragnn EW" in ln]) <= 1000
     assert len(re.findall(r"pair fragnn: steps \d+-\d+:", r.stdout)) == 1
+
+    # showew no: silent (no list, no summary unless showewsum is given), still counted
+    r = run_lmp(SUMMARY.format(data=data, pot=pot, ew="showew no"), tmp_path, 2,
+                str(Path(plugin).parent))
+    assert "fragnn EW" not in r.stdout and "pair fragnn: steps" not in r.stdout
+    assert printed(r.stdout, "EW")[0] == total
 
 
 # --------------------------------------------------------------------------- misuse
