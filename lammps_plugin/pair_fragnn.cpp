@@ -7,21 +7,30 @@
      d_pot = d_lmp * cflength,  E_lmp = E_pot / cfenergy,
      F_lmp = F_pot * cflength / cfenergy,  W_lmp = W_pot / cfenergy.
    Forces on ghost atoms are reverse-communicated by LAMMPS (newton pair on).
+
+   On the steps where a compute fragnn or fragnn/atom is due (Compute::matchstep; every step
+   with average yes), the kernel's Committee evaluates every member on the same list: the MD forces
+   go to atom->f as above, each member's forces to kmember, whose ghost parts this style
+   reverse-communicates itself before it forms the per-atom force deviation of owned atoms.
+   On other steps only the MD member runs, through Model::compute.
 ------------------------------------------------------------------------- */
 
 #include "pair_fragnn.h"
 
 #include "atom.h"
 #include "comm.h"
+#include "compute.h"
 #include "error.h"
 #include "force.h"
 #include "memory.h"
+#include "modify.h"
 #include "neigh_list.h"
 #include "neighbor.h"
 #include "update.h"
 #include "utils.h"
 
-#include "model.h"    // pyfragnn kernel
+#include "committee.h"    // pyfragnn kernel
+#include "model.h"
 
 #include <cmath>
 #include <cstdlib>
@@ -152,12 +161,20 @@ PairFragNN::PairFragNN(LAMMPS *lmp) : Pair(lmp)
   no_virial_fdotr_compute = 1;    // the kernel returns the virial
   centroidstressflag = CENTROID_NOTAVAIL;
 
+  model = nullptr;
+  average = false;
+  atom_stats_step = -1;
   cflength = cfenergy = 0.0;
   cfl = cfe = 1.0;
   cutoff_pot = cutoff_lmp = 0.0;
   showew = true;
   resetew = false;
   maxew = 0;
+  ewlines = 1000;
+  ew_listed = 0;
+  showewsum = 1000;
+  sum_first = sum_last = -1;
+  sum_warnings = sum_steps_with = sum_max_step = 0.0;
   ew_step = ew_total = ew_global_total = 0.0;
 
   nextra = 2;
@@ -190,25 +207,49 @@ void PairFragNN::allocate()
 }
 
 /* ----------------------------------------------------------------------
-   pair_style fragnn <potential> [cflength x] [cfenergy y] [showew yes|no]
-                                 [maxew N] [resetew yes|no]
+   pair_style fragnn POT1 [POT2 ...] [cflength x] [cfenergy y] [average yes|no]
+                     [showew yes|no] [ewlines N] [showewsum N] [maxew N] [resetew yes|no]
 ------------------------------------------------------------------------- */
+
+namespace {
+const char *const KEYWORDS[] = {"cflength", "cfenergy", "average", "showew", "ewlines",
+                                "showewsum", "maxew", "resetew"};
+const char *const KEYWORD_LIST =
+    "cflength, cfenergy, average, showew, ewlines, showewsum, maxew or resetew";
+bool is_keyword(const char *a)
+{
+  for (const char *k : KEYWORDS)
+    if (strcmp(a, k) == 0) return true;
+  return false;
+}
+}    // namespace
 
 void PairFragNN::settings(int narg, char **arg)
 {
   if (narg < 1)
-    error->all(FLERR, "Illegal pair_style fragnn command: expected pair_style fragnn <potential> "
-                      "[cflength x] [cfenergy y] [showew yes|no] [maxew N] [resetew yes|no]");
+    error->all(FLERR, "Illegal pair_style fragnn command: expected pair_style fragnn POT1 "
+                      "[POT2 ...] [keyword value ...] (keywords {})", KEYWORD_LIST);
+  if (is_keyword(arg[0]))
+    error->all(FLERR, "pair_style fragnn: the first argument must be a potential, got keyword "
+                      "'{}'", arg[0]);
 
-  potential_arg = arg[0];
+  int npot = 1;
+  while (npot < narg && !is_keyword(arg[npot])) npot++;
+
   cflength = cfenergy = 0.0;
   showew = true;
   resetew = false;
   maxew = 0;
+  ewlines = 1000;
+  showewsum = -1;    // default below: 1000 with showew yes, 0 (off) with showew no
+  average = false;
 
-  int iarg = 1;
+  int iarg = npot;
   while (iarg < narg) {
     const std::string key = arg[iarg];
+    if (!is_keyword(arg[iarg]))
+      error->all(FLERR, "pair_style fragnn: unknown keyword '{}' (expected {})", key,
+                 KEYWORD_LIST);
     if (iarg + 2 > narg) error->all(FLERR, "pair_style fragnn: keyword '{}' needs a value", key);
     const char *val = arg[iarg + 1];
     if (key == "cflength" || key == "cfenergy") {
@@ -220,47 +261,105 @@ void PairFragNN::settings(int narg, char **arg)
       showew = utils::logical(FLERR, val, false, lmp) != 0;
     } else if (key == "resetew") {
       resetew = utils::logical(FLERR, val, false, lmp) != 0;
+    } else if (key == "average") {
+      average = utils::logical(FLERR, val, false, lmp) != 0;
     } else if (key == "maxew") {
       maxew = utils::bnumeric(FLERR, val, false, lmp);
-    } else {
-      error->all(FLERR, "pair_style fragnn: unknown keyword '{}' (expected cflength, cfenergy, "
-                        "showew, maxew or resetew)", key);
+    } else if (key == "ewlines") {
+      ewlines = utils::bnumeric(FLERR, val, false, lmp);
+      if (ewlines < -1) error->all(FLERR, "pair_style fragnn: ewlines must be >= -1, got {}", val);
+    } else if (key == "showewsum") {
+      showewsum = utils::bnumeric(FLERR, val, false, lmp);
+      if (showewsum < 0) error->all(FLERR, "pair_style fragnn: showewsum must be >= 0, got {}", val);
     }
     iarg += 2;
   }
 
-  // Rank 0 resolves the name and loads first, then broadcasts the error or the resolved path,
-  // so that every rank stops together with the same message or loads the same (small) files.
+  if (showewsum < 0) showewsum = showew ? 1000 : 0;
+
+  load_potentials(npot, arg);
+  model = models[0].get();
+  potential_arg = potential_args[0];
+  potential_path = potential_paths[0];
+  cutoff_pot = model->cutoff();
+
+  // same elements, cutoff and units for every member: checked identically on every rank
+  for (int m = 1; m < npot; m++) {
+    const std::string why = pyfragnn::Committee::incompatibility(*model, *models[m]);
+    if (!why.empty())
+      error->all(FLERR, "pair_style fragnn: committee member {} '{}' ({}) does not match member "
+                        "1 '{}' ({}): {}", m + 1, potential_args[m], potential_paths[m],
+                 potential_arg, potential_path, why);
+  }
+  committee.reset();
+  if (npot > 1) {
+    std::vector<const pyfragnn::Model *> ptrs;
+    for (auto &m : models) ptrs.push_back(m.get());
+    std::vector<double> w(npot, 0.0);
+    if (average) w.assign(npot, 1.0 / npot);
+    else w[0] = 1.0;
+    committee = std::make_unique<pyfragnn::Committee>(ptrs, w);
+  }
+  comm_reverse = 3 * npot;
+
+  // a repeated pair_style keeps earlier pair_coeff symbols: re-resolve them
+  if (!type2sym.empty()) map_elements(type2sym);
+}
+
+/* ----------------------------------------------------------------------
+   Rank 0 resolves the names and loads first, then broadcasts the error or the resolved paths,
+   so that every rank stops together with the same message or loads the same (small) files.
+------------------------------------------------------------------------- */
+
+void PairFragNN::load_potentials(int npot, char **arg)
+{
+  potential_args.assign(arg, arg + npot);
+  potential_paths.assign(npot, "");
+  models.clear();
+  model = nullptr;
   std::string err;
   if (comm->me == 0) {
-    potential_path = find_potential(potential_arg, err);
-    if (err.empty()) {
+    for (int m = 0; m < npot && err.empty(); m++) {
+      const std::string &a = potential_args[m];
+      std::string why;
+      potential_paths[m] = find_potential(a, why);
+      const std::string who = npot > 1 ? fmt::format(" (committee member {})", m + 1) : "";
+      if (!why.empty()) {
+        // after the first potential, a word that is no potential may be a misspelt keyword
+        if (m > 0 && a.find('/') == std::string::npos)
+          err = fmt::format("unknown keyword '{}' (expected {}), and no potential of that "
+                            "name{}: {}", a, KEYWORD_LIST, who, why);
+        else
+          err = fmt::format("cannot load potential '{}'{}: {}", a, who, why);
+        break;
+      }
       try {
-        model = std::make_unique<pyfragnn::Model>(pyfragnn::Model::load(potential_path));
+        models.push_back(
+            std::make_unique<pyfragnn::Model>(pyfragnn::Model::load(potential_paths[m])));
       } catch (std::exception &e) {
-        err = e.what();
-        if (err.empty()) err = "unknown error";
+        std::string what = e.what();
+        if (what.empty()) what = "unknown error";
+        err = fmt::format("cannot load potential '{}'{}: {}", a, who, what);
       }
     }
   }
   bcast_string(err, world);
   if (!err.empty()) {
-    model.reset();
-    error->all(FLERR, "pair_style fragnn: cannot load potential '{}': {}", potential_arg, err);
+    models.clear();
+    error->all(FLERR, "pair_style fragnn: {}", err);
   }
-  bcast_string(potential_path, world);
+  for (int m = 0; m < npot; m++) bcast_string(potential_paths[m], world);
   if (comm->me != 0) {
-    try {
-      model = std::make_unique<pyfragnn::Model>(pyfragnn::Model::load(potential_path));
-    } catch (std::exception &e) {
-      error->one(FLERR, "pair_style fragnn: cannot load potential '{}': {}", potential_path,
-                 e.what());
+    for (int m = 0; m < npot; m++) {
+      try {
+        models.push_back(
+            std::make_unique<pyfragnn::Model>(pyfragnn::Model::load(potential_paths[m])));
+      } catch (std::exception &e) {
+        error->one(FLERR, "pair_style fragnn: cannot load potential '{}': {}",
+                   potential_paths[m], e.what());
+      }
     }
   }
-  cutoff_pot = model->cutoff();
-
-  // a repeated pair_style keeps earlier pair_coeff symbols: re-resolve them
-  if (!type2sym.empty()) map_elements(type2sym);
 }
 
 /* ----------------------------------------------------------------------
@@ -353,6 +452,24 @@ void PairFragNN::init_style()
                    potential_arg,
                    potential_arg == potential_path ? "" : " (" + potential_path + ")",
                    join(model->elements()), cutoff_pot, cutoff_lmp, cfl, cfe);
+  if (comm->me == 0 && committee) {
+    std::string msg = fmt::format("pair fragnn: committee of {} potentials, MD on {}; {} "
+                                  "symmetry-function set(s)\n", n_members(),
+                                  average ? "their mean" : "member 1",
+                                  committee->n_descriptor_sets());
+    for (int m = 0; m < n_members(); m++)
+      msg += fmt::format("  member {}: {}{}{}\n", m + 1, potential_args[m],
+                         potential_args[m] == potential_paths[m]
+                             ? "" : " (" + potential_paths[m] + ")",
+                         committee->descriptor_source(m) == m
+                             ? "" : fmt::format(", symmetry functions shared with member {}",
+                                                committee->descriptor_source(m) + 1));
+    utils::logmesg(lmp, msg);
+  }
+  stat_computes = modify->get_compute_by_style("^fragnn");
+  ew_listed = 0;
+  sum_first = sum_last = -1;
+  sum_warnings = sum_steps_with = sum_max_step = 0.0;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -372,11 +489,24 @@ void PairFragNN::compute(int eflag, int vflag)
   double **x = atom->x;
   double **f = atom->f;
   const int *type = atom->type;
-  const int nall = atom->nlocal + atom->nghost;
+  const int nlocal = atom->nlocal;
+  const int nall = nlocal + atom->nghost;
   const int inum = list->inum;
   const int *ilist = list->ilist;
   const int *numneigh = list->numneigh;
   int **firstneigh = list->firstneigh;
+  const int nmem = n_members();
+  // the committee path (every member's forces, per-atom extrapolation counts) on every step
+  // with average yes, else on the steps where a fragnn compute will be invoked
+  bool stats = committee && average;
+  for (Compute *c : stat_computes) stats = stats || c->matchstep(update->ntimestep);
+  std::unique_ptr<pyfragnn::Committee> single;
+  if (stats && !committee)
+    single = std::make_unique<pyfragnn::Committee>(std::vector<const pyfragnn::Model *>{model},
+                                                   std::vector<double>{1.0});
+  // null: the MD member alone through Model::compute
+  const pyfragnn::Committee *comm_ptr = !stats ? nullptr : committee ? committee.get()
+                                                                     : single.get();
 
   // Element of every owned and ghost atom (-1 for types mapped to NULL).
   kelem.resize(nall);
@@ -384,16 +514,28 @@ void PairFragNN::compute(int eflag, int vflag)
   kforce.assign(3 * (size_t) nall, 0.0);
   if (vflag_atom) kvatom.assign(6 * (size_t) nall, 0.0);
   if (eflag_atom) kenergy.assign(nall, 0.0);
+  if (stats) {
+    kmember.assign(3 * (size_t) nall * nmem, 0.0);
+    atom_extrapolations.assign(nall, 0);
+  }
   double kvir[6] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
   std::vector<pyfragnn::ExtrapolationWarning> warnings;
+  std::vector<int> warning_member;
+  const bool listing = showew && (ewlines < 0 || ew_listed < ewlines);
 
-  pyfragnn::ComputeOutput out;
+  pyfragnn::CommitteeOutput kout;
+  pyfragnn::ComputeOutput &out = kout.md;
   out.energies = eflag_atom ? kenergy.data() : nullptr;
   out.forces = kforce.data();
   out.virial = vflag_global ? kvir : nullptr;
   out.atom_virial = vflag_atom ? kvatom.data() : nullptr;
   out.warnings = &warnings;
-  out.max_warnings = showew ? MAX_RECORDED_WARNINGS : 0;
+  out.max_warnings = listing ? MAX_RECORDED_WARNINGS : 0;
+  if (stats) {
+    kout.warning_member = &warning_member;
+    kout.member_forces = kmember.data();
+    kout.extrapolations = atom_extrapolations.data();
+  }
 
   // Centres are processed in chunks so that only one chunk's neighbour vectors are held
   // (memory per atom stays far below what keeping the whole list would take).
@@ -436,7 +578,10 @@ void PairFragNN::compute(int eflag, int vflag)
     view.index = nbindex.data();
     view.d = nbd.data();
     try {
-      etot += model->compute(view, kelem.data(), nall, out);
+      if (comm_ptr)
+        etot += comm_ptr->compute(view, kelem.data(), nall, kout);
+      else
+        etot += model->compute(view, kelem.data(), nall, out);
     } catch (std::exception &e) {
       kernel_error = e.what();
       break;
@@ -464,21 +609,100 @@ void PairFragNN::compute(int eflag, int vflag)
       for (int m = 0; m < 6; m++) va[m] += econv * kvatom[6 * k + m];
     }
 
+  // committee force deviation of owned atoms: the members' ghost forces first go to their owners
+  if (stats) {
+    if (nmem > 1) comm->reverse_comm(this);
+    atom_deviation.assign(nlocal, 0.0);
+    const size_t stride = 3 * (size_t) nall;
+    for (int i = 0; i < nlocal && nmem > 1; i++) {
+      double dev = 0.0;
+      for (int a = 0; a < 3; a++) {
+        double lo = fconv * kmember[3 * i + a], hi = lo;
+        for (int m = 1; m < nmem; m++) {
+          const double v = fconv * kmember[m * stride + 3 * i + a];
+          lo = std::min(lo, v);
+          hi = std::max(hi, v);
+        }
+        dev = std::max(dev, hi - lo);
+      }
+      atom_deviation[i] = dev;
+    }
+    atom_stats_step = update->ntimestep;
+  }
+
   // extrapolation warnings
   ew_step = (double) out.n_warnings;
   ew_total = resetew ? ew_step : ew_total + ew_step;
   pvector[0] = ew_step;
   pvector[1] = ew_total;
-  if (showew || maxew >= 0) {
+  if (showew || maxew >= 0 || showewsum > 0) {
     double loc[2] = {ew_step, ew_total}, glob[2];
     MPI_Allreduce(loc, glob, 2, MPI_DOUBLE, MPI_SUM, world);
     ew_global_total = glob[1];
-    if (showew && glob[0] > 0) report_warnings(warnings, (int64_t) glob[0]);
+    if (listing && glob[0] > 0) report_warnings(warnings, warning_member, (int64_t) glob[0]);
+    if (showewsum > 0) {
+      const bigint step = update->ntimestep;
+      if (sum_first < 0) sum_first = step;
+      sum_last = step;
+      sum_warnings += glob[0];
+      if (glob[0] > 0) sum_steps_with += 1.0;
+      sum_max_step = std::max(sum_max_step, glob[0]);
+      if (step - sum_first + 1 >= showewsum) print_summary();
+    }
     if (maxew >= 0 && glob[1] > (double) maxew)
       error->all(FLERR, "pair fragnn: too many extrapolation warnings: {} {} > maxew {} (step {})",
                  (int64_t) glob[1], resetew ? "on this step" : "in total", maxew,
                  update->ntimestep);
   }
+}
+
+/* ----------------------------------------------------------------------
+   member forces on ghost atoms -> their owners (kernel units; comm_reverse = 3 M)
+------------------------------------------------------------------------- */
+
+int PairFragNN::pack_reverse_comm(int n, int first, double *buf)
+{
+  const int nmem = n_members();
+  const size_t stride = 3 * (size_t) (atom->nlocal + atom->nghost);
+  int k = 0;
+  for (int i = first; i < first + n; i++)
+    for (int m = 0; m < nmem; m++)
+      for (int a = 0; a < 3; a++) buf[k++] = kmember[m * stride + 3 * i + a];
+  return k;
+}
+
+void PairFragNN::unpack_reverse_comm(int n, int *list, double *buf)
+{
+  const int nmem = n_members();
+  const size_t stride = 3 * (size_t) (atom->nlocal + atom->nghost);
+  int k = 0;
+  for (int i = 0; i < n; i++) {
+    const int j = list[i];
+    for (int m = 0; m < nmem; m++)
+      for (int a = 0; a < 3; a++) kmember[m * stride + 3 * j + a] += buf[k++];
+  }
+}
+
+/* ----------------------------------------------------------------------
+   showewsum: one line for the steps since the last summary, if they had warnings
+------------------------------------------------------------------------- */
+
+void PairFragNN::print_summary()
+{
+  if (comm->me == 0 && sum_warnings > 0)
+    utils::logmesg(lmp,
+                   "pair fragnn: steps {}-{}: {} extrapolation warnings{} on {} of {} steps "
+                   "(at most {} on one step); {} in total\n",
+                   sum_first, sum_last, (int64_t) sum_warnings,
+                   average && n_members() > 1 ? " (all members)" : "", (int64_t) sum_steps_with,
+                   sum_last - sum_first + 1, (int64_t) sum_max_step, (int64_t) ew_global_total);
+  sum_first = sum_last = -1;
+  sum_warnings = sum_steps_with = sum_max_step = 0.0;
+}
+
+void PairFragNN::finish()
+{
+  if (showewsum > 0 && sum_first >= 0) print_summary();
 }
 
 /* ----------------------------------------------------------------------
@@ -505,9 +729,9 @@ void PairFragNN::stop_on_kernel_error(const std::string &msg)
 ------------------------------------------------------------------------- */
 
 void PairFragNN::report_warnings(const std::vector<pyfragnn::ExtrapolationWarning> &w,
-                                 int64_t nglobal)
+                                 const std::vector<int> &member, int64_t nglobal)
 {
-  constexpr int NV = 6;    // tag, element, sf, value, gmin, gmax
+  constexpr int NV = 7;    // tag, element, sf, value, gmin, gmax, member
   std::vector<double> mine;
   mine.reserve(NV * w.size());
   for (const auto &x : w) {
@@ -518,41 +742,50 @@ void PairFragNN::report_warnings(const std::vector<pyfragnn::ExtrapolationWarnin
     mine.push_back(x.value);
     mine.push_back(x.gmin);
     mine.push_back(x.gmax);
+    const size_t r = &x - w.data();
+    mine.push_back(r < member.size() ? (double) member[r] : 0.0);
   }
   const int nme = (int) mine.size();
   const int nprocs = comm->nprocs;
   std::vector<int> counts(nprocs), displs(nprocs);
-  MPI_Gather(&nme, 1, MPI_INT, counts.data(), 1, MPI_INT, 0, world);
-  std::vector<double> all;
-  if (comm->me == 0) {
-    int tot = 0;
-    for (int p = 0; p < nprocs; p++) {
-      displs[p] = tot;
-      tot += counts[p];
-    }
-    all.resize(tot > 0 ? tot : 1);
+  // every rank learns how many are listed, so that ew_listed stays the same on all ranks
+  MPI_Allgather(&nme, 1, MPI_INT, counts.data(), 1, MPI_INT, world);
+  int tot = 0;
+  for (int p = 0; p < nprocs; p++) {
+    displs[p] = tot;
+    tot += counts[p];
   }
+  std::vector<double> all;
+  if (comm->me == 0) all.resize(tot > 0 ? tot : 1);
   MPI_Gatherv(mine.data(), nme, MPI_DOUBLE, all.data(), counts.data(), displs.data(), MPI_DOUBLE,
               0, world);
+  const size_t nrec = (size_t) tot / NV;
+  const int64_t room = ewlines < 0 ? (int64_t) nrec : std::max<int64_t>(0, ewlines - ew_listed);
+  const size_t nshow = std::min<size_t>(nrec, (size_t) room);
+  ew_listed += (int64_t) nshow;
   if (comm->me != 0) return;
 
   const auto &names = model->elements();
   std::string msg = fmt::format("pair fragnn: {} extrapolation warnings on step {}\n", nglobal,
                                 update->ntimestep);
-  size_t nrec = 0;
-  for (int p = 0; p < nprocs; p++) nrec += counts[p] / NV;
-  for (size_t r = 0; r < nrec; r++) {
+  for (size_t r = 0; r < nshow; r++) {
     const double *v = &all[NV * r];
     const int e = (int) v[1];
     // SF index 1-based, as in pyfragnn.Potential's warnings
     msg += fmt::format("  fragnn EW step {} atom {} element {} SF {} value {:.8g} "
-                       "range [{:.8g}, {:.8g}]\n",
+                       "range [{:.8g}, {:.8g}]{}\n",
                        update->ntimestep, (int64_t) v[0],
                        (e >= 0 && e < (int) names.size()) ? names[e] : std::to_string(e),
-                       (int) v[2] + 1, v[3], v[4], v[5]);
+                       (int) v[2] + 1, v[3], v[4], v[5],
+                       average && n_members() > 1 ? fmt::format(" member {}", (int) v[6] + 1) : "");
   }
-  if ((int64_t) nrec < nglobal)
-    msg += fmt::format("  ({} more not listed)\n", nglobal - (int64_t) nrec);
+  if ((int64_t) nshow < nglobal)
+    msg += fmt::format("  ({} more not listed)\n", nglobal - (int64_t) nshow);
+  if (ewlines >= 0 && ew_listed >= ewlines)
+    msg += fmt::format("pair fragnn: {} warnings listed (ewlines {}); further ones are only "
+                       "counted{} (compute fragnn/atom shows where)\n", ew_listed, ewlines,
+                       showewsum > 0 ? fmt::format(" and summarised every {} steps", showewsum)
+                                     : "");
   utils::logmesg(lmp, msg);
 }
 
@@ -576,6 +809,8 @@ double PairFragNN::memory_usage()
   double bytes = Pair::memory_usage();
   bytes += (double) kelem.capacity() * sizeof(int) + (double) centres.capacity() * sizeof(int32_t);
   bytes += (double) offsets.capacity() * sizeof(int64_t);
+  bytes += (double) (kmember.capacity() + atom_deviation.capacity()) * sizeof(double);
+  bytes += (double) atom_extrapolations.capacity() * sizeof(int32_t);
   bytes += (double) nbindex.capacity() * sizeof(int32_t);
   bytes += (double) (nbd.capacity() + kenergy.capacity() + kforce.capacity() + kvatom.capacity()) *
       sizeof(double);

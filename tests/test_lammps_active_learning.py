@@ -1,0 +1,180 @@
+"""Active learning driven by LAMMPS (pyfragnn.active_learning.lammps_active_learning):
+exploration through pair_style fragnn with compute fragnn/atom dumps, the exact widening of
+the scaling ranges before fine-tuning, and the whole loop against EMT (Cu) until the committee
+neither disagrees nor extrapolates on the schedule."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from ase.build import bulk
+
+pytestmark = pytest.mark.mpi
+
+
+def _need_lammps():
+    pytest.importorskip("pyfragnn._core", reason="pyfragnn's compiled core is not built")
+    import pyfragnn.lammps as pl
+    try:
+        pl.plugin_path()
+    except FileNotFoundError as e:
+        pytest.skip(f"LAMMPS plugin not built: {e}")
+    for exe in ("lmp", "mpirun"):
+        if shutil.which(exe) is None:
+            pytest.skip(f"'{exe}' not on PATH")
+
+
+def _train_members(tmp, data, seeds=(1, 2)):
+    from pyfragnn.demo import to_structures
+    from pyfragnn.training.trainer import Trainer
+    pots = []
+    for seed in seeds:
+        out = tmp / f"p{seed}"
+        Trainer({"data": {"test_fraction": 0.1},
+                 "model": {"cutoff": 4.5, "hidden": [8, 8], "radial": {"n": 5, "r_min": 2.0},
+                           "angular": {"eta": [0.02], "zeta": [1, 4], "lambda": [-1, 1]}},
+                 "training": {"epochs": 6, "seed": seed, "progress": False,
+                              "force_fraction": 0.05},
+                 "output": {"directory": str(out), "plots": False, "n2p2": False}},
+                structures=to_structures(data)).run()
+        pots.append(out / "potential.fragnn")
+    return pots
+
+
+@pytest.fixture(scope="module")
+def emt_setup(tmp_path_factory):
+    """40 rattled 0 K Cu cells (σ 0.03 Å, 32 atoms) labelled with EMT and two HDNNPs trained
+    on them (seeds 1, 2)."""
+    pytest.importorskip("pyfragnn._core", reason="pyfragnn's compiled core is not built")
+    from pyfragnn.labelling import compute as label
+    tmp = tmp_path_factory.mktemp("emt_al")
+    rng = np.random.default_rng(0)
+    base = bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 2, 2)
+    data = []
+    for _ in range(40):
+        a = base.copy()
+        a.positions += rng.normal(0, 0.03, a.positions.shape)
+        data.append(label(a, "emt"))
+    return tmp, data, _train_members(tmp, data)
+
+
+def test_widen_scaling_is_exact(emt_setup):
+    """Widening the ranges to a compressed cell removes its extrapolation warnings and keeps
+    energy and forces (1e-12 relative)."""
+    from pyfragnn import Potential
+    from pyfragnn.active_learning import widen_scaling
+    _, _, pots = emt_setup
+    p = Potential.load(str(pots[0]))
+    a = bulk("Cu", "fcc", a=3.4, cubic=True) * (2, 2, 2)
+    a.rattle(0.05, seed=3)
+    w = widen_scaling(p, [a])
+    r1 = p.compute(a.positions, a.get_chemical_symbols(), a.cell.array, (True,) * 3)
+    r2 = w.compute(a.positions, a.get_chemical_symbols(), a.cell.array, (True,) * 3)
+    assert r1["n_warnings"] > 0 and r2["n_warnings"] == 0
+    assert abs(r2["energy"] - r1["energy"]) <= 1e-12 * abs(r1["energy"])
+    assert np.max(np.abs(r2["forces"] - r1["forces"])) <= 1e-12 * np.max(np.abs(r1["forces"]))
+
+
+def test_explore_lammps_frames_match_python(emt_setup, tmp_path):
+    """explore_lammps (2 ranks, NVT then strained NPT): the dumped deviation and extrapolation
+    counts of every sampled frame equal annotate() on the frame's positions (1e-10)."""
+    _need_lammps()
+    from pyfragnn.active_learning import Stage, annotate, explore_lammps
+    _, _, pots = emt_setup
+    start = bulk("Cu", "fcc", a=3.61, cubic=True) * (3, 3, 3)
+    frames = explore_lammps(start, pots, [Stage(500, 40), Stage(500, 40, "npt", strain=0.02)],
+                            tmp_path, sample_every=20, nprocs=2)
+    assert len(frames) == 6
+    assert [f.info["md_stage"] for f in frames] == [0, 0, 0, 1, 1, 1]
+    for f in frames:
+        ref = annotate(f.copy(), pots)
+        assert np.max(np.abs(f.arrays["force_deviation"] - ref.arrays["force_deviation"])) \
+            <= 1e-10 * max(1.0, ref.arrays["force_deviation"].max())
+        assert np.array_equal(f.arrays["extrapolations"], ref.arrays["extrapolations"])
+    assert frames[-1].get_volume() != pytest.approx(start.get_volume() * 1.02 ** 3, rel=1e-9)
+
+
+def test_explore_lammps_halts(emt_setup, tmp_path):
+    """stop_deviation: fix halt ends the stage at the first sampled step above it."""
+    _need_lammps()
+    from pyfragnn.active_learning import Stage, explore_lammps
+    _, _, pots = emt_setup
+    start = bulk("Cu", "fcc", a=3.61, cubic=True) * (3, 3, 3)
+    frames = explore_lammps(start, pots, [Stage(900, 400)], tmp_path, sample_every=20,
+                            stop_deviation=0.05)
+    assert "md_stopped" in frames[-1].info
+    assert frames[-1].arrays["force_deviation"].max() > 0.05
+    assert all(f.arrays["force_deviation"].max() <= 0.05 for f in frames[:-1])
+    assert frames[-1].info["md_step"] < 400
+
+
+def _rmse(pot, frames):
+    from ase.calculators.emt import EMT
+    from pyfragnn import Potential
+    p = Potential.load(str(pot))
+    d = []
+    for f in frames:
+        g = f.copy()
+        g.calc = EMT()
+        r = p.compute(f.positions, f.get_chemical_symbols(), f.cell.array, f.pbc)
+        d.append((r["forces"] - g.get_forces()).ravel())
+    return float(np.sqrt(np.mean(np.concatenate(d) ** 2)))
+
+
+def _hot_frames(n=6, seed=77):
+    """Independent 600 K EMT frames (ASE Langevin on the 108-atom cell, 0.1 ps apart)."""
+    from ase import units
+    from ase.calculators.emt import EMT
+    from ase.md.langevin import Langevin
+    from ase.md import velocitydistribution as vd
+    a = bulk("Cu", "fcc", a=3.61, cubic=True) * (3, 3, 3)
+    a.calc = EMT()
+    rng = np.random.default_rng(seed)
+    thermalize = getattr(vd, "thermalize_momenta", None) or vd.MaxwellBoltzmannDistribution
+    thermalize(a, temperature_K=600, rng=rng)
+    dyn = Langevin(a, 2 * units.fs, temperature_K=600, friction=0.02 / units.fs, fixcm=False,
+                   rng=rng)
+    dyn.run(200)
+    out = []
+    for _ in range(n):
+        dyn.run(50)
+        out.append(a.copy())
+    return out
+
+
+def test_lammps_active_learning_emt(emt_setup, tmp_path):
+    """The loop from rattled 0 K data: LAMMPS exploration (2 ranks) over NVT 300 K, NVT 600 K
+    at +1 % strain and NPT 600 K, candidates above 0.15 eV/Å or extrapolating, 7 Å fragments
+    labelled with EMT, widened and fine-tuned committee. It converges by its rule (no sampled
+    atom above the threshold, none extrapolating, no stage halted) within 4 iterations, and the
+    force RMSE of member 1 on independent 600 K EMT frames falls at least 3x. A second call
+    resumes from the summaries without redoing anything."""
+    _need_lammps()
+    from pyfragnn.active_learning import Stage, lammps_active_learning
+    _, data, pots = emt_setup
+    start = bulk("Cu", "fcc", a=3.61, cubic=True) * (3, 3, 3)
+    stages = [Stage(300, 200), Stage(600, 200, strain=0.01), Stage(600, 200, "npt")]
+    kw = dict(calculator="emt", threshold=0.15, tolerance=0.0, max_iterations=4,
+              sample_every=20, max_per_frame=2, min_separation=2.0, max_total=30,
+              fragment_radius=7.0, cap=False, epochs=8, nprocs=2)
+    hist = lammps_active_learning(tmp_path / "al", data, pots, start, stages, **kw)
+    for h in hist:
+        print({k: h[k] for k in ("iteration", "max_deviation", "above", "extrapolating",
+                                 "flagged_fraction", "halted", "converged")})
+    assert hist[0]["flagged"] > 0 and not hist[0]["converged"]
+    assert hist[-1]["converged"]
+    assert hist[-1]["above"] == 0 and hist[-1]["extrapolating"] == 0
+    final = hist[-1]["committee"][0]
+    test = _hot_frames()
+    before, after = _rmse(pots[0], test), _rmse(final, test)
+    print(f"force RMSE on 600 K EMT frames: {before:.4f} -> {after:.4f} eV/A "
+          f"({before / after:.1f}x)")
+    assert after * 3 <= before
+    # resumable: the summaries are read back, nothing is recomputed
+    stamp = {p: p.stat().st_mtime for p in (tmp_path / "al").rglob("summary.json")}
+    again = lammps_active_learning(tmp_path / "al", data, pots, start, stages, **kw)
+    assert [json.dumps(h, sort_keys=True) for h in again] == \
+        [json.dumps(h, sort_keys=True) for h in hist]
+    assert {p: p.stat().st_mtime for p in (tmp_path / "al").rglob("summary.json")} == stamp
