@@ -540,7 +540,7 @@ def lammps_active_learning(workdir, data: Sequence[Atoms], committee: Sequence[P
     (H-capped if ``cap``), labelled with ``calculator`` (:func:`pyfragnn.labelling.compute`
     spec, e.g. ``'emt'``, ``'gfn2'``); each member's scaling ranges widened to all data
     (:func:`widen_scaling`) and fine-tuned for ``epochs`` on ``data`` plus all fragments so
-    far (:func:`pyfragnn.demo.fine_tune_hdnnp`, member k with seed ``seed + k``).
+    far (:func:`pyfragnn.training.recipes.fine_tune_hdnnp`, member k with seed ``seed + k``).
 
     ``data``: the labelled training structures (Atoms with energy and forces). Resumable: an
     iteration whose ``summary.json`` exists is not redone (its models and fragments are
@@ -551,7 +551,8 @@ def lammps_active_learning(workdir, data: Sequence[Atoms], committee: Sequence[P
 
     from ase.io import read
 
-    from .demo import _write_atomic, fine_tune_hdnnp, to_structures
+    from .frames import write_frames
+    from .training.recipes import fine_tune_hdnnp, to_structures
     from .labelling import compute as label_one
 
     work = Path(workdir)
@@ -598,7 +599,7 @@ def lammps_active_learning(workdir, data: Sequence[Atoms], committee: Sequence[P
         labelled = [label_one(f, calculator) for f in frags]
         for f in labelled:
             f.info["label"] = f"al{it}"
-        _write_atomic(d / "fragments.extxyz", labelled)
+        write_frames(d / "fragments.extxyz", labelled)
         new_frags += labelled
         structures = to_structures(list(data) + new_frags)
         nxt = []
