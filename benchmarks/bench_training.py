@@ -25,7 +25,9 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+# the checkout only if it is built in place; otherwise the installed package
+if any(f.startswith("_core") for f in os.listdir(os.path.join(os.path.dirname(HERE), "pyfragnn"))):
+    sys.path.insert(0, os.path.dirname(HERE))
 
 BENCH = os.path.join(os.path.dirname(os.path.dirname(HERE)), "shared", "bench")
 
