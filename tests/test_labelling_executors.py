@@ -59,7 +59,8 @@ def _structures(n: int, seed: int = 0):
 
 @pytest.fixture()
 def helper(tmp_path, monkeypatch):
-    (tmp_path / "labhelp.py").write_text(HELPER)
+    # its own module name: test_labelling.py's helper module `labhelp` stays in sys.modules
+    (tmp_path / "labexec_help.py").write_text(HELPER)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path),
                                                       package_env()["PYTHONPATH"]]))
@@ -99,7 +100,7 @@ def test_dask_local_cluster_two_workers(helper):
             distributed.Client(cluster) as client:
         workers = {w["id"] for w in client.scheduler_info()["workers"].values()}
         assert len(workers) == 2
-        s = label(structs[:6], out, calculator="labhelp:pid_emt", executor=client,
+        s = label(structs[:6], out, calculator="labexec_help:pid_emt", executor=client,
                   progress=False)
         assert (s.n_already_done, s.n_computed, s.n_failed) == (2, 4, 0)
         calls = _calls(helper)
@@ -112,7 +113,7 @@ def test_dask_local_cluster_two_workers(helper):
         inp = helper / "in.extxyz"
         write(inp, structs)
         r = subprocess.run([sys.executable, "-m", "pyfragnn", "label", str(inp), "-o", str(out),
-                            "-m", "labhelp:pid_emt", "--executor",
+                            "-m", "labexec_help:pid_emt", "--executor",
                             f"dask:{cluster.scheduler_address}", "-q"],
                            env=os.environ.copy(), cwd=helper, capture_output=True, text=True,
                            timeout=120)
@@ -132,7 +133,7 @@ def test_dask_failed_structure_is_recorded(helper):
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
-        s = label(structs, out, calculator="labhelp:crash_or_fail",
+        s = label(structs, out, calculator="labexec_help:crash_or_fail",
                   executor=client.get_executor(), progress=False)
     assert (s.n_computed, s.n_failed) == (3, 1)
     assert "SCF did not converge" in Path(str(out) + ".failed.jsonl").read_text()
@@ -151,7 +152,7 @@ def test_mpi4py_futures_pool(helper):
     write(inp4, structs[:4])
     write(inp8, structs)
     base = [mpirun, "-n", "3", sys.executable, "-m", "mpi4py.futures", "-m", "pyfragnn", "label",
-            "-o", str(out), "-m", "labhelp:pid_emt", "-q"]
+            "-o", str(out), "-m", "labexec_help:pid_emt", "-q"]
     run = dict(env=os.environ.copy(), cwd=helper, capture_output=True, text=True, timeout=180)
     r = subprocess.run(base + [str(inp4), "--executor", "mpi"], **run)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -176,12 +177,12 @@ def test_dying_local_worker_stops_the_run_and_resumes(helper):
     structs[2].info["crash"] = True
     out = helper / "crash.extxyz"
     with pytest.raises(BrokenProcessPool):
-        label(structs, out, calculator="labhelp:crash_or_fail", workers=1, progress=False)
+        label(structs, out, calculator="labexec_help:crash_or_fail", workers=1, progress=False)
     done = {f.info["tag"] for f in read_dataset(out)}
     assert {0, 1} <= done and 2 not in done
     assert not Path(str(out) + ".failed.jsonl").exists()
     del structs[2].info["crash"]
-    s = label(structs, out, calculator="labhelp:crash_or_fail", workers=2, progress=False)
+    s = label(structs, out, calculator="labexec_help:crash_or_fail", workers=2, progress=False)
     assert s.n_already_done == len(done) and s.n_failed == 0
     _check_frames(out, structs, range(5))
 
