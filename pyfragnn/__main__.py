@@ -3,4 +3,7 @@ import sys
 
 from pyfragnn.cli import main
 
-sys.exit(main())
+# guarded: the workers of ``python -m mpi4py.futures -m pyfragnn ...`` (and of spawned
+# process pools) import the main module under another name
+if __name__ == "__main__":
+    sys.exit(main())

@@ -36,6 +36,8 @@ class FragNN(Calculator):
     max_warnings:
         At most this many extrapolations are listed per call (the count is always complete).
 
+    Notes
+    -----
     ``results`` also holds ``n_extrapolations`` and ``extrapolations``: tuples
     (atom index, element, 1-based symmetry-function index, value, Gmin, Gmax).
     """

@@ -1,9 +1,21 @@
 """Reference labelling (energies, forces) of fragments and periodic cells, parallel and resumable.
 
 ``label(structures, output, calculator="gfn2", workers=2)`` computes every structure with an
-ASE calculator in worker processes (``multiprocessing``; under ``mpirun`` with mpi4py a
-master/worker scheme: rank 0 writes, ranks >= 1 compute) and appends each result as one
-extxyz frame to ``output``:
+ASE calculator and appends each result as one extxyz frame to ``output``. Where the
+calculations run:
+
+* default: ``workers`` local processes (a ``concurrent.futures.ProcessPoolExecutor``);
+  ``workers=0`` computes in the calling process;
+* ``executor=``: any ``concurrent.futures.Executor`` (or a ``dask.distributed.Client``), e.g.
+  ``mpi4py.futures.MPIPoolExecutor()`` or ``Client(cluster).get_executor()`` for a Dask cluster
+  (dask-jobqueue's ``SLURMCluster`` runs each worker as a batch job); :func:`make_executor`
+  builds one from a CLI string (``process``, ``mpi``, ``dask``, ``dask:ADDRESS``,
+  ``module:function``);
+* under ``mpirun`` with mpi4py (more than one rank, no executor): a master/worker scheme, rank
+  0 writes, ranks >= 1 compute; under ``mpirun ... python -m mpi4py.futures`` the
+  ``MPIPoolExecutor`` of that shared pool.
+
+Only the calling process writes, whatever the executor, so resuming works the same way:
 
 * frame = the input atoms with all ``info``/``arrays`` (type label, ``central``, ``cap``, ...),
   ``energy`` (eV) and ``forces`` (eV/Å, shape (N, 3)) as calculator results, plus
@@ -49,9 +61,10 @@ import sys
 import time
 import traceback
 from contextlib import contextmanager
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 from ase import Atoms
@@ -67,6 +80,7 @@ __all__ = [
     "legacy_structure_key",
     "labelled_in_order",
     "label",
+    "make_executor",
     "LabelSummary",
     "read_dataset",
     "repair_extxyz",
@@ -281,6 +295,32 @@ def _init_worker(spec: CalcSpec, omp_threads: Optional[int]) -> None:
             os.environ[v] = str(int(omp_threads))
 
 
+def _run_task(spec: CalcSpec, omp_threads: Optional[int],
+              task: Tuple[int, str, Atoms]) -> Tuple[int, str, Optional[Atoms], Optional[str]]:
+    """One structure on an executor's worker (a process of ours, an MPI rank, a Dask worker):
+    the calculator spec travels with the task; OpenMP/BLAS threads are limited to
+    ``omp_threads`` for its duration (environment, for calculators that start programs, and
+    the already loaded thread pools through threadpoolctl)."""
+    global _WORKER_SPEC
+    _WORKER_SPEC = spec
+    with _thread_env(omp_threads), _thread_limits(omp_threads):
+        return _run_one(task)
+
+
+@contextmanager
+def _thread_limits(n: Optional[int]):
+    if not n:
+        yield
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+        yield
+        return
+    with threadpool_limits(limits=int(n)):
+        yield
+
+
 def _run_one(task: Tuple[int, str, Atoms]) -> Tuple[int, str, Optional[Atoms], Optional[str]]:
     index, key, atoms = task
     try:
@@ -457,12 +497,16 @@ def label(
     start_method: str = "spawn",
     progress: Optional[bool] = None,
     mpi: Optional[bool] = None,
+    executor: Optional[Any] = None,
 ) -> LabelSummary:
     """Label ``structures`` (list of Atoms or a file) into the extxyz data set ``output``.
 
-    ``workers`` processes (0: compute in this process); ``mpi=None`` switches to mpi4py when
-    started under ``mpirun`` with more than one rank. Returns a ``LabelSummary`` (on MPI
-    worker ranks a summary with zero counts).
+    ``workers`` local processes (0: compute in this process), or ``executor``: any
+    ``concurrent.futures.Executor`` (``MPIPoolExecutor``, a Dask ``Client``'s executor, ...) or
+    a ``dask.distributed.Client``; it is used, not shut down. Without an executor, ``mpi=None``
+    switches to mpi4py when started under ``mpirun`` with more than one rank (to the shared
+    pool's ``MPIPoolExecutor`` under ``python -m mpi4py.futures``). Returns a
+    ``LabelSummary`` (on MPI worker ranks a summary with zero counts).
     """
     if workers < 0:
         raise ValueError(f"label: 'workers' must be >= 0, got {workers}")
@@ -470,6 +514,15 @@ def label(
     out = Path(output)
     failed_path = out.with_name(out.name + ".failed.jsonl")
     items = _load_structures(structures)
+    if executor is None and mpi is not False and _in_mpi4py_shared_pool():
+        from mpi4py.futures import MPIPoolExecutor
+
+        with MPIPoolExecutor() as pool:
+            return label(items, output, calculator, workers, retry_failed, omp_threads,
+                         start_method, progress, mpi=False, executor=pool)
+    if executor is not None:
+        executor = _as_executor(executor)
+        mpi = False
     use_mpi = (_mpi_size_from_env() > 1) if mpi is None else mpi
     comm = None
     if use_mpi:
@@ -533,7 +586,9 @@ def label(
     bar = Progress(total=len(tasks), desc=f"label[{method}]",
                    disable=None if progress is None else not progress)
     with bar:
-        if comm is not None:
+        if executor is not None:
+            _run_on_executor(executor, calculator, omp_threads, tasks, handle, bar)
+        elif comm is not None:
             _mpi_master(comm, tasks, handle, bar)
         elif workers == 0:
             _init_worker(calculator, None)
@@ -542,14 +597,13 @@ def label(
                 bar.update()
         elif tasks:
             import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
 
-            ctx = mp.get_context(start_method)
-            with _thread_env(omp_threads), ctx.Pool(
-                    min(workers, len(tasks)), initializer=_init_worker,
-                    initargs=(calculator, omp_threads)) as pool:
-                for r in pool.imap_unordered(_run_one, tasks, chunksize=1):
-                    handle(*r)
-                    bar.update()
+            # the workers inherit the thread limits from the environment at their start, before
+            # numpy or the calculator loads a thread pool
+            with _thread_env(omp_threads), ProcessPoolExecutor(
+                    min(workers, len(tasks)), mp_context=mp.get_context(start_method)) as pool:
+                _run_on_executor(pool, calculator, omp_threads, tasks, handle, bar)
     return LabelSummary(len(items), n_done, n_ok, n_fail, n_skip, time.perf_counter() - t0,
                         n_copy)
 
@@ -653,6 +707,124 @@ def _fan_out(handle_one, copies: _Copies):
     return handle
 
 
+def _run_on_executor(executor: Executor, calculator: CalcSpec, omp_threads: Optional[int],
+                     tasks: List[Tuple[int, str, Atoms]], handle, bar) -> None:
+    """Submit every task, hand each result to ``handle`` (in this process) as it completes.
+
+    A structure whose future fails (a worker lost, e.g. Dask's ``KilledWorker``) is recorded
+    as failed like a failed calculation; a broken executor (a local worker process died)
+    cancels the rest and raises: the finished structures are on disk, a rerun resumes."""
+    from concurrent.futures import BrokenExecutor, as_completed
+
+    pending = {executor.submit(_run_task, calculator, omp_threads, t): t for t in tasks}
+    try:
+        for fut in as_completed(list(pending)):
+            index, key, _ = pending.pop(fut)
+            try:
+                r = fut.result()
+            except BrokenExecutor:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the executor lost this task
+                r = (index, key, None, f"{type(exc).__name__} (executor): {exc}")
+            handle(*r)
+            bar.update()
+    finally:
+        for fut in pending:
+            fut.cancel()
+
+
+def _as_executor(obj: Any) -> Executor:
+    """``obj`` itself if it is an Executor; a Dask ``Client``'s ``get_executor()``."""
+    if isinstance(obj, Executor):
+        return obj
+    get = getattr(obj, "get_executor", None)
+    if callable(get):
+        ex = get()
+        if isinstance(ex, Executor):
+            return ex
+    raise TypeError("label: 'executor' must be a concurrent.futures.Executor or a "
+                    f"dask.distributed.Client, got {type(obj).__name__}")
+
+
+def _in_mpi4py_shared_pool() -> bool:
+    """True on the master of ``mpirun -n N python -m mpi4py.futures ...`` (the other ranks
+    are waiting as the workers of an MPIPoolExecutor)."""
+    core = sys.modules.get("mpi4py.futures._core")
+    return getattr(core, "SharedPool", None) is not None
+
+
+EXECUTOR_HELP = (
+    "where the calculations run: 'process' (default: -j local worker processes); 'mpi' "
+    "(mpi4py.futures.MPIPoolExecutor: run as 'mpirun -n N python -m mpi4py.futures -m pyfragnn "
+    "label ...', N-1 workers); 'dask' (a local Dask cluster of -j worker processes); "
+    "'dask:ADDRESS' (a running Dask scheduler, e.g. tcp://host:8786) or 'dask:FILE.json' (its "
+    "scheduler file); 'module:function' (a function of no arguments returning a "
+    "concurrent.futures.Executor or a dask.distributed.Client, e.g. one set up with "
+    "dask-jobqueue's SLURMCluster)")
+
+
+@contextmanager
+def make_executor(spec: Optional[str], workers: int = 1) -> Iterator[Optional[Executor]]:
+    """The executor named by ``spec`` (see ``EXECUTOR_HELP``), shut down on exit.
+
+    ``None`` or ``"process"`` yields None: :func:`label` then uses ``workers`` local
+    processes. Raises ``ValueError`` for an unknown spec, ``ImportError`` naming the package
+    (mpi4py, dask[distributed]) that a spec needs."""
+    name = (spec or "process").strip()
+    low = name.lower()
+    if low in ("process", "processes", "local"):
+        yield None
+        return
+    if low in ("mpi", "mpi4py"):
+        if _mpi_size_from_env() > 1 and not _in_mpi4py_shared_pool():
+            raise ValueError("executor 'mpi' under mpirun needs the mpi4py.futures launcher: "
+                             "mpirun -n N python -m mpi4py.futures -m pyfragnn label ... "
+                             "(N-1 workers); plain 'mpirun -n N pyfragnn label' uses the "
+                             "built-in master/worker mode without --executor")
+        from mpi4py.futures import MPIPoolExecutor
+
+        with MPIPoolExecutor() as ex:
+            yield ex
+        return
+    if low == "dask" or low.startswith("dask:"):
+        try:
+            from dask.distributed import Client, LocalCluster
+        except ImportError as exc:
+            raise ImportError(f"executor {spec!r} needs dask.distributed: "
+                              "pip install 'pyfragnn[dask]'") from exc
+        target = name[5:].strip() if low.startswith("dask:") else ""
+        if not target:
+            with LocalCluster(n_workers=max(1, workers), threads_per_worker=1, processes=True,
+                              dashboard_address=None) as cluster, Client(cluster) as client:
+                yield client.get_executor()
+        elif target.endswith(".json") or Path(target).is_file():
+            with Client(scheduler_file=target) as client:
+                yield client.get_executor()
+        else:
+            with Client(target) as client:
+                yield client.get_executor()
+        return
+    if ":" in name:
+        import importlib
+
+        mod, _, fn = name.partition(":")
+        try:
+            factory = getattr(importlib.import_module(mod), fn)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"executor {spec!r}: cannot import {fn!r} from {mod!r}") from exc
+        obj = factory()
+        try:
+            yield _as_executor(obj)
+        finally:
+            for closer in ("shutdown", "close"):
+                if callable(getattr(obj, closer, None)):
+                    getattr(obj, closer)()
+                    break
+        return
+    raise ValueError(f"unknown executor {spec!r}: use process, mpi, dask, dask:ADDRESS, "
+                     "dask:FILE.json or module:function")
+
+
 _TAG_TASK, _TAG_STOP, _TAG_RESULT = 1, 2, 3
 
 
@@ -733,13 +905,21 @@ def compute_many(structures: Sequence[Atoms], calculator: CalcSpec, workers: int
 
 # --------------------------------------------------------------------------- CLI
 def _cmd_label(args: argparse.Namespace) -> int:
+    from contextlib import ExitStack
+
     items: List[Atoms] = []
     for f in args.inputs:
         items.extend(_load_structures(f))
-    s = label(items, args.output, calculator=args.method, workers=args.workers,
-              retry_failed=args.retry_failed, omp_threads=args.omp_threads,
-              start_method=args.start_method, progress=False if args.quiet else None,
-              mpi=True if args.mpi else None)
+    with ExitStack() as stack:
+        try:
+            ex = stack.enter_context(make_executor(args.executor, args.workers))
+        except (ValueError, ImportError) as err:
+            print(f"pyfragnn label: {err}", file=sys.stderr)
+            return 2
+        s = label(items, args.output, calculator=args.method, workers=args.workers,
+                  retry_failed=args.retry_failed, omp_threads=args.omp_threads,
+                  start_method=args.start_method, progress=False if args.quiet else None,
+                  mpi=True if args.mpi else None, executor=ex)
     if s.n_computed or s.n_failed or s.n_already_done or s.n_duplicates:
         print(f"{s.n_total} structures: {s.n_already_done} already done, {s.n_computed} computed, "
               f"{s.n_duplicates} copied from an identical structure, "
@@ -754,11 +934,14 @@ def register_cli(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentP
     p.add_argument("inputs", nargs="+", help="structure files (extxyz, ...)")
     p.add_argument("-o", "--output", required=True, help="extxyz data set to append to")
     p.add_argument("-m", "--method", default="gfn2", help="emt | gfn2 | gfn1 | module:factory")
-    p.add_argument("-j", "--workers", type=int, default=1, help="worker processes (0: in-process)")
+    p.add_argument("-j", "--workers", type=int, default=1,
+                   help="local worker processes (0: in-process); Dask workers with --executor dask")
+    p.add_argument("--executor", default="process", metavar="SPEC", help=EXECUTOR_HELP)
     p.add_argument("--omp-threads", type=int, default=1, help="OMP_NUM_THREADS per worker")
     p.add_argument("--retry-failed", action="store_true")
     p.add_argument("--start-method", default="spawn", choices=["spawn", "fork", "forkserver"])
-    p.add_argument("--mpi", action="store_true", help="force mpi4py mode (auto under mpirun)")
+    p.add_argument("--mpi", action="store_true",
+                   help="force the built-in mpi4py master/worker mode (auto under mpirun)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_label)
     return p

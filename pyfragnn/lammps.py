@@ -1,6 +1,6 @@
 """LAMMPS integration: where ``pair_style fragnn`` lives, and MPI library loading.
 
-The plugin ``fragnnplugin.so`` is built by ``pip install .`` (``lammps_plugin/build.py``)
+The plugin ``fragnnplugin.so`` is built by ``pip install .`` (CMakeLists.txt, driven by setup.py)
 against the pinned PyPI ``lammps`` wheel and installed as ``pyfragnn/lammps/fragnnplugin.so``.
 The wheel's ``lmp`` finds it with no ``plugin load`` line because pyfragnn registers
 :func:`plugin_dir` in the ``lammps.plugins`` entry-point group: ``lammps.executable`` calls
@@ -8,14 +8,16 @@ every such entry point and puts the returned directories on ``LAMMPS_PLUGIN_PATH
 LAMMPS loads every ``*plugin.so`` at start-up. ``plugin load <path>`` with
 :func:`plugin_path` works as well.
 
-Importing this module (``import pyfragnn`` does not; the ``lammps`` package does, through
-the entry point) preloads the ``libmpi.so.12`` of the PyPI ``mpich`` package with
+Importing this module preloads the ``libmpi.so.12`` of the PyPI ``mpich`` package with
 ``RTLD_GLOBAL``, so that ``from lammps import lammps`` works without ``LD_LIBRARY_PATH``: the
-wheel's ``liblammps.so`` needs that library but has no path to it. This module does not import
-the ``lammps`` package.
+wheel's ``liblammps.so`` needs that library but has no path to it. The ``lammps`` package
+imports this module through the entry point, so with pyfragnn installed ``from lammps import
+lammps`` works by itself; ``import pyfragnn`` alone loads no MPI library. This module does not
+import the ``lammps`` package.
 
 Usage from Python::
 
+    import pyfragnn.lammps       # needed only when pyfragnn is not installed (source tree)
     from lammps import lammps
     lmp = lammps()
     lmp.command(f"pair_style fragnn {potential_dir} cflength 1.8897261328 cfenergy 0.0367493254")
@@ -49,16 +51,15 @@ def _plugin_candidates() -> list[Path]:
     env = os.environ.get("PYFRAGNN_LAMMPS_PLUGIN")
     if env:
         cands.append(Path(env))
-    cands.append(_PKG_DIR / "lammps" / PLUGIN_NAME)               # installed by pip
-    cands.append(_PKG_DIR.parent / "build" / "lammps_plugin" / PLUGIN_NAME)  # source checkout
+    cands.append(_PKG_DIR / "lammps" / PLUGIN_NAME)  # installed, or built in place
     return cands
 
 
 def plugin_path() -> str:
     """Absolute path of ``fragnnplugin.so``.
 
-    Looks at ``$PYFRAGNN_LAMMPS_PLUGIN``, then the installed ``pyfragnn/lammps/``, then
-    ``build/lammps_plugin/`` of a source checkout (``python lammps_plugin/build.py``).
+    Looks at ``$PYFRAGNN_LAMMPS_PLUGIN``, then ``pyfragnn/lammps/`` (installed by pip, or
+    built in a source checkout by ``python setup.py build_ext --inplace``).
     Raises FileNotFoundError naming the places searched.
     """
     cands = _plugin_candidates()
@@ -69,7 +70,7 @@ def plugin_path() -> str:
         "pyfragnn's LAMMPS plugin (fragnnplugin.so) is not built; searched: "
         + ", ".join(str(c) for c in cands)
         + ". Reinstall with 'pip install .' (needs the lammps==2025.7.22.* and mpich wheels) "
-        "or run 'python lammps_plugin/build.py'.")
+        "or build in place with 'python setup.py build_ext --inplace'.")
 
 
 def plugin_dir() -> str:

