@@ -27,7 +27,7 @@ def _need_lammps():
 
 
 def _train_members(tmp, data, seeds=(1, 2)):
-    from pyfragnn.demo import to_structures
+    from pyfragnn.training.recipes import to_structures
     from pyfragnn.training.trainer import Trainer
     pots = []
     for seed in seeds:
