@@ -118,7 +118,8 @@ def test_dask_local_cluster_two_workers(helper):
                            env=os.environ.copy(), cwd=helper, capture_output=True, text=True,
                            timeout=120)
         assert r.returncode == 0, r.stderr
-        assert "6 already done, 4 computed, 0 failed" in r.stdout
+        assert "6 already done, 4 computed, 0 copied from an identical structure, 0 failed" \
+            in r.stdout
         new_calls = _calls(helper)[len(calls):]
         assert sorted(t for t, _ in new_calls) == [6, 7, 8, 9]
         assert {p for _, p in new_calls} <= pids  # on the cluster's workers, not the CLI
@@ -162,7 +163,8 @@ def test_mpi4py_futures_pool(helper):
     # resumed without --executor: the shared pool of mpi4py.futures is used by itself
     r = subprocess.run(base + [str(inp8)], **run)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "4 already done, 4 computed, 0 failed" in r.stdout
+    assert "4 already done, 4 computed, 0 copied from an identical structure, 0 failed" \
+        in r.stdout
     new = _calls(helper)[len(calls):]
     assert sorted(t for t, _ in new) == [4, 5, 6, 7]
     _check_frames(out, read(inp8, index=":"), range(8))
