@@ -148,7 +148,7 @@ def test_every_step_runs_and_hdnnp1_matches_emt_in_the_bulk(finished):
                              f.pbc)["forces"] - ref)
         spread.append(ref)
     rmse = float(np.sqrt(np.mean(np.concatenate(d) ** 2)))
-    assert rmse == pytest.approx(summary["hdnnp1_bulk_force_rmse"], rel=1e-9)
+    assert rmse == pytest.approx(summary["hdnnp1_bulk_force_rmse"], rel=1e-5)  # extxyz text
     assert rmse < 0.2 * float(np.sqrt(np.mean(np.concatenate(spread) ** 2))), rmse
     # the small fragments carry only their centre's complete environment; the large ones more
     small = read(run / "label" / "small.extxyz", ":")
