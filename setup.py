@@ -17,7 +17,8 @@ from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 KERNEL = sorted(glob.glob(os.path.join("cython_ext", "kernel", "*.cpp")))
-CXXFLAGS = ["-std=c++17", "-O3", "-fno-math-errno", "-Wall", "-Wno-unused-function"]
+CXXFLAGS = ["-std=c++17", "-O3", "-fno-math-errno", "-Wall", "-Wno-unused-function", "-fopenmp"]
+LDFLAGS = ["-fopenmp"]
 
 
 class BuildExtWithPlugin(build_ext):
@@ -56,6 +57,7 @@ extensions = [
         include_dirs=[numpy.get_include(), os.path.join("cython_ext", "kernel")],
         language="c++",
         extra_compile_args=CXXFLAGS,
+        extra_link_args=LDFLAGS,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
 ]

@@ -139,7 +139,7 @@ def build_plugin(build_dir: str | os.PathLike, target_dir: str | os.PathLike | N
     objdir = build / "obj"
     objdir.mkdir(parents=True, exist_ok=True)
 
-    flags = ["-O3", "-std=c++17", "-fPIC", "-fvisibility=hidden", "-fvisibility-inlines-hidden",
+    flags = ["-O3", "-std=c++17", "-fopenmp", "-fPIC", "-fvisibility=hidden", "-fvisibility-inlines-hidden",
              "-DNDEBUG", "-Wall", "-Wno-unused-parameter",
              f"-DFRAGNN_LAMMPS_VERSION=\"{LAMMPS_VERSION_STRING}\"",
              f"-I{PLUGIN_DIR}", f"-I{KERNEL_DIR}", f"-I{inc}"]
