@@ -107,6 +107,7 @@ inline double sine(const double* u, const double* v) {
 }
 
 constexpr double kDegree = 3.141592653589793 / 180.0;
+constexpr int kMomentMaxZeta = 8;  // type 9 with integer zeta up to this: Cartesian moments
 constexpr int kFingerprint = 4;  // buf[0..3]: descriptor address, n, d[0], d[3n-1]
 
 }  // namespace
@@ -302,6 +303,44 @@ Descriptor::Descriptor(std::vector<SymmetryFunctionParams> sfs, std::vector<int>
         case 3:
         case 9:
         case 13: {
+            const int zi = integer_zeta(p.zeta);
+            if (p.type == 9 && zi >= 1 && zi <= kMomentMaxZeta && std::fabs(p.lambda) <= 1.0) {
+                // (1 + lambda cos)^zeta >= 0 needs no clipping: moment expansion (see below).
+                auto find_set = [&](int e) {
+                    for (std::size_t k = 0; k < msets_.size(); ++k) {
+                        const MomentSet& m = msets_[k];
+                        if (m.e1 == e && m.fc.type() == p.cutoff_type &&
+                            m.fc.alpha() == p.cutoff_alpha && m.fc.rc() == p.rc &&
+                            m.eta == p.eta && m.rs == p.rs)
+                            return static_cast<int>(k);
+                    }
+                    msets_.push_back({e, CutoffFunction(p.cutoff_type, p.rc, p.cutoff_alpha),
+                                      p.eta, p.rs, 0, true});
+                    return static_cast<int>(msets_.size()) - 1;
+                };
+                const int s1 = find_set(p.e1), s2 = find_set(p.e2);
+                auto it = std::find_if(mpairs_.begin(), mpairs_.end(), [&](const MomentPair& q) {
+                    return q.s1 == s1 && q.s2 == s2;
+                });
+                if (it == mpairs_.end()) it = mpairs_.insert(mpairs_.end(), MomentPair{s1, s2, 0, {}});
+                it->degree = std::max(it->degree, zi);
+                msets_[s1].degree = std::max(msets_[s1].degree, zi);
+                msets_[s2].degree = std::max(msets_[s2].degree, zi);
+                // G = 2^(1-zeta) sum_{pairs} (1 + lambda cos)^zeta A_j A_k with
+                // (1 + lambda cos)^zeta = sum_m C(zeta, m) lambda^m cos^m; over unordered pairs
+                // of one set: half the double sum less its diagonal (cos = 1).
+                const double norm = std::pow(2.0, 1.0 - p.zeta), half = s1 == s2 ? 0.5 : 1.0;
+                MomentTerm t{s, std::vector<double>(zi + 1), 0.0};
+                double binom = 1.0, lp = 1.0;
+                for (int m = 0; m <= zi; ++m) {
+                    t.coef[m] = half * norm * binom * lp;
+                    binom = binom * (zi - m) / (m + 1);
+                    lp *= p.lambda;
+                }
+                if (s1 == s2) t.diag = half * norm * std::pow(1.0 + p.lambda, zi);
+                it->terms.push_back(std::move(t));
+                break;
+            }
             const int e1 = p.type == 13 ? -1 : p.e1, e2 = p.type == 13 ? -1 : p.e2;
             auto it = std::find_if(angular_.begin(), angular_.end(), [&](const AngularGroup& g) {
                 return g.type == p.type && g.e1 == e1 && g.e2 == e2 &&
@@ -383,6 +422,40 @@ Descriptor::Descriptor(std::vector<SymmetryFunctionParams> sfs, std::vector<int>
         for (const RadialTerm& t : g.terms) g.fast_exp = g.fast_exp && in_range(t.eta, t.rs);
     for (AngularGroup& g : angular_)
         for (const Gaussian& q : g.gauss) g.fast_exp = g.fast_exp && in_range(q.eta, q.rs);
+    int dmax = 0;
+    for (MomentSet& m : msets_) {
+        m.fast_exp = in_range(m.eta, m.rs);
+        dmax = std::max(dmax, m.degree);
+    }
+    if (!msets_.empty()) {
+        const int w = dmax + 1;
+        std::vector<int> index(static_cast<std::size_t>(w) * w * w, -1);
+        auto at = [&](int a, int b, int c) -> int& { return index[(a * w + b) * w + c]; };
+        double fact[kMomentMaxZeta + 1];
+        fact[0] = 1.0;
+        for (int k = 1; k <= kMomentMaxZeta; ++k) fact[k] = fact[k - 1] * k;
+        for (int m = 0; m <= dmax; ++m)
+            for (int a = m; a >= 0; --a)
+                for (int b = m - a; b >= 0; --b) {
+                    const int c = m - a - b, k = static_cast<int>(mono_deg_.size());
+                    at(a, b, c) = k;
+                    mono_exp_.insert(mono_exp_.end(), {a, b, c});
+                    mono_deg_.push_back(m);
+                    mono_weight_.push_back(fact[m] / (fact[a] * fact[b] * fact[c]));
+                    const int axis = a > 0 ? 0 : b > 0 ? 1 : c > 0 ? 2 : -1;
+                    mono_axis_.push_back(axis);
+                    mono_parent_.push_back(axis == 0 ? at(a - 1, b, c) : axis == 1 ? at(a, b - 1, c)
+                                           : axis == 2 ? at(a, b, c - 1) : -1);
+                }
+        mono_up_.assign(3 * mono_deg_.size(), -1);
+        for (std::size_t k = 0; k < mono_deg_.size(); ++k) {
+            if (mono_deg_[k] == dmax) continue;
+            const int a = mono_exp_[3 * k], b = mono_exp_[3 * k + 1], c = mono_exp_[3 * k + 2];
+            mono_up_[3 * k] = at(a + 1, b, c);
+            mono_up_[3 * k + 1] = at(a, b + 1, c);
+            mono_up_[3 * k + 2] = at(a, b, c + 1);
+        }
+    }
 }
 
 double Descriptor::cutoff() const { return cutoff_; }
@@ -414,6 +487,9 @@ double Descriptor::cutoff() const { return cutoff_; }
 namespace {
 
 constexpr int kBlock = 128;
+
+/// Number of monomials in 3 variables of degree <= d.
+inline int n_mono(int d) { return (d + 1) * (d + 2) * (d + 3) / 6; }
 
 /// out[i] = in[i]^m, m >= 0 (in != out): one pass for m <= 4, else left-to-right binary
 /// powering over whole arrays.
@@ -489,7 +565,9 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
 
     // Neighbour lists by element: count, prefix sums, fill.
     const int head = 2 * ne + 2;
-    const int lists = head + 1 + n_rad + 5 * n_ang;
+    const int n_mset = static_cast<int>(msets_.size());
+    const int mhead = head + 1 + n_rad + 5 * n_ang;  // per moment set: buf offset of its data
+    const int lists = mhead + n_mset;
     if (ws.ibuf.size() < static_cast<std::size_t>(lists) + n)
         ws.ibuf.resize(static_cast<std::size_t>(lists) + n);
     int* start = ws.ibuf.data();
@@ -541,6 +619,14 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
         itotal += 2 * cap;
         scratch = std::max({scratch, kBlock * (8 + 3 * ng + 2 * g.powers.size()) + g.terms.size(),
                             (2 + ng) * static_cast<std::size_t>(M)});
+    }
+    for (int si = 0; si < n_mset; ++si) {  // A, dA/dr [m], monomials [nm][m], M [nm], D, W [nm], dE/dD
+        const int* f; int m;
+        list(msets_[si].e1, f, m);
+        const std::size_t nm = n_mono(msets_[si].degree);
+        start[mhead + si] = static_cast<int>(total);
+        total += (2 + nm) * static_cast<std::size_t>(m) + 2 * nm + 2;
+        scratch = std::max(scratch, 4 * static_cast<std::size_t>(M));
     }
     start[head] = static_cast<int>(total);
     total += n + scratch;  // contract's per-neighbour coefficients of u_j, then scratch
@@ -711,6 +797,60 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
                 G[t.sf] += dot(nb, pw + t.power * kBlock, tg + t.gauss * kBlock);
         }
         for (const AngularTerm& t : g.terms) G[t.sf] *= t.norm;
+    }
+
+    // Wide angular functions as Cartesian moments: per set, A_j, dA_j/dr, monomials u_j^a and
+    // moments; per pair of sets S_m; per function sum_m coef[m] S_m - diag sum_j A_j^2.
+    for (int si = 0; si < n_mset; ++si) {
+        const MomentSet& ms = msets_[si];
+        const int* first; int m;
+        list(ms.e1, first, m);
+        const int nm = n_mono(ms.degree);
+        double* A = buf + start[mhead + si];
+        double* dA = A + m;
+        double* mono = dA + m;
+        double* Mo = mono + static_cast<std::size_t>(nm) * m;
+        const int p0 = static_cast<int>(first - pos);
+        const double* r = pr + p0;
+        const double* ua[3] = {pux + p0, puy + p0, puz + p0};
+        double* f = scratch_mem;
+        double* df = f + m;
+        double* gs = df + m;
+        ms.fc.fdf(m, r, f, df);  // values at r >= rc are discarded below
+        gaussian_array(m, r, ms.eta, ms.rs, ms.fast_exp, gs);
+        const double rc = ms.fc.rc(), two_eta = 2.0 * ms.eta;
+        for (int a = 0; a < m; ++a) {
+            const bool in = r[a] < rc;
+            A[a] = in ? f[a] * gs[a] : 0.0;
+            dA[a] = in ? (df[a] - two_eta * (r[a] - ms.rs) * f[a]) * gs[a] : 0.0;
+        }
+        std::fill(mono, mono + m, 1.0);
+        for (int k = 1; k < nm; ++k) {
+            const double* par = mono + static_cast<std::size_t>(mono_parent_[k]) * m;
+            const double* x = ua[mono_axis_[k]];
+            double* out = mono + static_cast<std::size_t>(k) * m;
+            for (int a = 0; a < m; ++a) out[a] = par[a] * x[a];
+        }
+        for (int k = 0; k < nm; ++k) Mo[k] = dot(m, A, mono + static_cast<std::size_t>(k) * m);
+        Mo[nm] = dot(m, A, A);
+    }
+    auto moments_of = [&](int si) {  // M of set si (followed by D, W, dE/dD)
+        const int* f; int m;
+        list(msets_[si].e1, f, m);
+        return buf + start[mhead + si] + (2 + static_cast<std::size_t>(n_mono(msets_[si].degree))) * m;
+    };
+    for (const MomentPair& mp : mpairs_) {
+        const double* M1 = moments_of(mp.s1);
+        const double* M2 = moments_of(mp.s2);
+        double S[kMomentMaxZeta + 1] = {};
+        const int nm = n_mono(mp.degree);
+        for (int k = 0; k < nm; ++k) S[mono_deg_[k]] += mono_weight_[k] * M1[k] * M2[k];
+        const double D = M1[n_mono(msets_[mp.s1].degree)];
+        for (const MomentTerm& t : mp.terms) {
+            double v = 0.0;
+            for (std::size_t q = 0; q < t.coef.size(); ++q) v += t.coef[q] * S[q];
+            G[t.sf] = v - t.diag * D;
+        }
     }
 
     // Compact radial (20).
@@ -975,6 +1115,92 @@ void Descriptor::contract(const AtomEnvironment& env, const double* dEdG, double
                 gj[0] += gx;
                 gj[1] += gy;
                 gj[2] += gz;
+            }
+        }
+    }
+
+    // Wide angular functions as Cartesian moments. dE/dM_a of each set (W), dE/dD, then per
+    // neighbour j of a set: dE/dA_j = sum_a W_a u_j^a + 2 A_j dE/dD, dE/du_j = A_j sum_a W_a
+    // du^a/du; dE/dd_j = dE/dr_j u_j + (dE/du_j - (dE/du_j . u_j) u_j) / r_j.
+    {
+        const int n_mset = static_cast<int>(msets_.size());
+        const int mhead = head + 1 + n_rad + 5 * n_ang;
+        auto moments_of = [&](int si) {  // M of set si, followed by D, W, dE/dD
+            const int* f; int m;
+            list(msets_[si].e1, f, m);
+            return buf + start[mhead + si] +
+                   (2 + static_cast<std::size_t>(n_mono(msets_[si].degree))) * m;
+        };
+        for (int si = 0; si < n_mset; ++si) {
+            const int nm = n_mono(msets_[si].degree);
+            double* W = moments_of(si) + nm + 1;
+            std::fill(W, W + nm + 1, 0.0);
+        }
+        for (const MomentPair& mp : mpairs_) {
+            double dS[kMomentMaxZeta + 1] = {}, dD = 0.0;
+            bool any = false;
+            for (const MomentTerm& t : mp.terms) {
+                const double w = dEdG[t.sf];
+                if (w == 0.0) continue;
+                any = true;
+                for (std::size_t q = 0; q < t.coef.size(); ++q) dS[q] += w * t.coef[q];
+                dD -= w * t.diag;
+            }
+            if (!any) continue;
+            double* M1 = moments_of(mp.s1);
+            double* M2 = moments_of(mp.s2);
+            const int nm1 = n_mono(msets_[mp.s1].degree), nm2 = n_mono(msets_[mp.s2].degree);
+            double* W1 = M1 + nm1 + 1;
+            double* W2 = M2 + nm2 + 1;
+            const int nm = n_mono(mp.degree);
+            for (int k = 0; k < nm; ++k) {
+                const double c = dS[mono_deg_[k]] * mono_weight_[k];
+                W1[k] += c * M2[k];
+                W2[k] += c * M1[k];
+            }
+            W1[nm1] += dD;  // dE/dD (diag is zero unless both sets are the same)
+        }
+        for (int si = 0; si < n_mset; ++si) {
+            const MomentSet& ms = msets_[si];
+            const int* first; int m;
+            list(ms.e1, first, m);
+            const int nm = n_mono(ms.degree), nm_low = ms.degree > 0 ? n_mono(ms.degree - 1) : 0;
+            const double* A = buf + start[mhead + si];
+            const double* dA = A + m;
+            const double* mono = dA + m;
+            const double* W = moments_of(si) + nm + 1;
+            const double dD = W[nm];
+            bool any = dD != 0.0;
+            for (int k = 0; k < nm && !any; ++k) any = W[k] != 0.0;
+            if (!any) continue;
+            double* P = scratch_mem;  // [m] sum_a W_a u^a, then [3][m] the gradient sums
+            double* Pu[3] = {P + m, P + 2 * m, P + 3 * m};
+            std::fill(P, P + 4 * m, 0.0);
+            for (int k = 0; k < nm; ++k) {
+                const double wk = W[k];
+                const double* mk = mono + static_cast<std::size_t>(k) * m;
+                for (int a = 0; a < m; ++a) P[a] += wk * mk[a];
+            }
+            for (int k = 0; k < nm_low; ++k) {  // d u^b/du_x = b_x u^(b - e_x): sum over b = k + e_x
+                const double* mk = mono + static_cast<std::size_t>(k) * m;
+                for (int ax = 0; ax < 3; ++ax) {
+                    const double wk = (mono_exp_[3 * k + ax] + 1) * W[mono_up_[3 * k + ax]];
+                    double* q = Pu[ax];
+                    for (int a = 0; a < m; ++a) q[a] += wk * mk[a];
+                }
+            }
+            for (int a = 0; a < m; ++a) {
+                const int j = first[a];
+                if (A[a] == 0.0 && dA[a] == 0.0) continue;  // outside this set's cutoff
+                const double* uj = u + 3 * j;
+                const double inv_r = 1.0 / env.r[j];
+                const double gx = A[a] * Pu[0][a], gy = A[a] * Pu[1][a], gz = A[a] * Pu[2][a];
+                const double gu = gx * uj[0] + gy * uj[1] + gz * uj[2];
+                along_u[j] += (P[a] + 2.0 * A[a] * dD) * dA[a] - gu * inv_r;
+                double* gj = dEdd + 3 * j;
+                gj[0] += gx * inv_r;
+                gj[1] += gy * inv_r;
+                gj[2] += gz * inv_r;
             }
         }
     }
