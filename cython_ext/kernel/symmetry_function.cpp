@@ -620,13 +620,13 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
         scratch = std::max({scratch, kBlock * (8 + 3 * ng + 2 * g.powers.size()) + g.terms.size(),
                             (2 + ng) * static_cast<std::size_t>(M)});
     }
-    for (int si = 0; si < n_mset; ++si) {  // A, dA/dr [m], monomials [nm][m], M [nm], D, W [nm], dE/dD
+    for (int si = 0; si < n_mset; ++si) {  // A, dA/dr [m], monomials [m][nm], M [nm], D, W [nm], dE/dD
         const int* f; int m;
         list(msets_[si].e1, f, m);
         const std::size_t nm = n_mono(msets_[si].degree);
         start[mhead + si] = static_cast<int>(total);
         total += (2 + nm) * static_cast<std::size_t>(m) + 2 * nm + 2;
-        scratch = std::max(scratch, 4 * static_cast<std::size_t>(M));
+        scratch = std::max(scratch, 3 * static_cast<std::size_t>(M) + 3 * nm);
     }
     start[head] = static_cast<int>(total);
     total += n + scratch;  // contract's per-neighbour coefficients of u_j, then scratch
@@ -824,14 +824,17 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
             A[a] = in ? f[a] * gs[a] : 0.0;
             dA[a] = in ? (df[a] - two_eta * (r[a] - ms.rs) * f[a]) * gs[a] : 0.0;
         }
-        std::fill(mono, mono + m, 1.0);
-        for (int k = 1; k < nm; ++k) {
-            const double* par = mono + static_cast<std::size_t>(mono_parent_[k]) * m;
-            const double* x = ua[mono_axis_[k]];
-            double* out = mono + static_cast<std::size_t>(k) * m;
-            for (int a = 0; a < m; ++a) out[a] = par[a] * x[a];
+        // Monomials neighbour-major (mono[a * nm + k]); moments summed over neighbours in order.
+        std::fill(Mo, Mo + nm, 0.0);
+        for (int a = 0; a < m; ++a) {
+            double* mo = mono + static_cast<std::size_t>(a) * nm;
+            const double ux[3] = {ua[0][a], ua[1][a], ua[2][a]};
+            mo[0] = 1.0;
+            for (int k = 1; k < nm; ++k) mo[k] = mo[mono_parent_[k]] * ux[mono_axis_[k]];
+            const double Aa = A[a];
+            if (Aa == 0.0) continue;
+            for (int k = 0; k < nm; ++k) Mo[k] += Aa * mo[k];
         }
-        for (int k = 0; k < nm; ++k) Mo[k] = dot(m, A, mono + static_cast<std::size_t>(k) * m);
         Mo[nm] = dot(m, A, A);
     }
     auto moments_of = [&](int si) {  // M of set si (followed by D, W, dE/dD)
@@ -842,9 +845,17 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
     for (const MomentPair& mp : mpairs_) {
         const double* M1 = moments_of(mp.s1);
         const double* M2 = moments_of(mp.s2);
-        double S[kMomentMaxZeta + 1] = {};
-        const int nm = n_mono(mp.degree);
-        for (int k = 0; k < nm; ++k) S[mono_deg_[k]] += mono_weight_[k] * M1[k] * M2[k];
+        double S[kMomentMaxZeta + 1];
+        for (int deg = 0, k = 0; deg <= mp.degree; ++deg) {  // monomials come by degree
+            double s0 = 0.0, s1 = 0.0;
+            const int end = n_mono(deg);
+            for (; k + 1 < end; k += 2) {
+                s0 += mono_weight_[k] * M1[k] * M2[k];
+                s1 += mono_weight_[k + 1] * M1[k + 1] * M2[k + 1];
+            }
+            if (k < end) { s0 += mono_weight_[k] * M1[k] * M2[k]; ++k; }
+            S[deg] = s0 + s1;
+        }
         const double D = M1[n_mono(msets_[mp.s1].degree)];
         for (const MomentTerm& t : mp.terms) {
             double v = 0.0;
@@ -1173,30 +1184,29 @@ void Descriptor::contract(const AtomEnvironment& env, const double* dEdG, double
             bool any = dD != 0.0;
             for (int k = 0; k < nm && !any; ++k) any = W[k] != 0.0;
             if (!any) continue;
-            double* P = scratch_mem;  // [m] sum_a W_a u^a, then [3][m] the gradient sums
-            double* Pu[3] = {P + m, P + 2 * m, P + 3 * m};
-            std::fill(P, P + 4 * m, 0.0);
-            for (int k = 0; k < nm; ++k) {
-                const double wk = W[k];
-                const double* mk = mono + static_cast<std::size_t>(k) * m;
-                for (int a = 0; a < m; ++a) P[a] += wk * mk[a];
-            }
-            for (int k = 0; k < nm_low; ++k) {  // d u^b/du_x = b_x u^(b - e_x): sum over b = k + e_x
-                const double* mk = mono + static_cast<std::size_t>(k) * m;
-                for (int ax = 0; ax < 3; ++ax) {
-                    const double wk = (mono_exp_[3 * k + ax] + 1) * W[mono_up_[3 * k + ax]];
-                    double* q = Pu[ax];
-                    for (int a = 0; a < m; ++a) q[a] += wk * mk[a];
-                }
-            }
+            // Wu[ax][b] = (b_ax + 1) W[b + e_ax]: d/du_ax sum_a W_a u^a = sum_b Wu[ax][b] u^b.
+            double* Wu = scratch_mem;
+            for (int k = 0; k < nm_low; ++k)
+                for (int ax = 0; ax < 3; ++ax)
+                    Wu[ax * nm_low + k] = (mono_exp_[3 * k + ax] + 1) * W[mono_up_[3 * k + ax]];
             for (int a = 0; a < m; ++a) {
                 const int j = first[a];
                 if (A[a] == 0.0 && dA[a] == 0.0) continue;  // outside this set's cutoff
+                const double* mo = mono + static_cast<std::size_t>(a) * nm;
+                double p = 0.0, px = 0.0, py = 0.0, pz = 0.0;
+                int k = 0;
+                for (; k < nm_low; ++k) {
+                    p += W[k] * mo[k];
+                    px += Wu[k] * mo[k];
+                    py += Wu[nm_low + k] * mo[k];
+                    pz += Wu[2 * nm_low + k] * mo[k];
+                }
+                for (; k < nm; ++k) p += W[k] * mo[k];
                 const double* uj = u + 3 * j;
                 const double inv_r = 1.0 / env.r[j];
-                const double gx = A[a] * Pu[0][a], gy = A[a] * Pu[1][a], gz = A[a] * Pu[2][a];
+                const double gx = A[a] * px, gy = A[a] * py, gz = A[a] * pz;
                 const double gu = gx * uj[0] + gy * uj[1] + gz * uj[2];
-                along_u[j] += (P[a] + 2.0 * A[a] * dD) * dA[a] - gu * inv_r;
+                along_u[j] += (p + 2.0 * A[a] * dD) * dA[a] - gu * inv_r;
                 double* gj = dEdd + 3 * j;
                 gj[0] += gx * inv_r;
                 gj[1] += gy * inv_r;
