@@ -829,8 +829,16 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
         for (int a = 0; a < m; ++a) {
             double* mo = mono + static_cast<std::size_t>(a) * nm;
             const double ux[3] = {ua[0][a], ua[1][a], ua[2][a]};
+            // Degree block d = x * block d-1, then y * its a = 0 tail (d entries), then z * its
+            // last entry: the products u^parent * u[axis] of the tables, in contiguous loops.
             mo[0] = 1.0;
-            for (int k = 1; k < nm; ++k) mo[k] = mo[mono_parent_[k]] * ux[mono_axis_[k]];
+            for (int d = 1, prev = 0; d <= ms.degree; ++d) {
+                const int len = d * (d + 1) / 2, out = prev + len;  // block d-1: [prev, out)
+                for (int i = 0; i < len; ++i) mo[out + i] = ux[0] * mo[prev + i];
+                for (int i = 0; i < d; ++i) mo[out + len + i] = ux[1] * mo[out - d + i];
+                mo[out + len + d] = ux[2] * mo[out - 1];
+                prev = out;
+            }
             const double Aa = A[a];
             if (Aa == 0.0) continue;
             for (int k = 0; k < nm; ++k) Mo[k] += Aa * mo[k];
