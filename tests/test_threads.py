@@ -83,3 +83,22 @@ def test_threaded_warnings_and_errors_match_serial():
     for t in (1, 2):
         with pytest.raises(ValueError, match="neighbour index 99"):
             pot.core.compute_neighbors(off, idx, d, np.zeros(3, dtype=np.intc), threads=t)
+
+
+def test_trainer_structure_loop_threads_give_identical_errors_and_predictions(tmp_path):
+    from test_training import base_config, emt_cells
+
+    from pyfragnn.training import Trainer
+    data = emt_cells(40, seed=4)
+    out = {}
+    for threads in (1, 2):
+        cfg = base_config(tmp_path / f"t{threads}", epochs=1)
+        cfg["training"]["threads"] = threads
+        cfg["output"]["plots"] = False
+        tr = Trainer(cfg, structures=data)
+        tr.setup()
+        out[threads] = (tr.errors(), tr.predict())
+    assert out[1][0] == out[2][0]
+    for i in out[1][1]["energy"]:
+        assert out[1][1]["energy"][i] == out[2][1]["energy"][i]
+        np.testing.assert_array_equal(out[1][1]["forces"][i], out[2][1]["forces"][i])
