@@ -859,6 +859,15 @@ void Model::check_centres(const NeighborListView& nl, const int* element, int64_
     }
 }
 
+double Model::atomic_energy(int e, const double* x, double* dEdG, NetworkWorkspace& ws) const {
+    const ElementData& ed = el_[e];
+    const double inv_ce = 1.0 / conv_energy_;
+    const double nn = ed.network.evaluate(x, dEdG, ws);
+    if (dEdG)
+        for (int sf = 0; sf < ed.descriptor.size(); ++sf) dEdG[sf] *= ed.slope[sf] * inv_ce;
+    return nn * inv_ce + mean_energy_ + ed.atom_energy;
+}
+
 bool Model::centre_pass(const NeighborListView& nl, int64_t c, const int* element,
                         int64_t n_total, bool need_grad, CentreScratch& s, double& ei,
                         int64_t& n_warnings, std::vector<ExtrapolationWarning>* warnings,
@@ -919,15 +928,12 @@ bool Model::centre_pass(const NeighborListView& nl, int64_t c, const int* elemen
         }
     }
     scale(e, s.G.data(), s.x.data());
-    const double inv_ce = 1.0 / conv_energy_;
-    const double nn = ed.network.evaluate(s.x.data(), need_grad ? s.dEdx.data() : nullptr, s.nws);
-    ei = nn * inv_ce + mean_energy_ + ed.atom_energy;
+    ei = atomic_energy(e, s.x.data(), need_grad ? s.dEdx.data() : nullptr, s.nws);  // dEdx: dE/dG
     if (!std::isfinite(ei))
         throw std::runtime_error("non-finite energy for atom " + std::to_string(i) +
                                  " (element " + ed.symbol + ")");
     s.dEdd.resize(3 * static_cast<size_t>(env.n));
     if (!need_grad || env.n == 0) return true;
-    for (int sf = 0; sf < nsf; ++sf) s.dEdx[sf] *= ed.slope[sf] * inv_ce;  // now dE/dG
     ed.descriptor.contract(env, s.dEdx.data(), s.dEdd.data(), s.dws);
     return true;
 }

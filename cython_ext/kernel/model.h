@@ -106,6 +106,10 @@ public:
     ScalingType scaling_type() const;
     /// x = scaled symmetry functions of element e: x_s = slope_s * G_s + intercept_s.
     void scale(int e, const double* G, double* x) const;
+    /// The per-atom step shared by compute() and the trainers: energy of an atom of element e
+    /// (network, normalisation, mean and atomic offsets; potential energy unit) from its scaled
+    /// symmetry functions x; with dEdG != nullptr also dE/dG with respect to the raw ones.
+    double atomic_energy(int e, const double* x, double* dEdG, NetworkWorkspace& ws) const;
     const std::vector<double>& scaling_slope(int e) const;      ///< dx_s/dG_s
     /// Scaling statistics of element e, each [n_sf]; set_scaling also recomputes slopes.
     void set_scaling(int e, const std::vector<double>& gmin, const std::vector<double>& gmax,
