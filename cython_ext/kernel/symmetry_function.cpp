@@ -477,8 +477,10 @@ double Descriptor::cutoff() const { return cutoff_; }
 //         radial group (m list entries): r[m], fc[m], dfc[m], then per term w_j exp(-eta (r-rs)^2);
 //         angular group: fc[n], dfc[n], per Gaussian w_j exp(-eta (r_ij-rs)^2) [n] (indexed by
 //         neighbour), and per triplet (capacity c) cos[c], r_jk[c], fc(r_jk)[c], dfc(r_jk)[c],
-//         per Gaussian exp(-eta (r_jk-rs)^2) [c];  scratch section: contract's per-neighbour
-//         coefficient of u_j [n], then block scratch.
+//         per Gaussian exp(-eta (r_jk-rs)^2) [c], which compute() finally multiplies by the
+//         neighbours' factors (w_j w_k exp(-eta [(r_ij-rs)^2 + (r_ik-rs)^2 + (r_jk-rs)^2]));
+//         moment sets (see MomentSet); scratch section: contract's per-neighbour coefficient
+//         of u_j [n] and 1/r_j [n], then block scratch.
 // Functions of a group share neighbour lists, per-neighbour factors and per-triplet geometry.
 // Triplets are selected first (branch-free), then processed in blocks of kBlock with loops over
 // arrays that the compiler vectorises (exp_approx instead of std::exp). r_jk Gaussians whose eta
@@ -629,7 +631,7 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
         scratch = std::max(scratch, 3 * static_cast<std::size_t>(M) + 3 * nm);
     }
     start[head] = static_cast<int>(total);
-    total += n + scratch;  // contract's per-neighbour coefficients of u_j, then scratch
+    total += 2 * n + scratch;  // contract's per-neighbour coefficients of u_j and 1/r, scratch
     if (total > static_cast<std::size_t>(INT32_MAX) || itotal > static_cast<std::size_t>(INT32_MAX))
         throw std::length_error("Descriptor: neighbourhood too large");
     if (ws.buf.size() < total) ws.buf.resize(total);
@@ -662,7 +664,7 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
         pux[p] = u[3 * j]; puy[p] = u[3 * j + 1]; puz[p] = u[3 * j + 2];
         pr[p] = env.r[j];
     }
-    double* scratch_mem = buf + start[head] + n;
+    double* scratch_mem = buf + start[head] + 2 * n;
 
     // Radial Gaussians (2, 12).
     for (int gi = 0; gi < n_rad; ++gi) {
@@ -777,9 +779,12 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
             for (int q = 0; q < ng; ++q) {
                 const double* gq = nb_g + q * n;
                 double* tq = tg + q * kBlock;
-                if (with_jk) {
-                    const double* xq = xjk + q * cap + t0;
-                    for (int i = 0; i < nb; ++i) tq[i] = gq[bj[i]] * gq[bk[i]] * xq[i] * F[i];
+                if (with_jk) {  // xjk keeps the whole Gaussian product for contract()
+                    double* xq = xjk + q * cap + t0;
+                    for (int i = 0; i < nb; ++i) {
+                        xq[i] = gq[bj[i]] * gq[bk[i]] * xq[i];
+                        tq[i] = xq[i] * F[i];
+                    }
                 } else {
                     for (int i = 0; i < nb; ++i) tq[i] = gq[bj[i]] * gq[bk[i]] * F[i];
                 }
@@ -954,8 +959,10 @@ void Descriptor::contract(const AtomEnvironment& env, const double* dEdG, double
     double* buf = ws.buf.data();
     const double* u = buf + kFingerprint;
     double* along_u = buf + start[head];  // [n] dE/dd_j components along u_j
-    double* scratch_mem = along_u + n;
+    double* inv_r = along_u + n;          // [n] 1 / r_j
+    double* scratch_mem = inv_r + n;
     std::fill(along_u, along_u + n, 0.0);
+    for (int j = 0; j < n; ++j) inv_r[j] = 1.0 / env.r[j];
     auto list = [&](int e, const int*& first, int& count) {  // e < 0: all elements
         first = start + start[e < 0 ? 0 : e];
         count = start[e < 0 ? ne : e + 1] - start[e < 0 ? 0 : e];
@@ -1029,16 +1036,16 @@ void Descriptor::contract(const AtomEnvironment& env, const double* dEdG, double
                 rij[i] = env.r[bj[i]];
                 rik[i] = env.r[bk[i]];
             }
-            for (int q = 0; q < ng; ++q) {
-                const double* gq = nb_g + q * n;
-                double* tq = tg + q * kBlock;
-                if (with_jk) {
-                    const double* xq = xjk + q * cap + t0;
-                    for (int i = 0; i < nb; ++i) tq[i] = gq[bj[i]] * gq[bk[i]] * xq[i];
-                } else {
+            // Gaussian products per triplet: compute() left them in xjk (types 3, 13).
+            auto tg_of = [&](int q) -> const double* {
+                return with_jk ? xjk + q * cap + t0 : tg + q * kBlock;
+            };
+            if (!with_jk)
+                for (int q = 0; q < ng; ++q) {
+                    const double* gq = nb_g + q * n;
+                    double* tq = tg + q * kBlock;
                     for (int i = 0; i < nb; ++i) tq[i] = gq[bj[i]] * gq[bk[i]];
                 }
-            }
             for (int w = 0; w < npow; ++w) {  // pw = P^zeta, dpw = zeta lambda P^(zeta-1)
                 const AngularPower& p = g.powers[w];
                 double* pww = pw + w * kBlock;
@@ -1077,7 +1084,7 @@ void Descriptor::contract(const AtomEnvironment& env, const double* dEdG, double
             std::fill(s0, s0 + 5 * kBlock, 0.0);  // s0, sc, sj, sk, sjk
             for (int q = 0; q < ng; ++q) {
                 const double two_eta = 2.0 * g.gauss[q].eta, rs = g.gauss[q].rs;
-                const double* tq = tg + q * kBlock;
+                const double* tq = tg_of(q);
                 const double* Qq = Q + q * kBlock;
                 const double* Rq = R + q * kBlock;
                 const double* br = rjk + t0;
@@ -1105,7 +1112,7 @@ void Descriptor::contract(const AtomEnvironment& env, const double* dEdG, double
                 const double t_rik = F * sk[i] + s0[i] * fj * nb_dfc[k] * f3;
                 const double t_rjk_r =
                     with_jk ? (F * sjk[i] + s0[i] * fj * fk * dfjk[t0 + i]) / rjk[t0 + i] : 0.0;
-                const double t_cos = F * sc[i], c = bc[i], inv_j = 1.0 / rij[i], inv_k = 1.0 / rik[i];
+                const double t_cos = F * sc[i], c = bc[i], inv_j = inv_r[j], inv_k = inv_r[k];
                 alpha_j[i] = t_rij - t_cos * c * inv_j + t_rjk_r * rij[i];
                 beta_j[i] = t_cos * inv_j - t_rjk_r * rik[i];
                 alpha_k[i] = t_rik - t_cos * c * inv_k + t_rjk_r * rik[i];
