@@ -1,13 +1,29 @@
-"""Energy+forces per atom through FragNN (neighbour search included) for the n2p2 H2O_RPBE-D3
-box (1080 atoms) and its 2x2x2 replica (8640 atoms), one core; peak memory.
+"""Energy+forces per atom through FragNN (neighbour search included), next to n2p2's libnnp
+measured in the same run when its timing driver is given.
 
-    python benchmarks/bench_calculator.py [--repeat N]
+    python benchmarks/bench_calculator.py [--repeat N] [--threads 1 2] [--cases water irmof]
+                                          [--n2p2 /work/n2p2/driver/nnp_time]
 
-Anchor on this kind of machine: n2p2 libnnp 253 µs/atom (1080) and 288 µs/atom (8640), excluding
-its neighbour list. Prints µs/atom for the whole call and for its parts.
+Cases: water = n2p2 H2O_RPBE-D3 on its 1080-atom box and the 2x2x2 replica (8640 atoms);
+irmof = the shipped IRMOF-1 potential on the 3x3x3 primitive supercell (2862 atoms).
+For every case and thread count: wall-clock and process-CPU µs/atom of the whole
+FragNN.get_forces call (best of --repeat), the neighbour search alone, and the energy.
+
+n2p2 anchor (--n2p2 or $PYFRAGNN_N2P2_TIME): an executable that, run in a directory holding an
+n2p2 potential (input.nn, scaling.data, weights.NNN.data) and input.data, prints lines
+`cpu_rest S`, `t_rest S` (libnnp symmetry functions + networks + forces, best of its argument
+repeats, its neighbour list excluded) and `energy E`. A 40-line driver linked against libnnp
+does this (built outside this repository; n2p2 is GPL). The benchmark writes the potential
+(IRMOF: converted with Potential.save_n2p2) and the structure itself and prints the ratio
+n2p2 / pyfragnn measured in the same run, on CPU time (robust on a shared machine) and wall.
 """
 import argparse
+import os
+import re
 import resource
+import shutil
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,7 +34,8 @@ from ase.units import Bohr, Hartree
 from pyfragnn import FragNN, Potential
 from pyfragnn._core import neighbor_list
 
-N2P2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "n2p2" / "H2O_RPBE-D3"
+ROOT = Path(__file__).resolve().parents[1]
+N2P2 = ROOT.parent / "shared" / "data" / "n2p2" / "H2O_RPBE-D3"
 
 
 def read_structure(path):
@@ -33,40 +50,92 @@ def read_structure(path):
     return Atoms(sym, positions=np.array(pos) * Bohr, cell=np.array(lat) * Bohr, pbc=True)
 
 
+def write_n2p2_structure(atoms, path, length_unit):
+    lines = ["begin"]
+    lines += [f"lattice {v[0]:.12f} {v[1]:.12f} {v[2]:.12f}" for v in atoms.cell.array / length_unit]
+    for p, s in zip(atoms.positions / length_unit, atoms.get_chemical_symbols()):
+        lines.append(f"atom {p[0]:.12f} {p[1]:.12f} {p[2]:.12f} {s} 0.0 0.0 0.0 0.0 0.0")
+    lines += ["energy 0.0", "charge 0.0", "end", ""]
+    path.write_text("\n".join(lines))
+
+
 def best_of(f, repeat):
-    times = []
+    wall, cpu = [], []
     for _ in range(repeat):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         f()
-        times.append(time.perf_counter() - t)
-    return min(times)
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    return min(wall), min(cpu)
+
+
+def cases(names):
+    if "water" in names:
+        pot = Potential.load(N2P2 / "pot", length_unit=Bohr, energy_unit=Hartree)
+        base = read_structure(N2P2 / "input.data")
+        yield "water 1080", pot, base, N2P2 / "pot"
+        yield "water 8640", pot, base.repeat(2), N2P2 / "pot"
+    if "irmof" in names:
+        from pyfragnn.demo import IRMOF1_PRIM, _read
+        pot = Potential.load(ROOT / "potentials" / "irmof1_hdnnp1_gfn2.fragnn")
+        yield "IRMOF-1 2862", pot, _read(IRMOF1_PRIM, 0)[0].repeat(3), None
+
+
+def run_n2p2(exe, pot, potdir, atoms, repeat):
+    with tempfile.TemporaryDirectory(prefix="bench_n2p2_") as d:
+        d = Path(d)
+        if potdir is not None:
+            for f in potdir.iterdir():
+                shutil.copy(f, d / f.name)
+        else:
+            pot.save_n2p2(d)
+        write_n2p2_structure(atoms, d / "input.data", pot.length_unit)
+        out = subprocess.run([str(exe), str(repeat)], cwd=d, check=True, capture_output=True,
+                             text=True).stdout
+    vals = dict(re.findall(r"^(\w+) (\S+)", out, re.M))
+    return float(vals["t_rest"]), float(vals["cpu_rest"]), float(vals["energy"])
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--cases", nargs="+", default=["water", "irmof"], choices=["water", "irmof"])
+    ap.add_argument("--n2p2", type=Path, default=os.environ.get("PYFRAGNN_N2P2_TIME"),
+                    help="n2p2 libnnp timing driver (see module docstring)")
     args = ap.parse_args()
-    pot = Potential.load(N2P2 / "pot", length_unit=Bohr, energy_unit=Hartree)
-    base = read_structure(N2P2 / "input.data")
+    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores at start")
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    for label, atoms in (("1080", base), ("8640", base.repeat(2))):
+    for label, pot, atoms, potdir in cases(args.cases):
         n = len(atoms)
-        calc = FragNN(pot)
+        lu = pot.length_unit
+        t_nl, c_nl = best_of(lambda: neighbor_list(atoms.positions / lu, atoms.cell.array / lu,
+                                                   atoms.pbc, pot.core.cutoff), args.repeat)
+        print(f"\n{label} atoms: neighbour search {1e6 * t_nl / n:6.1f} µs/atom wall, "
+              f"{1e6 * c_nl / n:6.1f} CPU")
+        one = None
+        for th in args.threads:
+            calc = FragNN(pot, threads=th)
 
-        def full():
-            calc.reset()
-            calc.get_forces(atoms)
+            def full():
+                calc.reset()
+                calc.get_forces(atoms)
 
-        def nl_only():
-            neighbor_list(atoms.positions / Bohr, atoms.cell.array / Bohr, atoms.pbc, pot.core.cutoff)
-
-        t_full = best_of(full, args.repeat)
-        t_nl = best_of(nl_only, args.repeat)
-        print(f"{label} atoms: {1e6 * t_full / n:7.1f} µs/atom energy+forces+stress "
-              f"(neighbour search {1e6 * t_nl / n:5.1f} µs/atom), "
-              f"E = {calc.results['energy']:.6f} eV")
+            t, c = best_of(full, args.repeat)
+            if one is None:
+                one = (t, c)
+            print(f"  pyfragnn {th} thread(s): {1e6 * t / n:7.1f} µs/atom wall "
+                  f"({1e6 * c / n:7.1f} CPU), speed-up vs {args.threads[0]} thread(s) "
+                  f"{one[0] / t:4.2f}x wall, E = {calc.results['energy']:.6f} eV")
+        if args.n2p2:
+            tw, tc, e = run_n2p2(args.n2p2, pot, potdir, atoms, args.repeat)
+            print(f"  n2p2 libnnp (neighbour list excluded): {1e6 * tw / n:7.1f} µs/atom wall "
+                  f"({1e6 * tc / n:7.1f} CPU), E = {e * pot.energy_unit:.6f} eV")
+            print(f"  ratio n2p2 / pyfragnn ({args.threads[0]} thread, whole call): "
+                  f"{tc / one[1]:4.2f}x on CPU time, {tw / one[0]:4.2f}x wall")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak RSS {rss:.0f} MB (after imports and loading: {rss0:.0f} MB)")
+    print(f"\npeak RSS {rss:.0f} MB (after imports: {rss0:.0f} MB); load average "
+          f"{os.getloadavg()[0]:.2f} at end")
 
 
 if __name__ == "__main__":

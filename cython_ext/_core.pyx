@@ -104,6 +104,8 @@ cdef extern from "model.h" namespace "pyfragnn":
         void set_units(double length_unit, double energy_unit) except +
         double compute(const NeighborListView& nl, const int* element, int64_t n_total,
                        ComputeOutput& out) except + nogil
+        double compute(const NeighborListView& nl, const int* element, int64_t n_total,
+                       ComputeOutput& out, int threads) except + nogil
         const Descriptor& descriptor(int e) except +
         AtomicNetwork& network(int e) except +
         ScalingType scaling_type()
@@ -237,8 +239,11 @@ cdef class CoreModel:
 
     # --- evaluation -------------------------------------------------------------------
     def compute_neighbors(self, offsets, index, d, element, bint forces=True,
-                          bint virial=True, bint atom_virial=False, int64_t max_warnings=-1):
+                          bint virial=True, bint atom_virial=False, int64_t max_warnings=-1,
+                          int threads=1):
         """Energies/forces for a given CSR neighbour list (potential units).
+        threads: OpenMP threads (<= 0: OMP_NUM_THREADS or all cores); results do not depend
+        on it.
 
         offsets: (n_centres+1,) int64; index: (m,) int32 targets; d: (m, 3);
         element: (n_total,) int32 element indices (-1 = ignore). Returns a dict with
@@ -260,11 +265,11 @@ cdef class CoreModel:
         view.offsets = &off[0]
         view.index = &idx[0] if idx.shape[0] > 0 else NULL
         view.d = &dd[0, 0] if dd.shape[0] > 0 else NULL
-        return self._compute(view, el, forces, virial, atom_virial, max_warnings)
+        return self._compute(view, el, forces, virial, atom_virial, max_warnings, threads)
 
     def compute_structure(self, positions, element, cell, pbc, bint forces=True,
                           bint virial=True, bint atom_virial=False, int64_t max_warnings=-1,
-                          double min_distance=1e-8):
+                          double min_distance=1e-8, int threads=1):
         """Energies/forces of a structure (potential units): neighbour search and evaluation
         in one C++ pass. positions (n, 3); element (n,) indices; cell (3, 3); pbc (3,)."""
         cdef cnp.ndarray[double, ndim=2, mode="c"] pos = np.ascontiguousarray(positions, dtype=np.float64).reshape(-1, 3)
@@ -279,10 +284,11 @@ cdef class CoreModel:
         cdef double rc = self.m.cutoff()
         with nogil:
             nl = build_neighbor_list(pp, n, &c[0, 0], <cbool*>&p[0], rc, min_distance)
-        return self._compute(nl.view(), el, forces, virial, atom_virial, max_warnings)
+        return self._compute(nl.view(), el, forces, virial, atom_virial, max_warnings, threads)
 
     cdef dict _compute(self, NeighborListView view, cnp.ndarray[int, ndim=1, mode="c"] el,
-                       bint forces, bint virial, bint atom_virial, int64_t max_warnings):
+                       bint forces, bint virial, bint atom_virial, int64_t max_warnings,
+                       int threads=1):
         cdef int64_t nc = view.n_centres
         cdef int64_t nt = el.shape[0]
         cdef cnp.ndarray[double, ndim=1, mode="c"] en = np.zeros(max(nc, 1))
@@ -300,7 +306,7 @@ cdef class CoreModel:
         cdef double e
         cdef int* elp = &el[0] if nt > 0 else NULL
         with nogil:
-            e = self.m.compute(view, elp, nt, out)
+            e = self.m.compute(view, elp, nt, out, threads)
         res = {"energy": e, "energies": en[:nc].copy(), "n_warnings": out.n_warnings,
                "warnings": [(w.atom, w.element, w.sf, w.value, w.gmin, w.gmax) for w in warns]}
         if forces:

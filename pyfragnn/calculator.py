@@ -5,7 +5,7 @@ Energies in eV, forces in eV/Å, stress in eV/Å^3 in ASE's Voigt order (xx, yy,
 from __future__ import annotations
 
 import warnings
-from typing import Union
+from typing import Optional, Union
 
 from ase.calculators.calculator import (Calculator, PropertyNotImplementedError,
                                         all_changes)
@@ -35,6 +35,9 @@ class FragNN(Calculator):
         (an :class:`ExtrapolationWarning`) or ``'raise'`` (:class:`ExtrapolationError`).
     max_warnings:
         At most this many extrapolations are listed per call (the count is always complete).
+    threads:
+        OpenMP threads for the evaluation; None (default): ``OMP_NUM_THREADS`` if set, else
+        all cores. Energies and forces are the same for every thread count.
 
     Notes
     -----
@@ -44,15 +47,16 @@ class FragNN(Calculator):
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress",
                               "stresses"]
-    default_parameters = {"extrapolation": "record", "max_warnings": 100}
+    default_parameters = {"extrapolation": "record", "max_warnings": 100, "threads": None}
 
     def __init__(self, potential: Union[Potential, str], extrapolation: str = "record",
-                 max_warnings: int = 100, **kwargs):
+                 max_warnings: int = 100, threads: Optional[int] = None, **kwargs):
         if extrapolation not in ("record", "warn", "raise"):
             raise ValueError(f"extrapolation must be 'record', 'warn' or 'raise', "
                              f"not {extrapolation!r}")
         self.potential = potential if isinstance(potential, Potential) else Potential.load(potential)
-        super().__init__(extrapolation=extrapolation, max_warnings=max_warnings, **kwargs)
+        super().__init__(extrapolation=extrapolation, max_warnings=max_warnings, threads=threads,
+                         **kwargs)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
@@ -64,7 +68,8 @@ class FragNN(Calculator):
         res = self.potential.compute(atoms.positions, atoms.get_chemical_symbols(),
                                      atoms.cell.array, atoms.pbc, forces=True,
                                      virial=periodic_3d, atom_virial="stresses" in properties,
-                                     max_warnings=self.parameters.max_warnings)
+                                     max_warnings=self.parameters.max_warnings,
+                                     threads=self.parameters.get("threads"))
         self.results["energy"] = res["energy"]
         self.results["free_energy"] = res["energy"]
         self.results["energies"] = res["energies"]

@@ -166,7 +166,7 @@ class Potential:
     def compute(self, positions: np.ndarray, symbols: Sequence[str],
                 cell: Optional[np.ndarray] = None, pbc: Sequence[bool] = (False,) * 3,
                 forces: bool = True, virial: bool = True, atom_virial: bool = False,
-                max_warnings: int = -1) -> dict:
+                max_warnings: int = -1, threads: Optional[int] = 1) -> dict:
         """Energy and derivatives of one structure.
 
         positions: (n, 3) Å; symbols: n element symbols; cell: (3, 3) Å, rows are cell
@@ -176,6 +176,8 @@ class Potential:
         ``virial`` (6,) eV in order xx yy zz xy xz yz (W = sum r (x) F), ``atom_virial``
         (n, 6) eV, ``n_warnings`` and ``warnings``: extrapolations as tuples
         (atom, element symbol, 1-based symmetry-function index, value, Gmin, Gmax).
+        threads: OpenMP threads of the kernel (None: OMP_NUM_THREADS, else all cores); the
+        results are the same for every thread count.
         """
         pos = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
         if len(symbols) != len(pos):
@@ -190,7 +192,8 @@ class Potential:
         res = self.core.compute_structure(pos / lu, elem, c / lu, np.asarray(pbc, bool),
                                           forces=forces, virial=virial,
                                           atom_virial=atom_virial, max_warnings=max_warnings,
-                                          min_distance=1e-8 / lu)
+                                          min_distance=1e-8 / lu,
+                                          threads=0 if threads is None else int(threads))
         res["energy"] *= eu
         res["energies"] *= eu
         if forces:

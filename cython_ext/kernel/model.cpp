@@ -975,12 +975,58 @@ void Model::set_atom_energy(int e, double value) { check_element(e); el_[e].atom
 // ---------------------------------------------------------------------------------------------
 // Energies and forces
 
-double Model::compute(const NeighborListView& nl, const int* element, int64_t n_total,
-                      ComputeOutput& out) const {
+// ---------------------------------------------------------------------------------------------
+// Evaluation. One per-centre pass (centre_pass) serves the serial and the threaded driver; the
+// threaded one evaluates the centres of a chunk in parallel, keeps each centre's results apart
+// and then adds them to the outputs in centre order, exactly as the serial loop does, so that
+// the results do not depend on the number of threads (bit for bit).
+
+}  // namespace pyfragnn
+
+#include <exception>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace pyfragnn {
+
+struct Model::CentreScratch {
+    DescriptorWorkspace dws;
+    NetworkWorkspace nws;
+    std::vector<double> d, r, G, x, dEdx, dEdd;
+    std::vector<int> ej, tj;
+    std::vector<ExtrapolationWarning> warnings;  // threaded driver: this centre's warnings
+};
+
+namespace {
+
+/// Adds one centre's dE/dd_j (g[3j..]) of its neighbours j < n (vectors d, force targets t)
+/// to forces and virials (see ComputeOutput).
+inline void scatter_centre(int64_t i, int n, const double* d, const int* t, const double* g,
+                           ComputeOutput& out) {
+    for (int j = 0; j < n; ++j, g += 3, d += 3) {
+        if (out.forces) {
+            double* fi = out.forces + 3 * i;
+            double* ft = out.forces + 3 * static_cast<int64_t>(t[j]);
+            for (int a = 0; a < 3; ++a) { fi[a] += g[a]; ft[a] -= g[a]; }
+        }
+        if (out.virial || out.atom_virial) {
+            const double w[6] = {-d[0] * g[0], -d[1] * g[1], -d[2] * g[2],
+                                 -d[0] * g[1], -d[0] * g[2], -d[1] * g[2]};
+            if (out.virial)
+                for (int a = 0; a < 6; ++a) out.virial[a] += w[a];
+            if (out.atom_virial)
+                for (int a = 0; a < 6; ++a) out.atom_virial[6 * static_cast<int64_t>(t[j]) + a] += w[a];
+        }
+    }
+}
+
+}  // namespace
+
+void Model::check_centres(const NeighborListView& nl, const int* element, int64_t n_total) const {
     const int ne = n_elements();
-    auto centre = [&nl](int64_t c) -> int64_t { return nl.centre ? nl.centre[c] : nl.first + c; };
     for (int64_t c = 0; c < nl.n_centres; ++c) {
-        const int64_t i = centre(c);
+        const int64_t i = nl.centre ? nl.centre[c] : nl.first + c;
         if (i < 0 || i >= n_total)
             throw std::invalid_argument("centre " + std::to_string(c) + " is atom " +
                                         std::to_string(i) + ", outside the " +
@@ -995,101 +1041,188 @@ double Model::compute(const NeighborListView& nl, const int* element, int64_t n_
                 scaling_source_ + " has no scaling data for " + el_[element[i]].symbol +
                 " (INF rows: the element was absent from the data the scaling was computed on)");
     }
-    DescriptorWorkspace dws;
-    NetworkWorkspace nws;
-    std::vector<double> d, r, G, x, dEdx, dEdd;
-    std::vector<int> ej, tj;
+}
+
+double Model::atomic_energy(int e, const double* x, double* dEdG, NetworkWorkspace& ws) const {
+    const ElementData& ed = el_[e];
     const double inv_ce = 1.0 / conv_energy_;
+    const double nn = ed.network.evaluate(x, dEdG, ws);
+    if (dEdG)
+        for (int sf = 0; sf < ed.descriptor.size(); ++sf) dEdG[sf] *= ed.slope[sf] * inv_ce;
+    return nn * inv_ce + mean_energy_ + ed.atom_energy;
+}
+
+bool Model::centre_pass(const NeighborListView& nl, int64_t c, const int* element,
+                        int64_t n_total, bool need_grad, CentreScratch& s, double& ei,
+                        int64_t& n_warnings, std::vector<ExtrapolationWarning>* warnings,
+                        int64_t max_warnings) const {
+    const int ne = n_elements();
+    const int64_t i = nl.centre ? nl.centre[c] : nl.first + c;
+    const int e = element[i];
+    if (e < 0) return false;
+    const ElementData& ed = el_[e];
+    const double rc = ed.descriptor.cutoff();
+    const double rc2 = rc * rc;
+    // Gather neighbours inside this element's cutoff.
+    s.d.clear(); s.r.clear(); s.ej.clear(); s.tj.clear();
+    for (int64_t k = nl.offsets[c]; k < nl.offsets[c + 1]; ++k) {
+        const int32_t t = nl.index[k];
+        if (t < 0 || t >= n_total)
+            throw std::invalid_argument("neighbour index " + std::to_string(t) +
+                                        " of atom " + std::to_string(i) + " out of range");
+        const int en = element[t];
+        if (en < 0) continue;
+        if (en >= ne)
+            throw std::invalid_argument("atom " + std::to_string(t) + " has element index " +
+                                        std::to_string(en) + ", the potential has " +
+                                        std::to_string(ne) + " elements");
+        const double* v = nl.d + 3 * k;
+        const double r2 = v[0] * v[0] + v[1] * v[1] + v[2] * v[2];
+        if (!(r2 < rc2)) {
+            if (!std::isfinite(r2))
+                throw std::invalid_argument("non-finite position for atom " +
+                                            std::to_string(i) + " or " + std::to_string(t));
+            continue;
+        }
+        if (r2 == 0.0)
+            throw std::invalid_argument("atoms " + std::to_string(i) + " and " +
+                                        std::to_string(t) + " are at the same position");
+        s.d.insert(s.d.end(), v, v + 3);
+        s.r.push_back(std::sqrt(r2));
+        s.ej.push_back(en);
+        s.tj.push_back(t);
+    }
+    AtomEnvironment env;
+    env.n = static_cast<int>(s.r.size());
+    env.d = s.d.data();
+    env.r = s.r.data();
+    env.element = s.ej.data();
+    const int nsf = ed.descriptor.size();
+    s.G.resize(nsf); s.x.resize(nsf); s.dEdx.resize(nsf);
+    ed.descriptor.compute(env, s.G.data(), s.dws);
+    if (has_scaling_data_) {
+        for (int sf = 0; sf < nsf; ++sf) {
+            const double eps = 1000.0 * std::numeric_limits<double>::epsilon();
+            if (s.G[sf] < ed.gmin[sf] - eps || s.G[sf] > ed.gmax[sf] + eps) {
+                ++n_warnings;
+                if (warnings && (max_warnings < 0 ||
+                                 static_cast<int64_t>(warnings->size()) < max_warnings))
+                    warnings->push_back({i, e, sf, s.G[sf], ed.gmin[sf], ed.gmax[sf]});
+            }
+        }
+    }
+    scale(e, s.G.data(), s.x.data());
+    ei = atomic_energy(e, s.x.data(), need_grad ? s.dEdx.data() : nullptr, s.nws);  // dEdx: dE/dG
+    if (!std::isfinite(ei))
+        throw std::runtime_error("non-finite energy for atom " + std::to_string(i) +
+                                 " (element " + ed.symbol + ")");
+    s.dEdd.resize(3 * static_cast<size_t>(env.n));
+    if (!need_grad || env.n == 0) return true;
+    ed.descriptor.contract(env, s.dEdx.data(), s.dEdd.data(), s.dws);
+    return true;
+}
+
+double Model::compute(const NeighborListView& nl, const int* element, int64_t n_total,
+                      ComputeOutput& out) const {
+    check_centres(nl, element, n_total);
+    const bool need_grad = out.forces || out.virial || out.atom_virial;
+    CentreScratch s;
     double etot = 0.0;
     for (int64_t c = 0; c < nl.n_centres; ++c) {
-        const int64_t i = centre(c);
-        const int e = element[i];
-        if (e < 0) {
+        const int64_t i = nl.centre ? nl.centre[c] : nl.first + c;
+        double ei = 0.0;
+        if (!centre_pass(nl, c, element, n_total, need_grad, s, ei, out.n_warnings, out.warnings,
+                         out.max_warnings)) {
             if (out.energies) out.energies[i] = 0.0;
             continue;
         }
-        const ElementData& ed = el_[e];
-        const double rc = ed.descriptor.cutoff();
-        const double rc2 = rc * rc;
-        // Gather neighbours inside this element's cutoff.
-        d.clear(); r.clear(); ej.clear(); tj.clear();
-        for (int64_t k = nl.offsets[c]; k < nl.offsets[c + 1]; ++k) {
-            const int32_t t = nl.index[k];
-            if (t < 0 || t >= n_total)
-                throw std::invalid_argument("neighbour index " + std::to_string(t) +
-                                            " of atom " + std::to_string(i) + " out of range");
-            const int en = element[t];
-            if (en < 0) continue;
-            if (en >= ne)
-                throw std::invalid_argument("atom " + std::to_string(t) + " has element index " +
-                                            std::to_string(en) + ", the potential has " +
-                                            std::to_string(ne) + " elements");
-            const double* v = nl.d + 3 * k;
-            const double r2 = v[0] * v[0] + v[1] * v[1] + v[2] * v[2];
-            if (!(r2 < rc2)) {
-                if (!std::isfinite(r2))
-                    throw std::invalid_argument("non-finite position for atom " +
-                                                std::to_string(i) + " or " + std::to_string(t));
-                continue;
-            }
-            if (r2 == 0.0)
-                throw std::invalid_argument("atoms " + std::to_string(i) + " and " +
-                                            std::to_string(t) + " are at the same position");
-            d.insert(d.end(), v, v + 3);
-            r.push_back(std::sqrt(r2));
-            ej.push_back(en);
-            tj.push_back(t);
-        }
-        AtomEnvironment env;
-        env.n = static_cast<int>(r.size());
-        env.d = d.data();
-        env.r = r.data();
-        env.element = ej.data();
-        const int nsf = ed.descriptor.size();
-        G.resize(nsf); x.resize(nsf); dEdx.resize(nsf);
-        ed.descriptor.compute(env, G.data(), dws);
-        if (has_scaling_data_) {
-            for (int s = 0; s < nsf; ++s) {
-                const double eps = 1000.0 * std::numeric_limits<double>::epsilon();
-                if (G[s] < ed.gmin[s] - eps || G[s] > ed.gmax[s] + eps) {
-                    ++out.n_warnings;
-                    if (out.warnings && (out.max_warnings < 0 ||
-                                         static_cast<int64_t>(out.warnings->size()) < out.max_warnings))
-                        out.warnings->push_back({i, e, s, G[s], ed.gmin[s], ed.gmax[s]});
-                }
-            }
-        }
-        scale(e, G.data(), x.data());
-        const bool need_grad = out.forces || out.virial || out.atom_virial;
-        const double nn = ed.network.evaluate(x.data(), need_grad ? dEdx.data() : nullptr, nws);
-        const double ei = nn * inv_ce + mean_energy_ + ed.atom_energy;
-        if (!std::isfinite(ei))
-            throw std::runtime_error("non-finite energy for atom " + std::to_string(i) +
-                                     " (element " + ed.symbol + ")");
         if (out.energies) out.energies[i] = ei;
         etot += ei;
-        if (!need_grad || env.n == 0) continue;
-        for (int s = 0; s < nsf; ++s) dEdx[s] *= ed.slope[s] * inv_ce;  // now dE/dG
-        dEdd.resize(3 * static_cast<size_t>(env.n));
-        ed.descriptor.contract(env, dEdx.data(), dEdd.data(), dws);
-        for (int j = 0; j < env.n; ++j) {
-            const double* g = &dEdd[3 * j];
-            const double* v = &d[3 * j];
-            const int t = tj[j];
-            if (out.forces) {
-                double* fi = out.forces + 3 * i;
-                double* ft = out.forces + 3 * static_cast<int64_t>(t);
-                for (int a = 0; a < 3; ++a) { fi[a] += g[a]; ft[a] -= g[a]; }
-            }
-            if (out.virial || out.atom_virial) {
-                const double w[6] = {-v[0] * g[0], -v[1] * g[1], -v[2] * g[2],
-                                     -v[0] * g[1], -v[0] * g[2], -v[1] * g[2]};
-                if (out.virial)
-                    for (int a = 0; a < 6; ++a) out.virial[a] += w[a];
-                if (out.atom_virial)
-                    for (int a = 0; a < 6; ++a) out.atom_virial[6 * static_cast<int64_t>(t) + a] += w[a];
+        if (need_grad)
+            scatter_centre(i, static_cast<int>(s.tj.size()), s.d.data(), s.tj.data(),
+                           s.dEdd.data(), out);
+    }
+    return etot;
+}
+
+double Model::compute(const NeighborListView& nl, const int* element, int64_t n_total,
+                      ComputeOutput& out, int threads) const {
+#ifdef _OPENMP
+    if (threads <= 0) threads = omp_get_max_threads();
+#else
+    threads = 1;
+#endif
+    if (threads <= 1 || nl.n_centres < 2) return compute(nl, element, n_total, out);
+    check_centres(nl, element, n_total);
+    const bool need_grad = out.forces || out.virial || out.atom_virial;
+    std::vector<CentreScratch> scratch(static_cast<size_t>(threads));
+    // Per chunk of centres: energy, flag, kept-neighbour count, warnings, and per neighbour
+    // entry the target, vector and dE/dd of the kept neighbours (at the entry's position).
+    constexpr int64_t kChunkEntries = int64_t(1) << 18, kChunkCentres = 4096;
+    std::vector<double> ce, dbuf, gbuf;
+    std::vector<int> kept, tbuf;
+    std::vector<char> has;
+    std::vector<int64_t> nwarn;
+    std::vector<std::vector<ExtrapolationWarning>> cwarn;
+    double etot = 0.0;
+    for (int64_t c0 = 0; c0 < nl.n_centres;) {
+        int64_t c1 = c0 + 1;
+        while (c1 < nl.n_centres && c1 - c0 < kChunkCentres &&
+               nl.offsets[c1 + 1] - nl.offsets[c0] <= kChunkEntries) ++c1;
+        const int64_t nc = c1 - c0, base = nl.offsets[c0];
+        const size_t entries = static_cast<size_t>(nl.offsets[c1] - base);
+        ce.assign(nc, 0.0); has.assign(nc, 0); kept.assign(nc, 0); nwarn.assign(nc, 0);
+        cwarn.resize(nc);
+        if (need_grad) { dbuf.resize(3 * entries); gbuf.resize(3 * entries); tbuf.resize(entries); }
+        std::exception_ptr error;
+        int64_t error_centre = nl.n_centres;
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 4)
+        for (int64_t k = 0; k < nc; ++k) {
+#ifdef _OPENMP
+            CentreScratch& s = scratch[omp_get_thread_num()];
+#else
+            CentreScratch& s = scratch[0];
+#endif
+            const int64_t c = c0 + k;
+            try {
+                cwarn[k].clear();
+                has[k] = centre_pass(nl, c, element, n_total, need_grad, s, ce[k], nwarn[k],
+                                     out.warnings ? &cwarn[k] : nullptr, out.max_warnings);
+                if (has[k] && need_grad) {
+                    const size_t at = static_cast<size_t>(nl.offsets[c] - base);
+                    kept[k] = static_cast<int>(s.tj.size());
+                    std::copy(s.tj.begin(), s.tj.end(), tbuf.begin() + at);
+                    std::copy(s.d.begin(), s.d.end(), dbuf.begin() + 3 * at);
+                    std::copy(s.dEdd.begin(), s.dEdd.end(), gbuf.begin() + 3 * at);
+                }
+            } catch (...) {
+#pragma omp critical(pyfragnn_compute_error)
+                if (c < error_centre) { error_centre = c; error = std::current_exception(); }
             }
         }
+        if (error) std::rethrow_exception(error);  // the first failing centre's exception
+        for (int64_t k = 0; k < nc; ++k) {
+            const int64_t c = c0 + k;
+            const int64_t i = nl.centre ? nl.centre[c] : nl.first + c;
+            out.n_warnings += nwarn[k];
+            if (out.warnings)
+                for (const ExtrapolationWarning& w : cwarn[k])
+                    if (out.max_warnings < 0 ||
+                        static_cast<int64_t>(out.warnings->size()) < out.max_warnings)
+                        out.warnings->push_back(w);
+            if (!has[k]) {
+                if (out.energies) out.energies[i] = 0.0;
+                continue;
+            }
+            if (out.energies) out.energies[i] = ce[k];
+            etot += ce[k];
+            if (need_grad) {
+                const size_t at = static_cast<size_t>(nl.offsets[c] - base);
+                scatter_centre(i, kept[k], dbuf.data() + 3 * at, tbuf.data() + at,
+                               gbuf.data() + 3 * at, out);
+            }
+        }
+        c0 = c1;
     }
     return etot;
 }

@@ -85,6 +85,12 @@ public:
     /// indices or non-finite values.
     double compute(const NeighborListView& nl, const int* element, int64_t n_total,
                    ComputeOutput& out) const;
+    /// The same with `threads` OpenMP threads (<= 0: omp_get_max_threads(), i.e.
+    /// OMP_NUM_THREADS or all cores; without OpenMP always one). Centres are evaluated in
+    /// parallel, their contributions added in centre order: results are identical for every
+    /// thread count.
+    double compute(const NeighborListView& nl, const int* element, int64_t n_total,
+                   ComputeOutput& out, int threads) const;
 
     // --- Access for trainers and bindings ---------------------------------------------
     /// Build from input.nn text (settings), scaling.data text ("" = no scaling data yet:
@@ -101,6 +107,10 @@ public:
     ScalingType scaling_type() const;
     /// x = scaled symmetry functions of element e: x_s = slope_s * G_s + intercept_s.
     void scale(int e, const double* G, double* x) const;
+    /// The per-atom step shared by compute() and the trainers: energy of an atom of element e
+    /// (network, normalisation, mean and atomic offsets; potential energy unit) from its scaled
+    /// symmetry functions x; with dEdG != nullptr also dE/dG with respect to the raw ones.
+    double atomic_energy(int e, const double* x, double* dEdG, NetworkWorkspace& ws) const;
     const std::vector<double>& scaling_slope(int e) const;      ///< dx_s/dG_s
     /// Scaling statistics of element e, each [n_sf]; set_scaling also recomputes slopes.
     void set_scaling(int e, const std::vector<double>& gmin, const std::vector<double>& gmax,
@@ -132,6 +142,13 @@ private:
     };
     void update_scaling(int e);
     void check_element(int e) const;
+    struct CentreScratch;  // per-thread scratch of centre_pass (model.cpp)
+    void check_centres(const NeighborListView& nl, const int* element, int64_t n_total) const;
+    /// Energy ei of centre c and, with need_grad, dE/dd of its kept neighbours in s.dEdd
+    /// (vectors s.d, force targets s.tj). False (nothing computed) for atoms without element.
+    bool centre_pass(const NeighborListView& nl, int64_t c, const int* element, int64_t n_total,
+                     bool need_grad, CentreScratch& s, double& ei, int64_t& n_warnings,
+                     std::vector<ExtrapolationWarning>* warnings, int64_t max_warnings) const;
 
     std::vector<ElementData> el_;
     std::vector<std::string> symbols_;

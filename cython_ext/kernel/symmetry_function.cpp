@@ -107,6 +107,7 @@ inline double sine(const double* u, const double* v) {
 }
 
 constexpr double kDegree = 3.141592653589793 / 180.0;
+constexpr int kMomentMaxZeta = 8;  // type 9 with integer zeta up to this: Cartesian moments
 constexpr int kFingerprint = 4;  // buf[0..3]: descriptor address, n, d[0], d[3n-1]
 
 }  // namespace
@@ -302,6 +303,44 @@ Descriptor::Descriptor(std::vector<SymmetryFunctionParams> sfs, std::vector<int>
         case 3:
         case 9:
         case 13: {
+            const int zi = integer_zeta(p.zeta);
+            if (p.type == 9 && zi >= 1 && zi <= kMomentMaxZeta && std::fabs(p.lambda) <= 1.0) {
+                // (1 + lambda cos)^zeta >= 0 needs no clipping: moment expansion (see below).
+                auto find_set = [&](int e) {
+                    for (std::size_t k = 0; k < msets_.size(); ++k) {
+                        const MomentSet& m = msets_[k];
+                        if (m.e1 == e && m.fc.type() == p.cutoff_type &&
+                            m.fc.alpha() == p.cutoff_alpha && m.fc.rc() == p.rc &&
+                            m.eta == p.eta && m.rs == p.rs)
+                            return static_cast<int>(k);
+                    }
+                    msets_.push_back({e, CutoffFunction(p.cutoff_type, p.rc, p.cutoff_alpha),
+                                      p.eta, p.rs, 0, true});
+                    return static_cast<int>(msets_.size()) - 1;
+                };
+                const int s1 = find_set(p.e1), s2 = find_set(p.e2);
+                auto it = std::find_if(mpairs_.begin(), mpairs_.end(), [&](const MomentPair& q) {
+                    return q.s1 == s1 && q.s2 == s2;
+                });
+                if (it == mpairs_.end()) it = mpairs_.insert(mpairs_.end(), MomentPair{s1, s2, 0, {}});
+                it->degree = std::max(it->degree, zi);
+                msets_[s1].degree = std::max(msets_[s1].degree, zi);
+                msets_[s2].degree = std::max(msets_[s2].degree, zi);
+                // G = 2^(1-zeta) sum_{pairs} (1 + lambda cos)^zeta A_j A_k with
+                // (1 + lambda cos)^zeta = sum_m C(zeta, m) lambda^m cos^m; over unordered pairs
+                // of one set: half the double sum less its diagonal (cos = 1).
+                const double norm = std::pow(2.0, 1.0 - p.zeta), half = s1 == s2 ? 0.5 : 1.0;
+                MomentTerm t{s, std::vector<double>(zi + 1), 0.0};
+                double binom = 1.0, lp = 1.0;
+                for (int m = 0; m <= zi; ++m) {
+                    t.coef[m] = half * norm * binom * lp;
+                    binom = binom * (zi - m) / (m + 1);
+                    lp *= p.lambda;
+                }
+                if (s1 == s2) t.diag = half * norm * std::pow(1.0 + p.lambda, zi);
+                it->terms.push_back(std::move(t));
+                break;
+            }
             const int e1 = p.type == 13 ? -1 : p.e1, e2 = p.type == 13 ? -1 : p.e2;
             auto it = std::find_if(angular_.begin(), angular_.end(), [&](const AngularGroup& g) {
                 return g.type == p.type && g.e1 == e1 && g.e2 == e2 &&
@@ -383,6 +422,40 @@ Descriptor::Descriptor(std::vector<SymmetryFunctionParams> sfs, std::vector<int>
         for (const RadialTerm& t : g.terms) g.fast_exp = g.fast_exp && in_range(t.eta, t.rs);
     for (AngularGroup& g : angular_)
         for (const Gaussian& q : g.gauss) g.fast_exp = g.fast_exp && in_range(q.eta, q.rs);
+    int dmax = 0;
+    for (MomentSet& m : msets_) {
+        m.fast_exp = in_range(m.eta, m.rs);
+        dmax = std::max(dmax, m.degree);
+    }
+    if (!msets_.empty()) {
+        const int w = dmax + 1;
+        std::vector<int> index(static_cast<std::size_t>(w) * w * w, -1);
+        auto at = [&](int a, int b, int c) -> int& { return index[(a * w + b) * w + c]; };
+        double fact[kMomentMaxZeta + 1];
+        fact[0] = 1.0;
+        for (int k = 1; k <= kMomentMaxZeta; ++k) fact[k] = fact[k - 1] * k;
+        for (int m = 0; m <= dmax; ++m)
+            for (int a = m; a >= 0; --a)
+                for (int b = m - a; b >= 0; --b) {
+                    const int c = m - a - b, k = static_cast<int>(mono_deg_.size());
+                    at(a, b, c) = k;
+                    mono_exp_.insert(mono_exp_.end(), {a, b, c});
+                    mono_deg_.push_back(m);
+                    mono_weight_.push_back(fact[m] / (fact[a] * fact[b] * fact[c]));
+                    const int axis = a > 0 ? 0 : b > 0 ? 1 : c > 0 ? 2 : -1;
+                    mono_axis_.push_back(axis);
+                    mono_parent_.push_back(axis == 0 ? at(a - 1, b, c) : axis == 1 ? at(a, b - 1, c)
+                                           : axis == 2 ? at(a, b, c - 1) : -1);
+                }
+        mono_up_.assign(3 * mono_deg_.size(), -1);
+        for (std::size_t k = 0; k < mono_deg_.size(); ++k) {
+            if (mono_deg_[k] == dmax) continue;
+            const int a = mono_exp_[3 * k], b = mono_exp_[3 * k + 1], c = mono_exp_[3 * k + 2];
+            mono_up_[3 * k] = at(a + 1, b, c);
+            mono_up_[3 * k + 1] = at(a, b + 1, c);
+            mono_up_[3 * k + 2] = at(a, b, c + 1);
+        }
+    }
 }
 
 double Descriptor::cutoff() const { return cutoff_; }
@@ -404,8 +477,10 @@ double Descriptor::cutoff() const { return cutoff_; }
 //         radial group (m list entries): r[m], fc[m], dfc[m], then per term w_j exp(-eta (r-rs)^2);
 //         angular group: fc[n], dfc[n], per Gaussian w_j exp(-eta (r_ij-rs)^2) [n] (indexed by
 //         neighbour), and per triplet (capacity c) cos[c], r_jk[c], fc(r_jk)[c], dfc(r_jk)[c],
-//         per Gaussian exp(-eta (r_jk-rs)^2) [c];  scratch section: contract's per-neighbour
-//         coefficient of u_j [n], then block scratch.
+//         per Gaussian exp(-eta (r_jk-rs)^2) [c], which compute() finally multiplies by the
+//         neighbours' factors (w_j w_k exp(-eta [(r_ij-rs)^2 + (r_ik-rs)^2 + (r_jk-rs)^2]));
+//         moment sets (see MomentSet); scratch section: contract's per-neighbour coefficient
+//         of u_j [n] and 1/r_j [n], then block scratch.
 // Functions of a group share neighbour lists, per-neighbour factors and per-triplet geometry.
 // Triplets are selected first (branch-free), then processed in blocks of kBlock with loops over
 // arrays that the compiler vectorises (exp_approx instead of std::exp). r_jk Gaussians whose eta
@@ -414,6 +489,9 @@ double Descriptor::cutoff() const { return cutoff_; }
 namespace {
 
 constexpr int kBlock = 128;
+
+/// Number of monomials in 3 variables of degree <= d.
+inline int n_mono(int d) { return (d + 1) * (d + 2) * (d + 3) / 6; }
 
 /// out[i] = in[i]^m, m >= 0 (in != out): one pass for m <= 4, else left-to-right binary
 /// powering over whole arrays.
@@ -489,7 +567,9 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
 
     // Neighbour lists by element: count, prefix sums, fill.
     const int head = 2 * ne + 2;
-    const int lists = head + 1 + n_rad + 5 * n_ang;
+    const int n_mset = static_cast<int>(msets_.size());
+    const int mhead = head + 1 + n_rad + 5 * n_ang;  // per moment set: buf offset of its data
+    const int lists = mhead + n_mset;
     if (ws.ibuf.size() < static_cast<std::size_t>(lists) + n)
         ws.ibuf.resize(static_cast<std::size_t>(lists) + n);
     int* start = ws.ibuf.data();
@@ -542,8 +622,16 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
         scratch = std::max({scratch, kBlock * (8 + 3 * ng + 2 * g.powers.size()) + g.terms.size(),
                             (2 + ng) * static_cast<std::size_t>(M)});
     }
+    for (int si = 0; si < n_mset; ++si) {  // A, dA/dr [m], monomials [m][nm], M [nm], D, W [nm], dE/dD
+        const int* f; int m;
+        list(msets_[si].e1, f, m);
+        const std::size_t nm = n_mono(msets_[si].degree);
+        start[mhead + si] = static_cast<int>(total);
+        total += (2 + nm) * static_cast<std::size_t>(m) + 2 * nm + 2;
+        scratch = std::max(scratch, 3 * static_cast<std::size_t>(M) + 3 * nm);
+    }
     start[head] = static_cast<int>(total);
-    total += n + scratch;  // contract's per-neighbour coefficients of u_j, then scratch
+    total += 2 * n + scratch;  // contract's per-neighbour coefficients of u_j and 1/r, scratch
     if (total > static_cast<std::size_t>(INT32_MAX) || itotal > static_cast<std::size_t>(INT32_MAX))
         throw std::length_error("Descriptor: neighbourhood too large");
     if (ws.buf.size() < total) ws.buf.resize(total);
@@ -576,7 +664,7 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
         pux[p] = u[3 * j]; puy[p] = u[3 * j + 1]; puz[p] = u[3 * j + 2];
         pr[p] = env.r[j];
     }
-    double* scratch_mem = buf + start[head] + n;
+    double* scratch_mem = buf + start[head] + 2 * n;
 
     // Radial Gaussians (2, 12).
     for (int gi = 0; gi < n_rad; ++gi) {
@@ -691,9 +779,12 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
             for (int q = 0; q < ng; ++q) {
                 const double* gq = nb_g + q * n;
                 double* tq = tg + q * kBlock;
-                if (with_jk) {
-                    const double* xq = xjk + q * cap + t0;
-                    for (int i = 0; i < nb; ++i) tq[i] = gq[bj[i]] * gq[bk[i]] * xq[i] * F[i];
+                if (with_jk) {  // xjk keeps the whole Gaussian product for contract()
+                    double* xq = xjk + q * cap + t0;
+                    for (int i = 0; i < nb; ++i) {
+                        xq[i] = gq[bj[i]] * gq[bk[i]] * xq[i];
+                        tq[i] = xq[i] * F[i];
+                    }
                 } else {
                     for (int i = 0; i < nb; ++i) tq[i] = gq[bj[i]] * gq[bk[i]] * F[i];
                 }
@@ -711,6 +802,79 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
                 G[t.sf] += dot(nb, pw + t.power * kBlock, tg + t.gauss * kBlock);
         }
         for (const AngularTerm& t : g.terms) G[t.sf] *= t.norm;
+    }
+
+    // Wide angular functions as Cartesian moments: per set, A_j, dA_j/dr, monomials u_j^a and
+    // moments; per pair of sets S_m; per function sum_m coef[m] S_m - diag sum_j A_j^2.
+    for (int si = 0; si < n_mset; ++si) {
+        const MomentSet& ms = msets_[si];
+        const int* first; int m;
+        list(ms.e1, first, m);
+        const int nm = n_mono(ms.degree);
+        double* A = buf + start[mhead + si];
+        double* dA = A + m;
+        double* mono = dA + m;
+        double* Mo = mono + static_cast<std::size_t>(nm) * m;
+        const int p0 = static_cast<int>(first - pos);
+        const double* r = pr + p0;
+        const double* ua[3] = {pux + p0, puy + p0, puz + p0};
+        double* f = scratch_mem;
+        double* df = f + m;
+        double* gs = df + m;
+        ms.fc.fdf(m, r, f, df);  // values at r >= rc are discarded below
+        gaussian_array(m, r, ms.eta, ms.rs, ms.fast_exp, gs);
+        const double rc = ms.fc.rc(), two_eta = 2.0 * ms.eta;
+        for (int a = 0; a < m; ++a) {
+            const bool in = r[a] < rc;
+            A[a] = in ? f[a] * gs[a] : 0.0;
+            dA[a] = in ? (df[a] - two_eta * (r[a] - ms.rs) * f[a]) * gs[a] : 0.0;
+        }
+        // Monomials neighbour-major (mono[a * nm + k]); moments summed over neighbours in order.
+        std::fill(Mo, Mo + nm, 0.0);
+        for (int a = 0; a < m; ++a) {
+            double* mo = mono + static_cast<std::size_t>(a) * nm;
+            const double ux[3] = {ua[0][a], ua[1][a], ua[2][a]};
+            // Degree block d = x * block d-1, then y * its a = 0 tail (d entries), then z * its
+            // last entry: the products u^parent * u[axis] of the tables, in contiguous loops.
+            mo[0] = 1.0;
+            for (int d = 1, prev = 0; d <= ms.degree; ++d) {
+                const int len = d * (d + 1) / 2, out = prev + len;  // block d-1: [prev, out)
+                for (int i = 0; i < len; ++i) mo[out + i] = ux[0] * mo[prev + i];
+                for (int i = 0; i < d; ++i) mo[out + len + i] = ux[1] * mo[out - d + i];
+                mo[out + len + d] = ux[2] * mo[out - 1];
+                prev = out;
+            }
+            const double Aa = A[a];
+            if (Aa == 0.0) continue;
+            for (int k = 0; k < nm; ++k) Mo[k] += Aa * mo[k];
+        }
+        Mo[nm] = dot(m, A, A);
+    }
+    auto moments_of = [&](int si) {  // M of set si (followed by D, W, dE/dD)
+        const int* f; int m;
+        list(msets_[si].e1, f, m);
+        return buf + start[mhead + si] + (2 + static_cast<std::size_t>(n_mono(msets_[si].degree))) * m;
+    };
+    for (const MomentPair& mp : mpairs_) {
+        const double* M1 = moments_of(mp.s1);
+        const double* M2 = moments_of(mp.s2);
+        double S[kMomentMaxZeta + 1];
+        for (int deg = 0, k = 0; deg <= mp.degree; ++deg) {  // monomials come by degree
+            double s0 = 0.0, s1 = 0.0;
+            const int end = n_mono(deg);
+            for (; k + 1 < end; k += 2) {
+                s0 += mono_weight_[k] * M1[k] * M2[k];
+                s1 += mono_weight_[k + 1] * M1[k + 1] * M2[k + 1];
+            }
+            if (k < end) { s0 += mono_weight_[k] * M1[k] * M2[k]; ++k; }
+            S[deg] = s0 + s1;
+        }
+        const double D = M1[n_mono(msets_[mp.s1].degree)];
+        for (const MomentTerm& t : mp.terms) {
+            double v = 0.0;
+            for (std::size_t q = 0; q < t.coef.size(); ++q) v += t.coef[q] * S[q];
+            G[t.sf] = v - t.diag * D;
+        }
     }
 
     // Compact radial (20).
@@ -795,8 +959,10 @@ void Descriptor::contract(const AtomEnvironment& env, const double* dEdG, double
     double* buf = ws.buf.data();
     const double* u = buf + kFingerprint;
     double* along_u = buf + start[head];  // [n] dE/dd_j components along u_j
-    double* scratch_mem = along_u + n;
+    double* inv_r = along_u + n;          // [n] 1 / r_j
+    double* scratch_mem = inv_r + n;
     std::fill(along_u, along_u + n, 0.0);
+    for (int j = 0; j < n; ++j) inv_r[j] = 1.0 / env.r[j];
     auto list = [&](int e, const int*& first, int& count) {  // e < 0: all elements
         first = start + start[e < 0 ? 0 : e];
         count = start[e < 0 ? ne : e + 1] - start[e < 0 ? 0 : e];
@@ -870,16 +1036,16 @@ void Descriptor::contract(const AtomEnvironment& env, const double* dEdG, double
                 rij[i] = env.r[bj[i]];
                 rik[i] = env.r[bk[i]];
             }
-            for (int q = 0; q < ng; ++q) {
-                const double* gq = nb_g + q * n;
-                double* tq = tg + q * kBlock;
-                if (with_jk) {
-                    const double* xq = xjk + q * cap + t0;
-                    for (int i = 0; i < nb; ++i) tq[i] = gq[bj[i]] * gq[bk[i]] * xq[i];
-                } else {
+            // Gaussian products per triplet: compute() left them in xjk (types 3, 13).
+            auto tg_of = [&](int q) -> const double* {
+                return with_jk ? xjk + q * cap + t0 : tg + q * kBlock;
+            };
+            if (!with_jk)
+                for (int q = 0; q < ng; ++q) {
+                    const double* gq = nb_g + q * n;
+                    double* tq = tg + q * kBlock;
                     for (int i = 0; i < nb; ++i) tq[i] = gq[bj[i]] * gq[bk[i]];
                 }
-            }
             for (int w = 0; w < npow; ++w) {  // pw = P^zeta, dpw = zeta lambda P^(zeta-1)
                 const AngularPower& p = g.powers[w];
                 double* pww = pw + w * kBlock;
@@ -918,7 +1084,7 @@ void Descriptor::contract(const AtomEnvironment& env, const double* dEdG, double
             std::fill(s0, s0 + 5 * kBlock, 0.0);  // s0, sc, sj, sk, sjk
             for (int q = 0; q < ng; ++q) {
                 const double two_eta = 2.0 * g.gauss[q].eta, rs = g.gauss[q].rs;
-                const double* tq = tg + q * kBlock;
+                const double* tq = tg_of(q);
                 const double* Qq = Q + q * kBlock;
                 const double* Rq = R + q * kBlock;
                 const double* br = rjk + t0;
@@ -946,7 +1112,7 @@ void Descriptor::contract(const AtomEnvironment& env, const double* dEdG, double
                 const double t_rik = F * sk[i] + s0[i] * fj * nb_dfc[k] * f3;
                 const double t_rjk_r =
                     with_jk ? (F * sjk[i] + s0[i] * fj * fk * dfjk[t0 + i]) / rjk[t0 + i] : 0.0;
-                const double t_cos = F * sc[i], c = bc[i], inv_j = 1.0 / rij[i], inv_k = 1.0 / rik[i];
+                const double t_cos = F * sc[i], c = bc[i], inv_j = inv_r[j], inv_k = inv_r[k];
                 alpha_j[i] = t_rij - t_cos * c * inv_j + t_rjk_r * rij[i];
                 beta_j[i] = t_cos * inv_j - t_rjk_r * rik[i];
                 alpha_k[i] = t_rik - t_cos * c * inv_k + t_rjk_r * rik[i];
@@ -975,6 +1141,91 @@ void Descriptor::contract(const AtomEnvironment& env, const double* dEdG, double
                 gj[0] += gx;
                 gj[1] += gy;
                 gj[2] += gz;
+            }
+        }
+    }
+
+    // Wide angular functions as Cartesian moments. dE/dM_a of each set (W), dE/dD, then per
+    // neighbour j of a set: dE/dA_j = sum_a W_a u_j^a + 2 A_j dE/dD, dE/du_j = A_j sum_a W_a
+    // du^a/du; dE/dd_j = dE/dr_j u_j + (dE/du_j - (dE/du_j . u_j) u_j) / r_j.
+    {
+        const int n_mset = static_cast<int>(msets_.size());
+        const int mhead = head + 1 + n_rad + 5 * n_ang;
+        auto moments_of = [&](int si) {  // M of set si, followed by D, W, dE/dD
+            const int* f; int m;
+            list(msets_[si].e1, f, m);
+            return buf + start[mhead + si] +
+                   (2 + static_cast<std::size_t>(n_mono(msets_[si].degree))) * m;
+        };
+        for (int si = 0; si < n_mset; ++si) {
+            const int nm = n_mono(msets_[si].degree);
+            double* W = moments_of(si) + nm + 1;
+            std::fill(W, W + nm + 1, 0.0);
+        }
+        for (const MomentPair& mp : mpairs_) {
+            double dS[kMomentMaxZeta + 1] = {}, dD = 0.0;
+            bool any = false;
+            for (const MomentTerm& t : mp.terms) {
+                const double w = dEdG[t.sf];
+                if (w == 0.0) continue;
+                any = true;
+                for (std::size_t q = 0; q < t.coef.size(); ++q) dS[q] += w * t.coef[q];
+                dD -= w * t.diag;
+            }
+            if (!any) continue;
+            double* M1 = moments_of(mp.s1);
+            double* M2 = moments_of(mp.s2);
+            const int nm1 = n_mono(msets_[mp.s1].degree), nm2 = n_mono(msets_[mp.s2].degree);
+            double* W1 = M1 + nm1 + 1;
+            double* W2 = M2 + nm2 + 1;
+            const int nm = n_mono(mp.degree);
+            for (int k = 0; k < nm; ++k) {
+                const double c = dS[mono_deg_[k]] * mono_weight_[k];
+                W1[k] += c * M2[k];
+                W2[k] += c * M1[k];
+            }
+            W1[nm1] += dD;  // dE/dD (diag is zero unless both sets are the same)
+        }
+        for (int si = 0; si < n_mset; ++si) {
+            const MomentSet& ms = msets_[si];
+            const int* first; int m;
+            list(ms.e1, first, m);
+            const int nm = n_mono(ms.degree), nm_low = ms.degree > 0 ? n_mono(ms.degree - 1) : 0;
+            const double* A = buf + start[mhead + si];
+            const double* dA = A + m;
+            const double* mono = dA + m;
+            const double* W = moments_of(si) + nm + 1;
+            const double dD = W[nm];
+            bool any = dD != 0.0;
+            for (int k = 0; k < nm && !any; ++k) any = W[k] != 0.0;
+            if (!any) continue;
+            // Wu[ax][b] = (b_ax + 1) W[b + e_ax]: d/du_ax sum_a W_a u^a = sum_b Wu[ax][b] u^b.
+            double* Wu = scratch_mem;
+            for (int k = 0; k < nm_low; ++k)
+                for (int ax = 0; ax < 3; ++ax)
+                    Wu[ax * nm_low + k] = (mono_exp_[3 * k + ax] + 1) * W[mono_up_[3 * k + ax]];
+            for (int a = 0; a < m; ++a) {
+                const int j = first[a];
+                if (A[a] == 0.0 && dA[a] == 0.0) continue;  // outside this set's cutoff
+                const double* mo = mono + static_cast<std::size_t>(a) * nm;
+                double p = 0.0, px = 0.0, py = 0.0, pz = 0.0;
+                int k = 0;
+                for (; k < nm_low; ++k) {
+                    p += W[k] * mo[k];
+                    px += Wu[k] * mo[k];
+                    py += Wu[nm_low + k] * mo[k];
+                    pz += Wu[2 * nm_low + k] * mo[k];
+                }
+                for (; k < nm; ++k) p += W[k] * mo[k];
+                const double* uj = u + 3 * j;
+                const double inv_r = 1.0 / env.r[j];
+                const double gx = A[a] * px, gy = A[a] * py, gz = A[a] * pz;
+                const double gu = gx * uj[0] + gy * uj[1] + gz * uj[2];
+                along_u[j] += (p + 2.0 * A[a] * dD) * dA[a] - gu * inv_r;
+                double* gj = dEdd + 3 * j;
+                gj[0] += gx * inv_r;
+                gj[1] += gy * inv_r;
+                gj[2] += gz * inv_r;
             }
         }
     }

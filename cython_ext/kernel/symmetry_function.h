@@ -129,6 +129,20 @@ private:
         CompactFunction radial;
         std::vector<CompactAngularTerm> terms;
     };
+    // Wide angular functions (type 9) with integer zeta <= kMomentMaxZeta, as Cartesian moments
+    // (see .cpp): per set of neighbours sharing element, cutoff and Gaussian, the moments
+    // M_a = sum_j A_j u_j^a (A_j = fc(r_ij) exp(-eta (r_ij - rs)^2), monomials u^a of degree
+    // <= degree); per pair of sets S_m = sum_{|a|=m} m!/a! M1_a M2_a; per function
+    // G = sum_m coef[m] S_m - diag * sum_j A_j^2 (diag only when both sets are the same).
+    struct MomentSet { int e1; CutoffFunction fc; double eta, rs; int degree; bool fast_exp; };
+    struct MomentTerm { int sf; std::vector<double> coef; double diag; };
+    struct MomentPair { int s1, s2, degree; std::vector<MomentTerm> terms; };
+    std::vector<MomentSet> msets_;
+    std::vector<MomentPair> mpairs_;
+    // Monomials u^a in order of degree (a prefix of this list holds all of degree <= D):
+    // exponents, u^a = u^parent * u[axis], m!/a!, degree, and per axis the index of a + e_axis.
+    std::vector<int> mono_exp_, mono_parent_, mono_axis_, mono_deg_, mono_up_;
+    std::vector<double> mono_weight_;
     std::vector<RadialGroup> radial_;
     std::vector<AngularGroup> angular_;
     std::vector<CompactRadialTerm> compact_radial_;

@@ -212,7 +212,6 @@ void TrainingStructure::set_cache_jacobians(const Model& model, bool on) {
 
 double TrainingStructure::energy(const Model& model, double* atom_energies) const {
     Scratch& s = scratch();
-    const double inv_ce = 1.0 / model.conv_energy();
     double etot = 0.0;
     for (int64_t i = 0; i < n_; ++i) {
         const int e = element_[i];
@@ -220,8 +219,7 @@ double TrainingStructure::energy(const Model& model, double* atom_energies) cons
             if (atom_energies) atom_energies[i] = 0.0;
             continue;
         }
-        const double nn = model.network(e).evaluate(&x_[goff_[i]], nullptr, s.nws);
-        const double ei = nn * inv_ce + model.mean_energy() + model.atom_energy(e);
+        const double ei = model.atomic_energy(e, &x_[goff_[i]], nullptr, s.nws);
         if (atom_energies) atom_energies[i] = ei;
         etot += ei;
     }
@@ -230,7 +228,6 @@ double TrainingStructure::energy(const Model& model, double* atom_energies) cons
 
 double TrainingStructure::energy_forces(const Model& model, double* forces) const {
     Scratch& s = scratch();
-    const double inv_ce = 1.0 / model.conv_energy();
     double etot = 0.0;
     for (int64_t k = 0; k < 3 * n_; ++k) forces[k] = 0.0;
     for (int64_t i = 0; i < n_; ++i) {
@@ -239,11 +236,8 @@ double TrainingStructure::energy_forces(const Model& model, double* forces) cons
         const int nsf = nsf_[i];
         const int nn_ = static_cast<int>(noff_[i + 1] - noff_[i]);
         s.dEdx.resize(nsf);
-        const double nn = model.network(e).evaluate(&x_[goff_[i]], s.dEdx.data(), s.nws);
-        etot += nn * inv_ce + model.mean_energy() + model.atom_energy(e);
+        etot += model.atomic_energy(e, &x_[goff_[i]], s.dEdx.data(), s.nws);  // dEdx: dE/dG
         if (nn_ == 0) continue;
-        const std::vector<double>& slope = model.scaling_slope(e);
-        for (int q = 0; q < nsf; ++q) s.dEdx[q] *= slope[q] * inv_ce;  // dE/dG
         s.dEdd.assign(3 * static_cast<size_t>(nn_), 0.0);
         if (cache_jac_) {
             const double* J = jac_.data() + joff_[i];

@@ -60,6 +60,8 @@ Example (TOML)::
     early_stopping_metric = "sum" # energy | force | sum (E RMSE/atom + F RMSE)
     resume = true                 # continue from output/checkpoint.npz if present
     progress = true
+    threads = 1                   # threads over structures for the per-epoch error pass and
+                                  # predictions (results do not depend on it)
 
     [training.kalman]             # n2p2 kalman_type 0 (standard) or 1 (fading memory)
     type = 0
@@ -127,7 +129,7 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
                  "energy_error_threshold": 0.0, "force_error_threshold": 1.0,
                  "threshold_trials": 3, "jacobian_memory_mb": 2048.0,
                  "early_stopping_patience": 0, "early_stopping_metric": "sum",
-                 "resume": True, "progress": True,
+                 "resume": True, "progress": True, "threads": 1,
                  "kalman": {"type": 0, "epsilon": 0.01, "q0": 0.01, "qtau": 2.302,
                             "qmin": 1e-6, "eta": 0.01, "etatau": 2.302, "etamax": 1.0,
                             "lambda": 0.96, "nu": 0.99987, "decoupled": False,
@@ -320,6 +322,7 @@ def normalise_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
     _num(out, "training.kalman", "nu", 0.0, 1.0, lo_open=True)
     _num(out, "training.kalman", "rank_block", 1, integer=True)
     _num(out, "training.kalman", "threads", 1, integer=True)
+    _num(out, "training", "threads", 1, integer=True)
     if not isinstance(k["init_state"], str):
         raise ConfigError(f"'training.kalman.init_state' must be a path, got {k['init_state']!r}")
     _num(out, "training.adam", "learning_rate", 0.0, lo_open=True)

@@ -371,19 +371,35 @@ class Trainer:
         return out
 
     # ------------------------------------------------------------------ errors
+    def _map(self, fn, items):
+        """[fn(x) for x in items], on training.threads threads (the compiled calls release
+        the GIL); results in input order, so every reduction over them has a fixed order."""
+        items = list(items)
+        n = int(self.cfg["training"].get("threads", 1))
+        if n <= 1 or len(items) < 2:
+            return [fn(x) for x in items]
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(max_workers=n) as pool:
+            return list(pool.map(fn, items))
+
     def errors(self) -> dict:
         """RMSEs (eV/atom, eV/Å) on train and test, from the trainer's structures."""
         N = self.N
         rows = np.zeros((N, 3))
-        for i in self.owned:
+        use_forces = self.cfg["data"]["use_forces"]
+
+        def one(i):
             ts = self.ts[i]
-            if self.cfg["data"]["use_forces"]:
+            if use_forces:
                 E, F = ts.energy_forces()
                 dF = (F - self.Fref[i])[self.fmask[i]]
-                rows[i, 1] = float((dF * dF).sum())
-                rows[i, 2] = dF.size
-            else:
-                E = ts.energy()
+                return E, float((dF * dF).sum()), dF.size
+            return ts.energy(), 0.0, 0
+
+        for i, (E, sq, nf) in zip(self.owned, self._map(one, self.owned)):
+            if use_forces:
+                rows[i, 1] = sq
+                rows[i, 2] = nf
             rows[i, 0] = (E - self.Eref[i]) / self.nat[i]
         if self.comm is not None:
             tot = np.zeros_like(rows)
@@ -779,14 +795,14 @@ class Trainer:
         from ..potential import Potential
         pot = Potential(self.core)
         idx = range(self.N) if indices is None else indices
-        res = {}
-        for i in idx:
-            if self._owner(i) != self.rank:
-                continue
+        mine = [i for i in idx if self._owner(i) == self.rank]
+
+        def one(i):
             s = self.structures[i]
             r = pot.compute(s.positions, s.symbols, s.cell, s.pbc, forces=True, virial=False)
-            res[i] = (r["energy"], r["forces"])
-        res = self._gather_dict(res)
+            return r["energy"], r["forces"]
+
+        res = self._gather_dict(dict(zip(mine, self._map(one, mine))))
         return {"energy": {i: res[i][0] for i in idx}, "forces": {i: res[i][1] for i in idx}}
 
     def rmse_table(self, pred: dict) -> List[dict]:
