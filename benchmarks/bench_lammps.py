@@ -160,7 +160,7 @@ def main() -> None:
           "figures are then upper bounds; us/atom-step x %CPU estimates the unshared cost.)")
     if args.n2p2 and t1:
         sys.path.insert(0, str(ROOT / "benchmarks"))
-        from bench_calculator import read_structure, run_n2p2
+        from bench_calculator import run_n2p2
         from pyfragnn import Potential
         if args.case == "irmof":
             p, potdir = Potential.load(pot), None
