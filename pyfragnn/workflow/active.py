@@ -1,16 +1,24 @@
 """The workflow's active-learning step (Herbold & Behler 2023, section 3), resumable per
 iteration in ``RUN/.active.partial/iterNN``.
 
-Iteration k: NVT MD (ASE Langevin) of every relaxed structure at every temperature of
-``active.temperatures`` with the current HDNNP1, its committee partner alongside; atoms whose
-force components differ by more than ``active.threshold`` eV/Å or whose symmetry functions
-extrapolate are candidates (:func:`pyfragnn.active_learning.select_candidates`); small
-fragments (radius R_c) around them are labelled with the reference method (outliers left out)
-and both members are fine-tuned on all small fragments, weights and Kalman filter continued.
+Iteration k explores every relaxed structure (``active.supercell``) with the current HDNNP1,
+its committee partner alongside: with ``active.engine = 'lammps'`` one LAMMPS run per
+temperature and strain (:func:`pyfragnn.active_learning.explore_lammps`: ``pair_style fragnn``
+with both members, ``compute fragnn/atom`` dumped every ``active.sample_every`` steps, ``fix
+halt`` once more than a tenth of the atoms extrapolate), with ``'ase'`` Langevin MD
+(:func:`pyfragnn.active_learning.explore`). Atoms whose force components differ by more than
+``active.threshold`` eV/Å or whose symmetry functions extrapolate are candidates
+(:func:`~pyfragnn.active_learning.select_candidates`); small fragments (radius R_c) around
+them, each distinct one once, are labelled with the reference method (outliers left out).
+Both members get symmetry-function ranges that cover all data
+(:func:`~pyfragnn.active_learning.widen_scaling`, exact) and are fine-tuned on all small
+fragments, weights and Kalman filter continued.
 
-Convergence rule: an iteration whose sampled frames hold no atom above the threshold and no
-extrapolating atom ends the loop (``converged``); otherwise the loop ends after
-``active.iterations`` with ``converged = false``. The final pair is ``hdnnp1``/``hdnnp1b``.
+Convergence rule (reported per iteration): no run stopped early and at most
+``active.tolerance`` of the sampled atom-frames deviate or extrapolate
+(:func:`~pyfragnn.active_learning.exploration_summary`); the loop then ends with
+``converged = true``, else after ``active.iterations``. The final pair is
+``hdnnp1``/``hdnnp1b``.
 """
 from __future__ import annotations
 
@@ -21,35 +29,48 @@ from typing import Any, Dict, List
 
 import numpy as np
 
+from ..frames import read_frames, write_frames
 from .runner import Context
 from .steps import _checkpoint, _clean, _labelled, _r_c, _relaxed, _site_labels, _small_data
-from ..frames import read_frames, write_frames
 
 __all__ = ["run_active"]
 
 _MEMBERS = ("hdnnp1", "hdnnp1b")
 
 
-def _explore(ctx: Context, pots: List[str], it: int) -> tuple:
-    """Exploration MD of every structure and temperature; annotated frames and run records."""
-    from ..active_learning import explore
+def _explore(ctx: Context, pots: List[str], it: int, work: Path) -> tuple:
+    """Exploration MD of every structure; annotated frames (``info['structure']``) and one
+    record per run."""
+    from ..active_learning import Stage, explore, explore_lammps
 
     ac = ctx.cfg.active
     frames, runs = [], []
     for a in _relaxed(ctx):
         name = str(a.info["name"])
-        start = a.copy()
+        start = a.repeat(tuple(ac.supercell))
         start.calc = None
-        for k, temp in enumerate(ac.temperatures):
-            fr = explore(start, pots, temp, ac.md_steps, 0.5, ac.sample_every,
-                         stop_temperature=2.0 * temp,
-                         stop_extrapolating_atoms=max(1, len(a) // 10),
-                         seed=ctx.cfg.run.seed + 1000 * it + k)
+        stop_ex = max(1, len(start) // 10)
+        seed = ctx.cfg.run.seed + 1000 * it
+        if ac.engine == "lammps":
+            stages = [Stage(t, ac.md_steps, ac.ensemble) for t in ac.temperatures]
+            stages += [Stage(ac.temperatures[0], ac.md_steps, ac.ensemble, strain=e)
+                       for e in ac.strains]
+            fr = explore_lammps(start, pots, stages, work / name, ac.sample_every, 0.5,
+                                ac.threshold, stop_extrapolating_atoms=stop_ex,
+                                nprocs=ac.nprocs, seed=seed)
+            groups = [[f for f in fr if f.info["md_stage"] == k] for k in range(len(stages))]
+            temps = [s.temperature for s in stages]
+        else:
+            groups = [explore(start, pots, t, ac.md_steps, 0.5, ac.sample_every,
+                              stop_temperature=2.0 * t, stop_extrapolating_atoms=stop_ex,
+                              seed=seed + k) for k, t in enumerate(ac.temperatures)]
+            temps = list(ac.temperatures)
+        for t, fr in zip(temps, groups):
             for f in fr:
                 f.info.update(structure=name, al_iteration=it)
-            runs.append({"structure": name, "T_K": temp, "frames": len(fr),
+            runs.append({"structure": name, "T_K": t, "frames": len(fr),
                          "ps": float(fr[-1].info["md_time_ps"]) if fr else 0.0,
-                         "stopped": fr[-1].info.get("md_stopped", "") if fr else "",
+                         "stopped": str(fr[-1].info.get("md_stopped", "")) if fr else "",
                          "max_deviation": float(max(f.arrays["force_deviation"].max()
                                                     for f in fr)) if fr else 0.0,
                          "extrapolating_atom_fraction":
@@ -59,59 +80,84 @@ def _explore(ctx: Context, pots: List[str], it: int) -> tuple:
     return frames, runs
 
 
-def _iteration(ctx: Context, it: int, current: Dict[str, Path], data: List,
-               added: List) -> Dict[str, Any]:
-    """One iteration in ``ctx.out/iterNN``; returns its record (cached in iter.json)."""
-    from ..active_learning import candidate_fragments, select_candidates
+def _new_fragments(ctx: Context, frames: List, cands: List, it: int) -> List:
+    """Distinct small fragments around the candidates, bonds from the relaxed structures."""
+    from ..active_learning import candidate_fragments
+    from ..dedup import unique_fragments
+    from ..fragments import CappingRules
+
+    labels = _site_labels(ctx)
+    relaxed = {str(a.info["name"]): a for a in _relaxed(ctx)}
+    reps = tuple(ctx.cfg.active.supercell)
+    rules = CappingRules(max_stretch=ctx.cfg.fragments.max_bond_stretch)
+    frags = []
+    for c in cands:  # one at a time: a stretched bond skips its candidate only
+        name = str(frames[c.frame].info["structure"])
+        n_rep = int(np.prod(reps))
+        fr = candidate_fragments(frames, [c], _r_c(ctx), _r_c(ctx), cap=ctx.cfg.fragments.cap,
+                                 rules=rules, site_labels=labels[name] * n_rep, tag="s",
+                                 reference=relaxed[name].repeat(reps))
+        for g in fr:
+            g.info.update(structure=name, sampling="active", al_iteration=it,
+                          site=g.info["label"].rsplit("-", 1)[0])
+        frags += fr
+    return unique_fragments(frags)
+
+
+def _fine_tune(ctx: Context, d: Path, current: Dict[str, Path], data: List, it: int) -> dict:
+    """Widen each member's SF ranges to ``data`` (exact) and fine-tune it on ``data``."""
+    from ..active_learning import widen_scaling
     from ..training.recipes import fine_tune_hdnnp, to_structures
 
     ac, t = ctx.cfg.active, ctx.cfg.training
+    rec = {}
+    for m in _MEMBERS:
+        init = d / f"{m}_widened.fragnn"
+        if not init.exists():
+            widen_scaling(str(current[m] / "potential.fragnn"), data).save(str(init))
+        res = fine_tune_hdnnp(to_structures(data), d / m, init, ac.epochs,
+                              init_state=_checkpoint(current[m]), test_fraction=t.test_fraction,
+                              seed=ctx.cfg.run.seed + it, progress=None,
+                              extra_training={"force_fraction": t.force_fraction})
+        rec[m] = {k: float(res.history[-1][k]) for k in
+                  ("rmse_E_train", "rmse_E_test", "rmse_F_train", "rmse_F_test")}
+    return rec
+
+
+def _iteration(ctx: Context, it: int, current: Dict[str, Path], data: List,
+               added: List) -> Dict[str, Any]:
+    """One iteration in ``ctx.out/iterNN``; returns its record (cached in iter.json)."""
+    from ..active_learning import exploration_summary, select_candidates
+
+    ac = ctx.cfg.active
     d = ctx.out / f"iter{it:02d}"
     d.mkdir(exist_ok=True)
     done = d / "iter.json"
     if done.exists():
         return json.loads(done.read_text())
-    frames, runs = _explore(ctx, [str(current[m] / "potential.fragnn") for m in _MEMBERS], it)
-    cands = select_candidates(frames, ac.threshold, True, ac.max_per_frame, ac.min_separation,
-                              ac.max_candidates)
-    rec: Dict[str, Any] = {"iteration": it, "runs": runs, "frames": len(frames),
-                           "candidates": len(cands), "converged": not cands}
-    ctx.say(f"iteration {it}: {len(frames)} frames, {len(cands)} candidates")
-    if cands:
-        from ..dedup import unique_fragments
-        from ..fragments import CappingRules
-
-        labels = _site_labels(ctx)
-        relaxed = {str(a.info["name"]): a for a in _relaxed(ctx)}
-        rules = CappingRules(max_stretch=ctx.cfg.fragments.max_bond_stretch)
-        frags = []
-        for c in cands:  # one at a time: a stretched bond skips its candidate only
-            name = str(frames[c.frame].info["structure"])
-            fr = candidate_fragments(frames, [c], _r_c(ctx), _r_c(ctx),
-                                     cap=ctx.cfg.fragments.cap, rules=rules,
-                                     site_labels=labels[name], tag="s",
-                                     reference=relaxed[name])
-            for g in fr:
-                g.info.update(structure=name, sampling="active", al_iteration=it,
-                              site=g.info["label"].rsplit("-", 1)[0])
-            frags += fr
-        frags = unique_fragments(frags)
-        sub = Context(ctx.cfg, ctx.root, d, ctx.step)
+    pots = [str(current[m] / "potential.fragnn") for m in _MEMBERS]
+    frames, runs = _explore(ctx, pots, it, d / "explore")
+    summ = exploration_summary(frames, ac.threshold)
+    converged = summ["halted"] == 0 and summ["flagged_fraction"] <= ac.tolerance
+    rec: Dict[str, Any] = {"iteration": it, "runs": runs, "exploration": summ,
+                           "converged": converged, "candidates": 0}
+    ctx.say(f"iteration {it}: {summ['frames']} frames, max deviation "
+            f"{summ['max_deviation']:.3f} eV/Å, flagged atom-frames "
+            f"{summ['flagged_fraction']:.4f}, {summ['halted']} runs stopped"
+            + (" -> converged" if converged else ""))
+    if not converged:
+        cands = select_candidates(frames, ac.threshold, True, ac.max_per_frame,
+                                  ac.min_separation, ac.max_candidates)
+        frags = _new_fragments(ctx, frames, cands, it)
+        sub = Context(ctx.cfg, ctx.root, d, ctx.step)  # labels inside the iteration folder
         labelled = _labelled(sub, frags, "labels")
         kept, dropped = _clean(sub, labelled, f"iteration {it}")
         write_frames(d / "added.extxyz", kept)
-        rec.update(fragments=len(frags), kept=len(kept), outliers=dropped,
-                   label_cpu_s=float(sum(float(a.info.get("label_seconds", 0))
-                                         for a in labelled)))
-        for m in _MEMBERS:
-            res = fine_tune_hdnnp(to_structures(data + added + kept), d / m,
-                                  current[m] / "potential.fragnn", ac.epochs,
-                                  init_state=_checkpoint(current[m]),
-                                  test_fraction=t.test_fraction, seed=ctx.cfg.run.seed + it,
-                                  progress=None,
-                                  extra_training={"force_fraction": t.force_fraction})
-            rec[m] = {k: float(res.history[-1][k]) for k in
-                      ("rmse_E_train", "rmse_E_test", "rmse_F_train", "rmse_F_test")}
+        rec.update(candidates=len(cands), fragments=len(frags), kept=len(kept),
+                   outliers=dropped, label_cpu_s=float(sum(float(a.info.get("label_seconds", 0))
+                                                           for a in labelled)))
+        if kept:
+            rec.update(_fine_tune(ctx, d, current, data + added + kept, it))
     done.write_text(json.dumps(rec, indent=1))
     return rec
 
@@ -129,8 +175,10 @@ def run_active(ctx: Context) -> Dict[str, Any]:
         if rec["converged"]:
             converged = True
             break
-        added += read_frames(ctx.out / f"iter{it:02d}" / "added.extxyz")
-        current = {m: ctx.out / f"iter{it:02d}" / m for m in _MEMBERS}
+        d = ctx.out / f"iter{it:02d}"
+        added += read_frames(d / "added.extxyz")
+        if all((d / m / "potential.fragnn").exists() for m in _MEMBERS):
+            current = {m: d / m for m in _MEMBERS}
     for m in _MEMBERS:
         dst = ctx.out / m
         if dst.exists():
@@ -138,7 +186,4 @@ def run_active(ctx: Context) -> Dict[str, Any]:
         shutil.copytree(current[m], dst)
     ctx.say(f"{len(iters)} iterations, {len(added)} fragments added, "
             f"{'converged' if converged else 'not converged'}")
-    return {"iterations": iters, "converged": converged, "added": len(added),
-            "final_from": str(current["hdnnp1"].relative_to(ctx.root)
-                              if current["hdnnp1"].is_relative_to(ctx.root)
-                              else current["hdnnp1"])}
+    return {"iterations": iters, "converged": converged, "added": len(added)}

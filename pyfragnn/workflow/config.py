@@ -149,10 +149,21 @@ class TrainingConfig:
 @dataclass
 class ActiveConfig:
     iterations: int = _doc("active-learning iterations of HDNNP1 (0: none)", 3)
-    temperatures: List[float] = _doc("bulk MD temperatures explored per iteration",
-                                     factory=lambda: [300.0, 600.0])
-    md_steps: int = _doc("MD steps per temperature (ASE Langevin NVT, 0.5 fs)", 400)
+    engine: str = _doc("exploration MD: 'lammps' (pair_style fragnn with the committee, "
+                       "compute fragnn/atom dumps, fix halt; Nose-Hoover) or 'ase' (Langevin)",
+                       "lammps")
+    ensemble: str = _doc("'nvt', or 'npt' at 1 bar (isotropic; lammps engine only)", "nvt")
+    temperatures: List[float] = _doc("bulk MD temperatures explored per iteration (one run "
+                                     "each)", factory=lambda: [300.0, 600.0])
+    strains: List[float] = _doc("cell strains of extra runs at the first temperature "
+                                "(lammps engine)", factory=list)
+    supercell: List[int] = _doc("repetitions of the relaxed cell for the exploration",
+                                factory=lambda: [1, 1, 1])
+    nprocs: int = _doc("MPI ranks of the LAMMPS exploration", 1)
+    md_steps: int = _doc("MD steps per run (0.5 fs)", 400)
     sample_every: int = _doc("frames checked every N steps", 20)
+    tolerance: float = _doc("convergence: largest fraction of sampled atom-frames that may "
+                            "deviate or extrapolate (0: none), with no run stopped early", 0.0)
     threshold: float = _doc("committee force deviation that makes an atom a candidate", 1.0)
     max_per_frame: int = _doc("candidates per frame", 3)
     min_separation: float = _doc("smallest distance between candidates of one frame", 3.0)
@@ -281,7 +292,7 @@ _NON_NEGATIVE = ("relax.steps", "range.r_c", "initial.md_steps", "initial.rattle
                  "initial.rattle", "sampling.md_steps", "sampling.strained", "sampling.rattle",
                  "sampling.strain", "sampling.runs", "fragments.small_per_site", "fragments.large_per_site",
                  "training.force_fraction", "active.iterations", "active.epochs",
-                 "active.threshold", "active.min_separation", "validation.md_frames",
+                 "active.threshold", "active.min_separation", "active.tolerance", "validation.md_frames",
                  "validation.md_steps", "validation.distorted", "validation.rattle",
                  "validation.strain", "md.steps", "md.max_drift", "initial.fragments_per_site")
 
@@ -302,8 +313,15 @@ def _validate(cfg: WorkflowConfig) -> None:
     for k in ("training.hidden", "training.committee_hidden"):
         if not get(k) or any(n < 1 for n in get(k)):
             raise WorkflowConfigError(f"{k}: needs at least one layer, each >= 1 node")
-    if len(cfg.md.supercell) != 3 or any(n < 1 for n in cfg.md.supercell):
-        raise WorkflowConfigError("md.supercell: three integers >= 1")
+    for k in ("md.supercell", "active.supercell"):
+        if len(get(k)) != 3 or any(n < 1 for n in get(k)):
+            raise WorkflowConfigError(f"{k}: three integers >= 1")
+    if cfg.active.engine not in ("lammps", "ase"):
+        raise WorkflowConfigError(f"active.engine: 'lammps' or 'ase', got {cfg.active.engine!r}")
+    if cfg.active.ensemble not in ("nvt", "npt"):
+        raise WorkflowConfigError(f"active.ensemble: 'nvt' or 'npt', got {cfg.active.ensemble!r}")
+    if cfg.active.nprocs < 1:
+        raise WorkflowConfigError("active.nprocs: must be >= 1")
     if not cfg.structures:
         raise WorkflowConfigError("structures: at least one [[structures]] table with 'file'")
     names = set()

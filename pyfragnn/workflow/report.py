@@ -139,15 +139,19 @@ def write_report(ctx: Context) -> Dict[str, Any]:
                + [f"{k} F RMSE" for k in val["potentials"]]), ""]
     L += ["## Active learning of HDNNP1", "",
           f"{len(act['iterations'])} iterations, {act['added']} fragments added, "
-          f"{'converged (an iteration found no atom above the threshold and no extrapolating atom)' if act['converged'] else 'NOT converged within the iterations allowed'}.",
-          "", _tab([[r["iteration"], r["frames"], r["candidates"], r.get("kept", 0),
-                     max((x["max_deviation"] for x in r["runs"]), default=0.0),
-                     float(np.mean([x["extrapolating_atom_fraction"] for x in r["runs"]]))
-                     if r["runs"] else 0.0,
-                     "; ".join(x["stopped"] for x in r["runs"] if x["stopped"]) or "-"]
+          + ("converged: an iteration ran every exploration to its end with at most "
+           f"{cfg.active.tolerance:g} of the sampled atom-frames above {cfg.active.threshold:g} "
+           "eV/Å or extrapolating" if act["converged"]
+           else "NOT converged within the iterations allowed") + ".",
+          "", _tab([[r["iteration"], r["exploration"]["frames"], r["exploration"]["atoms"],
+                     r["exploration"]["max_deviation"], r["exploration"]["above"],
+                     r["exploration"]["extrapolating"], r["exploration"]["flagged_fraction"],
+                     "; ".join(x["stopped"] for x in r["runs"] if x["stopped"]) or "-",
+                     r["candidates"], r.get("kept", 0)]
                     for r in act["iterations"]],
-                   ["iteration", "frames", "candidates", "fragments kept", "max deviation",
-                    "extrapolating atoms", "runs stopped"]), ""]
+                   ["iteration", "frames", "atom-frames", "max deviation (eV/Å)",
+                    "above threshold", "extrapolating", "flagged fraction", "runs stopped",
+                    "candidates", "fragments kept"]), ""]
     L += ["## MD check (LAMMPS NVE, HDNNP1)", ""]
     if md.get("skipped"):
         L += ["not run (md.steps = 0)", ""]
