@@ -46,8 +46,8 @@ CI_OVERRIDES: Dict[str, Dict[str, Any]] = {
     "fragments": {"small_per_site": 1, "large_per_site": 1},
     "training": {"epochs": 2, "hidden": [6, 6], "committee_hidden": [5, 5], "radial_n": 3,
                  "angular_zeta": [1.0], "test_fraction": 0.2},
-    "active": {"iterations": 1, "temperatures": [300.0], "md_steps": 40, "max_candidates": 4,
-               "epochs": 1},
+    "active": {"iterations": 1, "temperatures": [300.0], "md_steps": 40, "sample_every": 20,
+               "max_candidates": 4, "epochs": 1, "supercell": [1, 1, 1], "nprocs": 1},
     "validation": {"md_frames": 1, "md_steps": 20, "distorted": 1},
     "md": {"steps": 20},
 }

@@ -29,8 +29,10 @@ def _water():
 
 
 def _irmof():
-    from pyfragnn.demo import IRMOF1_PRIM, _read
-    return Potential.load(ROOT / "potentials" / "irmof1_hdnnp1_gfn2.fragnn"), _read(IRMOF1_PRIM, 0)[0]
+    from ase.io import read
+
+    from pyfragnn.demo import IRMOF1_PRIM
+    return Potential.load(ROOT / "potentials" / "irmof1_hdnnp1_gfn2.fragnn"), read(IRMOF1_PRIM, 0)
 
 
 @pytest.mark.parametrize("case", [_water, _irmof], ids=["water", "irmof"])

@@ -169,26 +169,31 @@ def test_rerun_reuses_every_step(finished):
 
 
 def test_changed_key_reruns_that_step_and_later_only(finished, tmp_path):
+    """training.hdnnp3 is read by the train step only (not by the preliminary committee):
+    switching it on reruns train and the steps after it; the labels are reused."""
     import shutil
 
     d = tmp_path / "copy"
     shutil.copytree(finished.parent, d)
     cfg = d / "wf.toml"
-    cfg.write_text(CONFIG.replace("epochs = 6", "epochs = 5"))
+    cfg.write_text(CONFIG.replace("force_fraction = 0.1", "force_fraction = 0.1\nhdnnp3 = true"))
     before = {s: json.loads((d / "run" / s / "step.json").read_text())
               for s in ("label", "train")}
-    p = _run(cfg, "--until", "active")
+    p = _run(cfg, "--until", "train")
     assert p.returncode == 0, p.stderr
-    for s in ("relax", "sites", "range", "initial", "label", "fragments", "sampling"):
-        assert f"{s}: reusing" in p.stdout
-    # training.epochs is read by the preliminary committee too: everything from there reruns
-    for s in ("preliminary", "train", "active"):
-        assert f"{s}: running" in p.stdout
+    for s in ("relax", "sites", "range", "initial", "preliminary", "sampling", "fragments",
+              "label"):
+        assert f"{s}: reusing" in p.stdout, p.stdout
+    assert "train: running" in p.stdout
+    assert "active" not in p.stdout  # --until stopped after train
     after = json.loads((d / "run" / "train" / "step.json").read_text())
     assert after["fingerprint"] != before["train"]["fingerprint"]
+    assert "hdnnp3" in after["record"] and (d / "run" / "train" / "hdnnp3").is_dir()
     assert json.loads((d / "run" / "label" / "step.json").read_text()) == before["label"]
-    assert not (d / "run" / "validate" / "step.json").read_text() == "" and \
-        "validate" not in p.stdout  # --until stopped before validate
+    # an earlier step's key reruns from there: the reference MD of the fragments
+    cfg.write_text(CONFIG.replace("md_steps = 60", "md_steps = 50", 1))
+    p = _run(cfg, "--until", "initial")
+    assert p.returncode == 0 and "initial: running" in p.stdout and "range: reusing" in p.stdout
 
 
 def test_kill_inside_steps_and_resume_gives_the_same_potential(finished, tmp_path):

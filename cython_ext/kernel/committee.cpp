@@ -120,34 +120,7 @@ double Committee::compute(const NeighborListView& nl, const int* element, int64_
         double rc = 0.0;
         for (int m = 0; m < M; ++m) rc = std::max(rc, members_[m]->descriptor(e).cutoff());
         const double rc2 = rc * rc;
-        d.clear(); r.clear(); ej.clear(); tj.clear();
-        for (int64_t k = nl.offsets[c]; k < nl.offsets[c + 1]; ++k) {
-            const int32_t t = nl.index[k];
-            if (t < 0 || t >= n_total)
-                throw std::invalid_argument("neighbour index " + std::to_string(t) +
-                                            " of atom " + std::to_string(i) + " out of range");
-            const int en = element[t];
-            if (en < 0) continue;
-            if (en >= ne)
-                throw std::invalid_argument("atom " + std::to_string(t) + " has element index " +
-                                            std::to_string(en) + ", the potential has " +
-                                            std::to_string(ne) + " elements");
-            const double* v = nl.d + 3 * k;
-            const double r2 = v[0] * v[0] + v[1] * v[1] + v[2] * v[2];
-            if (!(r2 < rc2)) {
-                if (!std::isfinite(r2))
-                    throw std::invalid_argument("non-finite position for atom " +
-                                                std::to_string(i) + " or " + std::to_string(t));
-                continue;
-            }
-            if (r2 == 0.0)
-                throw std::invalid_argument("atoms " + std::to_string(i) + " and " +
-                                            std::to_string(t) + " are at the same position");
-            d.insert(d.end(), v, v + 3);
-            r.push_back(std::sqrt(r2));
-            ej.push_back(en);
-            tj.push_back(t);
-        }
+        gather_neighbours(nl, c, i, element, n_total, ne, rc2, d, r, ej, tj);
         AtomEnvironment env;
         env.n = static_cast<int>(r.size());
         env.d = d.data();

@@ -1052,19 +1052,10 @@ double Model::atomic_energy(int e, const double* x, double* dEdG, NetworkWorkspa
     return nn * inv_ce + mean_energy_ + ed.atom_energy;
 }
 
-bool Model::centre_pass(const NeighborListView& nl, int64_t c, const int* element,
-                        int64_t n_total, bool need_grad, CentreScratch& s, double& ei,
-                        int64_t& n_warnings, std::vector<ExtrapolationWarning>* warnings,
-                        int64_t max_warnings) const {
-    const int ne = n_elements();
-    const int64_t i = nl.centre ? nl.centre[c] : nl.first + c;
-    const int e = element[i];
-    if (e < 0) return false;
-    const ElementData& ed = el_[e];
-    const double rc = ed.descriptor.cutoff();
-    const double rc2 = rc * rc;
-    // Gather neighbours inside this element's cutoff.
-    s.d.clear(); s.r.clear(); s.ej.clear(); s.tj.clear();
+void gather_neighbours(const NeighborListView& nl, int64_t c, int64_t i, const int* element,
+                       int64_t n_total, int ne, double rc2, std::vector<double>& d,
+                       std::vector<double>& r, std::vector<int>& ej, std::vector<int>& tj) {
+    d.clear(); r.clear(); ej.clear(); tj.clear();
     for (int64_t k = nl.offsets[c]; k < nl.offsets[c + 1]; ++k) {
         const int32_t t = nl.index[k];
         if (t < 0 || t >= n_total)
@@ -1087,11 +1078,25 @@ bool Model::centre_pass(const NeighborListView& nl, int64_t c, const int* elemen
         if (r2 == 0.0)
             throw std::invalid_argument("atoms " + std::to_string(i) + " and " +
                                         std::to_string(t) + " are at the same position");
-        s.d.insert(s.d.end(), v, v + 3);
-        s.r.push_back(std::sqrt(r2));
-        s.ej.push_back(en);
-        s.tj.push_back(t);
+        d.insert(d.end(), v, v + 3);
+        r.push_back(std::sqrt(r2));
+        ej.push_back(en);
+        tj.push_back(t);
     }
+}
+
+bool Model::centre_pass(const NeighborListView& nl, int64_t c, const int* element,
+                        int64_t n_total, bool need_grad, CentreScratch& s, double& ei,
+                        int64_t& n_warnings, std::vector<ExtrapolationWarning>* warnings,
+                        int64_t max_warnings) const {
+    const int ne = n_elements();
+    const int64_t i = nl.centre ? nl.centre[c] : nl.first + c;
+    const int e = element[i];
+    if (e < 0) return false;
+    const ElementData& ed = el_[e];
+    const double rc = ed.descriptor.cutoff();
+    const double rc2 = rc * rc;
+    gather_neighbours(nl, c, i, element, n_total, ne, rc2, s.d, s.r, s.ej, s.tj);
     AtomEnvironment env;
     env.n = static_cast<int>(s.r.size());
     env.d = s.d.data();

@@ -41,6 +41,15 @@ struct NeighborListView {
     const double* d = nullptr;          // [3 * offsets[n_centres]]
 };
 
+/// Neighbours of centre row ``c`` (atom ``i``) of ``nl`` closer than sqrt(rc2) that have an
+/// element (element[t] >= 0): vectors appended to ``d`` (3 each), distances to ``r``, element
+/// indices to ``ej``, atom indices to ``tj`` (all cleared first). Throws std::invalid_argument
+/// for an index out of [0, n_total), an element index >= ne, a non-finite or zero distance.
+/// The one gather of Model::compute and Committee::compute.
+void gather_neighbours(const NeighborListView& nl, int64_t c, int64_t i, const int* element,
+                       int64_t n_total, int ne, double rc2, std::vector<double>& d,
+                       std::vector<double>& r, std::vector<int>& ej, std::vector<int>& tj);
+
 /// What compute() writes; any pointer may be null to skip that output.
 /// Forces and virials are *accumulated* (+=), energies are overwritten.
 struct ComputeOutput {

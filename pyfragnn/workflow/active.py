@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -94,9 +95,14 @@ def _new_fragments(ctx: Context, frames: List, cands: List, it: int) -> List:
     for c in cands:  # one at a time: a stretched bond skips its candidate only
         name = str(frames[c.frame].info["structure"])
         n_rep = int(np.prod(reps))
-        fr = candidate_fragments(frames, [c], _r_c(ctx), _r_c(ctx), cap=ctx.cfg.fragments.cap,
-                                 rules=rules, site_labels=labels[name] * n_rep, tag="s",
-                                 reference=relaxed[name].repeat(reps))
+        with warnings.catch_warnings(record=True) as skipped:  # reported, not raised
+            warnings.simplefilter("always")
+            fr = candidate_fragments(frames, [c], _r_c(ctx), _r_c(ctx),
+                                     cap=ctx.cfg.fragments.cap, rules=rules,
+                                     site_labels=labels[name] * n_rep, tag="s",
+                                     reference=relaxed[name].repeat(reps))
+        for w in skipped:
+            ctx.say(str(w.message))
         for g in fr:
             g.info.update(structure=name, sampling="active", al_iteration=it,
                           site=g.info["label"].rsplit("-", 1)[0])

@@ -215,10 +215,13 @@ class WorkflowConfig:
     base_dir: str = field(default=".", metadata={"internal": True})
 
     def section(self, name: str) -> Dict[str, Any]:
-        """Plain dict of one table (for fingerprints); ``'seed'`` is ``run.seed`` alone (the
-        folder and the worker count change no result)."""
+        """Plain dict of one table, or of one key ``'table.key'`` (for fingerprints);
+        ``'seed'`` is ``run.seed`` alone (the folder and the worker count change no result)."""
         if name == "seed":
             return {"seed": self.run.seed}
+        if "." in name:  # one key, e.g. "training.epochs"
+            table, key = name.split(".")
+            return {key: getattr(getattr(self, table), key)}
         v = getattr(self, name)
         if isinstance(v, list):
             return {"items": [dataclasses.asdict(x) for x in v]}

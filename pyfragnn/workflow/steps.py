@@ -467,6 +467,10 @@ def step_report(ctx: Context) -> Dict[str, Any]:
     return write_report(ctx)
 
 
+#: the training keys the preliminary committee reads (not hdnnp3: toggling it reruns train only)
+_PRELIMINARY_KEYS = tuple(f"training.{k}" for k in (
+    "epochs", "hidden", "committee_hidden", "radial_n", "r_min", "angular_zeta",
+    "force_fraction", "test_fraction"))
 _ALL = ("relax", "sites", "range", "initial", "preliminary", "sampling", "fragments", "label",
         "train", "active", "validate", "md")
 STEPS: List[Step] = [
@@ -475,7 +479,7 @@ STEPS: List[Step] = [
     Step("range", step_range, ("range", "reference"), ("relax",), "interaction range, R_c"),
     Step("initial", step_initial, ("initial", "fragments", "reference", "seed"),
          ("relax", "sites", "range"), "reference MD of small fragments in vacuum"),
-    Step("preliminary", step_preliminary, ("training", "seed", "fragments"),
+    Step("preliminary", step_preliminary, _PRELIMINARY_KEYS + ("seed", "fragments.cap"),
          ("initial", "range", "relax"), "preliminary committee"),
     Step("sampling", step_sampling, ("sampling", "seed"), ("preliminary", "relax"),
          "bulk snapshots"),
