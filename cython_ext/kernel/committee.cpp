@@ -87,17 +87,7 @@ double Committee::compute(const NeighborListView& nl, const int* element, int64_
     const int ne = m0.n_elements();
     const int M = size();
     auto centre = [&nl](int64_t c) -> int64_t { return nl.centre ? nl.centre[c] : nl.first + c; };
-    for (int64_t c = 0; c < nl.n_centres; ++c) {
-        const int64_t i = centre(c);
-        if (i < 0 || i >= n_total)
-            throw std::invalid_argument("centre " + std::to_string(c) + " is atom " +
-                                        std::to_string(i) + ", outside the " +
-                                        std::to_string(n_total) + " atoms");
-        if (element[i] < -1 || element[i] >= ne)
-            throw std::invalid_argument("atom " + std::to_string(i) + " has element index " +
-                                        std::to_string(element[i]) + ", the potential has " +
-                                        std::to_string(ne) + " elements");
-    }
+    for (int m = 0; m < M; ++m) members_[m]->check_centres(nl, element, n_total);
     ComputeOutput& md = out.md;
     const bool md_grad = md.forces || md.virial || md.atom_virial;
     const bool need_grad = md_grad || out.member_forces;

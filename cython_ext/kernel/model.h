@@ -137,6 +137,10 @@ public:
     double atom_energy(int e) const;
     void set_atom_energy(int e, double value);
 
+    /// Throws std::invalid_argument for a centre outside [0, n_total), an element index out of
+    /// range, or an atom of an element this potential has no scaling data for (n2p2 INF rows).
+    void check_centres(const NeighborListView& nl, const int* element, int64_t n_total) const;
+
 private:
     struct ElementData {
         std::string symbol;
@@ -152,7 +156,6 @@ private:
     void update_scaling(int e);
     void check_element(int e) const;
     struct CentreScratch;  // per-thread scratch of centre_pass (model.cpp)
-    void check_centres(const NeighborListView& nl, const int* element, int64_t n_total) const;
     /// Energy ei of centre c and, with need_grad, dE/dd of its kept neighbours in s.dEdd
     /// (vectors s.d, force targets s.tj). False (nothing computed) for atoms without element.
     bool centre_pass(const NeighborListView& nl, int64_t c, const int* element, int64_t n_total,
