@@ -245,5 +245,5 @@ def test_configuration_errors_name_the_key(tmp_path):
     p = _run(cfg, "--until", "nosuchstep")
     assert p.returncode == 2 and "nosuchstep" in p.stderr
     p = subprocess.run([sys.executable, "-m", "pyfragnn", "run", "--keys"], capture_output=True,
-                       text=True, env=package_env())
+                       text=True, env=package_env(), cwd=tmp_path)
     assert p.returncode == 0 and "max_bond_stretch" in p.stdout and "[[structures]]" in p.stdout
