@@ -23,14 +23,14 @@ __all__ = ["STEPS"]
 def _labelled(ctx: Context, items: List[Atoms], name: str) -> List[Atoms]:
     """Label ``items`` with the reference method into ``ctx.out/name.extxyz`` (resumable) and
     return them in input order; a failed calculation stops the step naming the file."""
-    from ..labelling import label, labelled_in_order
+    from ..labelling import label, labelled_in_order, read_dataset
 
     if not items:
         return []
     path = ctx.out / f"{name}.extxyz"
     summ = label(items, path, calculator=ctx.cfg.reference.method, workers=ctx.cfg.run.workers,
                  progress=None)
-    got = labelled_in_order(items, read_frames(path))
+    got = labelled_in_order(items, read_dataset(path))
     missing = [i for i, f in enumerate(got) if f is None]
     if missing:
         raise WorkflowError(f"{ctx.step}: {len(missing)} reference calculations failed "
