@@ -106,25 +106,12 @@ def peak_rates() -> dict:
 
 # ------------------------------------------------------------------------------- structures
 
-def read_n2p2_structure(path: Path):
-    from ase import Atoms
-    from ase.units import Bohr
-    pos, sym, lat = [], [], []
-    for line in path.read_text().splitlines():
-        t = line.split()
-        if t and t[0] == "lattice":
-            lat.append([float(x) for x in t[1:4]])
-        elif t and t[0] == "atom":
-            pos.append([float(x) for x in t[1:4]])
-            sym.append(t[4])
-    return Atoms(sym, positions=np.array(pos) * Bohr, cell=np.array(lat) * Bohr, pbc=True)
-
-
 def case_water():
     from ase.units import Bohr, Hartree
+    from bench_calculator import read_structure  # the n2p2 input.data reader of the benchmarks
     from pyfragnn import Potential
     pot = Potential.load(N2P2 / "pot", length_unit=Bohr, energy_unit=Hartree)
-    base = read_n2p2_structure(N2P2 / "input.data")
+    base = read_structure(N2P2 / "input.data")
     return "water (n2p2 H2O_RPBE-D3)", pot, base, base.repeat(2)
 
 

@@ -64,6 +64,22 @@ def read_n2p2_structure(path: Path):
     return np.array(pos), sym, (np.array(lat) if lat else None)
 
 
+def emt_force_rmse(potential, frames) -> float:
+    """Force-component RMSE (eV/Å) of a potential (path or name) against EMT on ``frames``."""
+    from ase.calculators.emt import EMT
+
+    from pyfragnn import Potential
+
+    p = Potential.load(str(potential))
+    d = []
+    for f in frames:
+        g = f.copy()
+        g.calc = EMT()
+        r = p.compute(f.positions, f.get_chemical_symbols(), f.cell.array, f.pbc)
+        d.append((r["forces"] - g.get_forces()).ravel())
+    return float(np.sqrt(np.mean(np.concatenate(d) ** 2)))
+
+
 def read_reference(path: Path) -> dict:
     """Parse an n2p2 reference.txt (see tests/data/n2p2/README.md)."""
     out = {"energies": [], "forces": [], "sf": {}}

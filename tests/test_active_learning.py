@@ -13,7 +13,7 @@ from pyfragnn.active_learning import (Candidate, annotate, candidate_fragments,
                                       committee_forces, explore, extrapolating_atoms,
                                       force_deviation, select_candidates)
 
-from conftest import package_env
+from conftest import emt_force_rmse, package_env
 
 NAME = "irmof1_hdnnp1_gfn2"
 
@@ -200,7 +200,6 @@ def test_active_learning_loop_on_emt(tmp_path):
     from ase.build import bulk
     from ase.calculators.emt import EMT
 
-    from pyfragnn import Potential
     from pyfragnn.dataset import Structure
     from pyfragnn.training.recipes import fine_tune_hdnnp
     from pyfragnn.training.trainer import Trainer
@@ -212,16 +211,6 @@ def test_active_learning_loop_on_emt(tmp_path):
                          cell=np.array(a.cell) if a.pbc.any() else np.zeros((3, 3)),
                          pbc=np.array(a.pbc), energy=float(a.get_potential_energy()),
                          forces=a.get_forces().copy(), label="bulk")
-
-    def rmse(pot, frames):
-        p = Potential.load(str(pot))
-        d = []
-        for f in frames:
-            g = f.copy()
-            g.calc = EMT()
-            r = p.compute(f.positions, f.get_chemical_symbols(), f.cell.array, f.pbc)
-            d.append((r["forces"] - g.get_forces()).ravel())
-        return float(np.sqrt(np.mean(np.concatenate(d) ** 2)))
 
     rng = np.random.default_rng(0)
     base = bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 2, 2)
@@ -242,7 +231,7 @@ def test_active_learning_loop_on_emt(tmp_path):
                 structures=data).run()
         pots.append(out / "potential.fragnn")
     test = explore(base, [pots[0]], 600.0, 400, sample_every=100, seed=99)
-    before = rmse(pots[0], test)
+    before = emt_force_rmse(pots[0], test)
     frames = explore(base, pots, 600.0, 400, sample_every=20, seed=5)
     cands = select_candidates(frames, threshold=0.1, max_per_frame=2, min_separation=2.0)
     assert 10 <= len(cands) <= 2 * len(frames)
@@ -250,6 +239,6 @@ def test_active_learning_loop_on_emt(tmp_path):
     state = tmp_path / "p1" / "checkpoint.npz"
     fine_tune_hdnnp(data + new, tmp_path / "al", pots[0], 8, init_state=state, progress=False)
     fine_tune_hdnnp(data, tmp_path / "ctrl", pots[0], 8, init_state=state, progress=False)
-    after = rmse(tmp_path / "al" / "potential.fragnn", test)
-    control = rmse(tmp_path / "ctrl" / "potential.fragnn", test)
+    after = emt_force_rmse(tmp_path / "al" / "potential.fragnn", test)
+    control = emt_force_rmse(tmp_path / "ctrl" / "potential.fragnn", test)
     assert after < 0.5 * before and after < 0.5 * control, (before, after, control)

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
+from conftest import emt_force_rmse
+
 pytestmark = pytest.mark.mpi
 
 
@@ -110,19 +112,6 @@ def test_explore_lammps_halts(emt_setup, tmp_path):
     assert frames[-1].info["md_step"] < 400
 
 
-def _rmse(pot, frames):
-    from ase.calculators.emt import EMT
-    from pyfragnn import Potential
-    p = Potential.load(str(pot))
-    d = []
-    for f in frames:
-        g = f.copy()
-        g.calc = EMT()
-        r = p.compute(f.positions, f.get_chemical_symbols(), f.cell.array, f.pbc)
-        d.append((r["forces"] - g.get_forces()).ravel())
-    return float(np.sqrt(np.mean(np.concatenate(d) ** 2)))
-
-
 def _hot_frames(n=6, seed=77):
     """Independent 600 K EMT frames (ASE Langevin on the 108-atom cell, 0.1 ps apart)."""
     from ase import units
@@ -168,7 +157,7 @@ def test_lammps_active_learning_emt(emt_setup, tmp_path):
     assert hist[-1]["above"] == 0 and hist[-1]["extrapolating"] == 0
     final = hist[-1]["committee"][0]
     test = _hot_frames()
-    before, after = _rmse(pots[0], test), _rmse(final, test)
+    before, after = emt_force_rmse(pots[0], test), emt_force_rmse(final, test)
     print(f"force RMSE on 600 K EMT frames: {before:.4f} -> {after:.4f} eV/A "
           f"({before / after:.1f}x)")
     assert after * 3 <= before

@@ -6,26 +6,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import N2P2, read_n2p2_structure
 from pyfragnn import FragNN, Potential
 
 ROOT = Path(__file__).resolve().parents[1]
-N2P2 = ROOT.parent / "shared" / "data" / "n2p2"
 
 
 def _water():
     from ase import Atoms
     from ase.units import Bohr, Hartree
     pot = Potential.load(N2P2 / "H2O_RPBE-D3" / "pot", length_unit=Bohr, energy_unit=Hartree)
-    pos, sym, lat = [], [], []
-    for line in (N2P2 / "H2O_RPBE-D3" / "input.data").read_text().splitlines():
-        t = line.split()
-        if t and t[0] == "lattice":
-            lat.append([float(x) for x in t[1:4]])
-        elif t and t[0] == "atom":
-            pos.append([float(x) for x in t[1:4]])
-            sym.append(t[4])
-    atoms = Atoms(sym, positions=np.array(pos) * Bohr, cell=np.array(lat) * Bohr, pbc=True)
-    return pot, atoms
+    pos, sym, lat = read_n2p2_structure(N2P2 / "H2O_RPBE-D3" / "input.data")
+    return pot, Atoms(sym, positions=pos * Bohr, cell=lat * Bohr, pbc=True)
 
 
 def _irmof():
