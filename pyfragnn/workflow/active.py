@@ -10,7 +10,9 @@ halt`` once more than a tenth of the atoms extrapolate), with ``'ase'`` Langevin
 ``active.threshold`` eV/Å or whose symmetry functions extrapolate are candidates
 (:func:`~pyfragnn.active_learning.select_candidates`); small fragments (radius R_c) around
 them, each distinct one once, are labelled with the reference method (outliers left out).
-Both members get symmetry-function ranges that cover all data
+With ``active.large_fragments`` the large fragments (2 R_c) around the same candidates are
+labelled as well (``iterNN/added_large.extxyz``) for the controls HDNNP2/3 (step
+``controls``). Both members get symmetry-function ranges that cover all data
 (:func:`~pyfragnn.active_learning.widen_scaling`, exact) and are fine-tuned on all small
 fragments, weights and Kalman filter continued.
 
@@ -57,12 +59,14 @@ def _explore(ctx: Context, pots: List[str], it: int, work: Path) -> tuple:
             stages += [Stage(ac.temperatures[0], ac.md_steps, ac.ensemble, strain=e)
                        for e in ac.strains]
             fr = explore_lammps(start, pots, stages, work / name, ac.sample_every, 0.5,
-                                ac.threshold, stop_extrapolating_atoms=stop_ex,
-                                nprocs=ac.nprocs, seed=seed)
+                                ac.threshold, stop_deviation=ac.stop_deviation or None,
+                                stop_extrapolating_atoms=stop_ex, nprocs=ac.nprocs,
+                                seed=seed)
             groups = [[f for f in fr if f.info["md_stage"] == k] for k in range(len(stages))]
             temps = [s.temperature for s in stages]
         else:
             groups = [explore(start, pots, t, ac.md_steps, 0.5, ac.sample_every,
+                              stop_deviation=ac.stop_deviation or None,
                               stop_temperature=2.0 * t, stop_extrapolating_atoms=stop_ex,
                               seed=seed + k) for k, t in enumerate(ac.temperatures)]
             temps = list(ac.temperatures)
@@ -81,8 +85,10 @@ def _explore(ctx: Context, pots: List[str], it: int, work: Path) -> tuple:
     return frames, runs
 
 
-def _new_fragments(ctx: Context, frames: List, cands: List, it: int) -> List:
-    """Distinct small fragments around the candidates, bonds from the relaxed structures."""
+def _new_fragments(ctx: Context, frames: List, cands: List, it: int,
+                   large: bool = False) -> List:
+    """Distinct small (radius R_c; ``large``: 2 R_c) fragments around the candidates, bonds
+    from the relaxed structures, stretched up to ``active.max_bond_stretch``."""
     from ..active_learning import candidate_fragments
     from ..dedup import unique_fragments
     from ..fragments import CappingRules
@@ -90,16 +96,18 @@ def _new_fragments(ctx: Context, frames: List, cands: List, it: int) -> List:
     labels = _site_labels(ctx)
     relaxed = {str(a.info["name"]): a for a in _relaxed(ctx)}
     reps = tuple(ctx.cfg.active.supercell)
-    rules = CappingRules(max_stretch=ctx.cfg.fragments.max_bond_stretch)
+    rules = CappingRules(max_stretch=ctx.cfg.active.max_bond_stretch)
+    r_c = _r_c(ctx)
     frags = []
     for c in cands:  # one at a time: a stretched bond skips its candidate only
         name = str(frames[c.frame].info["structure"])
         n_rep = int(np.prod(reps))
         with warnings.catch_warnings(record=True) as skipped:  # reported, not raised
             warnings.simplefilter("always")
-            fr = candidate_fragments(frames, [c], _r_c(ctx), _r_c(ctx),
+            fr = candidate_fragments(frames, [c], 2 * r_c if large else r_c, r_c,
                                      cap=ctx.cfg.fragments.cap, rules=rules,
-                                     site_labels=labels[name] * n_rep, tag="s",
+                                     site_labels=labels[name] * n_rep,
+                                     tag="l" if large else "s",
                                      reference=relaxed[name].repeat(reps))
         for w in skipped:
             ctx.say(str(w.message))
@@ -162,6 +170,14 @@ def _iteration(ctx: Context, it: int, current: Dict[str, Path], data: List,
         rec.update(candidates=len(cands), fragments=len(frags), kept=len(kept),
                    outliers=dropped, label_cpu_s=float(sum(float(a.info.get("label_seconds", 0))
                                                            for a in labelled)))
+        if ac.large_fragments:  # the controls' data: same frames, same centres, 2 R_c
+            big = _labelled(sub, _new_fragments(ctx, frames, cands, it, large=True),
+                            "labels_large")
+            big_kept, big_dropped = _clean(sub, big, f"iteration {it} (large)")
+            write_frames(d / "added_large.extxyz", big_kept)
+            rec.update(large_kept=len(big_kept), large_outliers=big_dropped,
+                       label_cpu_s_large=float(sum(float(a.info.get("label_seconds", 0))
+                                                   for a in big)))
         if kept:
             rec.update(_fine_tune(ctx, d, current, data + added + kept, it))
     done.write_text(json.dumps(rec, indent=1))

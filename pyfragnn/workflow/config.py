@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Tuple, Union, get_args, get_origin, get_type_hints
 
+import numpy as np
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python < 3.11
@@ -118,6 +120,9 @@ class SamplingConfig:
     strain: float = _doc("random symmetric strain (max component) of extra snapshots", 0.02)
     strained: int = _doc("extra strained + rattled copies of the relaxed structure", 2)
     rattle: float = _doc("Gaussian displacement sigma of the strained copies", 0.04)
+    restarts: int = _doc("a run stopped early is restarted from the relaxed structure with "
+                         "another seed, up to this many times, until it has "
+                         "md_steps / sample_every frames", 0)
 
 
 @dataclass
@@ -170,12 +175,25 @@ class ActiveConfig:
     max_candidates: int = _doc("candidates per iteration", 40)
     epochs: int = _doc("fine-tuning epochs per iteration (weights and Kalman filter continue)",
                        4)
+    stop_deviation: float = _doc("halt a run after the first sampled frame whose largest "
+                                 "committee force deviation exceeds this (eV/Å; 0: off), so "
+                                 "that the candidates come from the frames leading into a hole, "
+                                 "not from the wreck after it", 0.0)
+    max_bond_stretch: float = _doc(
+        "bond-stretch limit (x relaxed length) of the candidates' fragments: a potential that "
+        "stretches a bond learns the restoring force from these labels; beyond the limit the "
+        "candidate is skipped and reported", 1.5)
+    large_fragments: bool = _doc(
+        "also cut large fragments (2 R_c) around the candidates for HDNNP2/3, so that the "
+        "controls see the same bulk structures and centres as HDNNP1 (section 3)", True)
 
 
 @dataclass
 class ValidationConfig:
-    md_frames: int = _doc("held-out bulk frames from 300 K MD with the final HDNNP1", 4)
-    md_temperature: float = _doc("temperature of that MD", 300.0)
+    md_frames: int = _doc("held-out bulk frames per temperature from MD with the final "
+                          "HDNNP1", 4)
+    md_temperatures: List[float] = _doc("temperatures of that MD (one run each)",
+                                        factory=lambda: [300.0])
     md_steps: int = _doc("MD steps between the validation frames", 100)
     distorted: int = _doc("held-out rattled + strained cells", 2)
     rattle: float = _doc("their Gaussian displacement sigma", 0.05)
@@ -191,6 +209,26 @@ class MDConfig:
     nprocs: int = _doc("MPI ranks (mpirun -np)", 2)
     max_drift: float = _doc("largest |total-energy drift| per atom over the run that passes",
                             1e-3)
+
+
+@dataclass
+class NPTConfig:
+    steps: int = _doc("LAMMPS Nosé-Hoover NPT steps (0.5 fs) with HDNNP1 after the "
+                      "equilibration, per structure (0: no NPT check); the lattice constant is "
+                      "the mean over the second half (section 4.4)", 0)
+    equilibration_steps: int = _doc("NVT steps, then as many Berendsen-barostat steps "
+                                    "(orthogonal cells), before the NPT run", 4000)
+    temperature: float = _doc("temperature", 300.0)
+    pressure_bar: float = _doc("pressure (bar)", 1.0)
+    cell: List[int] = _doc("3x3 integer matrix, row by row, that makes the simulation cell "
+                           "from the relaxed one (ase.build.make_supercell), e.g. the "
+                           "conventional cubic cell of an fcc primitive cell: "
+                           "[-1,1,1, 1,-1,1, 1,1,-1]; empty: md.supercell", factory=list)
+    nprocs: int = _doc("MPI ranks (mpirun -np)", 2)
+    pressure_frames: int = _doc("frames of the pressure check against the reference method at "
+                                "the NPT cell (pyfragnn.validation.pressure_check; two cells, "
+                                "so 2 x this many reference calls of the relaxed cell); 0: "
+                                "none", 0)
 
 
 @dataclass
@@ -211,6 +249,8 @@ class WorkflowConfig:
     active: ActiveConfig = _doc("active learning of HDNNP1", factory=ActiveConfig)
     validation: ValidationConfig = _doc("held-out bulk validation", factory=ValidationConfig)
     md: MDConfig = _doc("LAMMPS NVE stability check", factory=MDConfig)
+    npt: NPTConfig = _doc("LAMMPS NPT lattice constants with HDNNP1 (section 4.4)",
+                          factory=NPTConfig)
     #: folder of the configuration file (paths are relative to it); not a TOML key
     base_dir: str = field(default=".", metadata={"internal": True})
 
@@ -289,15 +329,19 @@ def _build(cls: Any, data: Any, prefix: str) -> Any:
 _POSITIVE = ("run.workers", "training.epochs", "training.radial_n", "md.nprocs",
              "initial.sample_every", "sampling.sample_every", "active.sample_every",
              "md.timestep_fs", "initial.timestep_fs", "relax.fmax", "fragments.max_bond_stretch",
+             "active.max_bond_stretch",
              "reference.max_force", "reference.max_energy_deviation", "range.threshold",
              "range.delta", "range.fd_step", "active.max_per_frame", "active.max_candidates")
 _NON_NEGATIVE = ("relax.steps", "range.r_c", "initial.md_steps", "initial.rattled",
                  "initial.rattle", "sampling.md_steps", "sampling.strained", "sampling.rattle",
                  "sampling.strain", "sampling.runs", "fragments.small_per_site", "fragments.large_per_site",
                  "training.force_fraction", "active.iterations", "active.epochs",
+                 "sampling.restarts", "active.stop_deviation",
                  "active.threshold", "active.min_separation", "active.tolerance", "validation.md_frames",
                  "validation.md_steps", "validation.distorted", "validation.rattle",
-                 "validation.strain", "md.steps", "md.max_drift", "initial.fragments_per_site")
+                 "validation.strain", "md.steps", "md.max_drift", "initial.fragments_per_site",
+                 "npt.steps", "npt.equilibration_steps", "npt.pressure_frames")
+_POSITIVE += ("npt.temperature", "npt.nprocs")
 
 
 def _validate(cfg: WorkflowConfig) -> None:
@@ -311,6 +355,10 @@ def _validate(cfg: WorkflowConfig) -> None:
     for k in _NON_NEGATIVE:
         if get(k) < 0:
             raise WorkflowConfigError(f"{k}: must be >= 0, got {get(k)!r}")
+    for k in ("fragments.max_bond_stretch", "active.max_bond_stretch"):
+        if not get(k) > 1.0:
+            raise WorkflowConfigError(f"{k}: must be > 1 (a factor on the relaxed bond "
+                                      f"length), got {get(k)!r}")
     if not 0.0 <= cfg.training.test_fraction < 1.0:
         raise WorkflowConfigError("training.test_fraction: must be in [0, 1)")
     for k in ("training.hidden", "training.committee_hidden"):
@@ -319,6 +367,12 @@ def _validate(cfg: WorkflowConfig) -> None:
     for k in ("md.supercell", "active.supercell"):
         if len(get(k)) != 3 or any(n < 1 for n in get(k)):
             raise WorkflowConfigError(f"{k}: three integers >= 1")
+    if any(not t > 0 for t in cfg.validation.md_temperatures):
+        raise WorkflowConfigError("validation.md_temperatures: temperatures must be > 0")
+    if cfg.npt.cell and (len(cfg.npt.cell) != 9 or round(abs(np.linalg.det(
+            np.reshape(cfg.npt.cell, (3, 3))))) < 1):
+        raise WorkflowConfigError("npt.cell: nine integers (a 3x3 matrix, row by row) with a "
+                                  f"nonzero determinant, got {cfg.npt.cell!r}")
     if cfg.active.engine not in ("lammps", "ase"):
         raise WorkflowConfigError(f"active.engine: 'lammps' or 'ase', got {cfg.active.engine!r}")
     if cfg.active.ensemble not in ("nvt", "npt"):

@@ -63,6 +63,7 @@ def summary(ctx: Context) -> Dict[str, Any]:
 
     ini, lab = ctx.record("initial"), ctx.record("label")
     al_cost = sum(float(r.get("label_cpu_s", 0.0)) for r in act["iterations"])
+    al_cost_large = sum(float(r.get("label_cpu_s_large", 0.0)) for r in act["iterations"])
     return {
         "hdnnp1_bulk_force_rmse": f_rmse("HDNNP1"),
         "hdnnp2_bulk_force_rmse": f_rmse("HDNNP2"),
@@ -78,21 +79,65 @@ def summary(ctx: Context) -> Dict[str, Any]:
         "active_learning_iterations": len(act["iterations"]),
         "reference_cpu_s": {"hdnnp1": float(ini["label_cpu_s"] + lab["small"]["label_cpu_s"]
                                             + al_cost),
-                            "hdnnp2": float(lab["large"]["label_cpu_s"]),
+                            "hdnnp2": float(lab["large"]["label_cpu_s"]) + al_cost_large,
                             "validation": float(val["label_cpu_s"])},
         "outliers_left_out": len(ini["outliers"]) + len(lab["small"]["outliers"])
         + len(lab["large"]["outliers"]) + sum(len(r.get("outliers", []))
+                                              + len(r.get("large_outliers", []))
                                               for r in act["iterations"]),
         "r_c": float(ctx.record("range")["r_c"]),
+        "npt": {k: {"scale": v["scale_mean"], "lengths": v["lengths_mean"],
+                    "extrapolation_warnings": v["extrapolation_warnings"],
+                    "reference_scale": v.get("pressure_check", {}).get("scale_reference")}
+                for k, v in ctx.record("npt").get("structures", {}).items()},
+        "hdnnp1_md_force_rmse_by_temperature": {
+            st: {t: e["rmse_F"] for t, e in r["md_by_temperature"].items()}
+            for st, r in pots["HDNNP1"]["structures"].items()},
     }
+
+
+def _npt_section(ctx: Context) -> List[str]:
+    """Section 4.4 analogue: NPT lattice constants with HDNNP1, the reference's pressures."""
+    npt = ctx.record("npt")
+    L = ["## NPT lattice constants (LAMMPS, HDNNP1; section 4.4)", ""]
+    if npt.get("skipped"):
+        return L + ["not run (npt.steps = 0)", ""]
+    rows = []
+    for name, r in npt["structures"].items():
+        pc = r.get("pressure_check", {})
+        rows.append([name, r["atoms"], r["steps"], r["T_mean_K"], r["P_mean_bar"],
+                     r["scale_mean"], r["scale_std"], " × ".join(f"{x:.3f}" for x in
+                                                                  r["lengths_mean"]),
+                     r["extrapolation_warnings"], pc.get("P_nn_mean", float("nan")),
+                     pc.get("P_ref_mean", float("nan")), pc.get("scale_reference", float("nan")),
+                     pc.get("F_rmse_eV_A", float("nan"))])
+        if (ctx.input("npt") / f"npt_{name}.png").exists():
+            shutil.copy(ctx.input("npt") / f"npt_{name}.png", ctx.out / f"npt_{name}.png")
+    cfg = ctx.cfg.npt
+    L += [f"{cfg.equilibration_steps} NVT (+ as many Berendsen-barostat steps in orthogonal "
+          f"cells), then Nosé-Hoover NPT, 0.5 fs, {cfg.temperature:g} K, {cfg.pressure_bar:g} "
+          "bar; means over the second half. Scale: (V/V_relaxed)^(1/3). Pressure check: static "
+          "pressures of HDNNP1 and the reference method on MD frames of the relaxed cell scaled "
+          "to the NPT result; 'reference scale' is where the reference's pressure would match "
+          "(from its slope dP/ds).", "",
+          _tab(rows, ["structure", "atoms", "steps", "⟨T⟩ (K)", "⟨P⟩ (bar)", "scale",
+                      "± (std)", "cell lengths (Å)", "extrapolation warnings",
+                      "P HDNNP1 (GPa)", "P reference (GPa)", "reference scale",
+                      "F RMSE on those frames (eV/Å)"]), ""]
+    L += [f"![{n}](npt_{n}.png)" for n in npt["structures"]] + [""]
+    return L
 
 
 def write_report(ctx: Context) -> Dict[str, Any]:
     cfg = ctx.cfg
     s = summary(ctx)
     rng, val, act, md = (ctx.record(k) for k in ("range", "validate", "active", "md"))
+    from .steps import large_data
+
     small = read_frames(ctx.input("label") / "small.extxyz")
-    large = read_frames(ctx.input("label") / "large.extxyz")
+    for it in sorted(ctx.input("active").glob("iter*/added.extxyz")):
+        small += read_frames(it)
+    large = sum(large_data(ctx), [])
     for png in ("parity.png", "force_error_per_site.png"):
         if (ctx.input("validate") / png).exists():
             shutil.copy(ctx.input("validate") / png, ctx.out / png)
@@ -104,19 +149,22 @@ def write_report(ctx: Context) -> Dict[str, Any]:
         L += ["Hessian analysis (R_frag^conv per structure): " + ", ".join(
             f"{k} {v['r_frag_conv']:.3f} Å" for k, v in rng["structures"].items()), ""]
     L += ["## Tables 1/2: training fragments (bulk-complete centres within R_c)", "",
-          f"Small fragments (R = {s['r_c']:.3f} Å), from bulk snapshots:", "",
+          f"Small fragments (R = {s['r_c']:.3f} Å) of the bulk snapshots and the "
+          "active-learning candidates (HDNNP1):", "",
           _tab(_fragment_table(small), hdr), "",
-          f"Large fragments (R = {2 * s['r_c']:.3f} Å):", "", _tab(_fragment_table(large), hdr),
+          f"Large fragments (R = {2 * s['r_c']:.3f} Å) around centres of the same structures "
+          "(HDNNP2/3):", "", _tab(_fragment_table(large), hdr),
           "", "## Tables 3/4: fragment train/test RMSEs (eV/atom, eV/Å)", ""]
     rows = []
     for name, d in (("HDNNP1 before AL", ctx.input("train") / "hdnnp1"),
                     ("HDNNP1", ctx.input("active") / "hdnnp1"),
-                    ("HDNNP2", ctx.input("train") / "hdnnp2"),
-                    ("HDNNP3", ctx.input("train") / "hdnnp3")):
+                    ("HDNNP2", ctx.input("controls") / "hdnnp2"),
+                    ("HDNNP3", ctx.input("controls") / "hdnnp3")):
         rows += _rmse_rows(d, name)
     L += [_tab(rows, ["potential", "fragment type", "set", "structures", "E RMSE", "F RMSE"]), ""]
     L += ["## Table 6: bulk validation (held out; eV/atom, eV/Å)", "",
-          f"{val['frames']['md']} MD frames ({cfg.validation.md_temperature:g} K, final HDNNP1) "
+          f"{val['frames']['md']} MD frames ("
+          f"{', '.join(f'{t:g}' for t in cfg.validation.md_temperatures)} K, final HDNNP1) "
           f"and {val['frames']['distorted']} rattled/strained cells. RMS reference force "
           f"component: {s['bulk_force_spread']:.3f} eV/Å.", ""]
     rows = []
@@ -163,6 +211,7 @@ def write_report(ctx: Context) -> Dict[str, Any]:
               f"{md['nprocs']}: energy drift {md['drift_eV_atom']:.2e} eV/atom "
               f"(limit {cfg.md.max_drift:g}: {'pass' if md['passed'] else 'FAIL'}), "
               f"{md['ns_per_day']:.3f} ns/day, {md['us_per_atom_step']:.1f} µs/atom-step", ""]
+    L += _npt_section(ctx)
     cost = s["reference_cpu_s"]
     L += ["## Reference cost (CPU-seconds of the reference method)", "",
           _tab([["HDNNP1 (+ partner)", cost["hdnnp1"]], ["HDNNP2/3", cost["hdnnp2"]],

@@ -1,7 +1,7 @@
 """The steps of the fragment workflow (Herbold & Behler 2023), in order.
 
 relax → sites → range → initial → preliminary → sampling → fragments → label → train → active
-→ validate → md → report. Each step reads the configuration tables named in its ``Step``
+→ controls → validate → md → npt → report. Each step reads the configuration tables named in its ``Step``
 entry and the outputs of the steps in ``after``; see :mod:`pyfragnn.workflow.runner`.
 Units: Å, eV, eV/Å, fs, K.
 """
@@ -285,8 +285,8 @@ def step_preliminary(ctx: Context) -> Dict[str, Any]:
 def step_sampling(ctx: Context) -> Dict[str, Any]:
     """Bulk snapshots: MD runs with the preliminary potential at each temperature (each
     stopped where it heats the system past 1.5 x the target: the frames up to there show where
-    it goes wrong), plus strained and rattled copies of the relaxed cells."""
-    from ..active_learning import explore
+    it goes wrong; restarted with other seeds up to ``sampling.restarts`` times), plus
+    strained and rattled copies of the relaxed cells."""
     from ..sampling import distorted_snapshots
 
     cfg, sm = ctx.cfg, ctx.cfg.sampling
@@ -298,13 +298,9 @@ def step_sampling(ctx: Context) -> Dict[str, Any]:
         start.calc = None
         for k, temp in enumerate(sm.temperatures):
             for run in range(sm.runs):
-                fr = explore(start, pots, temp, sm.md_steps, 0.5, sm.sample_every,
-                             stop_temperature=1.5 * temp,
-                             seed=cfg.run.seed + 31 * k + 7919 * run)
-                fr = [f for f in fr if int(f.info["md_step"]) > 0]
-                runs.append({"structure": name, "T_K": temp, "run": run, "frames": len(fr),
-                             "stopped": fr[-1].info.get("md_stopped", "") if fr else "",
-                             "ps": float(fr[-1].info["md_time_ps"]) if fr else 0.0})
+                fr, rec = _sampling_run(start, pots, temp, cfg.run.seed + 31 * k + 7919 * run,
+                                        sm)
+                runs.append(dict(structure=name, T_K=temp, run=run, **rec))
                 for f in fr:
                     f.info.update(structure=name, sampling=f"md{temp:g}K")
                 snaps += fr
@@ -317,6 +313,30 @@ def step_sampling(ctx: Context) -> Dict[str, Any]:
     write_frames(ctx.out / "snapshots.extxyz", snaps)
     ctx.say(f"{len(snaps)} snapshots; MD runs: {runs}")
     return {"snapshots": len(snaps), "runs": runs}
+
+
+def _sampling_run(start: Atoms, pots: List[str], temp: float, seed: int,
+                  sm: Any) -> Tuple[List[Atoms], Dict[str, Any]]:
+    """One sampling run at ``temp`` K: MD with the preliminary potential, stopped where it
+    heats past 1.5 x ``temp``; a run stopped early restarts from ``start`` with another seed
+    (at most ``sm.restarts`` times) until it has ``md_steps / sample_every`` frames."""
+    from ..active_learning import explore
+
+    want = max(1, sm.md_steps // sm.sample_every)
+    frames: List[Atoms] = []
+    stops: List[str] = []
+    ps = 0.0
+    for attempt in range(sm.restarts + 1):
+        fr = explore(start, pots, temp, sm.md_steps, 0.5, sm.sample_every,
+                     stop_temperature=1.5 * temp, seed=seed + 104729 * attempt)
+        fr = [f for f in fr if int(f.info["md_step"]) > 0]
+        ps += float(fr[-1].info["md_time_ps"]) if fr else 0.0
+        stops.append(str(fr[-1].info.get("md_stopped", "")) if fr else "no frame")
+        frames += fr[:want - len(frames)]
+        if len(frames) >= want or not stops[-1]:
+            break
+    return frames, {"frames": len(frames), "attempts": len(stops), "ps": ps,
+                    "stopped": "; ".join(x for x in stops if x)}
 
 
 def step_fragments(ctx: Context) -> Dict[str, Any]:
@@ -384,14 +404,35 @@ def _small_data(ctx: Context) -> List[Atoms]:
 
 def step_train(ctx: Context) -> Dict[str, Any]:
     """HDNNP1 (small fragments, cutoff R_c) and its committee partner (other seed and
-    architecture), HDNNP2 (large fragments, R_c) and optionally HDNNP3 (large, 2 R_c)."""
+    architecture), the starting point of the active learning."""
     t, r_c, els, seed = ctx.cfg.training, _r_c(ctx), _elements(ctx), ctx.cfg.run.seed
     small = _small_data(ctx)
-    large = read_frames(ctx.input("label") / "large.extxyz")
-    rec = {"hdnnp1": _train(ctx, small, ctx.out / "hdnnp1", r_c, t.hidden, seed, els),
-           "hdnnp1b": _train(ctx, small, ctx.out / "hdnnp1b", r_c, t.committee_hidden,
-                             seed + 1, els),
-           "hdnnp2": _train(ctx, large, ctx.out / "hdnnp2", r_c, t.hidden, seed, els)}
+    return {"hdnnp1": _train(ctx, small, ctx.out / "hdnnp1", r_c, t.hidden, seed, els),
+            "hdnnp1b": _train(ctx, small, ctx.out / "hdnnp1b", r_c, t.committee_hidden,
+                              seed + 1, els)}
+
+
+def large_data(ctx: Context) -> Tuple[List[Atoms], List[Atoms]]:
+    """The controls' training data: large fragments of the bulk snapshots and those cut
+    around the active-learning candidates (``iterNN/added_large.extxyz``)."""
+    snap = read_frames(ctx.input("label") / "large.extxyz")
+    al: List[Atoms] = []
+    for it in sorted(ctx.input("active").glob("iter*/added_large.extxyz")):
+        al += read_frames(it)
+    return snap, al
+
+
+def step_controls(ctx: Context) -> Dict[str, Any]:
+    """The controls of section 3: HDNNP2 (large fragments, cutoff R_c) and optionally HDNNP3
+    (large, 2 R_c), on large fragments around the same centres of the same bulk structures as
+    HDNNP1's small ones (snapshots and active-learning candidates)."""
+    t, r_c, els, seed = ctx.cfg.training, _r_c(ctx), _elements(ctx), ctx.cfg.run.seed
+    snap, al = large_data(ctx)
+    large = snap + al
+    if not large:
+        raise WorkflowError("controls: no large fragment to train HDNNP2 on")
+    rec = {"hdnnp2": _train(ctx, large, ctx.out / "hdnnp2", r_c, t.hidden, seed, els),
+           "snapshot_fragments": len(snap), "active_learning_fragments": len(al)}
     if t.hdnnp3:
         rec["hdnnp3"] = _train(ctx, large, ctx.out / "hdnnp3", 2 * r_c, t.hidden, seed, els)
     return rec
@@ -460,6 +501,14 @@ def _steps_done(work: Path) -> int:
     return last
 
 
+def step_npt(ctx: Context) -> Dict[str, Any]:
+    """LAMMPS NPT lattice constants of every structure with the final HDNNP1 (section 4.4),
+    optionally checked against the reference method's pressures."""
+    from .npt import run_npt
+
+    return run_npt(ctx)
+
+
 def step_report(ctx: Context) -> Dict[str, Any]:
     """report.md (Tables 1-6 analogues, AL, MD), summary.json and the figures."""
     from .report import write_report
@@ -467,12 +516,12 @@ def step_report(ctx: Context) -> Dict[str, Any]:
     return write_report(ctx)
 
 
-#: the training keys the preliminary committee reads (not hdnnp3: toggling it reruns train only)
+#: the training keys of HDNNP1 and its partner (not hdnnp3: toggling it reruns controls only)
 _PRELIMINARY_KEYS = tuple(f"training.{k}" for k in (
     "epochs", "hidden", "committee_hidden", "radial_n", "r_min", "angular_zeta",
     "force_fraction", "test_fraction"))
 _ALL = ("relax", "sites", "range", "initial", "preliminary", "sampling", "fragments", "label",
-        "train", "active", "validate", "md")
+        "train", "active", "controls", "validate", "md", "npt")
 STEPS: List[Step] = [
     Step("relax", step_relax, ("structures", "reference", "relax"), (), "relax the structures"),
     Step("sites", step_sites, (), ("relax",), "nonequivalent sites"),
@@ -486,12 +535,17 @@ STEPS: List[Step] = [
     Step("fragments", step_fragments, ("fragments", "seed"), ("sampling", "sites", "range"),
          "small and large fragments"),
     Step("label", step_label, ("reference",), ("fragments",), "reference labels"),
-    Step("train", step_train, ("training", "seed", "fragments"),
-         ("initial", "label", "range", "relax"), "HDNNP1, partner, HDNNP2(, HDNNP3)"),
-    Step("active", step_active, ("active", "training", "reference", "fragments", "seed"),
+    Step("train", step_train, _PRELIMINARY_KEYS + ("seed", "fragments"),
+         ("initial", "label", "range", "relax"), "HDNNP1 and its committee partner"),
+    Step("active", step_active, _PRELIMINARY_KEYS + ("active", "reference", "fragments",
+                                                     "seed"),
          ("train", "initial", "label", "sites", "relax", "range"), "active learning"),
+    Step("controls", step_controls, ("training", "seed"), ("active", "label", "range", "relax"),
+         "HDNNP2(, HDNNP3): large fragments of the same structures"),
     Step("validate", step_validate, ("validation", "reference", "seed"),
-         ("active", "train", "relax", "sites", "range"), "bulk validation"),
+         ("active", "train", "controls", "relax", "sites", "range"), "bulk validation"),
     Step("md", step_md, ("md", "seed"), ("active", "relax"), "LAMMPS NVE check"),
-    Step("report", step_report, ("md",), _ALL, "report"),
+    Step("npt", step_npt, ("npt", "md.supercell", "reference", "seed"),
+         ("active", "relax"), "LAMMPS NPT lattice constants"),
+    Step("report", step_report, ("md", "npt"), _ALL, "report"),
 ]

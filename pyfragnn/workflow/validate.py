@@ -1,7 +1,7 @@
 """The workflow's bulk validation (Herbold & Behler 2023, section 4.3, Table 6, Figs. 6/7).
 
 Held-out periodic frames of every structure: ``validation.md_frames`` frames of NVT MD at
-``validation.md_temperature`` with the final HDNNP1 (``validation.md_steps`` apart) and
+each of ``validation.md_temperatures`` with the final HDNNP1 (``validation.md_steps`` apart) and
 ``validation.distorted`` rattled + strained cells, labelled with the reference method. Every
 potential is evaluated on them: energy RMSE (eV/atom, raw and after the offset of section 4.3
 taken from the relaxed structure), force-component RMSE (eV/Å), per structure and per site.
@@ -27,8 +27,8 @@ def potentials_to_validate(ctx: Context) -> Dict[str, Path]:
     cand = {"HDNNP1": ctx.input("active") / "hdnnp1",
             "HDNNP1-partner": ctx.input("active") / "hdnnp1b",
             "HDNNP1 before AL": ctx.input("train") / "hdnnp1",
-            "HDNNP2": ctx.input("train") / "hdnnp2",
-            "HDNNP3": ctx.input("train") / "hdnnp3"}
+            "HDNNP2": ctx.input("controls") / "hdnnp2",
+            "HDNNP3": ctx.input("controls") / "hdnnp3"}
     if not ctx.record("active")["iterations"]:
         cand.pop("HDNNP1 before AL")
     return {k: v / "potential.fragnn" for k, v in cand.items()
@@ -46,13 +46,16 @@ def _frames(ctx: Context) -> List:
         name = str(a.info["name"])
         start = a.copy()
         start.calc = None
-        md = explore(start, [pot], v.md_temperature, v.md_frames * v.md_steps, 0.5,
-                     max(v.md_steps, 1), stop_temperature=3.0 * v.md_temperature,
-                     seed=seed + 777) if v.md_frames else []
-        md = [f for f in md if int(f.info["md_step"]) > 0]
-        if len(md) < v.md_frames:
-            ctx.say(f"{name}: validation MD stopped after {len(md)} of {v.md_frames} frames "
-                    f"({md[-1].info.get('md_stopped', '') if md else 'at the start'})")
+        md = []
+        for k, temp in enumerate(v.md_temperatures if v.md_frames else []):
+            fr = explore(start, [pot], temp, v.md_frames * v.md_steps, 0.5, max(v.md_steps, 1),
+                         stop_temperature=3.0 * temp, seed=seed + 777 + 13 * k)
+            fr = [f for f in fr if int(f.info["md_step"]) > 0]
+            if len(fr) < v.md_frames:
+                ctx.say(f"{name}: validation MD at {temp:g} K stopped after {len(fr)} of "
+                        f"{v.md_frames} frames "
+                        f"({fr[-1].info.get('md_stopped', '') if fr else 'at the start'})")
+            md += fr
         for f in md:
             f.info.update(structure=name, kind="md")
             for key in ("force_deviation", "extrapolations"):
@@ -127,7 +130,13 @@ def run_validate(ctx: Context) -> Dict[str, Any]:
             per_struct[s] = {"raw": errors(sub),
                              "offset_corrected": errors(sub, offset_per_atom(pot, rel)),
                              "md": errors({"structures": [ev["structures"][k] for k in idx
-                                                          if bulk[k].info["kind"] == "md"]})}
+                                                          if bulk[k].info["kind"] == "md"]}),
+                             "md_by_temperature": {
+                                 f"{t:g}": errors({"structures": [
+                                     ev["structures"][k] for k in idx
+                                     if bulk[k].info["kind"] == "md"
+                                     and float(bulk[k].info["md_temperature"]) == t]})
+                                 for t in ctx.cfg.validation.md_temperatures}}
             lab = np.array(labels[s])
             for site in dict.fromkeys(labels[s]):
                 per_site[site] = rmse(np.concatenate(
