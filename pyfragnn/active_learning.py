@@ -20,10 +20,11 @@ reference method and added to the training set.
   ``fix halt``); frames read back by :func:`read_lammps_frames`.
 - :func:`widen_scaling`: extend a potential's symmetry-function ranges to new data with
   unchanged predictions (the scaling change is absorbed into the first layer).
-- :func:`lammps_active_learning`: the loop explore -> select -> cut -> label -> widen and
+- :class:`ActiveLearningLoop`: the loop explore -> select -> cut -> label -> widen and
   fine-tune the committee, repeated until the stated convergence rule holds (no sampled atom
   above the threshold, none extrapolating, no stage halted; or a stated fraction); resumable
-  per iteration.
+  per iteration. :func:`lammps_active_learning` runs it with LAMMPS on one structure; the
+  workflow's ``active`` step (:mod:`pyfragnn.workflow.active`) with its own hooks.
 
 Command line: ``pyfragnn select`` (frames of a trajectory -> candidate fragments).
 """
@@ -41,7 +42,7 @@ from .potential import Potential
 __all__ = ["Candidate", "committee_forces", "force_deviation", "extrapolating_atoms",
            "annotate", "explore", "select_candidates", "candidate_fragments", "Stage",
            "explore_lammps", "read_lammps_frames", "exploration_summary", "widen_scaling",
-           "lammps_active_learning"]
+           "ActiveLearningLoop", "lammps_active_learning"]
 
 PotentialLike = Union[Potential, str]
 
@@ -518,6 +519,169 @@ def widen_scaling(potential: PotentialLike, structures: Sequence[Atoms]) -> Pote
     return pot
 
 
+class ActiveLearningLoop:
+    """The active-learning loop of section 3, one folder ``workdir/iterNN`` per iteration
+    (resumable: an iteration whose ``iteration.json`` exists is read back, not redone).
+
+    Iteration k explores with the current committee (:meth:`explore`), applies the
+    **convergence rule** (every run reached its end and the fraction of sampled atom-frames
+    deviating by more than ``threshold`` eV/Å or extrapolating is at most ``tolerance``),
+    otherwise selects candidates (:func:`select_candidates`: ``max_per_frame``,
+    ``min_separation``, ``max_total``), labels new structures around them (:meth:`new_data`,
+    written to ``iterNN/added.extxyz``) and fine-tunes the committee on everything added so
+    far (:meth:`fine_tune`). The hooks return their extra record entries; the record of an
+    iteration holds ``iteration``, ``exploration`` (:func:`exploration_summary`),
+    ``converged``, ``candidates``, ``committee`` and ``next_committee`` (member paths relative
+    to ``workdir`` where inside it). :func:`lammps_active_learning` and the workflow's
+    ``active`` step are the two users.
+    """
+
+    record = "iteration.json"
+
+    def __init__(self, workdir, threshold: float = 1.0, tolerance: float = 0.0,
+                 max_iterations: int = 5, max_per_frame: int = 3, min_separation: float = 3.0,
+                 max_total: Optional[int] = None, log=print):
+        from pathlib import Path
+
+        self.work = Path(workdir)
+        self.threshold, self.tolerance = float(threshold), float(tolerance)
+        self.max_iterations, self.max_per_frame = int(max_iterations), int(max_per_frame)
+        self.min_separation, self.max_total = float(min_separation), max_total
+        self.log = log
+
+    # hooks -------------------------------------------------------------------------------
+    def explore(self, members: List[str], it: int, d) -> tuple:
+        """Sampled frames (with ``force_deviation``/``extrapolations``) and a record dict."""
+        raise NotImplementedError
+
+    def new_data(self, frames: List[Atoms], cands: List[Candidate], it: int, d) -> tuple:
+        """Labelled structures around the candidates, and a record dict."""
+        raise NotImplementedError
+
+    def fine_tune(self, members: List[str], added: List[Atoms], it: int, d) -> tuple:
+        """Next committee (potential paths) trained on the data plus ``added``, and a record
+        dict."""
+        raise NotImplementedError
+
+    # the loop ----------------------------------------------------------------------------
+    def _rel(self, paths: Sequence[str]) -> List[str]:
+        from pathlib import Path
+
+        out = []
+        for p in paths:
+            q = Path(p).resolve()
+            try:
+                out.append(str(q.relative_to(self.work.resolve())))
+            except ValueError:
+                out.append(str(q))
+        return out
+
+    def path(self, p: str) -> str:
+        """A member path of a record, resolved against ``workdir``."""
+        from pathlib import Path
+
+        q = Path(p)
+        return str(q if q.is_absolute() else (self.work / q).resolve())
+
+    def _iteration(self, members: List[str], added: List[Atoms], it: int, d) -> dict:
+        from .frames import write_frames
+
+        frames, extra = self.explore(members, it, d)
+        summ = exploration_summary(frames, self.threshold)
+        converged = summ["halted"] == 0 and summ["flagged_fraction"] <= self.tolerance
+        rec = {"iteration": it, "exploration": summ, "converged": converged, "candidates": 0,
+               "committee": self._rel(members), "threshold": self.threshold,
+               "tolerance": self.tolerance, **extra}
+        self.log(f"iteration {it}: {summ['frames']} frames, max deviation "
+                 f"{summ['max_deviation']:.3f} eV/Å, {summ['above']} atom-frames above "
+                 f"{self.threshold:g}, {summ['extrapolating']} extrapolating, flagged "
+                 f"fraction {summ['flagged_fraction']:.4f} (tolerance {self.tolerance:g}), "
+                 f"{summ['halted']} run(s) stopped" + (" -> converged" if converged else ""))
+        if converged:
+            return rec
+        cands = select_candidates(frames, self.threshold, True, self.max_per_frame,
+                                  self.min_separation, self.max_total)
+        new, extra = self.new_data(frames, cands, it, d)
+        write_frames(d / "added.extxyz", new)
+        rec.update(candidates=len(cands), **extra)
+        if new:
+            nxt, extra = self.fine_tune(members, added + new, it, d)
+            rec.update(next_committee=self._rel(nxt), **extra)
+        return rec
+
+    def run(self, members: Sequence[str]) -> tuple:
+        """Iterate until converged or ``max_iterations``; returns (records, final committee
+        paths, all added structures)."""
+        import json
+
+        from .frames import read_frames
+
+        members = [self.path(m) for m in members]
+        added: List[Atoms] = []
+        history: List[dict] = []
+        for it in range(1, self.max_iterations + 1):
+            d = self.work / f"iter{it:02d}"
+            done = d / self.record
+            if done.exists():
+                rec = json.loads(done.read_text())
+            else:
+                d.mkdir(parents=True, exist_ok=True)
+                rec = self._iteration(members, added, it, d)
+                done.write_text(json.dumps(rec, indent=1))
+            history.append(rec)
+            if rec["converged"]:
+                break
+            if (d / "added.extxyz").exists():
+                added += read_frames(d / "added.extxyz")
+            members = [self.path(m) for m in rec.get("next_committee", members)]
+        return history, members, added
+
+
+class _LammpsLoop(ActiveLearningLoop):
+    """:func:`lammps_active_learning`'s hooks: LAMMPS exploration of one structure, fragments
+    labelled one by one, each member widened and fine-tuned (fresh Kalman filter)."""
+
+    def __init__(self, workdir, data, start, stages, calculator, sample_every, timestep_fs,
+                 stop_deviation, nprocs, seed, fragment_radius, cap, epochs, **kw):
+        super().__init__(workdir, **kw)
+        self.data, self.start, self.stages = list(data), start, stages
+        self.calculator, self.sample_every, self.timestep_fs = calculator, sample_every, \
+            timestep_fs
+        self.stop_deviation, self.nprocs, self.seed = stop_deviation, nprocs, seed
+        self.fragment_radius, self.cap, self.epochs = fragment_radius, cap, epochs
+
+    def explore(self, members, it, d):
+        return explore_lammps(self.start, members, self.stages, d / "explore",
+                              self.sample_every, self.timestep_fs, self.threshold,
+                              stop_deviation=self.stop_deviation, nprocs=self.nprocs,
+                              seed=self.seed + 1000 * it), {}
+
+    def new_data(self, frames, cands, it, d):
+        from .labelling import compute as label_one
+
+        frags = candidate_fragments(frames, cands, self.fragment_radius, cap=self.cap,
+                                    tag=f"al{it}")
+        labelled = [label_one(f, self.calculator) for f in frags]
+        for f in labelled:
+            f.info["label"] = f"al{it}"
+        return labelled, {"fragments": len(labelled)}
+
+    def fine_tune(self, members, added, it, d):
+        from .training.recipes import fine_tune_hdnnp, to_structures
+
+        data = self.data + added
+        structures = to_structures(data)
+        nxt = []
+        for k, m in enumerate(members):
+            init = d / f"member{k + 1}_widened.fragnn"
+            widen_scaling(m, data).save(str(init))
+            out = d / f"member{k + 1}"
+            fine_tune_hdnnp(structures, out, init, self.epochs, seed=self.seed + k,
+                            progress=False)
+            nxt.append(str(out / "potential.fragnn"))
+        return nxt, {}
+
+
 def lammps_active_learning(workdir, data: Sequence[Atoms], committee: Sequence[PotentialLike],
                            start: Atoms, stages: Sequence[Stage], calculator="emt",
                            threshold: float = 1.0, tolerance: float = 0.0,
@@ -527,93 +691,33 @@ def lammps_active_learning(workdir, data: Sequence[Atoms], committee: Sequence[P
                            fragment_radius: float = 7.0, cap: bool = True, epochs: int = 8,
                            stop_deviation: Optional[float] = None, nprocs: int = 1,
                            seed: int = 12345, log=print) -> List[dict]:
-    """Active learning driven by LAMMPS, until the committee neither disagrees nor
-    extrapolates on the exploration schedule.
+    """Active learning driven by LAMMPS (:class:`ActiveLearningLoop`), until the committee
+    neither disagrees nor extrapolates on the exploration schedule.
 
-    Iteration k (directory ``workdir/iter_KKK``): explore ``start`` over ``stages`` with the
-    current committee (:func:`explore_lammps`, deviation and extrapolation dumped every
-    ``sample_every`` steps, optional ``fix halt`` at ``stop_deviation``). **Convergence
-    rule**: every stage ran to its end and the fraction of sampled atom-frames that deviate
-    by more than ``threshold`` eV/Å or extrapolate is at most ``tolerance`` (default 0: none).
-    If not converged: candidates (:func:`select_candidates`: threshold, ``max_per_frame``,
-    ``min_separation``, ``max_total``), fragments of radius ``fragment_radius`` Å around them
-    (H-capped if ``cap``), labelled with ``calculator`` (:func:`pyfragnn.labelling.compute`
-    spec, e.g. ``'emt'``, ``'gfn2'``); each member's scaling ranges widened to all data
-    (:func:`widen_scaling`) and fine-tuned for ``epochs`` on ``data`` plus all fragments so
-    far (:func:`pyfragnn.training.recipes.fine_tune_hdnnp`, member k with seed ``seed + k``).
+    Iteration k (``workdir/iterKK``) explores ``start`` over ``stages`` with the current
+    committee (:func:`explore_lammps`, deviation and extrapolation dumped every
+    ``sample_every`` steps, optional ``fix halt`` at ``stop_deviation``); unless the
+    convergence rule holds, fragments of radius ``fragment_radius`` Å (H-capped if ``cap``)
+    around the candidates are labelled with ``calculator`` (a
+    :func:`pyfragnn.labelling.compute` spec, e.g. ``'emt'``, ``'gfn2'``), and each member's
+    scaling ranges are widened to all data (:func:`widen_scaling`) and fine-tuned for
+    ``epochs`` on ``data`` plus all fragments so far
+    (:func:`pyfragnn.training.recipes.fine_tune_hdnnp`, member k with seed ``seed + k``).
 
-    ``data``: the labelled training structures (Atoms with energy and forces). Resumable: an
-    iteration whose ``summary.json`` exists is not redone (its models and fragments are
-    reused). Returns one summary dict per iteration (:func:`exploration_summary` plus
-    ``iteration``, ``converged``, ``candidates``, ``committee``)."""
-    import json
-    from pathlib import Path
-
-    from ase.io import read
-
-    from .frames import write_frames
-    from .training.recipes import fine_tune_hdnnp, to_structures
-    from .labelling import compute as label_one
-
-    work = Path(workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    members = _potential_paths(committee, work)
-    new_frags: List[Atoms] = []
-    history: List[dict] = []
-    for it in range(max_iterations):
-        d = work / f"iter_{it:03d}"
-        done = d / "summary.json"
-        if done.exists():
-            summary = json.loads(done.read_text())
-            history.append(summary)
-            if (d / "fragments.extxyz").exists():
-                new_frags += read(str(d / "fragments.extxyz"), ":")
-            if summary["converged"]:
-                break
-            members = summary["next_committee"]
-            continue
-        d.mkdir(parents=True, exist_ok=True)
-        frames = explore_lammps(start, members, stages, d / "explore", sample_every,
-                                timestep_fs, threshold, stop_deviation=stop_deviation,
-                                nprocs=nprocs, seed=seed + 1000 * it)
-        summary = exploration_summary(frames, threshold)
-        summary.update(iteration=it, committee=list(members), threshold=threshold,
-                       tolerance=tolerance)
-        summary["converged"] = summary["halted"] == 0 and \
-            summary["flagged_fraction"] <= tolerance
-        log(f"active learning iteration {it}: {summary['frames']} frames, max deviation "
-            f"{summary['max_deviation']:.3f} eV/A, {summary['above']} atom-frames above "
-            f"{threshold}, {summary['extrapolating']} extrapolating, flagged fraction "
-            f"{summary['flagged_fraction']:.4f} (tolerance {tolerance}), "
-            f"{summary['halted']} stage(s) halted"
-            + (" -> converged" if summary["converged"] else ""))
-        if summary["converged"]:
-            summary["candidates"] = 0
-            done.write_text(json.dumps(summary, indent=1))
-            history.append(summary)
-            break
-        cands = select_candidates(frames, threshold, True, max_per_frame, min_separation,
-                                  max_total)
-        frags = candidate_fragments(frames, cands, fragment_radius, cap=cap,
-                                    tag=f"al{it}")
-        labelled = [label_one(f, calculator) for f in frags]
-        for f in labelled:
-            f.info["label"] = f"al{it}"
-        write_frames(d / "fragments.extxyz", labelled)
-        new_frags += labelled
-        structures = to_structures(list(data) + new_frags)
-        nxt = []
-        for k, m in enumerate(members):
-            widened = widen_scaling(m, list(data) + new_frags)
-            init = d / f"member{k + 1}_widened.fragnn"
-            widened.save(str(init))
-            out = d / f"member{k + 1}"
-            fine_tune_hdnnp(structures, out, init, epochs, seed=seed + k, progress=False)
-            nxt.append(str((out / "potential.fragnn").resolve()))
-        summary.update(candidates=len(cands), next_committee=nxt)
-        done.write_text(json.dumps(summary, indent=1))
-        history.append(summary)
-        members = nxt
+    ``data``: the labelled training structures (Atoms with energy and forces). Resumable.
+    Returns one record per iteration (see :class:`ActiveLearningLoop`), member paths
+    absolute."""
+    loop = _LammpsLoop(workdir, data, start, stages, calculator, sample_every, timestep_fs,
+                       stop_deviation, nprocs, seed, fragment_radius, cap, epochs,
+                       threshold=threshold, tolerance=tolerance, max_iterations=max_iterations,
+                       max_per_frame=max_per_frame, min_separation=min_separation,
+                       max_total=max_total, log=lambda m: log(f"active learning {m}"))
+    loop.work.mkdir(parents=True, exist_ok=True)
+    history, _, _ = loop.run(_potential_paths(committee, loop.work))
+    for rec in history:
+        for key in ("committee", "next_committee"):
+            if key in rec:
+                rec[key] = [loop.path(m) for m in rec[key]]
     return history
 
 

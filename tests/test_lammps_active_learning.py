@@ -139,7 +139,7 @@ def test_lammps_active_learning_emt(emt_setup, tmp_path):
     labelled with EMT, widened and fine-tuned committee. It converges by its rule (no sampled
     atom above the threshold, none extrapolating, no stage halted) within 4 iterations, and the
     force RMSE of member 1 on independent 600 K EMT frames falls at least 3x. A second call
-    resumes from the summaries without redoing anything."""
+    resumes from the iteration records without redoing anything."""
     _need_lammps()
     from pyfragnn.active_learning import Stage, lammps_active_learning
     _, data, pots = emt_setup
@@ -150,11 +150,12 @@ def test_lammps_active_learning_emt(emt_setup, tmp_path):
               fragment_radius=7.0, cap=False, epochs=8, nprocs=2)
     hist = lammps_active_learning(tmp_path / "al", data, pots, start, stages, **kw)
     for h in hist:
-        print({k: h[k] for k in ("iteration", "max_deviation", "above", "extrapolating",
-                                 "flagged_fraction", "halted", "converged")})
-    assert hist[0]["flagged"] > 0 and not hist[0]["converged"]
+        print(h["iteration"], h["converged"], {k: h["exploration"][k] for k in (
+            "max_deviation", "above", "extrapolating", "flagged_fraction", "halted")})
+    assert hist[0]["exploration"]["flagged"] > 0 and not hist[0]["converged"]
     assert hist[-1]["converged"]
-    assert hist[-1]["above"] == 0 and hist[-1]["extrapolating"] == 0
+    assert hist[-1]["exploration"]["above"] == 0
+    assert hist[-1]["exploration"]["extrapolating"] == 0
     final = hist[-1]["committee"][0]
     test = _hot_frames()
     before, after = emt_force_rmse(pots[0], test), emt_force_rmse(final, test)
@@ -162,8 +163,8 @@ def test_lammps_active_learning_emt(emt_setup, tmp_path):
           f"({before / after:.1f}x)")
     assert after * 3 <= before
     # resumable: the summaries are read back, nothing is recomputed
-    stamp = {p: p.stat().st_mtime for p in (tmp_path / "al").rglob("summary.json")}
+    stamp = {p: p.stat().st_mtime for p in (tmp_path / "al").rglob("iteration.json")}
     again = lammps_active_learning(tmp_path / "al", data, pots, start, stages, **kw)
     assert [json.dumps(h, sort_keys=True) for h in again] == \
         [json.dumps(h, sort_keys=True) for h in hist]
-    assert {p: p.stat().st_mtime for p in (tmp_path / "al").rglob("summary.json")} == stamp
+    assert {p: p.stat().st_mtime for p in (tmp_path / "al").rglob("iteration.json")} == stamp

@@ -16,6 +16,8 @@ labelled as well (``iterNN/added_large.extxyz``) for the controls HDNNP2/3 (step
 (:func:`~pyfragnn.active_learning.widen_scaling`, exact) and are fine-tuned on all small
 fragments, weights and Kalman filter continued.
 
+The loop is :class:`~pyfragnn.active_learning.ActiveLearningLoop` (the one
+:func:`~pyfragnn.active_learning.lammps_active_learning` runs) with the hooks below.
 Convergence rule (reported per iteration): no run stopped early and at most
 ``active.tolerance`` of the sampled atom-frames deviate or extrapolate
 (:func:`~pyfragnn.active_learning.exploration_summary`); the loop then ends with
@@ -24,7 +26,6 @@ Convergence rule (reported per iteration): no run stopped early and at most
 """
 from __future__ import annotations
 
-import json
 import shutil
 import warnings
 from pathlib import Path
@@ -32,9 +33,11 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from ..frames import read_frames, write_frames
+from ..active_learning import ActiveLearningLoop
+from ..frames import write_frames
 from .runner import Context
-from .steps import _checkpoint, _clean, _labelled, _r_c, _relaxed, _site_labels, _small_data
+from .steps import (_checkpoint, _clean, _cpu_s, _labelled, _r_c, _relaxed, _site_labels,
+                    _small_data)
 
 __all__ = ["run_active"]
 
@@ -118,94 +121,73 @@ def _new_fragments(ctx: Context, frames: List, cands: List, it: int,
     return unique_fragments(frags)
 
 
-def _fine_tune(ctx: Context, d: Path, current: Dict[str, Path], data: List, it: int) -> dict:
-    """Widen each member's SF ranges to ``data`` (exact) and fine-tune it on ``data``."""
-    from ..active_learning import widen_scaling
-    from ..training.recipes import fine_tune_hdnnp, to_structures
+class _WorkflowLoop(ActiveLearningLoop):
+    """The workflow's hooks of :class:`~pyfragnn.active_learning.ActiveLearningLoop`:
+    every structure explored, fragments with the relaxed structures' bonds and sites, labels
+    through the workflow's labeller (outliers left out), the controls' large twins, and both
+    members fine-tuned with their Kalman filters continued."""
 
-    ac, t = ctx.cfg.active, ctx.cfg.training
-    rec = {}
-    for m in _MEMBERS:
-        init = d / f"{m}_widened.fragnn"
-        if not init.exists():
-            widen_scaling(str(current[m] / "potential.fragnn"), data).save(str(init))
-        res = fine_tune_hdnnp(to_structures(data), d / m, init, ac.epochs,
-                              init_state=_checkpoint(current[m]), test_fraction=t.test_fraction,
-                              seed=ctx.cfg.run.seed + it, progress=None,
-                              extra_training={"force_fraction": t.force_fraction})
-        rec[m] = {k: float(res.history[-1][k]) for k in
-                  ("rmse_E_train", "rmse_E_test", "rmse_F_train", "rmse_F_test")}
-    return rec
+    def __init__(self, ctx: Context, data: List):
+        ac = ctx.cfg.active
+        super().__init__(ctx.out, ac.threshold, ac.tolerance, ac.iterations, ac.max_per_frame,
+                         ac.min_separation, ac.max_candidates, log=ctx.say)
+        self.ctx, self.data = ctx, data
 
+    def explore(self, members, it, d):
+        frames, runs = _explore(self.ctx, members, it, d / "explore")
+        return frames, {"runs": runs}
 
-def _iteration(ctx: Context, it: int, current: Dict[str, Path], data: List,
-               added: List) -> Dict[str, Any]:
-    """One iteration in ``ctx.out/iterNN``; returns its record (cached in iter.json)."""
-    from ..active_learning import exploration_summary, select_candidates
-
-    ac = ctx.cfg.active
-    d = ctx.out / f"iter{it:02d}"
-    d.mkdir(exist_ok=True)
-    done = d / "iter.json"
-    if done.exists():
-        return json.loads(done.read_text())
-    pots = [str(current[m] / "potential.fragnn") for m in _MEMBERS]
-    frames, runs = _explore(ctx, pots, it, d / "explore")
-    summ = exploration_summary(frames, ac.threshold)
-    converged = summ["halted"] == 0 and summ["flagged_fraction"] <= ac.tolerance
-    rec: Dict[str, Any] = {"iteration": it, "runs": runs, "exploration": summ,
-                           "converged": converged, "candidates": 0}
-    ctx.say(f"iteration {it}: {summ['frames']} frames, max deviation "
-            f"{summ['max_deviation']:.3f} eV/Å, flagged atom-frames "
-            f"{summ['flagged_fraction']:.4f}, {summ['halted']} runs stopped"
-            + (" -> converged" if converged else ""))
-    if not converged:
-        cands = select_candidates(frames, ac.threshold, True, ac.max_per_frame,
-                                  ac.min_separation, ac.max_candidates)
-        frags = _new_fragments(ctx, frames, cands, it)
+    def new_data(self, frames, cands, it, d):
+        ctx = self.ctx
         sub = Context(ctx.cfg, ctx.root, d, ctx.step)  # labels inside the iteration folder
+        frags = _new_fragments(ctx, frames, cands, it)
         labelled = _labelled(sub, frags, "labels")
         kept, dropped = _clean(sub, labelled, f"iteration {it}")
-        write_frames(d / "added.extxyz", kept)
-        rec.update(candidates=len(cands), fragments=len(frags), kept=len(kept),
-                   outliers=dropped, label_cpu_s=float(sum(float(a.info.get("label_seconds", 0))
-                                                           for a in labelled)))
-        if ac.large_fragments:  # the controls' data: same frames, same centres, 2 R_c
+        rec = {"fragments": len(frags), "kept": len(kept), "outliers": dropped,
+               "label_cpu_s": _cpu_s(labelled)}
+        if ctx.cfg.active.large_fragments:  # the controls' data: same frames and centres
             big = _labelled(sub, _new_fragments(ctx, frames, cands, it, large=True),
                             "labels_large")
             big_kept, big_dropped = _clean(sub, big, f"iteration {it} (large)")
             write_frames(d / "added_large.extxyz", big_kept)
             rec.update(large_kept=len(big_kept), large_outliers=big_dropped,
-                       label_cpu_s_large=float(sum(float(a.info.get("label_seconds", 0))
-                                                   for a in big)))
-        if kept:
-            rec.update(_fine_tune(ctx, d, current, data + added + kept, it))
-    done.write_text(json.dumps(rec, indent=1))
-    return rec
+                       label_cpu_s_large=_cpu_s(big))
+        return kept, rec
+
+    def fine_tune(self, members, added, it, d):
+        """Widen each member's SF ranges to all data (exact) and fine-tune it on them."""
+        from ..active_learning import widen_scaling
+        from ..training.recipes import fine_tune_hdnnp, to_structures
+
+        ac, t = self.ctx.cfg.active, self.ctx.cfg.training
+        data = self.data + added
+        rec, nxt = {}, []
+        for m, current in zip(_MEMBERS, members):
+            init = d / f"{m}_widened.fragnn"
+            if not init.exists():
+                widen_scaling(current, data).save(str(init))
+            res = fine_tune_hdnnp(to_structures(data), d / m, init, ac.epochs,
+                                  init_state=_checkpoint(Path(current).parent),
+                                  test_fraction=t.test_fraction, seed=self.ctx.cfg.run.seed + it,
+                                  progress=None,
+                                  extra_training={"force_fraction": t.force_fraction})
+            rec[m] = {k: float(res.history[-1][k]) for k in
+                      ("rmse_E_train", "rmse_E_test", "rmse_F_train", "rmse_F_test")}
+            nxt.append(str(d / m / "potential.fragnn"))
+        return nxt, rec
 
 
 def run_active(ctx: Context) -> Dict[str, Any]:
     """The active-learning loop; returns {iterations: [...], converged, added}."""
-    current = {m: ctx.input("train") / m for m in _MEMBERS}
-    data = _small_data(ctx)
-    added: List = []
-    iters: List[Dict[str, Any]] = []
-    converged = False
-    for it in range(1, ctx.cfg.active.iterations + 1):
-        rec = _iteration(ctx, it, current, data, added)
-        iters.append(rec)
-        if rec["converged"]:
-            converged = True
-            break
-        d = ctx.out / f"iter{it:02d}"
-        added += read_frames(d / "added.extxyz")
-        if all((d / m / "potential.fragnn").exists() for m in _MEMBERS):
-            current = {m: d / m for m in _MEMBERS}
-    for m in _MEMBERS:
+    loop = _WorkflowLoop(ctx, _small_data(ctx))
+    start = [str(ctx.input("train") / m / "potential.fragnn") for m in _MEMBERS]
+    iters, members, added = loop.run(start)
+    converged = bool(iters and iters[-1]["converged"])
+    for m, path in zip(_MEMBERS, members):
         dst = ctx.out / m
         if dst.exists():
             shutil.rmtree(dst)
-        shutil.copytree(current[m], dst)
+        shutil.copytree(Path(path).parent, dst)
     ctx.say(f"{len(iters)} iterations, {len(added)} fragments added, "
             f"{'converged' if converged else 'not converged'}")
     return {"iterations": iters, "converged": converged, "added": len(added)}
