@@ -506,7 +506,7 @@ constexpr int kBlock = 128;  // a multiple of 4 (the angular contraction reads 4
 #pragma GCC diagnostic ignored "-Wpsabi"
 typedef double v4d __attribute__((vector_size(32)));
 inline v4d ld4(const double* p) { v4d x; std::memcpy(&x, p, sizeof x); return x; }
-inline void st4(double* p, v4d x) { std::memcpy(p, &x, sizeof x); }
+inline void st4(double* p, const v4d& x) { std::memcpy(p, &x, sizeof x); }
 
 /// Number of monomials in 3 variables of degree <= d.
 inline int n_mono(int d) { return (d + 1) * (d + 2) * (d + 3) / 6; }
@@ -1000,7 +1000,7 @@ void Descriptor::contract_nv(const AtomEnvironment& env, const double* dEdG_all,
     std::size_t vec_size = 0;
     for (const AngularGroup& g : angular_) {
         const std::size_t ng = g.gauss.size(), npow = g.powers.size();
-        vec_size = std::max(vec_size, kBlock * (13 + ng + 2 * npow) +
+        vec_size = std::max(vec_size, kBlock * (5 + ng + 2 * npow) +
                                           NV * (4 * kBlock + g.terms.size()));
     }
     if (ws.cbuf.size() < NV * static_cast<std::size_t>(n) + vec_size)
@@ -1059,20 +1059,12 @@ void Descriptor::contract_nv(const AtomEnvironment& env, const double* dEdG_all,
         const double* dfjk = fjk + cap;
         const double* xjk = dfjk + cap;
         // Shared block scratch (in cbuf after the along_u arrays), [kBlock] each.
-        double* rij = vec_mem;                // r_ij
-        double* rik = rij + kBlock;           // r_ik
-        double* tmp = rik + kBlock;
-        double* cF = tmp + kBlock;            // F = fc(r_ij) fc(r_ik) fc(r_jk)
-        double* cDj = cF + kBlock;            // dF/dr_ij
-        double* cDk = cDj + kBlock;           // dF/dr_ik
-        double* cDjk = cDk + kBlock;          // dF/dr_jk
-        double* cirjk = cDjk + kBlock;        // 1 / r_jk
-        double* cij = cirjk + kBlock;         // 1 / r_ij
-        double* cik = cij + kBlock;           // 1 / r_ik
-        double* ccj = cik + kBlock;           // cos / r_ij
-        double* cck = ccj + kBlock;           // cos / r_ik
-        double* brs = cck + kBlock;           // r_jk of a partial block
-        double* tg = brs + kBlock;            // [ng][kBlock] Gaussian products
+        double* tmp = vec_mem;
+        double* cos_s = tmp + kBlock;         // cos, r_jk, fc(r_jk), dfc(r_jk) of a partial block
+        double* brs = cos_s + kBlock;
+        double* fjs = brs + kBlock;
+        double* dfjs = fjs + kBlock;
+        double* tg = dfjs + kBlock;           // [ng][kBlock] Gaussian products
         double* pw = tg + ng * kBlock;        // [npow][kBlock] (1 + lambda cos)^zeta
         double* dpw = pw + npow * kBlock;     // [npow][kBlock] its d/dcos
         // Per vector v (stride per_vec): alpha_j, beta_j, alpha_k, beta_k [kBlock] each, then
@@ -1093,45 +1085,38 @@ void Descriptor::contract_nv(const AtomEnvironment& env, const double* dEdG_all,
             const int* bj = pj + t0;
             const int* bk = pk + t0;
             const double* bc = cosv + t0;
-            for (int i = 0; i < nb; ++i) {
-                rij[i] = env.r[bj[i]];
-                rik[i] = env.r[bk[i]];
-            }
-            for (int i = 0; i < nb; ++i) {
-                const int j = bj[i], k = bk[i];
-                const double fj = nb_fc[j], fk = nb_fc[k];
-                const double f3 = with_jk ? fjk[t0 + i] : 1.0;
-                const double inv_j = inv_r[j], inv_k = inv_r[k];
-                cF[i] = fj * fk * f3;
-                cDj[i] = nb_dfc[j] * fk * f3;
-                cDk[i] = fj * nb_dfc[k] * f3;
-                cDjk[i] = with_jk ? fj * fk * dfjk[t0 + i] : 0.0;
-                cirjk[i] = with_jk ? 1.0 / rjk[t0 + i] : 0.0;
-                cij[i] = inv_j;
-                cik[i] = inv_k;
-                ccj[i] = bc[i] * inv_j;
-                cck[i] = bc[i] * inv_k;
-            }
-            // Gaussian products and r_jk per triplet: compute() left them in xjk and rjk
-            // (types 3, 13), copied for a partial block (the kernel reads whole 4-lane groups).
+            // Per-triplet arrays of compute() (r_jk, fc(r_jk), its derivative, cos, Gaussian
+            // products of types 3, 13), copied for a partial block: the kernel below reads whole
+            // 4-lane groups.
             const double* br = rjk + t0;
+            const double* fb = fjk + t0;
+            const double* dfb = dfjk + t0;
+            const double* cb = bc;
             const double* tgb = with_jk ? xjk + t0 : tg;
             const std::size_t tstride = with_jk ? cap : kBlock;
-            if (!with_jk) {
+            const bool partial = nb % 4 != 0;
+            if (partial) {
+                std::copy(bc, bc + nb, cos_s);
+                cb = cos_s;
+                if (with_jk) {
+                    std::copy(br, br + nb, brs);
+                    std::copy(fb, fb + nb, fjs);
+                    std::copy(dfb, dfb + nb, dfjs);
+                    br = brs;
+                    fb = fjs;
+                    dfb = dfjs;
+                    for (int q = 0; q < ng; ++q)
+                        std::copy(xjk + q * cap + t0, xjk + q * cap + t0 + nb, tg + q * kBlock);
+                    tgb = tg;
+                }
+            }
+            if (!with_jk)
                 for (int q = 0; q < ng; ++q) {
                     const double* gq = nb_g + q * n;
                     double* tq = tg + q * kBlock;
                     for (int i = 0; i < nb; ++i) tq[i] = gq[bj[i]] * gq[bk[i]];
                 }
-                br = rij;  // unused
-            } else if (nb % 4 != 0) {
-                std::copy(br, br + nb, brs);
-                br = brs;
-                for (int q = 0; q < ng; ++q) std::copy(xjk + q * cap + t0, xjk + q * cap + t0 + nb,
-                                                       tg + q * kBlock);
-                tgb = tg;
-            }
-            const std::size_t tst = (!with_jk || nb % 4 != 0) ? kBlock : tstride;
+            const std::size_t tst = (!with_jk || partial) ? kBlock : tstride;
             for (int w = 0; w < npow; ++w) {  // pw = P^zeta, dpw = zeta lambda P^(zeta-1)
                 const AngularPower& p = g.powers[w];
                 double* pww = pw + w * kBlock;
@@ -1186,9 +1171,25 @@ void Descriptor::contract_nv(const AtomEnvironment& env, const double* dEdG_all,
                         ser[v] += two_eta_rs * x;
                     }
                 }
-                const v4d r_ij = ld4(rij + i), r_ik = ld4(rik + i), F = ld4(cF + i);
-                const v4d Dj = ld4(cDj + i), Dk = ld4(cDk + i), cj = ld4(cij + i),
-                          ck = ld4(cik + i), ccj4 = ld4(ccj + i), cck4 = ld4(cck + i);
+                // Geometry of the four triplets (lanes past the block repeat its last triplet).
+                int jx[4], kx[4];
+                for (int l = 0; l < 4; ++l) {
+                    const int il = std::min(i + l, nb - 1);
+                    jx[l] = bj[il];
+                    kx[l] = bk[il];
+                }
+                auto gather = [&](const double* a, const int* x) {
+                    return v4d{a[x[0]], a[x[1]], a[x[2]], a[x[3]]};
+                };
+                const v4d r_ij = gather(env.r, jx), r_ik = gather(env.r, kx);
+                const v4d fj = gather(nb_fc, jx), fk = gather(nb_fc, kx);
+                const v4d cj = gather(inv_r, jx), ck = gather(inv_r, kx);
+                const v4d f3 = with_jk ? ld4(fb + i) : v4d{1.0, 1.0, 1.0, 1.0};
+                const v4d F = fj * fk * f3;
+                const v4d Dj = gather(nb_dfc, jx) * fk * f3;
+                const v4d Dk = fj * gather(nb_dfc, kx) * f3;
+                const v4d cos4 = ld4(cb + i);
+                const v4d ccj4 = cos4 * cj, cck4 = cos4 * ck;
                 for (int v = 0; v < NV; ++v) {
                     double* out = vbase + v * per_vec;
                     const v4d t_rij = F * (ser[v] - r_ij * se[v]) + s0[v] * Dj;
@@ -1199,7 +1200,7 @@ void Descriptor::contract_nv(const AtomEnvironment& env, const double* dEdG_all,
                     if (with_jk) {
                         const v4d r_jk = ld4(br + i);
                         const v4d t_rjk_r =
-                            (F * (ser[v] - r_jk * se[v]) + s0[v] * ld4(cDjk + i)) * ld4(cirjk + i);
+                            (F * (ser[v] - r_jk * se[v]) + s0[v] * (fj * fk * ld4(dfb + i))) / r_jk;
                         aj += t_rjk_r * r_ij;
                         bj4 -= t_rjk_r * r_ik;
                         ak += t_rjk_r * r_ik;
