@@ -76,9 +76,10 @@ def cases(names):
         yield "water 1080", pot, base, N2P2 / "pot"
         yield "water 8640", pot, base.repeat(2), N2P2 / "pot"
     if "irmof" in names:
-        from pyfragnn.demo import IRMOF1_PRIM, _read
+        from ase.io import read
+        from pyfragnn.demo import IRMOF1_PRIM
         pot = Potential.load(ROOT / "potentials" / "irmof1_hdnnp1_gfn2.fragnn")
-        yield "IRMOF-1 2862", pot, _read(IRMOF1_PRIM, 0)[0].repeat(3), None
+        yield "IRMOF-1 2862", pot, read(IRMOF1_PRIM, 0).repeat(3), None
 
 
 def run_n2p2(exe, pot, potdir, atoms, repeat):

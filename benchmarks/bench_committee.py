@@ -74,8 +74,13 @@ def main() -> None:
     print(f"plugin: {pl.plugin_path()}\ndata: {args.data}\nmember 1: {pot}\nmember 2: {second} "
           f"(weights x (1 + 0.05 N(0,1)))\nnp: {args.np}, steps: {args.steps}")
 
-    single = bench_lammps.run(args.np, args.steps, args.data.resolve(), pot,
-                              workdir / "single", env)
+    def lammps(pots: str, wd: Path) -> dict:
+        pair = bench_lammps.WATER_PAIR.format(pot=pots)
+        return bench_lammps.run(args.np, args.steps, args.data.resolve(), pair,
+                                bench_lammps.WATER_MASSES, wd, env)
+
+    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores at start")
+    single = lammps(str(pot), workdir / "single")
     template = bench_lammps.INPUT
     runs = [("single model", single)]
     try:
@@ -84,9 +89,7 @@ def main() -> None:
             extra = COMMITTEE_EXTRA.replace("{every}", str(every))
             # after the `thermo {steps}` line, so that this thermo setting wins
             bench_lammps.INPUT = template.replace("timer full\n", extra + "timer full\n")
-            runs.append((name, bench_lammps.run(args.np, args.steps, args.data.resolve(),
-                                                f"{pot} {second}", workdir / f"c{every}",
-                                                env)))
+            runs.append((name, lammps(f"{pot} {second}", workdir / f"c{every}")))
     finally:
         bench_lammps.INPUT = template
     s1 = single["us_per_atom_step"]
@@ -99,6 +102,7 @@ def main() -> None:
               f"{r['us_per_atom_step']:>13.2f} {r['us_per_atom_step'] / s1:>6.3f} "
               f"{r['cpu_frac']:>9.1%} {cpu:>16.2f} {cpu / c1:>9.3f}")
     print("(target: committee <= 1.3 x single model per atom-step)")
+    print(f"load average {os.getloadavg()[0]:.2f} at end")
     print(f"\nlogs in {workdir}")
 
 

@@ -63,9 +63,9 @@ WATER_MASSES = "mass 1 1.00794\nmass 2 15.9994"
 def irmof_setup(workdir: Path):
     """Data file of the 2862-atom IRMOF-1 supercell; pair and mass lines; the ASE atoms."""
     from ase.data import atomic_masses, atomic_numbers
-    from ase.io import write
-    from pyfragnn.demo import IRMOF1_PRIM, _read
-    atoms = _read(IRMOF1_PRIM, 0)[0].repeat(3)
+    from ase.io import read, write
+    from pyfragnn.demo import IRMOF1_PRIM
+    atoms = read(IRMOF1_PRIM, 0).repeat(3)
     species = ["H", "C", "O", "Zn"]
     data = workdir / "irmof_2862.data"
     write(data, atoms, format="lammps-data", specorder=species, units="metal")

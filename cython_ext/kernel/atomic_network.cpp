@@ -1,12 +1,62 @@
 #include "atomic_network.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <stdexcept>
 
 namespace pyfragnn {
 
+// The network passes are also compiled for x86-64-v3 (as Descriptor::compute, see
+// symmetry_function.cpp): AVX2/FMA for the layers' products and the vectorised tanh.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__) && \
+    !defined(PYFRAGNN_NO_MULTIVERSION)
+#if __GNUC__ >= 12
+#define PYFRAGNN_HOT __attribute__((target_clones("arch=x86-64-v3", "default"), flatten))
+#else
+#define PYFRAGNN_HOT __attribute__((target_clones("avx2", "default"), flatten))
+#endif
+#else
+#define PYFRAGNN_HOT
+#endif
+
 namespace {
 constexpr double kExpLimit = 35.0;  // n2p2 clips logistic/softplus beyond |x| > 35
+
+/// tanh(x) within a few ulp, without branches or library calls so that a loop over a layer's
+/// nodes vectorises: tanh|x| = -m / (2 + m) with m = expm1(-2|x|) = 2^n e^r - 1 (r = y - n ln2,
+/// e^r by its Taylor polynomial as exp_approx); for n = 0, m = r (e^r - 1)/r without the
+/// cancellation of e^r - 1. |x| >= 20 gives 1 (tanh 20 rounds to 1).
+inline double tanh_fast(double x) {
+    const double y = -2.0 * std::min(std::fabs(x), 20.0);
+    constexpr double shifter = 6755399441055744.0;  // 1.5 * 2^52: t's low bits hold round(y/ln2)
+    const double t = y * 1.4426950408889634 + shifter;
+    const double n = t - shifter;
+    const double r = (y - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;
+    double p = 1.0 / 6227020800.0;  // (e^r - 1) / r
+    p = p * r + 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    const double em1_r = p * r;  // e^r - 1
+    std::int64_t bits, shift_bits;
+    std::memcpy(&bits, &t, sizeof bits);
+    std::memcpy(&shift_bits, &shifter, sizeof shift_bits);
+    bits = (bits - shift_bits + 1023) << 52;  // 2^n
+    double scale;
+    std::memcpy(&scale, &bits, sizeof scale);
+    const double m = n == 0.0 ? em1_r : (em1_r + 1.0) * scale - 1.0;
+    return std::copysign(-m / (2.0 + m), x);
+}
 }
 
 Activation activation_from_letter(char letter) {
@@ -24,7 +74,7 @@ void activate(Activation a, double x, double& f, double& df, double& d2f) {
     switch (a) {
         case Activation::IDENTITY: f = x; df = 1.0; d2f = 0.0; return;
         case Activation::TANH: {
-            const double t = std::tanh(x);
+            const double t = tanh_fast(x);
             f = t; df = 1.0 - t * t; d2f = -2.0 * t * df; return;
         }
         case Activation::LOGISTIC:
@@ -110,17 +160,31 @@ void AtomicNetwork::forward(const double* x, NetworkWorkspace& ws, bool second) 
             for (int j = 0; j < nout; ++j) a[j] += Wi[j] * yi;
         }
         const double c = normalize_ ? 1.0 / nin : 1.0;
-        double d2;
-        for (int j = 0; j < nout; ++j) {
-            a[j] = (a[j] + b[j]) * c;
-            activate(act_[l - 1], a[j], ws.y[out + j], ws.dy[out + j], d2);
-            if (second) ws.d2y[out + j] = d2;
+        double* y = ws.y.data() + out;
+        double* dy = ws.dy.data() + out;
+        if (act_[l - 1] == Activation::TANH) {  // vectorised; the numbers of activate()
+            for (int j = 0; j < nout; ++j) {
+                a[j] = (a[j] + b[j]) * c;
+                const double t = tanh_fast(a[j]);
+                y[j] = t;
+                dy[j] = 1.0 - t * t;
+            }
+            if (second)
+                for (int j = 0; j < nout; ++j) ws.d2y[out + j] = -2.0 * y[j] * dy[j];
+        } else {
+            double d2;
+            for (int j = 0; j < nout; ++j) {
+                a[j] = (a[j] + b[j]) * c;
+                activate(act_[l - 1], a[j], y[j], dy[j], d2);
+                if (second) ws.d2y[out + j] = d2;
+            }
         }
         in = out;
         out += nout;
     }
 }
 
+PYFRAGNN_HOT
 double AtomicNetwork::evaluate(const double* x, double* dEdx, NetworkWorkspace& ws) const {
     forward(x, ws, false);
     const size_t L = layers_.size() - 1;
@@ -138,7 +202,23 @@ double AtomicNetwork::evaluate(const double* x, double* dEdx, NetworkWorkspace& 
         double* delta = ws.a.data() + out;  // reuse a as delta storage
         for (int j = 0; j < nout; ++j) delta[j] = ws.g[out + j] * ws.dy[out + j] * c;
         double* gin = (l == 1) ? dEdx : ws.g.data() + in;
-        for (int i = 0; i < nin; ++i) {
+        int i = 0;
+        for (; i + 4 <= nin; i += 4) {  // four independent sums (each over j in order)
+            const double* W0 = W + static_cast<size_t>(i) * nout;
+            const double* W1 = W0 + nout;
+            const double* W2 = W1 + nout;
+            const double* W3 = W2 + nout;
+            double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+            for (int j = 0; j < nout; ++j) {
+                const double dj = delta[j];
+                s0 += W0[j] * dj;
+                s1 += W1[j] * dj;
+                s2 += W2[j] * dj;
+                s3 += W3[j] * dj;
+            }
+            gin[i] = s0; gin[i + 1] = s1; gin[i + 2] = s2; gin[i + 3] = s3;
+        }
+        for (; i < nin; ++i) {
             const double* Wi = W + static_cast<size_t>(i) * nout;
             double s = 0.0;
             for (int j = 0; j < nout; ++j) s += Wi[j] * delta[j];

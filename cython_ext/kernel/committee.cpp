@@ -168,12 +168,10 @@ double Committee::compute(const NeighborListView& nl, const int* element, int64_
                 for (int s = 0; s < nsf; ++s) g[s] = dEdx[s] * (slope[s] * inv_ce);  // dE/dG
             }
             if (!need_grad || env.n == 0) continue;
-            // One contraction per member from the workspace of this set's compute() (a pass
-            // for several vectors at once measured only ~5 % faster than separate calls).
+            // The members' contractions in one pass over the workspace of this set's compute().
             const size_t nd = 3 * static_cast<size_t>(env.n);
             dEdd.resize(nv * nd);
-            for (int v = 0; v < nv; ++v)
-                desc.contract(env, &dEdG[static_cast<size_t>(v) * nsf], &dEdd[v * nd], dws);
+            desc.contract(env, nv, dEdG.data(), dEdd.data(), dws);
             for (int v = 0; v < nv; ++v) {
                 const int m = set[v];
                 const double w = w_[m];

@@ -5,8 +5,9 @@
 //
 // Members whose symmetry-function sets are identical (same functions, cutoffs and elements)
 // share the neighbour gathering and the symmetry-function evaluation of each atom (the
-// Descriptor of the first of them); scaling, networks and the contraction dE/dG -> dE/dd are
-// per member. The physics are Descriptor::compute/contract and AtomicNetwork::evaluate, as in
+// Descriptor of the first of them); scaling and networks are per member, and the members'
+// contractions dE/dG -> dE/dd share one pass over the neighbour pairs and triplets
+// (Descriptor::contract with several vectors). The physics are Descriptor::compute/contract and AtomicNetwork::evaluate, as in
 // Model::compute; a single member with weight 1 gives Model::compute's numbers bit for bit.
 //
 // Plain C++17, no Python/LAMMPS/MPI headers.

@@ -394,6 +394,16 @@ Descriptor::Descriptor(std::vector<SymmetryFunctionParams> sfs, std::vector<int>
     }
     // r_jk Gaussians exp(-eta (r_jk - rs)^2) of a group: when eta is an integer multiple m of a
     // smaller eta with the same rs, use base^m (m <= 64) instead of another exp per triplet.
+    for (AngularGroup& g : angular_) {  // terms by Gaussian (in term order) for contract()
+        const int ng = static_cast<int>(g.gauss.size());
+        g.gauss_start.assign(ng + 1, 0);
+        g.by_gauss.clear();
+        for (int q = 0; q < ng; ++q) {
+            for (int t = 0; t < static_cast<int>(g.terms.size()); ++t)
+                if (g.terms[t].gauss == q) g.by_gauss.push_back(t);
+            g.gauss_start[q + 1] = static_cast<int>(g.by_gauss.size());
+        }
+    }
     for (AngularGroup& g : angular_) {
         for (Gaussian& a : g.gauss) {
             double best_eta = a.eta;
@@ -488,7 +498,15 @@ double Descriptor::cutoff() const { return cutoff_; }
 
 namespace {
 
-constexpr int kBlock = 128;
+constexpr int kBlock = 128;  // a multiple of 4 (the angular contraction reads 4-lane groups)
+
+// Four doubles (AVX2 registers in the x86-64-v3 clones; two SSE2 registers otherwise). The
+// helpers are inlined (flatten), so GCC's note that such values change the calling convention
+// without AVX does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
+typedef double v4d __attribute__((vector_size(32)));
+inline v4d ld4(const double* p) { v4d x; std::memcpy(&x, p, sizeof x); return x; }
+inline void st4(double* p, const v4d& x) { std::memcpy(p, &x, sizeof x); }
 
 /// Number of monomials in 3 variables of degree <= d.
 inline int n_mono(int d) { return (d + 1) * (d + 2) * (d + 3) / 6; }
@@ -937,13 +955,17 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
     }
 }
 
-PYFRAGNN_HOT
 void Descriptor::contract(const AtomEnvironment& env, const double* dEdG, double* dEdd,
                           DescriptorWorkspace& ws) const {
-    const int n = env.n, ne = n_elements_;
-    const int n_rad = static_cast<int>(radial_.size()), n_ang = static_cast<int>(angular_.size());
-    std::fill(dEdd, dEdd + 3 * n, 0.0);
-    if (sfs_.empty()) return;
+    contract(env, 1, dEdG, dEdd, ws);
+}
+
+PYFRAGNN_HOT
+void Descriptor::contract(const AtomEnvironment& env, int nv, const double* dEdG, double* dEdd,
+                          DescriptorWorkspace& ws) const {
+    const int n = env.n;
+    std::fill(dEdd, dEdd + 3 * static_cast<std::size_t>(n) * nv, 0.0);
+    if (sfs_.empty() || nv <= 0) return;
     {  // The API requires compute(env, ws) just before; the fingerprint only catches misuse.
         const Descriptor* self = this;
         const bool cached = ws.buf.size() >= kFingerprint &&
@@ -954,42 +976,71 @@ void Descriptor::contract(const AtomEnvironment& env, const double* dEdG, double
             compute(env, G.data(), ws);
         }
     }
+    // Vectors in pairs (one pass over the triplets for two), an odd one alone.
+    const std::size_t nsf = sfs_.size(), nd = 3 * static_cast<std::size_t>(n);
+    int v = 0;
+    for (; v + 2 <= nv; v += 2) contract_nv<2>(env, dEdG + v * nsf, dEdd + v * nd, ws);
+    if (v < nv) contract_nv<1>(env, dEdG + v * nsf, dEdd + v * nd, ws);
+}
+
+template <int NV>
+void Descriptor::contract_nv(const AtomEnvironment& env, const double* dEdG_all, double* dEdd_all,
+                             DescriptorWorkspace& ws) const {
+    const int n = env.n, ne = n_elements_;
+    const int n_rad = static_cast<int>(radial_.size()), n_ang = static_cast<int>(angular_.size());
+    const std::size_t nsf = sfs_.size();
     const int head = 2 * ne + 2;
     const int* start = ws.ibuf.data();
     double* buf = ws.buf.data();
     const double* u = buf + kFingerprint;
-    double* along_u = buf + start[head];  // [n] dE/dd_j components along u_j
-    double* inv_r = along_u + n;          // [n] 1 / r_j
+    double* inv_r = buf + start[head] + n;  // [n] 1 / r_j (the slot before it is unused here)
     double* scratch_mem = inv_r + n;
-    std::fill(along_u, along_u + n, 0.0);
     for (int j = 0; j < n; ++j) inv_r[j] = 1.0 / env.r[j];
+    // cbuf: along_u [NV][n] (dE/dd_j components along u_j), then the angular block scratch.
+    std::size_t vec_size = 0;
+    for (const AngularGroup& g : angular_) {
+        const std::size_t ng = g.gauss.size(), npow = g.powers.size();
+        vec_size = std::max(vec_size, kBlock * (5 + ng + 2 * npow) +
+                                          NV * (4 * kBlock + g.terms.size()));
+    }
+    if (ws.cbuf.size() < NV * static_cast<std::size_t>(n) + vec_size)
+        ws.cbuf.resize(NV * static_cast<std::size_t>(n) + vec_size);
+    double* along_all = ws.cbuf.data();
+    double* vec_mem = along_all + NV * static_cast<std::size_t>(n);
+    std::fill(along_all, along_all + NV * static_cast<std::size_t>(n), 0.0);
     auto list = [&](int e, const int*& first, int& count) {  // e < 0: all elements
         first = start + start[e < 0 ? 0 : e];
         count = start[e < 0 ? ne : e + 1] - start[e < 0 ? 0 : e];
     };
 
-    // Radial Gaussians: dG_t/dr = g_t (dfc - 2 eta (r - rs) fc), along u_j.
-    for (int gi = 0; gi < n_rad; ++gi) {
-        const RadialGroup& g = radial_[gi];
-        const int* first; int m;
-        list(g.e1, first, m);
-        const double* r = buf + start[head + 1 + gi];
-        const double* fc = r + m;
-        const double* dfc = fc + m;
-        double* s = scratch_mem;  // [m] dE/dr_ij
-        std::fill(s, s + m, 0.0);
-        for (std::size_t t = 0; t < g.terms.size(); ++t) {
-            const RadialTerm& term = g.terms[t];
-            const double w = dEdG[term.sf], two_eta = 2.0 * term.eta;
-            if (w == 0.0) continue;
-            const double* gt = dfc + (1 + t) * m;
-            for (int a = 0; a < m; ++a) s[a] += w * gt[a] * (dfc[a] - two_eta * (r[a] - term.rs) * fc[a]);
+    for (int v = 0; v < NV; ++v) {
+        const double* dEdG = dEdG_all + v * nsf;
+        double* along_u = along_all + v * static_cast<std::size_t>(n);
+        // Radial Gaussians: dG_t/dr = g_t (dfc - 2 eta (r - rs) fc), along u_j.
+        for (int gi = 0; gi < n_rad; ++gi) {
+            const RadialGroup& g = radial_[gi];
+            const int* first; int m;
+            list(g.e1, first, m);
+            const double* r = buf + start[head + 1 + gi];
+            const double* fc = r + m;
+            const double* dfc = fc + m;
+            double* s = scratch_mem;  // [m] dE/dr_ij
+            std::fill(s, s + m, 0.0);
+            for (std::size_t t = 0; t < g.terms.size(); ++t) {
+                const RadialTerm& term = g.terms[t];
+                const double w = dEdG[term.sf], two_eta = 2.0 * term.eta;
+                if (w == 0.0) continue;
+                const double* gt = dfc + (1 + t) * m;
+                for (int a = 0; a < m; ++a) s[a] += w * gt[a] * (dfc[a] - two_eta * (r[a] - term.rs) * fc[a]);
+            }
+            for (int a = 0; a < m; ++a) along_u[first[a]] += s[a];
         }
-        for (int a = 0; a < m; ++a) along_u[first[a]] += s[a];
     }
 
     // Angular Gaussians: per triplet, the partial derivatives of all terms of the group are
-    // summed with their weights dE/dG before forming the vectors.
+    // summed with their weights dE/dG before forming the vectors, four triplets at a time in
+    // registers. The NV vectors share the per-triplet geometry (distances, cutoff factors,
+    // angular powers, Gaussian products) and one pass over the triplets to scatter.
     for (int gi = 0; gi < n_ang; ++gi) {
         const AngularGroup& g = angular_[gi];
         const int* h = start + head + 1 + n_rad + 5 * gi;
@@ -1007,24 +1058,26 @@ void Descriptor::contract(const AtomEnvironment& env, const double* dEdG, double
         const double* fjk = rjk + cap;
         const double* dfjk = fjk + cap;
         const double* xjk = dfjk + cap;
-        double* rij = scratch_mem;            // [kBlock] r_ij
-        double* rik = rij + kBlock;           // [kBlock] r_ik
-        double* s0 = rik + kBlock;            // [kBlock] sum_q Q_q tg_q
-        double* sc = s0 + kBlock;             // [kBlock] dE/dcos / F
-        double* sj = sc + kBlock;             // [kBlock] Gaussian parts of dE/dr_ij / F
-        double* sk = sj + kBlock;             //          ... dE/dr_ik / F
-        double* sjk = sk + kBlock;            //          ... dE/dr_jk / F
-        double* tmp = sjk + kBlock;           // [kBlock]
-        double* tg = tmp + kBlock;            // [ng][kBlock] Gaussian products
-        double* Q = tg + ng * kBlock;         // [ng][kBlock] sum_t w_t (1 + lambda cos)^zeta
-        double* R = Q + ng * kBlock;          // [ng][kBlock] sum_t w_t d(1 + lambda cos)^zeta/dcos
-        double* pw = R + ng * kBlock;         // [npow][kBlock]
-        double* dpw = pw + npow * kBlock;     // [npow][kBlock]
-        double* wt = dpw + npow * kBlock;     // [nt] dE/dG_t 2^(1-zeta)
+        // Shared block scratch (in cbuf after the along_u arrays), [kBlock] each.
+        double* tmp = vec_mem;
+        double* cos_s = tmp + kBlock;         // cos, r_jk, fc(r_jk), dfc(r_jk) of a partial block
+        double* brs = cos_s + kBlock;
+        double* fjs = brs + kBlock;
+        double* dfjs = fjs + kBlock;
+        double* tg = dfjs + kBlock;           // [ng][kBlock] Gaussian products
+        double* pw = tg + ng * kBlock;        // [npow][kBlock] (1 + lambda cos)^zeta
+        double* dpw = pw + npow * kBlock;     // [npow][kBlock] its d/dcos
+        // Per vector v (stride per_vec): alpha_j, beta_j, alpha_k, beta_k [kBlock] each, then
+        // wt [nt] (dE/dG_t 2^(1-zeta)).
+        double* vbase = dpw + npow * kBlock;
+        const std::size_t per_vec = 4 * static_cast<std::size_t>(kBlock) + nt;
         bool any = false;
-        for (int t = 0; t < nt; ++t) {
-            wt[t] = dEdG[g.terms[t].sf] * g.terms[t].norm;
-            any = any || wt[t] != 0.0;
+        for (int v = 0; v < NV; ++v) {
+            double* wt = vbase + v * per_vec + 4 * kBlock;
+            for (int t = 0; t < nt; ++t) {
+                wt[t] = dEdG_all[v * nsf + g.terms[t].sf] * g.terms[t].norm;
+                any = any || wt[t] != 0.0;
+            }
         }
         if (!any) continue;
         for (int t0 = 0; t0 < count; t0 += kBlock) {
@@ -1032,20 +1085,38 @@ void Descriptor::contract(const AtomEnvironment& env, const double* dEdG, double
             const int* bj = pj + t0;
             const int* bk = pk + t0;
             const double* bc = cosv + t0;
-            for (int i = 0; i < nb; ++i) {
-                rij[i] = env.r[bj[i]];
-                rik[i] = env.r[bk[i]];
+            // Per-triplet arrays of compute() (r_jk, fc(r_jk), its derivative, cos, Gaussian
+            // products of types 3, 13), copied for a partial block: the kernel below reads whole
+            // 4-lane groups.
+            const double* br = rjk + t0;
+            const double* fb = fjk + t0;
+            const double* dfb = dfjk + t0;
+            const double* cb = bc;
+            const double* tgb = with_jk ? xjk + t0 : tg;
+            const std::size_t tstride = with_jk ? cap : kBlock;
+            const bool partial = nb % 4 != 0;
+            if (partial) {
+                std::copy(bc, bc + nb, cos_s);
+                cb = cos_s;
+                if (with_jk) {
+                    std::copy(br, br + nb, brs);
+                    std::copy(fb, fb + nb, fjs);
+                    std::copy(dfb, dfb + nb, dfjs);
+                    br = brs;
+                    fb = fjs;
+                    dfb = dfjs;
+                    for (int q = 0; q < ng; ++q)
+                        std::copy(xjk + q * cap + t0, xjk + q * cap + t0 + nb, tg + q * kBlock);
+                    tgb = tg;
+                }
             }
-            // Gaussian products per triplet: compute() left them in xjk (types 3, 13).
-            auto tg_of = [&](int q) -> const double* {
-                return with_jk ? xjk + q * cap + t0 : tg + q * kBlock;
-            };
             if (!with_jk)
                 for (int q = 0; q < ng; ++q) {
                     const double* gq = nb_g + q * n;
                     double* tq = tg + q * kBlock;
                     for (int i = 0; i < nb; ++i) tq[i] = gq[bj[i]] * gq[bk[i]];
                 }
+            const std::size_t tst = (!with_jk || partial) ? kBlock : tstride;
             for (int w = 0; w < npow; ++w) {  // pw = P^zeta, dpw = zeta lambda P^(zeta-1)
                 const AngularPower& p = g.powers[w];
                 double* pww = pw + w * kBlock;
@@ -1068,242 +1139,290 @@ void Descriptor::contract(const AtomEnvironment& env, const double* dEdG, double
                     dpww[i] *= zl;
                 }
             }
-            std::fill(Q, Q + 2 * ng * kBlock, 0.0);  // Q and R
-            for (int t = 0; t < nt; ++t) {
-                const AngularTerm& term = g.terms[t];
-                const double w = wt[t];
-                double* Qq = Q + term.gauss * kBlock;
-                double* Rq = R + term.gauss * kBlock;
-                const double* pww = pw + term.power * kBlock;
-                const double* dpww = dpw + term.power * kBlock;
-                for (int i = 0; i < nb; ++i) {
-                    Qq[i] += w * pww[i];
-                    Rq[i] += w * dpww[i];
+            // Per triplet and vector: Q_q = sum_t w_t P^zeta_t, R_q = sum_t w_t dP^zeta_t/dcos over
+            // the terms of Gaussian q; with x_q = Q_q tg_q: s0 = sum_q x_q, sc = sum_q R_q tg_q,
+            // se = sum_q 2 eta_q x_q, ser = sum_q 2 eta_q rs_q x_q, so that the Gaussian parts
+            // of dE/dr / F are ser - r se for r = r_ij, r_ik, r_jk. Then alpha/beta (dE/dd_j =
+            // alpha_j u_j + beta_j u_k, dE/dd_k = alpha_k u_k + beta_k u_j, see the file comment,
+            // d_jk = r_ik u_k - r_ij u_j).
+            for (int i = 0; i < nb; i += 4) {
+                v4d s0[NV], sc[NV], se[NV], ser[NV];
+                for (int v = 0; v < NV; ++v) s0[v] = sc[v] = se[v] = ser[v] = v4d{0, 0, 0, 0};
+                for (int q = 0; q < ng; ++q) {
+                    const v4d tq = ld4(tgb + q * tst + i);
+                    v4d Q[NV], R[NV];
+                    for (int v = 0; v < NV; ++v) Q[v] = R[v] = v4d{0, 0, 0, 0};
+                    for (int a = g.gauss_start[q]; a < g.gauss_start[q + 1]; ++a) {
+                        const int t = g.by_gauss[a];
+                        const int pt = g.terms[t].power;
+                        const v4d p = ld4(pw + pt * kBlock + i), dp = ld4(dpw + pt * kBlock + i);
+                        for (int v = 0; v < NV; ++v) {
+                            const double w = vbase[v * per_vec + 4 * kBlock + t];
+                            Q[v] += w * p;
+                            R[v] += w * dp;
+                        }
+                    }
+                    const double two_eta = 2.0 * g.gauss[q].eta, two_eta_rs = two_eta * g.gauss[q].rs;
+                    for (int v = 0; v < NV; ++v) {
+                        const v4d x = Q[v] * tq;
+                        s0[v] += x;
+                        sc[v] += R[v] * tq;
+                        se[v] += two_eta * x;
+                        ser[v] += two_eta_rs * x;
+                    }
                 }
-            }
-            std::fill(s0, s0 + 5 * kBlock, 0.0);  // s0, sc, sj, sk, sjk
-            for (int q = 0; q < ng; ++q) {
-                const double two_eta = 2.0 * g.gauss[q].eta, rs = g.gauss[q].rs;
-                const double* tq = tg_of(q);
-                const double* Qq = Q + q * kBlock;
-                const double* Rq = R + q * kBlock;
-                const double* br = rjk + t0;
-                for (int i = 0; i < nb; ++i) {
-                    const double v = Qq[i] * tq[i];
-                    s0[i] += v;
-                    sc[i] += Rq[i] * tq[i];
-                    sj[i] -= two_eta * (rij[i] - rs) * v;
-                    sk[i] -= two_eta * (rik[i] - rs) * v;
-                    sjk[i] -= two_eta * (br[i] - rs) * v;  // unused for type 9
+                // Geometry of the four triplets (lanes past the block repeat its last triplet).
+                int jx[4], kx[4];
+                for (int l = 0; l < 4; ++l) {
+                    const int il = std::min(i + l, nb - 1);
+                    jx[l] = bj[il];
+                    kx[l] = bk[il];
                 }
-            }
-            // dE/dd_j = alpha_j u_j + beta_j u_k, dE/dd_k = alpha_k u_k + beta_k u_j (file comment
-            // with d_jk = r_ik u_k - r_ij u_j); alpha/beta overwrite s0, sj, sk, sjk.
-            double* alpha_j = s0;
-            double* beta_j = sj;
-            double* alpha_k = sk;
-            double* beta_k = sjk;
-            for (int i = 0; i < nb; ++i) {
-                const int j = bj[i], k = bk[i];
-                const double fj = nb_fc[j], fk = nb_fc[k];
-                const double f3 = with_jk ? fjk[t0 + i] : 1.0;
-                const double F = fj * fk * f3;
-                const double t_rij = F * sj[i] + s0[i] * nb_dfc[j] * fk * f3;
-                const double t_rik = F * sk[i] + s0[i] * fj * nb_dfc[k] * f3;
-                const double t_rjk_r =
-                    with_jk ? (F * sjk[i] + s0[i] * fj * fk * dfjk[t0 + i]) / rjk[t0 + i] : 0.0;
-                const double t_cos = F * sc[i], c = bc[i], inv_j = inv_r[j], inv_k = inv_r[k];
-                alpha_j[i] = t_rij - t_cos * c * inv_j + t_rjk_r * rij[i];
-                beta_j[i] = t_cos * inv_j - t_rjk_r * rik[i];
-                alpha_k[i] = t_rik - t_cos * c * inv_k + t_rjk_r * rik[i];
-                beta_k[i] = t_cos * inv_k - t_rjk_r * rij[i];
+                auto gather = [&](const double* a, const int* x) {
+                    return v4d{a[x[0]], a[x[1]], a[x[2]], a[x[3]]};
+                };
+                const v4d r_ij = gather(env.r, jx), r_ik = gather(env.r, kx);
+                const v4d fj = gather(nb_fc, jx), fk = gather(nb_fc, kx);
+                const v4d cj = gather(inv_r, jx), ck = gather(inv_r, kx);
+                const v4d f3 = with_jk ? ld4(fb + i) : v4d{1.0, 1.0, 1.0, 1.0};
+                const v4d F = fj * fk * f3;
+                const v4d Dj = gather(nb_dfc, jx) * fk * f3;
+                const v4d Dk = fj * gather(nb_dfc, kx) * f3;
+                const v4d cos4 = ld4(cb + i);
+                const v4d ccj4 = cos4 * cj, cck4 = cos4 * ck;
+                for (int v = 0; v < NV; ++v) {
+                    double* out = vbase + v * per_vec;
+                    const v4d t_rij = F * (ser[v] - r_ij * se[v]) + s0[v] * Dj;
+                    const v4d t_rik = F * (ser[v] - r_ik * se[v]) + s0[v] * Dk;
+                    const v4d t_cos = F * sc[v];
+                    v4d aj = t_rij - t_cos * ccj4, bj4 = t_cos * cj;
+                    v4d ak = t_rik - t_cos * cck4, bk4 = t_cos * ck;
+                    if (with_jk) {
+                        const v4d r_jk = ld4(br + i);
+                        const v4d t_rjk_r =
+                            (F * (ser[v] - r_jk * se[v]) + s0[v] * (fj * fk * ld4(dfb + i))) / r_jk;
+                        aj += t_rjk_r * r_ij;
+                        bj4 -= t_rjk_r * r_ik;
+                        ak += t_rjk_r * r_ik;
+                        bk4 -= t_rjk_r * r_ij;
+                    }
+                    st4(out + i, aj);
+                    st4(out + kBlock + i, bj4);
+                    st4(out + 2 * kBlock + i, ak);
+                    st4(out + 3 * kBlock + i, bk4);
+                }
             }
             // Triplets come grouped by j: keep j's sums in registers.
+            const double* alpha_j[NV];
+            const double* beta_j[NV];
+            const double* alpha_k[NV];
+            const double* beta_k[NV];
+            double* au[NV];
+            double* gv[NV];
+            for (int v = 0; v < NV; ++v) {
+                alpha_j[v] = vbase + v * per_vec;
+                beta_j[v] = alpha_j[v] + kBlock;
+                alpha_k[v] = alpha_j[v] + 2 * kBlock;
+                beta_k[v] = alpha_j[v] + 3 * kBlock;
+                au[v] = along_all + v * static_cast<std::size_t>(n);
+                gv[v] = dEdd_all + v * 3 * static_cast<std::size_t>(n);
+            }
             for (int i = 0; i < nb;) {
                 const int j = bj[i];
                 const double* uj = u + 3 * j;
-                double aj = 0.0, gx = 0.0, gy = 0.0, gz = 0.0;
+                double aj[NV], gx[NV], gy[NV], gz[NV];
+                for (int v = 0; v < NV; ++v) aj[v] = gx[v] = gy[v] = gz[v] = 0.0;
                 for (; i < nb && bj[i] == j; ++i) {
                     const int k = bk[i];
                     const double* uk = u + 3 * k;
-                    aj += alpha_j[i];
-                    gx += beta_j[i] * uk[0];
-                    gy += beta_j[i] * uk[1];
-                    gz += beta_j[i] * uk[2];
-                    along_u[k] += alpha_k[i];
-                    double* gk = dEdd + 3 * k;
-                    gk[0] += beta_k[i] * uj[0];
-                    gk[1] += beta_k[i] * uj[1];
-                    gk[2] += beta_k[i] * uj[2];
+                    for (int v = 0; v < NV; ++v) {
+                        const double bj_ = beta_j[v][i], bk_ = beta_k[v][i];
+                        aj[v] += alpha_j[v][i];
+                        gx[v] += bj_ * uk[0];
+                        gy[v] += bj_ * uk[1];
+                        gz[v] += bj_ * uk[2];
+                        au[v][k] += alpha_k[v][i];
+                        double* gk = gv[v] + 3 * k;
+                        gk[0] += bk_ * uj[0];
+                        gk[1] += bk_ * uj[1];
+                        gk[2] += bk_ * uj[2];
+                    }
                 }
-                along_u[j] += aj;
-                double* gj = dEdd + 3 * j;
-                gj[0] += gx;
-                gj[1] += gy;
-                gj[2] += gz;
+                for (int v = 0; v < NV; ++v) {
+                    au[v][j] += aj[v];
+                    double* gj = gv[v] + 3 * j;
+                    gj[0] += gx[v];
+                    gj[1] += gy[v];
+                    gj[2] += gz[v];
+                }
             }
         }
     }
 
-    // Wide angular functions as Cartesian moments. dE/dM_a of each set (W), dE/dD, then per
-    // neighbour j of a set: dE/dA_j = sum_a W_a u_j^a + 2 A_j dE/dD, dE/du_j = A_j sum_a W_a
-    // du^a/du; dE/dd_j = dE/dr_j u_j + (dE/du_j - (dE/du_j . u_j) u_j) / r_j.
-    {
-        const int n_mset = static_cast<int>(msets_.size());
-        const int mhead = head + 1 + n_rad + 5 * n_ang;
-        auto moments_of = [&](int si) {  // M of set si, followed by D, W, dE/dD
-            const int* f; int m;
-            list(msets_[si].e1, f, m);
-            return buf + start[mhead + si] +
-                   (2 + static_cast<std::size_t>(n_mono(msets_[si].degree))) * m;
-        };
-        for (int si = 0; si < n_mset; ++si) {
-            const int nm = n_mono(msets_[si].degree);
-            double* W = moments_of(si) + nm + 1;
-            std::fill(W, W + nm + 1, 0.0);
-        }
-        for (const MomentPair& mp : mpairs_) {
-            double dS[kMomentMaxZeta + 1] = {}, dD = 0.0;
-            bool any = false;
-            for (const MomentTerm& t : mp.terms) {
-                const double w = dEdG[t.sf];
-                if (w == 0.0) continue;
-                any = true;
-                for (std::size_t q = 0; q < t.coef.size(); ++q) dS[q] += w * t.coef[q];
-                dD -= w * t.diag;
+    for (int v = 0; v < NV; ++v) {
+        const double* dEdG = dEdG_all + v * nsf;
+        double* dEdd = dEdd_all + v * 3 * static_cast<std::size_t>(n);
+        double* along_u = along_all + v * static_cast<std::size_t>(n);
+        // Wide angular functions as Cartesian moments. dE/dM_a of each set (W), dE/dD, then per
+        // neighbour j of a set: dE/dA_j = sum_a W_a u_j^a + 2 A_j dE/dD, dE/du_j = A_j sum_a W_a
+        // du^a/du; dE/dd_j = dE/dr_j u_j + (dE/du_j - (dE/du_j . u_j) u_j) / r_j.
+        {
+            const int n_mset = static_cast<int>(msets_.size());
+            const int mhead = head + 1 + n_rad + 5 * n_ang;
+            auto moments_of = [&](int si) {  // M of set si, followed by D, W, dE/dD
+                const int* f; int m;
+                list(msets_[si].e1, f, m);
+                return buf + start[mhead + si] +
+                       (2 + static_cast<std::size_t>(n_mono(msets_[si].degree))) * m;
+            };
+            for (int si = 0; si < n_mset; ++si) {
+                const int nm = n_mono(msets_[si].degree);
+                double* W = moments_of(si) + nm + 1;
+                std::fill(W, W + nm + 1, 0.0);
             }
-            if (!any) continue;
-            double* M1 = moments_of(mp.s1);
-            double* M2 = moments_of(mp.s2);
-            const int nm1 = n_mono(msets_[mp.s1].degree), nm2 = n_mono(msets_[mp.s2].degree);
-            double* W1 = M1 + nm1 + 1;
-            double* W2 = M2 + nm2 + 1;
-            const int nm = n_mono(mp.degree);
-            for (int k = 0; k < nm; ++k) {
-                const double c = dS[mono_deg_[k]] * mono_weight_[k];
-                W1[k] += c * M2[k];
-                W2[k] += c * M1[k];
+            for (const MomentPair& mp : mpairs_) {
+                double dS[kMomentMaxZeta + 1] = {}, dD = 0.0;
+                bool any = false;
+                for (const MomentTerm& t : mp.terms) {
+                    const double w = dEdG[t.sf];
+                    if (w == 0.0) continue;
+                    any = true;
+                    for (std::size_t q = 0; q < t.coef.size(); ++q) dS[q] += w * t.coef[q];
+                    dD -= w * t.diag;
+                }
+                if (!any) continue;
+                double* M1 = moments_of(mp.s1);
+                double* M2 = moments_of(mp.s2);
+                const int nm1 = n_mono(msets_[mp.s1].degree), nm2 = n_mono(msets_[mp.s2].degree);
+                double* W1 = M1 + nm1 + 1;
+                double* W2 = M2 + nm2 + 1;
+                const int nm = n_mono(mp.degree);
+                for (int k = 0; k < nm; ++k) {
+                    const double c = dS[mono_deg_[k]] * mono_weight_[k];
+                    W1[k] += c * M2[k];
+                    W2[k] += c * M1[k];
+                }
+                W1[nm1] += dD;  // dE/dD (diag is zero unless both sets are the same)
             }
-            W1[nm1] += dD;  // dE/dD (diag is zero unless both sets are the same)
+            for (int si = 0; si < n_mset; ++si) {
+                const MomentSet& ms = msets_[si];
+                const int* first; int m;
+                list(ms.e1, first, m);
+                const int nm = n_mono(ms.degree), nm_low = ms.degree > 0 ? n_mono(ms.degree - 1) : 0;
+                const double* A = buf + start[mhead + si];
+                const double* dA = A + m;
+                const double* mono = dA + m;
+                const double* W = moments_of(si) + nm + 1;
+                const double dD = W[nm];
+                bool any = dD != 0.0;
+                for (int k = 0; k < nm && !any; ++k) any = W[k] != 0.0;
+                if (!any) continue;
+                // Wu[ax][b] = (b_ax + 1) W[b + e_ax]: d/du_ax sum_a W_a u^a = sum_b Wu[ax][b] u^b.
+                double* Wu = scratch_mem;
+                for (int k = 0; k < nm_low; ++k)
+                    for (int ax = 0; ax < 3; ++ax)
+                        Wu[ax * nm_low + k] = (mono_exp_[3 * k + ax] + 1) * W[mono_up_[3 * k + ax]];
+                for (int a = 0; a < m; ++a) {
+                    const int j = first[a];
+                    if (A[a] == 0.0 && dA[a] == 0.0) continue;  // outside this set's cutoff
+                    const double* mo = mono + static_cast<std::size_t>(a) * nm;
+                    double p = 0.0, px = 0.0, py = 0.0, pz = 0.0;
+                    int k = 0;
+                    for (; k < nm_low; ++k) {
+                        p += W[k] * mo[k];
+                        px += Wu[k] * mo[k];
+                        py += Wu[nm_low + k] * mo[k];
+                        pz += Wu[2 * nm_low + k] * mo[k];
+                    }
+                    for (; k < nm; ++k) p += W[k] * mo[k];
+                    const double* uj = u + 3 * j;
+                    const double inv_r = 1.0 / env.r[j];
+                    const double gx = A[a] * px, gy = A[a] * py, gz = A[a] * pz;
+                    const double gu = gx * uj[0] + gy * uj[1] + gz * uj[2];
+                    along_u[j] += (p + 2.0 * A[a] * dD) * dA[a] - gu * inv_r;
+                    double* gj = dEdd + 3 * j;
+                    gj[0] += gx * inv_r;
+                    gj[1] += gy * inv_r;
+                    gj[2] += gz * inv_r;
+                }
+            }
         }
-        for (int si = 0; si < n_mset; ++si) {
-            const MomentSet& ms = msets_[si];
+
+        // Compact radial: dG/dr_ij = C'(r_ij) along u_j.
+        for (const CompactRadialTerm& t : compact_radial_) {
+            const double w = dEdG[t.sf];
+            if (w == 0.0) continue;
             const int* first; int m;
-            list(ms.e1, first, m);
-            const int nm = n_mono(ms.degree), nm_low = ms.degree > 0 ? n_mono(ms.degree - 1) : 0;
-            const double* A = buf + start[mhead + si];
-            const double* dA = A + m;
-            const double* mono = dA + m;
-            const double* W = moments_of(si) + nm + 1;
-            const double dD = W[nm];
-            bool any = dD != 0.0;
-            for (int k = 0; k < nm && !any; ++k) any = W[k] != 0.0;
-            if (!any) continue;
-            // Wu[ax][b] = (b_ax + 1) W[b + e_ax]: d/du_ax sum_a W_a u^a = sum_b Wu[ax][b] u^b.
-            double* Wu = scratch_mem;
-            for (int k = 0; k < nm_low; ++k)
-                for (int ax = 0; ax < 3; ++ax)
-                    Wu[ax * nm_low + k] = (mono_exp_[3 * k + ax] + 1) * W[mono_up_[3 * k + ax]];
+            list(t.e1, first, m);
             for (int a = 0; a < m; ++a) {
                 const int j = first[a];
-                if (A[a] == 0.0 && dA[a] == 0.0) continue;  // outside this set's cutoff
-                const double* mo = mono + static_cast<std::size_t>(a) * nm;
-                double p = 0.0, px = 0.0, py = 0.0, pz = 0.0;
-                int k = 0;
-                for (; k < nm_low; ++k) {
-                    p += W[k] * mo[k];
-                    px += Wu[k] * mo[k];
-                    py += Wu[nm_low + k] * mo[k];
-                    pz += Wu[2 * nm_low + k] * mo[k];
-                }
-                for (; k < nm; ++k) p += W[k] * mo[k];
-                const double* uj = u + 3 * j;
-                const double inv_r = 1.0 / env.r[j];
-                const double gx = A[a] * px, gy = A[a] * py, gz = A[a] * pz;
-                const double gu = gx * uj[0] + gy * uj[1] + gz * uj[2];
-                along_u[j] += (p + 2.0 * A[a] * dD) * dA[a] - gu * inv_r;
-                double* gj = dEdd + 3 * j;
-                gj[0] += gx * inv_r;
-                gj[1] += gy * inv_r;
-                gj[2] += gz * inv_r;
+                const double r = env.r[j];
+                if (!(r > t.rl && r < t.rc)) continue;
+                double f, df;
+                t.radial.fdf(r, f, df);
+                for (int c = 0; c < 3; ++c) dEdd[3 * j + c] += w * df * u[3 * j + c];
             }
         }
-    }
 
-    // Compact radial: dG/dr_ij = C'(r_ij) along u_j.
-    for (const CompactRadialTerm& t : compact_radial_) {
-        const double w = dEdG[t.sf];
-        if (w == 0.0) continue;
-        const int* first; int m;
-        list(t.e1, first, m);
-        for (int a = 0; a < m; ++a) {
-            const int j = first[a];
-            const double r = env.r[j];
-            if (!(r > t.rl && r < t.rc)) continue;
-            double f, df;
-            t.radial.fdf(r, f, df);
-            for (int c = 0; c < 3; ++c) dEdd[3 * j + c] += w * df * u[3 * j + c];
-        }
-    }
-
-    // Compact angular: dtheta/dcos = -1/sin(theta).
-    double* crad = scratch_mem;  // [2n] C(r_ij), dC/dr
-    for (const CompactAngularGroup& g : compact_angular_) {
-        bool any = false;
-        for (const CompactAngularTerm& t : g.terms) any = any || dEdG[t.sf] != 0.0;
-        if (!any) continue;
-        const int* l1; const int* l2; int m1, m2;
-        list(g.e1, l1, m1);
-        list(g.e2, l2, m2);
-        const bool same = g.e1 == g.e2;
-        auto inside = [&](int j) { return env.r[j] > g.rl && env.r[j] < g.rc; };
-        for (int side = 0; side < (same ? 1 : 2); ++side)
-            for (int a = 0; a < (side ? m2 : m1); ++a) {
-                const int j = (side ? l2 : l1)[a];
-                if (inside(j)) g.radial.fdf(env.r[j], crad[2 * j], crad[2 * j + 1]);
-            }
-        const double rc2 = g.rc * g.rc, rl2 = g.rl > 0.0 ? g.rl * g.rl : 0.0;
-        for (int a = 0; a < m1; ++a) {
-            const int j = l1[a];
-            if (!inside(j)) continue;
-            for (int b = same ? a + 1 : 0; b < m2; ++b) {
-                const int k = l2[b];
-                if (!inside(k)) continue;
-                const double* uj = u + 3 * j;
-                const double* uk = u + 3 * k;
-                const double cos_t = uj[0] * uk[0] + uj[1] * uk[1] + uj[2] * uk[2];
-                const double sin_t = sine(uj, uk);
-                if (cos_t <= -1.0 || cos_t >= 1.0 || sin_t == 0.0) continue;
-                const double* dj = env.d + 3 * j;
-                const double* dk = env.d + 3 * k;
-                const double djk[3] = {dk[0] - dj[0], dk[1] - dj[1], dk[2] - dj[2]};
-                double cjk = 1.0, dcjk = 0.0, rjk = 1.0;
-                if (g.type == 21) {
-                    const double s = djk[0] * djk[0] + djk[1] * djk[1] + djk[2] * djk[2];
-                    if (!(s < rc2 && s > rl2)) continue;
-                    rjk = std::sqrt(s);
-                    g.radial.fdf(rjk, cjk, dcjk);
+        // Compact angular: dtheta/dcos = -1/sin(theta).
+        double* crad = scratch_mem;  // [2n] C(r_ij), dC/dr
+        for (const CompactAngularGroup& g : compact_angular_) {
+            bool any = false;
+            for (const CompactAngularTerm& t : g.terms) any = any || dEdG[t.sf] != 0.0;
+            if (!any) continue;
+            const int* l1; const int* l2; int m1, m2;
+            list(g.e1, l1, m1);
+            list(g.e2, l2, m2);
+            const bool same = g.e1 == g.e2;
+            auto inside = [&](int j) { return env.r[j] > g.rl && env.r[j] < g.rc; };
+            for (int side = 0; side < (same ? 1 : 2); ++side)
+                for (int a = 0; a < (side ? m2 : m1); ++a) {
+                    const int j = (side ? l2 : l1)[a];
+                    if (inside(j)) g.radial.fdf(env.r[j], crad[2 * j], crad[2 * j + 1]);
                 }
-                const double theta = std::atan2(sin_t, cos_t);
-                double sa = 0.0, sda = 0.0;
-                for (const CompactAngularTerm& t : g.terms) {
-                    double f, df;
-                    t.angular.fdf(theta, f, df);
-                    sa += dEdG[t.sf] * f;
-                    sda += dEdG[t.sf] * df;
+            const double rc2 = g.rc * g.rc, rl2 = g.rl > 0.0 ? g.rl * g.rl : 0.0;
+            for (int a = 0; a < m1; ++a) {
+                const int j = l1[a];
+                if (!inside(j)) continue;
+                for (int b = same ? a + 1 : 0; b < m2; ++b) {
+                    const int k = l2[b];
+                    if (!inside(k)) continue;
+                    const double* uj = u + 3 * j;
+                    const double* uk = u + 3 * k;
+                    const double cos_t = uj[0] * uk[0] + uj[1] * uk[1] + uj[2] * uk[2];
+                    const double sin_t = sine(uj, uk);
+                    if (cos_t <= -1.0 || cos_t >= 1.0 || sin_t == 0.0) continue;
+                    const double* dj = env.d + 3 * j;
+                    const double* dk = env.d + 3 * k;
+                    const double djk[3] = {dk[0] - dj[0], dk[1] - dj[1], dk[2] - dj[2]};
+                    double cjk = 1.0, dcjk = 0.0, rjk = 1.0;
+                    if (g.type == 21) {
+                        const double s = djk[0] * djk[0] + djk[1] * djk[1] + djk[2] * djk[2];
+                        if (!(s < rc2 && s > rl2)) continue;
+                        rjk = std::sqrt(s);
+                        g.radial.fdf(rjk, cjk, dcjk);
+                    }
+                    const double theta = std::atan2(sin_t, cos_t);
+                    double sa = 0.0, sda = 0.0;
+                    for (const CompactAngularTerm& t : g.terms) {
+                        double f, df;
+                        t.angular.fdf(theta, f, df);
+                        sa += dEdG[t.sf] * f;
+                        sda += dEdG[t.sf] * df;
+                    }
+                    const double cj = crad[2 * j], dcj = crad[2 * j + 1];
+                    const double ck = crad[2 * k], dck = crad[2 * k + 1];
+                    const double rad = cj * ck * cjk;
+                    add_triplet_gradient(dEdd, j, k, uj, uk, djk, env.r[j], env.r[k], cos_t,
+                                         dcj * ck * cjk * sa, cj * dck * cjk * sa,
+                                         cj * ck * dcjk * sa / rjk,
+                                         -rad * sda / sin_t);
                 }
-                const double cj = crad[2 * j], dcj = crad[2 * j + 1];
-                const double ck = crad[2 * k], dck = crad[2 * k + 1];
-                const double rad = cj * ck * cjk;
-                add_triplet_gradient(dEdd, j, k, uj, uk, djk, env.r[j], env.r[k], cos_t,
-                                     dcj * ck * cjk * sa, cj * dck * cjk * sa,
-                                     cj * ck * dcjk * sa / rjk,
-                                     -rad * sda / sin_t);
             }
         }
+        for (int j = 0; j < n; ++j)
+            for (int c = 0; c < 3; ++c) dEdd[3 * j + c] += along_u[j] * u[3 * j + c];
     }
-    for (int j = 0; j < n; ++j)
-        for (int c = 0; c < 3; ++c) dEdd[3 * j + c] += along_u[j] * u[3 * j + c];
 }
 
 void Descriptor::jacobian(const AtomEnvironment& env, double* G, double* dGdd,

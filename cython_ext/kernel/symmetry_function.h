@@ -65,6 +65,7 @@ bool symmetry_function_less(const SymmetryFunctionParams& a, const SymmetryFunct
 struct DescriptorWorkspace {
     std::vector<double> buf;
     std::vector<int> ibuf;
+    std::vector<double> cbuf;   // contract(): per-vector accumulators and block scratch
 };
 
 /// All symmetry functions of one central element, in n2p2 sorted order.
@@ -88,6 +89,12 @@ public:
     /// May reuse what compute() left in ws for the same env (call compute first).
     void contract(const AtomEnvironment& env, const double* dEdG, double* dEdd,
                   DescriptorWorkspace& ws) const;
+    /// The same for nv weight vectors at once (committee members sharing these functions):
+    /// dEdG[v*size() + s] -> dEdd[v*3*env.n + 3*j + a]. The vectors share one pass over the
+    /// neighbour pairs and triplets and their geometry; each result is what contract() gives
+    /// for that vector alone.
+    void contract(const AtomEnvironment& env, int nv, const double* dEdG, double* dEdd,
+                  DescriptorWorkspace& ws) const;
 
     /// Values and the full Jacobian dGdd[(s*env.n + j)*3 + a] = dG_s/d(d_j[a]) (for training
     /// and tests; memory size()*n*3).
@@ -95,6 +102,10 @@ public:
                   DescriptorWorkspace& ws) const;
 
 private:
+    template <int NV>
+    void contract_nv(const AtomEnvironment& env, const double* dEdG, double* dEdd,
+                     DescriptorWorkspace& ws) const;
+
     std::vector<SymmetryFunctionParams> sfs_;
     std::vector<int> z_;
 
@@ -120,6 +131,7 @@ private:
         std::vector<AngularPower> powers;
         std::vector<AngularTerm> terms;
         bool fast_exp;
+        std::vector<int> by_gauss, gauss_start;  // terms of Gaussian q: by_gauss[gauss_start[q]..)
     };
     struct CompactRadialTerm { int sf, e1; double rl, rc; CompactFunction radial; };
     struct CompactAngularTerm { int sf; CompactFunction angular; };  // argument: theta (rad)
