@@ -84,6 +84,13 @@ Example (TOML)::
     symmetric = false             # serial only: one-triangle SYMV/SYRK filter (faster, but
                                   # then MPI runs agree with serial only to round-off, which
                                   # threshold selection can amplify)
+    max_innovation = 0.5          # innovation gate kappa (not in n2p2; 0 = off, n2p2's filter):
+                                  # an update whose error e exceeds kappa * sqrt(h.P h + R)
+                                  # is damped by raising R to e^2/kappa^2 - h.P h, so that no
+                                  # single update moves the weights by more than kappa in the
+                                  # metric of P^-1 (keeps large errors, outliers or saturated
+                                  # networks from throwing the weights far; converging runs
+                                  # rarely reach it)
 
     [training.adam]
     learning_rate = 0.001
@@ -134,7 +141,7 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
                             "qmin": 1e-6, "eta": 0.01, "etatau": 2.302, "etamax": 1.0,
                             "lambda": 0.96, "nu": 0.99987, "decoupled": False,
                             "rank_block": 64, "threads": 1, "symmetric": False,
-                            "init_state": ""},
+                            "init_state": "", "max_innovation": 0.5},
                  "adam": {"learning_rate": 1e-3, "batch_size": 16, "beta1": 0.9,
                           "beta2": 0.999, "eps": 1e-8, "force_weight": 1.0}},
     "output": {"directory": "train_out", "n2p2": True, "plots": True, "checkpoint": True},
@@ -321,6 +328,7 @@ def normalise_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
     _num(out, "training.kalman", "lambda", 0.0, 1.0, lo_open=True)
     _num(out, "training.kalman", "nu", 0.0, 1.0, lo_open=True)
     _num(out, "training.kalman", "rank_block", 1, integer=True)
+    _num(out, "training.kalman", "max_innovation", 0.0)
     _num(out, "training.kalman", "threads", 1, integer=True)
     _num(out, "training", "threads", 1, integer=True)
     if not isinstance(k["init_state"], str):
