@@ -55,7 +55,14 @@ Example (TOML)::
                                   #   shuffled lists; the energy update itself uses the total
                                   #   energy error and Jacobian, as n2p2
     threshold_trials = 3
-    jacobian_memory_mb = 2048     # per process: cache descriptor Jacobians up to this size
+    jacobian_memory_mb = 0        # per process: cache the descriptor Jacobians dG/dr of the
+                                  # training structures up to this size (MiB). 0 (default):
+                                  # none, recomputed per force update; peak memory then stays
+                                  # near the Kalman matrix (8 n_weights^2 bytes). The cache
+                                  # takes ~45 kB per atom and saved no measurable time on
+                                  # the EMT bench (benchmarks/bench_training.py: 0.49 GiB
+                                  # peak without, 1.99 GiB with 1.5 GiB of cache; 116-125
+                                  # vs 113-117 CPU s per epoch)
     early_stopping_patience = 0   # epochs without test improvement before stopping (0: off)
     early_stopping_metric = "sum" # energy | force | sum (E RMSE/atom + F RMSE)
     resume = true                 # continue from output/checkpoint.npz if present
@@ -134,7 +141,7 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
     "training": {"optimizer": "ekf", "epochs": 10, "seed": 12345, "force_weight": 10.0,
                  "energy_fraction": 1.0, "force_fraction": 0.02315,
                  "energy_error_threshold": 0.0, "force_error_threshold": 1.0,
-                 "threshold_trials": 3, "jacobian_memory_mb": 2048.0,
+                 "threshold_trials": 3, "jacobian_memory_mb": 0.0,
                  "early_stopping_patience": 0, "early_stopping_metric": "sum",
                  "resume": True, "progress": True, "threads": 1,
                  "kalman": {"type": 0, "epsilon": 0.01, "q0": 0.01, "qtau": 2.302,
