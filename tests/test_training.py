@@ -51,6 +51,53 @@ def test_kalman_filter_matches_dense_reference(kt, rank_block):
     assert np.allclose(kf.blocks[0].full_matrix(), P, rtol=0, atol=1e-11 * np.abs(P).max())
 
 
+@pytest.mark.parametrize("blocks", [None, [0, 15, 40]])
+def test_kalman_innovation_gate_matches_dense_reference_and_bounds_steps(blocks):
+    """max_innovation kappa: a = max(h.P h + R, e^2 / kappa^2); each step is at most kappa
+    long in the P^-1 metric; updates under the gate are exactly the ungated filter's."""
+    rng = np.random.default_rng(3)
+    n, kappa = 40, 0.5
+    kf = KalmanFilter(n, rank_block=4, updates_per_epoch=10, max_innovation=kappa,
+                      blocks=blocks)
+    w, w_ref = np.zeros(n), np.zeros(n)
+    P = np.eye(n) / 1e-2
+    if blocks is not None:
+        P[:15, 15:] = P[15:, :15] = 0.0
+    q, eta = 0.01, 0.01
+    gated = 0
+    for k in range(40):
+        h = rng.normal(size=n)
+        e = rng.normal() * (300.0 if k % 5 == 0 else 1.0)   # every fifth an outlier
+        Pold = P.copy()
+        kf.update(w, h, e)
+        x = P @ h
+        a = h @ x + 1 / eta
+        if e * e > kappa ** 2 * a:
+            a = e * e / kappa ** 2
+            gated += 1
+        dw = x * e / a
+        assert math.sqrt(dw @ np.linalg.solve(Pold, dw)) <= kappa * (1 + 1e-9)
+        w_ref += dw
+        P = P - np.outer(x, x) / a + q * np.eye(n)
+        if blocks is not None:
+            P[:15, 15:] = P[15:, :15] = 0.0
+        q = max(q * math.exp(-2.302 / 10), 1e-6)
+        eta = min(eta * math.exp(2.302 / 10), 1.0)
+    assert kf.n_gated == gated >= 5
+    assert np.allclose(w, w_ref, rtol=1e-11, atol=1e-11 * np.abs(w_ref).max())
+    kf.flush()
+    full = np.zeros((n, n))
+    for b in kf.blocks:
+        full[b.lo:b.hi, b.lo:b.hi] = b.full_matrix()
+    assert np.allclose(full, P, rtol=0, atol=1e-10 * np.abs(P).max())
+    # kappa = 0: n2p2's filter, no gate
+    kf0 = KalmanFilter(n, max_innovation=0.0)
+    kf0.update(np.zeros(n), np.ones(n), 1e6)
+    assert kf0.n_gated == 0
+    with pytest.raises(ValueError):
+        KalmanFilter(n, max_innovation=-1.0)
+
+
 def test_decoupled_kalman_is_blockwise_and_fits_linear_model():
     rng = np.random.default_rng(1)
     n = 12

@@ -55,7 +55,14 @@ Example (TOML)::
                                   #   shuffled lists; the energy update itself uses the total
                                   #   energy error and Jacobian, as n2p2
     threshold_trials = 3
-    jacobian_memory_mb = 2048     # per process: cache descriptor Jacobians up to this size
+    jacobian_memory_mb = 0        # per process: cache the descriptor Jacobians dG/dr of the
+                                  # training structures up to this size (MiB). 0 (default):
+                                  # none, recomputed per force update; peak memory then stays
+                                  # near the Kalman matrix (8 n_weights^2 bytes). The cache
+                                  # takes ~45 kB per atom and saved no measurable time on
+                                  # the EMT bench (benchmarks/bench_training.py: 0.49 GiB
+                                  # peak without, 1.99 GiB with 1.5 GiB of cache; 116-125
+                                  # vs 113-117 CPU s per epoch)
     early_stopping_patience = 0   # epochs without test improvement before stopping (0: off)
     early_stopping_metric = "sum" # energy | force | sum (E RMSE/atom + F RMSE)
     resume = true                 # continue from output/checkpoint.npz if present
@@ -84,6 +91,13 @@ Example (TOML)::
     symmetric = false             # serial only: one-triangle SYMV/SYRK filter (faster, but
                                   # then MPI runs agree with serial only to round-off, which
                                   # threshold selection can amplify)
+    max_innovation = 0.5          # innovation gate kappa (not in n2p2; 0 = off, n2p2's filter):
+                                  # an update whose error e exceeds kappa * sqrt(h.P h + R)
+                                  # is damped by raising R to e^2/kappa^2 - h.P h, so that no
+                                  # single update moves the weights by more than kappa in the
+                                  # metric of P^-1 (keeps large errors, outliers or saturated
+                                  # networks from throwing the weights far; converging runs
+                                  # rarely reach it)
 
     [training.adam]
     learning_rate = 0.001
@@ -127,14 +141,14 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
     "training": {"optimizer": "ekf", "epochs": 10, "seed": 12345, "force_weight": 10.0,
                  "energy_fraction": 1.0, "force_fraction": 0.02315,
                  "energy_error_threshold": 0.0, "force_error_threshold": 1.0,
-                 "threshold_trials": 3, "jacobian_memory_mb": 2048.0,
+                 "threshold_trials": 3, "jacobian_memory_mb": 0.0,
                  "early_stopping_patience": 0, "early_stopping_metric": "sum",
                  "resume": True, "progress": True, "threads": 1,
                  "kalman": {"type": 0, "epsilon": 0.01, "q0": 0.01, "qtau": 2.302,
                             "qmin": 1e-6, "eta": 0.01, "etatau": 2.302, "etamax": 1.0,
                             "lambda": 0.96, "nu": 0.99987, "decoupled": False,
                             "rank_block": 64, "threads": 1, "symmetric": False,
-                            "init_state": ""},
+                            "init_state": "", "max_innovation": 0.5},
                  "adam": {"learning_rate": 1e-3, "batch_size": 16, "beta1": 0.9,
                           "beta2": 0.999, "eps": 1e-8, "force_weight": 1.0}},
     "output": {"directory": "train_out", "n2p2": True, "plots": True, "checkpoint": True},
@@ -321,6 +335,7 @@ def normalise_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
     _num(out, "training.kalman", "lambda", 0.0, 1.0, lo_open=True)
     _num(out, "training.kalman", "nu", 0.0, 1.0, lo_open=True)
     _num(out, "training.kalman", "rank_block", 1, integer=True)
+    _num(out, "training.kalman", "max_innovation", 0.0)
     _num(out, "training.kalman", "threads", 1, integer=True)
     _num(out, "training", "threads", 1, integer=True)
     if not isinstance(k["init_state"], str):

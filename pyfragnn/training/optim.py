@@ -12,6 +12,17 @@ Kalman filter (n2p2 ``KalmanFilter``), one scalar observation per update with Ja
   lambda <- nu lambda + 1 - nu.
 - P starts as I/epsilon.
 
+Innovation gate (``max_innovation`` = kappa > 0; not in n2p2, 0 switches it off): the
+innovation variance a is raised to e^2 / kappa^2 when |e| > kappa sqrt(a), i.e. R is inflated
+for that one observation so that its normalised innovation e^2 / a is at most kappa^2. The step
+is then at most kappa long in the metric of P^-1 (|dw|_P = |e| sqrt(h.P h) / a <= kappa), and P
+shrinks less (the observation is trusted less). Without it the filter corrects every error in
+full (a ~ h.P h >> R): an error far outside the linear range of the networks (e.g. a force
+component the networks, saturated, hardly respond to) moves the weights by O(10) in one update,
+which saturates more neurons and makes the next such error larger (seen as RMSEs that rise and
+fall from epoch to epoch). In a converging run e^2 / a stays far below 1, so a gate of that
+order leaves it untouched.
+
 Implementation (default): P is held as sigma (P0 - U U^T) with up to ``rank_block`` deferred rank-1
 terms in U, so an update reads P0 once (one GEMV, memory bound) instead of three passes
 (SYMV, SYR, diagonal); every ``rank_block`` updates the columns are folded into P0 with one
@@ -226,6 +237,7 @@ class KalmanFilter:
         by default and under MPI, so serial and MPI runs then no longer agree bit for bit.
     threads : BLAS threads for the covariance products (default 1: the products are memory
         bound, and extra threads lose badly on shared or oversubscribed cores).
+    max_innovation : innovation gate kappa (see the module docstring); 0: off (n2p2).
     """
 
     def __init__(self, n: int, kalman_type: int = 0, epsilon: float = 1e-2, q0: float = 0.01,
@@ -233,7 +245,8 @@ class KalmanFilter:
                  etatau: float = 2.302, etamax: float = 1.0, lambda_: float = 0.96,
                  nu: float = 0.99987, updates_per_epoch: int = 1,
                  blocks: Optional[Sequence[int]] = None, rank_block: int = 64, comm=None,
-                 threads: Optional[int] = None, symmetric: bool = False):
+                 threads: Optional[int] = None, symmetric: bool = False,
+                 max_innovation: float = 0.0):
         if kalman_type not in (0, 1):
             raise ValueError(f"kalman_type must be 0 (standard) or 1 (fading memory), "
                              f"got {kalman_type}")
@@ -260,7 +273,11 @@ class KalmanFilter:
         self.blocks: List[_KFBlock] = [_KFBlock(lo, hi, epsilon, rank_block, comm, symmetric)
                                        for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
         self.threads = 1 if threads is None else int(threads)
+        if not max_innovation >= 0:
+            raise ValueError(f"max_innovation must be >= 0, got {max_innovation}")
+        self.max_innovation = float(max_innovation)
         self.n_updates = 0
+        self.n_gated = 0
 
     def update(self, w: np.ndarray, h: np.ndarray, error: float) -> None:
         """One scalar observation: w (in place) with Jacobian h and error e = ref - pred."""
@@ -278,6 +295,10 @@ class KalmanFilter:
                 x = b.multiply(hb)
                 xs.append(x.copy() if len(self.blocks) > 1 else x)
                 a += float(hb @ x)
+            k = self.max_innovation
+            if k > 0.0 and error * error > k * k * a:
+                a = error * error / (k * k)
+                self.n_gated += 1
             for b, x in zip(self.blocks, xs):
                 w[b.lo:b.hi] += x * (error / a)
                 b.downdate(x, a, s, self.q)
@@ -298,11 +319,12 @@ class KalmanFilter:
         """Scalars and (rank 0) full covariance blocks; call on all ranks."""
         Ps = [b.full_matrix() for b in self.blocks]
         return {"q": self.q, "eta": self.eta, "lambda": self.lambda_,
-                "n_updates": self.n_updates, "P": Ps}
+                "n_updates": self.n_updates, "n_gated": self.n_gated, "P": Ps}
 
     def set_state(self, st: dict) -> None:
         self.q, self.eta, self.lambda_ = float(st["q"]), float(st["eta"]), float(st["lambda"])
         self.n_updates = int(st["n_updates"])
+        self.n_gated = int(st.get("n_gated", 0))
         for b, P in zip(self.blocks, st["P"]):
             b.set_full_matrix(P)
 

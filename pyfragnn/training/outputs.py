@@ -12,7 +12,7 @@ __all__ = ["write_learning_curve", "write_rmse_table", "format_table", "parity_p
            "write_dropped_symmetry_functions"]
 
 _COLS = ["epoch", "rmse_E_train", "rmse_E_test", "rmse_F_train", "rmse_F_test", "time_s",
-         "updates"]
+         "updates", "gated_updates"]
 
 
 def _plt():

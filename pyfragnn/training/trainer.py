@@ -702,7 +702,8 @@ class Trainer:
                                updates_per_epoch=max(nE + nF, 1), blocks=blocks,
                                rank_block=k["rank_block"], comm=self.comm,
                                threads=k["threads"],
-                               symmetric=bool(k["symmetric"]) and self.comm is None)
+                               symmetric=bool(k["symmetric"]) and self.comm is None,
+                               max_innovation=k["max_innovation"])
             per_epoch = nE + nF
         else:
             a = t["adam"]
@@ -742,6 +743,7 @@ class Trainer:
             c0 = time.process_time()
             self._epoch = epoch
             err = {k: history[-1][k] for k in ("rmse_E_train", "rmse_F_train")}
+            gated0 = getattr(opt, "n_gated", 0)
             with _progress(per_epoch, f"epoch {epoch}", self.rank == 0 and t["progress"]) as bar:
                 if t["optimizer"] == "ekf":
                     nup = self._ekf_epoch(opt, err, bar)
@@ -752,6 +754,8 @@ class Trainer:
             rec = {"epoch": epoch, **err, "time_s": time.perf_counter() - t0,
                    "cpu_time_s": time.process_time() - c0, "update_time_s": t_upd,
                    "updates": nup}
+            if t["optimizer"] == "ekf":
+                rec["gated_updates"] = opt.n_gated - gated0
             history.append(rec)
             self._log_epoch(rec)
             metric = self._metric(rec)
