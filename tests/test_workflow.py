@@ -335,3 +335,20 @@ def test_sampling_restarts_a_run_that_stops_early(monkeypatch):
                                                                     sample_every=40,
                                                                     restarts=1))
     assert len(seeds) == 2 and len(frames) == 6  # restarts spent: what it has
+
+
+def test_shipped_configurations_load():
+    """The demo's and the examples' workflow files are valid configurations (every key known,
+    every structure file found)."""
+    from pyfragnn.workflow import load_config
+    from pyfragnn.workflow.runner import cfg_file
+
+    root = Path(__file__).resolve().parents[1]
+    files = [root / "pyfragnn" / "data" / "demo_irmof1.toml"]
+    files += sorted((root / "examples" / "irmof").glob("*.toml"))
+    if len(files) < 3:
+        pytest.skip("examples/ is not beside the tests (installed package only)")
+    for f in files:
+        cfg = load_config(f)
+        for s in cfg.structures:
+            assert cfg_file(cfg, s.file).exists(), (f, s.file)
