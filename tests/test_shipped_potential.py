@@ -97,3 +97,43 @@ def test_md_at_300_K_stays_physical_and_accurate():
     last.calc = FragNN(NAME)
     rmse = float(np.sqrt(np.mean((last.get_forces() - f_ref) ** 2)))
     assert rmse < 0.15, rmse
+
+
+def test_lammps_default_maxew_runs_on_the_package_cell(tmp_path):
+    """`pair_style fragnn irmof1_hdnnp1_gfn2` with its default extrapolation limit (maxew 0:
+    any warning stops the run) on the package's IRMOF-1 cell, 3x3x3 (2862 atoms), np 2: step 0
+    and 100 steps of 300 K NVE without an extrapolation warning (the issue's new user got
+    'too many extrapolation warnings: 108' at step 0)."""
+    import shutil
+    import subprocess
+
+    from ase.io import read, write
+
+    from conftest import package_env
+    from pyfragnn.demo import IRMOF1_PRIM
+
+    _shipped()
+    for exe in ("lmp", "mpirun"):
+        if shutil.which(exe) is None:
+            pytest.skip(f"'{exe}' not on PATH")
+    a = read(IRMOF1_PRIM, 0).repeat((3, 3, 3))
+    write(tmp_path / "data.lmp", a, format="lammps-data", specorder=["H", "C", "O", "Zn"],
+          atom_style="atomic", masses=True)
+    (tmp_path / "in.lmp").write_text(f"""units metal
+atom_style atomic
+boundary p p p
+read_data data.lmp
+pair_style fragnn {NAME}
+pair_coeff * * H C O Zn
+velocity all create 300 4928 mom yes rot no dist gaussian
+timestep 0.0005
+fix nve all nve
+thermo 50
+run 100
+""")
+    r = subprocess.run(["mpirun", "-np", "2", "lmp", "-in", "in.lmp", "-log", "log.lammps"],
+                       cwd=tmp_path, env=package_env(), capture_output=True, text=True,
+                       timeout=600)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "Loop time" in out, out[-2000:]
+    assert "extrapolation warning" not in out.lower(), out[-2000:]
