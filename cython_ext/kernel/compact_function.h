@@ -13,14 +13,17 @@
 
 namespace pyfragnn {
 
-/// e^x to about 1 ulp; requires -708 <= x <= 709 (not checked). Plain arithmetic (Cody-Waite
-/// reduction x = n ln2 + r, |r| <= ln2/2, degree-13 Taylor polynomial, 2^n from the exponent
-/// bits) so that loops over arrays vectorise, which calls to std::exp do not.
-inline double exp_approx(double x) {
+/// Cody-Waite reduction of exp_approx/tanh_fast: x = n ln2 + r, |r| <= ln2/2; ``t`` carries
+/// round(x/ln2) in its low bits for pow2_of.
+inline double exp_reduce(double x, double& t, double& n) {
     constexpr double shifter = 6755399441055744.0;  // 1.5 * 2^52: t's low bits hold round(x/ln2)
-    const double t = x * 1.4426950408889634 + shifter;
-    const double n = t - shifter;
-    const double r = (x - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;
+    t = x * 1.4426950408889634 + shifter;
+    n = t - shifter;
+    return (x - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;
+}
+
+/// (e^r - 1) / r by its degree-12 Taylor polynomial (|r| <= ln2/2).
+inline double expm1_over_r(double r) {
     double p = 1.0 / 6227020800.0;
     p = p * r + 1.0 / 479001600.0;
     p = p * r + 1.0 / 39916800.0;
@@ -34,14 +37,29 @@ inline double exp_approx(double x) {
     p = p * r + 1.0 / 6.0;
     p = p * r + 0.5;
     p = p * r + 1.0;
-    p = p * r + 1.0;
+    return p;
+}
+
+/// 2^n from the ``t`` of exp_reduce (exponent bits, no library call).
+inline double pow2_of(double t) {
+    constexpr double shifter = 6755399441055744.0;
     std::int64_t bits, shift_bits;
     std::memcpy(&bits, &t, sizeof bits);
     std::memcpy(&shift_bits, &shifter, sizeof shift_bits);
-    bits = (bits - shift_bits + 1023) << 52;  // 2^n
+    bits = (bits - shift_bits + 1023) << 52;
     double scale;
     std::memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
+    return scale;
+}
+
+/// e^x to about 1 ulp; requires -708 <= x <= 709 (not checked). Plain arithmetic (Cody-Waite
+/// reduction x = n ln2 + r, |r| <= ln2/2, degree-13 Taylor polynomial, 2^n from the exponent
+/// bits) so that loops over arrays vectorise, which calls to std::exp do not.
+inline double exp_approx(double x) {
+    double t, n;
+    const double r = exp_reduce(x, t, n);
+    const double p = expm1_over_r(r) * r + 1.0;
+    return p * pow2_of(t);
 }
 
 enum class CoreType { POLY1, POLY2, POLY3, POLY4, EXP };
