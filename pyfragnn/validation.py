@@ -75,6 +75,7 @@ def pressure_check(potential: str, relaxed: Atoms, scale: float, reference,
 
     out: dict = {"scale": scale, "dscale": dscale, "frames": frames,
                  "temperature_K": temperature}
+    nn = FragNN(potential)  # loaded once for every frame
     with _thread_env(max(1, threads)):
         for key, s in (("", scale), ("_plus", scale + dscale)):
             start = relaxed.copy()
@@ -84,7 +85,7 @@ def pressure_check(potential: str, relaxed: Atoms, scale: float, reference,
                          seed=seed)[2:]
             pn, pr, dF, nex = [], [], [], []
             for f in fr:
-                f.calc = FragNN(potential)
+                f.calc = nn
                 pn.append(-float(np.mean(f.get_stress()[:3])) * _EV_A3_TO_GPA)
                 fn = f.get_forces()
                 nex.append(int((f.arrays["extrapolations"] > 0).sum()))
