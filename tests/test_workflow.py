@@ -352,3 +352,48 @@ def test_shipped_configurations_load():
         cfg = load_config(f)
         for s in cfg.structures:
             assert cfg_file(cfg, s.file).exists(), (f, s.file)
+
+
+def test_members_trained_side_by_side_equal_serial_training(finished, tmp_path):
+    """run_parallel (spawned workers) gives the same potentials, bit for bit, as training
+    the committee members one after the other."""
+    from pyfragnn.frames import read_frames
+    from pyfragnn.workflow.config import load_config
+    from pyfragnn.workflow.runner import Context
+    from pyfragnn.workflow.steps import _train_job, run_parallel
+
+    cfg = load_config(finished)
+    t = cfg.training
+    data = read_frames(finished.parent / "run" / "initial" / "initial.extxyz")[:12]
+    jobs = lambda d: [(data, d / "a", 4.0, t.hidden, 1, ["Cu", "Au"], t),  # noqa: E731
+                      (data, d / "b", 4.0, t.committee_hidden, 2, ["Cu", "Au"], t)]
+    serial = [_train_job(*j) for j in jobs(tmp_path / "serial")]
+    ctx = Context(cfg, tmp_path, tmp_path, "test")
+    side = run_parallel(ctx, _train_job, jobs(tmp_path / "parallel"))
+    assert side == serial
+    for m in ("a", "b"):
+        assert (tmp_path / "parallel" / m / "potential.fragnn").read_bytes() == \
+            (tmp_path / "serial" / m / "potential.fragnn").read_bytes()
+
+
+def test_small_fragments_around_a_candidate_come_from_its_r_c_sphere():
+    """active.small_per_candidate: the candidate itself plus up to n - 1 distinct atoms within
+    R_c of it (minimum image), never one beyond."""
+    from ase.build import bulk
+
+    from pyfragnn.active_learning import Candidate
+    from pyfragnn.workflow.active import _around
+
+    frame = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((3, 3, 3))
+    cands = [Candidate(0, 0, 1.5, 0), Candidate(0, 50, 2.0, 3)]
+    assert _around([frame], cands, 1, 3.0, np.random.default_rng(0)) == cands
+    out = _around([frame], cands, 5, 3.0, np.random.default_rng(0))
+    assert len(out) == 10
+    for k, c in enumerate(cands):
+        group = out[5 * k:5 * k + 5]
+        assert group[0] == c and len({g.atom for g in group}) == 5
+        for g in group[1:]:
+            assert g.deviation == c.deviation
+            assert 0 < frame.get_distance(c.atom, g.atom, mic=True) < 3.0
+    # 12 nearest neighbours within 3.0 Å in fcc Cu (a = 3.6): at most 12 extras
+    assert len(_around([frame], cands[:1], 40, 3.0, np.random.default_rng(0))) == 13

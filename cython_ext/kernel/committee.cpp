@@ -91,11 +91,10 @@ double Committee::compute(const NeighborListView& nl, const int* element, int64_
     ComputeOutput& md = out.md;
     const bool md_grad = md.forces || md.virial || md.atom_virial;
     const bool need_grad = md_grad || out.member_forces;
-    const double eps = 1000.0 * std::numeric_limits<double>::epsilon();
 
     DescriptorWorkspace dws;
     NetworkWorkspace nws;
-    std::vector<double> d, r, G, x, dEdx, dEdG, dEdd;
+    std::vector<double> d, r, G, x, dEdG, dEdd;
     std::vector<int> ej, tj, set;
     double etot = 0.0;
     for (int64_t c = 0; c < nl.n_centres; ++c) {
@@ -123,7 +122,7 @@ double Committee::compute(const NeighborListView& nl, const int* element, int64_
             // contract() reuses for every member of the set.
             const Descriptor& desc = members_[src]->descriptor(e);
             const int nsf = desc.size();
-            G.resize(nsf); x.resize(nsf); dEdx.resize(nsf);
+            G.resize(nsf); x.resize(nsf);
             desc.compute(env, G.data(), dws);
             // Members of this set: extrapolation, network, dE/dG; then their contractions.
             set.clear();
@@ -137,35 +136,26 @@ double Committee::compute(const NeighborListView& nl, const int* element, int64_
                 const double w = w_[m];
                 const std::vector<double>& gmin = mod.gmin(e);
                 const std::vector<double>& gmax = mod.gmax(e);
-                int32_t n_ex = 0;
-                for (int s = 0; s < nsf; ++s) {
-                    if (G[s] < gmin[s] - eps || G[s] > gmax[s] + eps) {
-                        ++n_ex;
-                        if (w == 0.0) continue;   // warnings: the members the MD runs on
-                        ++md.n_warnings;
-                        if (md.warnings && (md.max_warnings < 0 ||
-                                            static_cast<int64_t>(md.warnings->size()) <
-                                                md.max_warnings)) {
-                            md.warnings->push_back({i, e, s, G[s], gmin[s], gmax[s]});
-                            if (out.warning_member) out.warning_member->push_back(m);
-                        }
+                const int32_t n_ex = mod.for_each_extrapolation(e, G.data(), [&](int s) {
+                    if (w == 0.0) return;   // warnings: the members the MD runs on
+                    ++md.n_warnings;
+                    if (md.warnings && (md.max_warnings < 0 ||
+                                        static_cast<int64_t>(md.warnings->size()) <
+                                            md.max_warnings)) {
+                        md.warnings->push_back({i, e, s, G[s], gmin[s], gmax[s]});
+                        if (out.warning_member) out.warning_member->push_back(m);
                     }
-                }
+                });
                 if (out.extrapolations) out.extrapolations[i] += n_ex;
                 mod.scale(e, G.data(), x.data());
-                const double inv_ce = 1.0 / mod.conv_energy();
-                const double nn =
-                    mod.network(e).evaluate(x.data(), need_grad ? dEdx.data() : nullptr, nws);
-                const double ei = nn * inv_ce + mod.mean_energy() + mod.atom_energy(e);
+                // The per-atom step of Model::compute and the trainers: energy and dE/dG.
+                double* g = &dEdG[static_cast<size_t>(v) * nsf];
+                const double ei = mod.atomic_energy(e, x.data(), need_grad ? g : nullptr, nws);
                 if (!std::isfinite(ei))
                     throw std::runtime_error("non-finite energy for atom " + std::to_string(i) +
                                              " (element " + m0.elements()[e] + ", member " +
                                              std::to_string(m + 1) + ")");
                 if (w != 0.0) ei_md += w == 1.0 ? ei : w * ei;
-                if (!need_grad) continue;
-                const std::vector<double>& slope = mod.scaling_slope(e);
-                double* g = &dEdG[static_cast<size_t>(v) * nsf];
-                for (int s = 0; s < nsf; ++s) g[s] = dEdx[s] * (slope[s] * inv_ce);  // dE/dG
             }
             if (!need_grad || env.n == 0) continue;
             // The members' contractions in one pass over the workspace of this set's compute().

@@ -1105,17 +1105,11 @@ bool Model::centre_pass(const NeighborListView& nl, int64_t c, const int* elemen
     const int nsf = ed.descriptor.size();
     s.G.resize(nsf); s.x.resize(nsf); s.dEdx.resize(nsf);
     ed.descriptor.compute(env, s.G.data(), s.dws);
-    if (has_scaling_data_) {
-        for (int sf = 0; sf < nsf; ++sf) {
-            const double eps = 1000.0 * std::numeric_limits<double>::epsilon();
-            if (s.G[sf] < ed.gmin[sf] - eps || s.G[sf] > ed.gmax[sf] + eps) {
-                ++n_warnings;
-                if (warnings && (max_warnings < 0 ||
-                                 static_cast<int64_t>(warnings->size()) < max_warnings))
-                    warnings->push_back({i, e, sf, s.G[sf], ed.gmin[sf], ed.gmax[sf]});
-            }
-        }
-    }
+    n_warnings += for_each_extrapolation(e, s.G.data(), [&](int sf) {
+        if (warnings && (max_warnings < 0 ||
+                         static_cast<int64_t>(warnings->size()) < max_warnings))
+            warnings->push_back({i, e, sf, s.G[sf], ed.gmin[sf], ed.gmax[sf]});
+    });
     scale(e, s.G.data(), s.x.data());
     ei = atomic_energy(e, s.x.data(), need_grad ? s.dEdx.data() : nullptr, s.nws);  // dEdx: dE/dG
     if (!std::isfinite(ei))

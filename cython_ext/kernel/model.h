@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -121,6 +122,19 @@ public:
     /// symmetry functions x; with dEdG != nullptr also dE/dG with respect to the raw ones.
     double atomic_energy(int e, const double* x, double* dEdG, NetworkWorkspace& ws) const;
     const std::vector<double>& scaling_slope(int e) const;      ///< dx_s/dG_s
+    /// Extrapolation test shared by compute() and the committee: calls on_out(s) for every
+    /// symmetry function s of element e outside [gmin - eps, gmax + eps] (eps = 1000 machine
+    /// epsilons); returns their number (0 without scaling data).
+    template <class OnOut>
+    int for_each_extrapolation(int e, const double* G, OnOut&& on_out) const {
+        if (!has_scaling_data_) return 0;
+        const double eps = 1000.0 * std::numeric_limits<double>::epsilon();
+        const ElementData& ed = el_[e];
+        int n = 0;
+        for (int s = 0; s < ed.descriptor.size(); ++s)
+            if (G[s] < ed.gmin[s] - eps || G[s] > ed.gmax[s] + eps) { ++n; on_out(s); }
+        return n;
+    }
     /// Scaling statistics of element e, each [n_sf]; set_scaling also recomputes slopes.
     void set_scaling(int e, const std::vector<double>& gmin, const std::vector<double>& gmax,
                      const std::vector<double>& gmean, const std::vector<double>& gsigma);

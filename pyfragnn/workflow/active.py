@@ -37,7 +37,7 @@ from ..active_learning import ActiveLearningLoop
 from ..frames import write_frames
 from .runner import Context
 from .steps import (_checkpoint, _clean, _cpu_s, _labelled, _r_c, _relaxed, _site_labels,
-                    _small_data)
+                    _small_data, run_parallel)
 
 __all__ = ["run_active"]
 
@@ -101,6 +101,9 @@ def _new_fragments(ctx: Context, frames: List, cands: List, it: int,
     reps = tuple(ctx.cfg.active.supercell)
     rules = CappingRules(max_stretch=ctx.cfg.active.max_bond_stretch)
     r_c = _r_c(ctx)
+    if not large:
+        cands = _around(frames, cands, ctx.cfg.active.small_per_candidate, r_c,
+                        np.random.default_rng(ctx.cfg.run.seed + 31 * it))
     frags = []
     for c in cands:  # one at a time: a stretched bond skips its candidate only
         name = str(frames[c.frame].info["structure"])
@@ -119,6 +122,24 @@ def _new_fragments(ctx: Context, frames: List, cands: List, it: int,
                           site=g.info["label"].rsplit("-", 1)[0])
         frags += fr
     return unique_fragments(frags)
+
+
+def _around(frames: List, cands: List, n: int, r_c: float, rng) -> List:
+    """Each candidate and up to ``n - 1`` other centres drawn from the atoms within ``r_c``
+    of it in its frame (minimum image), with the candidate's deviation."""
+    from ..active_learning import Candidate
+
+    if n <= 1:
+        return list(cands)
+    out = []
+    for c in cands:
+        f = frames[c.frame]
+        d = f.get_distances(c.atom, range(len(f)), mic=True)
+        near = np.flatnonzero((d < r_c) & (np.arange(len(f)) != c.atom))
+        picks = rng.choice(near, min(n - 1, len(near)), replace=False) if len(near) else []
+        out.append(c)
+        out += [Candidate(c.frame, int(j), c.deviation, 0) for j in picks]
+    return out
 
 
 class _WorkflowLoop(ActiveLearningLoop):
@@ -155,26 +176,33 @@ class _WorkflowLoop(ActiveLearningLoop):
         return kept, rec
 
     def fine_tune(self, members, added, it, d):
-        """Widen each member's SF ranges to all data (exact) and fine-tune it on them."""
-        from ..active_learning import widen_scaling
-        from ..training.recipes import fine_tune_hdnnp, to_structures
-
+        """Widen each member's SF ranges to all data (exact) and fine-tune it on them; the
+        members train side by side (``run.workers``)."""
         ac, t = self.ctx.cfg.active, self.ctx.cfg.training
         data = self.data + added
-        rec, nxt = {}, []
-        for m, current in zip(_MEMBERS, members):
-            init = d / f"{m}_widened.fragnn"
-            if not init.exists():
-                widen_scaling(current, data).save(str(init))
-            res = fine_tune_hdnnp(to_structures(data), d / m, init, ac.epochs,
-                                  init_state=_checkpoint(Path(current).parent),
-                                  test_fraction=t.test_fraction, seed=self.ctx.cfg.run.seed + it,
-                                  progress=None,
-                                  extra_training={"force_fraction": t.force_fraction})
-            rec[m] = {k: float(res.history[-1][k]) for k in
-                      ("rmse_E_train", "rmse_E_test", "rmse_F_train", "rmse_F_test")}
-            nxt.append(str(d / m / "potential.fragnn"))
-        return nxt, rec
+        jobs = [(data, d, m, current, ac.epochs, t.test_fraction, self.ctx.cfg.run.seed + it,
+                 t.force_fraction) for m, current in zip(_MEMBERS, members)]
+        res = run_parallel(self.ctx, _fine_tune_job, jobs)
+        return ([str(d / m / "potential.fragnn") for m in _MEMBERS],
+                {m: r for m, r in zip(_MEMBERS, res)})
+
+
+def _fine_tune_job(data: List, d: Path, m: str, current: str, epochs: int, test_fraction: float,
+                   seed: int, force_fraction: float) -> Dict[str, float]:
+    """One member: SF ranges widened to ``data`` (exact), Kalman filter continued from its
+    checkpoint, ``epochs`` epochs on ``data`` into ``d/m``; its last RMSEs."""
+    from ..active_learning import widen_scaling
+    from ..training.recipes import fine_tune_hdnnp, to_structures
+
+    init = d / f"{m}_widened.fragnn"
+    if not init.exists():
+        widen_scaling(current, data).save(str(init))
+    res = fine_tune_hdnnp(to_structures(data), d / m, init, epochs,
+                          init_state=_checkpoint(Path(current).parent),
+                          test_fraction=test_fraction, seed=seed, progress=None,
+                          extra_training={"force_fraction": force_fraction})
+    return {k: float(res.history[-1][k]) for k in
+            ("rmse_E_train", "rmse_E_test", "rmse_F_train", "rmse_F_test")}
 
 
 def run_active(ctx: Context) -> Dict[str, Any]:

@@ -186,6 +186,11 @@ class ActiveConfig:
     large_fragments: bool = _doc(
         "also cut large fragments (2 R_c) around the candidates for HDNNP2/3, so that the "
         "controls see the same bulk structures and centres as HDNNP1 (section 3)", True)
+    small_per_candidate: int = _doc(
+        "small fragments (R_c) per candidate: the candidate's own and ones centred on atoms "
+        "drawn from its R_c sphere, so that HDNNP1 gets complete R_c environments of the "
+        "atoms around it as the candidate's large fragment holds them (at a fraction of the "
+        "reference cost)", 1)
 
 
 @dataclass
@@ -329,7 +334,7 @@ def _build(cls: Any, data: Any, prefix: str) -> Any:
 _POSITIVE = ("run.workers", "training.epochs", "training.radial_n", "md.nprocs",
              "initial.sample_every", "sampling.sample_every", "active.sample_every",
              "md.timestep_fs", "initial.timestep_fs", "relax.fmax", "fragments.max_bond_stretch",
-             "active.max_bond_stretch",
+             "active.max_bond_stretch", "active.small_per_candidate",
              "reference.max_force", "reference.max_energy_deviation", "range.threshold",
              "range.delta", "range.fd_step", "active.max_per_frame", "active.max_candidates")
 _NON_NEGATIVE = ("relax.steps", "range.r_c", "initial.md_steps", "initial.rattled",

@@ -8,7 +8,7 @@ Units: Å, eV, eV/Å, fs, K.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 from ase import Atoms
@@ -247,21 +247,37 @@ def step_initial(ctx: Context) -> Dict[str, Any]:
             "fragment_atoms": [len(f) for f in frags]}
 
 
-def _train(ctx: Context, data: List[Atoms], out: Path, cutoff: float, hidden: Sequence[int],
-           seed: int, elements: List[str]) -> Dict[str, Any]:
+def _train_job(data: List[Atoms], out: Path, cutoff: float, hidden: Sequence[int], seed: int,
+               elements: List[str], t: Any) -> Dict[str, Any]:
+    """Train one HDNNP with the ``[training]`` settings ``t`` into ``out`` (a process job)."""
     from ..training.recipes import to_structures, train_hdnnp
 
-    t = ctx.cfg.training
-    if not (out / "potential.fragnn").exists() or not (out / "rmse_table.csv").exists():
-        res = train_hdnnp(to_structures(data), out, cutoff, t.epochs, hidden=tuple(hidden),
-                          radial_n=t.radial_n, r_min=t.r_min, angular_zeta=t.angular_zeta,
-                          test_fraction=t.test_fraction, seed=seed, progress=None,
-                          elements=elements,
-                          extra_training={"force_fraction": t.force_fraction})
-        last = res.history[-1]
-        return {k: float(last[k]) for k in ("rmse_E_train", "rmse_E_test", "rmse_F_train",
-                                            "rmse_F_test")} | {"structures": len(data)}
-    return {"structures": len(data)}
+    if (out / "potential.fragnn").exists() and (out / "rmse_table.csv").exists():
+        return {"structures": len(data)}
+    res = train_hdnnp(to_structures(data), out, cutoff, t.epochs, hidden=tuple(hidden),
+                      radial_n=t.radial_n, r_min=t.r_min, angular_zeta=t.angular_zeta,
+                      test_fraction=t.test_fraction, seed=seed, progress=None,
+                      elements=elements, extra_training={"force_fraction": t.force_fraction})
+    last = res.history[-1]
+    return {k: float(last[k]) for k in ("rmse_E_train", "rmse_E_test", "rmse_F_train",
+                                        "rmse_F_test")} | {"structures": len(data)}
+
+
+def run_parallel(ctx: Context, fn: Callable[..., Any], jobs: Sequence[tuple]) -> List[Any]:
+    """``[fn(*args) for args in jobs]``, on up to ``run.workers`` processes (spawned, one
+    thread each). The trainers run on one core, so the members of a committee train side by
+    side; the results do not depend on the number of workers."""
+    workers = min(ctx.cfg.run.workers, len(jobs))
+    if workers <= 1:
+        return [fn(*args) for args in jobs]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from ..labelling import _thread_env
+
+    with _thread_env(1), ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(fn, *args) for args in jobs]
+        return [f.result() for f in futures]
 
 
 def _elements(ctx: Context) -> List[str]:
@@ -278,8 +294,10 @@ def step_preliminary(ctx: Context) -> Dict[str, Any]:
     data = read_frames(ctx.input("initial") / "initial.extxyz")
     t, r_c, els = ctx.cfg.training, _r_c(ctx), _elements(ctx)
     seed = ctx.cfg.run.seed
-    return {"a": _train(ctx, data, ctx.out / "a", r_c, t.hidden, seed, els),
-            "b": _train(ctx, data, ctx.out / "b", r_c, t.committee_hidden, seed + 1, els)}
+    a, b = run_parallel(ctx, _train_job, [(data, ctx.out / "a", r_c, t.hidden, seed, els, t),
+                                          (data, ctx.out / "b", r_c, t.committee_hidden,
+                                           seed + 1, els, t)])
+    return {"a": a, "b": b}
 
 
 def step_sampling(ctx: Context) -> Dict[str, Any]:
@@ -407,9 +425,10 @@ def step_train(ctx: Context) -> Dict[str, Any]:
     architecture), the starting point of the active learning."""
     t, r_c, els, seed = ctx.cfg.training, _r_c(ctx), _elements(ctx), ctx.cfg.run.seed
     small = _small_data(ctx)
-    return {"hdnnp1": _train(ctx, small, ctx.out / "hdnnp1", r_c, t.hidden, seed, els),
-            "hdnnp1b": _train(ctx, small, ctx.out / "hdnnp1b", r_c, t.committee_hidden,
-                              seed + 1, els)}
+    a, b = run_parallel(ctx, _train_job,
+                        [(small, ctx.out / "hdnnp1", r_c, t.hidden, seed, els, t),
+                         (small, ctx.out / "hdnnp1b", r_c, t.committee_hidden, seed + 1, els, t)])
+    return {"hdnnp1": a, "hdnnp1b": b}
 
 
 def large_data(ctx: Context) -> Tuple[List[Atoms], List[Atoms]]:
@@ -431,10 +450,13 @@ def step_controls(ctx: Context) -> Dict[str, Any]:
     large = snap + al
     if not large:
         raise WorkflowError("controls: no large fragment to train HDNNP2 on")
-    rec = {"hdnnp2": _train(ctx, large, ctx.out / "hdnnp2", r_c, t.hidden, seed, els),
-           "snapshot_fragments": len(snap), "active_learning_fragments": len(al)}
+    jobs = [(large, ctx.out / "hdnnp2", r_c, t.hidden, seed, els, t)]
     if t.hdnnp3:
-        rec["hdnnp3"] = _train(ctx, large, ctx.out / "hdnnp3", 2 * r_c, t.hidden, seed, els)
+        jobs.append((large, ctx.out / "hdnnp3", 2 * r_c, t.hidden, seed, els, t))
+    res = run_parallel(ctx, _train_job, jobs)
+    rec = {"hdnnp2": res[0], "snapshot_fragments": len(snap), "active_learning_fragments": len(al)}
+    if t.hdnnp3:
+        rec["hdnnp3"] = res[1]
     return rec
 
 
