@@ -76,7 +76,8 @@ cdef extern from "model.h" namespace "pyfragnn":
         vector[double] d
         NeighborListView view()
     NeighborList build_neighbor_list(const double* positions, int64_t n, const double* cell,
-                                     const cbool* pbc, double rc, double min_distance) except + nogil
+                                     const cbool* pbc, double rc, double min_distance,
+                                     int threads) except + nogil
     cdef cppclass Model:
         Model()
         Model(const Model&)
@@ -131,12 +132,14 @@ cdef bytes _b(s):
     return str(s).encode()
 
 
-def neighbor_list(positions, cell, pbc, double cutoff, double min_distance=1e-8):
+def neighbor_list(positions, cell, pbc, double cutoff, double min_distance=1e-8,
+                  int threads=1):
     """Full neighbour list within ``cutoff``.
 
     positions: (n, 3); cell: (3, 3) rows = cell vectors; pbc: (3,) bool.
     Returns (offsets (n+1,) int64, index (m,) int32, d (m, 3)) with d = r_j - r_i,
-    periodic images included.
+    periodic images included. threads: OpenMP threads of the search (<= 0: all); the list
+    is the same for every thread count.
     """
     cdef cnp.ndarray[double, ndim=2, mode="c"] pos = np.ascontiguousarray(positions, dtype=np.float64).reshape(-1, 3)
     cdef cnp.ndarray[double, ndim=2, mode="c"] c = np.ascontiguousarray(cell, dtype=np.float64).reshape(3, 3)
@@ -145,7 +148,7 @@ def neighbor_list(positions, cell, pbc, double cutoff, double min_distance=1e-8)
     cdef int64_t n = pos.shape[0]
     cdef double* pp = &pos[0, 0] if n > 0 else NULL
     with nogil:
-        nl = build_neighbor_list(pp, n, &c[0, 0], <cbool*>&p[0], cutoff, min_distance)
+        nl = build_neighbor_list(pp, n, &c[0, 0], <cbool*>&p[0], cutoff, min_distance, threads)
     return _nl_arrays(nl)
 
 
@@ -283,7 +286,7 @@ cdef class CoreModel:
         cdef double* pp = &pos[0, 0] if n > 0 else NULL
         cdef double rc = self.m.cutoff()
         with nogil:
-            nl = build_neighbor_list(pp, n, &c[0, 0], <cbool*>&p[0], rc, min_distance)
+            nl = build_neighbor_list(pp, n, &c[0, 0], <cbool*>&p[0], rc, min_distance, threads)
         return self._compute(nl.view(), el, forces, virial, atom_virial, max_warnings, threads)
 
     cdef dict _compute(self, NeighborListView view, cnp.ndarray[int, ndim=1, mode="c"] el,

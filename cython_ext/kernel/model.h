@@ -197,6 +197,8 @@ private:
 /// Periodic images of every atom (including an atom's own images, in cells shorter than rc)
 /// are listed; triclinic cells supported. Throws std::invalid_argument on non-finite
 /// positions or on two atoms closer than min_distance (naming both atoms).
+/// threads: OpenMP threads for the search (<= 0: omp_get_max_threads()); the list is the same
+/// for every thread count, entry for entry.
 struct NeighborList {
     std::vector<int64_t> offsets;
     std::vector<int32_t> index;
@@ -204,6 +206,7 @@ struct NeighborList {
     NeighborListView view() const;
 };
 NeighborList build_neighbor_list(const double* positions, int64_t n, const double* cell,
-                                 const bool* pbc, double rc, double min_distance = 1e-8);
+                                 const bool* pbc, double rc, double min_distance = 1e-8,
+                                 int threads = 1);
 
 }  // namespace pyfragnn

@@ -3,8 +3,12 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <exception>
 #include <stdexcept>
 #include <string>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "model.h"
 
@@ -13,6 +17,10 @@ namespace pyfragnn {
 namespace {
 
 using Vec = std::array<double, 3>;
+
+// Atoms per block of the threaded search (a few thousand list entries: enough work per block
+// to hide the scheduling, small enough to balance the threads).
+constexpr int64_t kBlockAtoms = 64;
 
 Vec cross(const Vec& a, const Vec& b) {
     return {a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]};
@@ -23,7 +31,7 @@ double norm(const Vec& a) { return std::sqrt(dot(a, a)); }
 }  // namespace
 
 NeighborList build_neighbor_list(const double* positions, int64_t n, const double* cell,
-                                 const bool* pbc, double rc, double min_distance) {
+                                 const bool* pbc, double rc, double min_distance, int threads) {
     if (!(rc > 0.0) || !std::isfinite(rc)) throw std::invalid_argument("cutoff must be positive");
     for (int64_t i = 0; i < 3 * n; ++i)
         if (!std::isfinite(positions[i]))
@@ -169,13 +177,15 @@ NeighborList build_neighbor_list(const double* positions, int64_t n, const doubl
     std::vector<int64_t> fill(bin_start.begin(), bin_start.end() - 1), atoms(n);
     for (int64_t i = 0; i < n; ++i) atoms[fill[bin_of[i]]++] = i;
 
-    NeighborList nl;
-    nl.offsets.reserve(n + 1);
-    nl.index.reserve(static_cast<size_t>(n) * 64);
-    nl.d.reserve(static_cast<size_t>(n) * 192);
-    nl.offsets.push_back(0);
+    // Positions in bin order, so that the search over a bin reads them contiguously.
+    std::vector<double> binned(3 * n);
+    for (int64_t q = 0; q < n; ++q)
+        for (int k = 0; k < 3; ++k) binned[3 * q + k] = wrapped[3 * atoms[q] + k];
+
+    // Neighbours of atom i, appended to idx and d in the order of the bin loops (the list's
+    // order, which the sums of the kernel follow: the same for every thread count).
     const double rc2 = rc * rc, min2 = min_distance * min_distance;
-    for (int64_t i = 0; i < n; ++i) {
+    auto search = [&](int64_t i, std::vector<int32_t>& idx, std::vector<double>& dv) {
         const int64_t bi = bin_of[i];
         const int ci[3] = {static_cast<int>(bi / (static_cast<int64_t>(nb[1]) * nb[2])),
                            static_cast<int>((bi / nb[2]) % nb[1]), static_cast<int>(bi % nb[2])};
@@ -196,14 +206,14 @@ NeighborList build_neighbor_list(const double* positions, int64_t n, const doubl
                                        s0 * b[0][1] + s1 * b[1][1] + s2 * b[2][1],
                                        s0 * b[0][2] + s1 * b[1][2] + s2 * b[2][2]};
                     const int64_t bj = (static_cast<int64_t>(c0) * nb[1] + c1) * nb[2] + c2;
-                    for (int64_t q = bin_start[bj]; q < bin_start[bj + 1]; ++q) {
-                        const int64_t j = atoms[q];
-                        const double* rj = &wrapped[3 * j];
+                    const double* rj = &binned[3 * bin_start[bj]];
+                    for (int64_t q = bin_start[bj]; q < bin_start[bj + 1]; ++q, rj += 3) {
                         const double dx = rj[0] + shift[0] - ri[0];
                         const double dy = rj[1] + shift[1] - ri[1];
                         const double dz = rj[2] + shift[2] - ri[2];
                         const double r2 = dx * dx + dy * dy + dz * dz;
                         if (r2 >= rc2) continue;
+                        const int64_t j = atoms[q];
                         if (j == i && s0 == 0 && s1 == 0 && s2 == 0) continue;
                         if (r2 < min2)
                             throw std::invalid_argument(
@@ -211,15 +221,73 @@ NeighborList build_neighbor_list(const double* positions, int64_t n, const doubl
                                 (j == i ? " (its periodic image)" : "") +
                                 " are at the same position (distance " +
                                 std::to_string(std::sqrt(r2)) + ")");
-                        nl.index.push_back(static_cast<int32_t>(j));
-                        nl.d.push_back(dx);
-                        nl.d.push_back(dy);
-                        nl.d.push_back(dz);
+                        idx.push_back(static_cast<int32_t>(j));
+                        dv.push_back(dx);
+                        dv.push_back(dy);
+                        dv.push_back(dz);
                     }
                 }
             }
         }
-        nl.offsets.push_back(static_cast<int64_t>(nl.index.size()));
+    };
+
+    NeighborList nl;
+    nl.offsets.resize(n + 1);
+    nl.offsets[0] = 0;
+#ifdef _OPENMP
+    if (threads <= 0) threads = omp_get_max_threads();
+#else
+    threads = 1;
+#endif
+    if (threads <= 1 || n < 2 * kBlockAtoms) {
+        nl.index.reserve(static_cast<size_t>(n) * 64);
+        nl.d.reserve(static_cast<size_t>(n) * 192);
+        for (int64_t i = 0; i < n; ++i) {
+            search(i, nl.index, nl.d);
+            nl.offsets[i + 1] = static_cast<int64_t>(nl.index.size());
+        }
+        return nl;
+    }
+    // Threaded: blocks of atoms searched in parallel into their own lists, then copied into
+    // place in atom order (the list is the serial one, entry for entry). An error is the one
+    // the serial loop would raise: that of the lowest failing atom.
+    const int64_t nblocks = (n + kBlockAtoms - 1) / kBlockAtoms;
+    std::vector<std::vector<int32_t>> bidx(nblocks);
+    std::vector<std::vector<double>> bd(nblocks);
+    std::exception_ptr error;
+    int64_t error_atom = n;
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+    for (int64_t blk = 0; blk < nblocks; ++blk) {
+        const int64_t i0 = blk * kBlockAtoms, i1 = std::min(n, i0 + kBlockAtoms);
+        std::vector<int32_t>& idx = bidx[blk];
+        std::vector<double>& dv = bd[blk];
+        idx.reserve(static_cast<size_t>(i1 - i0) * 64);
+        dv.reserve(static_cast<size_t>(i1 - i0) * 192);
+        int64_t i = i0;
+        try {
+            for (; i < i1; ++i) {
+                search(i, idx, dv);
+                nl.offsets[i + 1] = static_cast<int64_t>(idx.size());  // within the block
+            }
+        } catch (...) {
+#pragma omp critical(pyfragnn_neighbor_error)
+            if (i < error_atom) { error_atom = i; error = std::current_exception(); }
+        }
+    }
+    if (error) std::rethrow_exception(error);
+    std::vector<int64_t> block_start(nblocks + 1, 0);
+    for (int64_t blk = 0; blk < nblocks; ++blk)
+        block_start[blk + 1] = block_start[blk] + static_cast<int64_t>(bidx[blk].size());
+    nl.index.resize(static_cast<size_t>(block_start[nblocks]));
+    nl.d.resize(3 * static_cast<size_t>(block_start[nblocks]));
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t blk = 0; blk < nblocks; ++blk) {
+        const int64_t i0 = blk * kBlockAtoms, i1 = std::min(n, i0 + kBlockAtoms);
+        for (int64_t i = i0; i < i1; ++i) nl.offsets[i + 1] += block_start[blk];
+        std::copy(bidx[blk].begin(), bidx[blk].end(), nl.index.begin() + block_start[blk]);
+        std::copy(bd[blk].begin(), bd[blk].end(), nl.d.begin() + 3 * block_start[blk]);
+        std::vector<int32_t>().swap(bidx[blk]);
+        std::vector<double>().swap(bd[blk]);
     }
     return nl;
 }
