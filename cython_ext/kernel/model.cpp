@@ -990,12 +990,22 @@ void Model::set_atom_energy(int e, double value) { check_element(e); el_[e].atom
 
 namespace pyfragnn {
 
+/// A centre's neighbour row when it is searched where it is evaluated (SearchedRows).
+struct NeighborRowScratch {
+    std::vector<int32_t> index;
+    std::vector<double> d;
+    int64_t offsets[2] = {0, 0};
+};
+
 struct Model::CentreScratch {
     DescriptorWorkspace dws;
     NetworkWorkspace nws;
     std::vector<double> d, r, G, x, dEdx, dEdd;
     std::vector<int> ej, tj;
-    std::vector<ExtrapolationWarning> warnings;  // threaded driver: this centre's warnings
+    NeighborRowScratch row;
+    // threaded driver: kept targets, vectors and dE/dd of this thread's centres of a chunk
+    std::vector<int> out_t;
+    std::vector<double> out_d, out_g;
 };
 
 namespace {
@@ -1121,78 +1131,136 @@ bool Model::centre_pass(const NeighborListView& nl, int64_t c, const int* elemen
     return true;
 }
 
+namespace {
+
+/// Rows of a stored neighbour list: centre c's row is a view of the list itself.
+struct StoredRows {
+    const NeighborListView& nl;
+    const NeighborListView& operator()(int64_t c, NeighborListView& row,
+                                       NeighborRowScratch&) const {
+        row.n_centres = 1;
+        row.centre = nullptr;
+        row.first = nl.centre ? nl.centre[c] : nl.first + c;
+        row.offsets = nl.offsets + c;  // offsets are absolute: the row reads its own entries
+        row.index = nl.index;
+        row.d = nl.d;
+        return row;
+    }
+};
+
+/// Rows searched in cells where the centre is evaluated (the row build_neighbor_list would
+/// store, entry for entry).
+struct SearchedRows {
+    const CellList& cells;
+    const NeighborListView& operator()(int64_t c, NeighborListView& row,
+                                       NeighborRowScratch& s) const {
+        s.index.clear();
+        s.d.clear();
+        cells.search(c, s.index, s.d);
+        s.offsets[0] = 0;
+        s.offsets[1] = static_cast<int64_t>(s.index.size());
+        row.n_centres = 1;
+        row.centre = nullptr;
+        row.first = c;
+        row.offsets = s.offsets;
+        row.index = s.index.data();
+        row.d = s.d.data();
+        return row;
+    }
+};
+
+}  // namespace
+
 double Model::compute(const NeighborListView& nl, const int* element, int64_t n_total,
                       ComputeOutput& out) const {
-    check_centres(nl, element, n_total);
-    const bool need_grad = out.forces || out.virial || out.atom_virial;
-    CentreScratch s;
-    double etot = 0.0;
-    for (int64_t c = 0; c < nl.n_centres; ++c) {
-        const int64_t i = nl.centre ? nl.centre[c] : nl.first + c;
-        double ei = 0.0;
-        if (!centre_pass(nl, c, element, n_total, need_grad, s, ei, out.n_warnings, out.warnings,
-                         out.max_warnings)) {
-            if (out.energies) out.energies[i] = 0.0;
-            continue;
-        }
-        if (out.energies) out.energies[i] = ei;
-        etot += ei;
-        if (need_grad)
-            scatter_centre(i, static_cast<int>(s.tj.size()), s.d.data(), s.tj.data(),
-                           s.dEdd.data(), out);
-    }
-    return etot;
+    return drive(nl, StoredRows{nl}, element, n_total, out, 1);
 }
 
 double Model::compute(const NeighborListView& nl, const int* element, int64_t n_total,
                       ComputeOutput& out, int threads) const {
+    return drive(nl, StoredRows{nl}, element, n_total, out, threads);
+}
+
+double Model::compute(const CellList& cells, const int* element, ComputeOutput& out,
+                      int threads) const {
+    NeighborListView all;  // the centres: every atom, in order
+    all.n_centres = cells.size();
+    return drive(all, SearchedRows{cells}, element, cells.size(), out, threads);
+}
+
+template <class Rows>
+double Model::drive(const NeighborListView& centres, const Rows& rows, const int* element,
+                    int64_t n_total, ComputeOutput& out, int threads) const {
 #ifdef _OPENMP
     if (threads <= 0) threads = omp_get_max_threads();
 #else
     threads = 1;
 #endif
-    if (threads <= 1 || nl.n_centres < 2) return compute(nl, element, n_total, out);
-    check_centres(nl, element, n_total);
+    check_centres(centres, element, n_total);
     const bool need_grad = out.forces || out.virial || out.atom_virial;
-    std::vector<CentreScratch> scratch(static_cast<size_t>(threads));
-    // Per chunk of centres: energy, flag, kept-neighbour count, warnings, and per neighbour
-    // entry the target, vector and dE/dd of the kept neighbours (at the entry's position).
-    constexpr int64_t kChunkEntries = int64_t(1) << 18, kChunkCentres = 4096;
-    std::vector<double> ce, dbuf, gbuf;
-    std::vector<int> kept, tbuf;
-    std::vector<char> has;
-    std::vector<int64_t> nwarn;
-    std::vector<std::vector<ExtrapolationWarning>> cwarn;
+    const int64_t n_centres = centres.n_centres;
+    NeighborListView row;
     double etot = 0.0;
-    for (int64_t c0 = 0; c0 < nl.n_centres;) {
-        int64_t c1 = c0 + 1;
-        while (c1 < nl.n_centres && c1 - c0 < kChunkCentres &&
-               nl.offsets[c1 + 1] - nl.offsets[c0] <= kChunkEntries) ++c1;
-        const int64_t nc = c1 - c0, base = nl.offsets[c0];
-        const size_t entries = static_cast<size_t>(nl.offsets[c1] - base);
-        ce.assign(nc, 0.0); has.assign(nc, 0); kept.assign(nc, 0); nwarn.assign(nc, 0);
-        cwarn.resize(nc);
-        if (need_grad) { dbuf.resize(3 * entries); gbuf.resize(3 * entries); tbuf.resize(entries); }
+    if (threads <= 1 || n_centres < 2) {
+        CentreScratch s;
+        for (int64_t c = 0; c < n_centres; ++c) {
+            const NeighborListView& r = rows(c, row, s.row);
+            const int64_t i = r.first;
+            double ei = 0.0;
+            if (!centre_pass(r, 0, element, n_total, need_grad, s, ei, out.n_warnings,
+                             out.warnings, out.max_warnings)) {
+                if (out.energies) out.energies[i] = 0.0;
+                continue;
+            }
+            if (out.energies) out.energies[i] = ei;
+            etot += ei;
+            if (need_grad)
+                scatter_centre(i, static_cast<int>(s.tj.size()), s.d.data(), s.tj.data(),
+                               s.dEdd.data(), out);
+        }
+        return etot;
+    }
+    // Threaded: per chunk of centres, each thread appends the kept neighbours' targets, vectors
+    // and dE/dd of the centres it evaluates to its own buffers (reused from chunk to chunk);
+    // then the centres' contributions are added in centre order, as in the serial loop.
+    std::vector<CentreScratch> scratch(static_cast<size_t>(threads));
+    constexpr int64_t kChunkCentres = 2048;
+    const int64_t chunk = std::min(n_centres, kChunkCentres);
+    std::vector<double> ce(chunk);
+    std::vector<int> kept(chunk), owner(chunk);
+    std::vector<int64_t> at(chunk), nwarn(chunk), atom(chunk);
+    std::vector<char> has(chunk);
+    std::vector<std::vector<ExtrapolationWarning>> cwarn(chunk);
+    for (int64_t c0 = 0; c0 < n_centres; c0 += chunk) {
+        const int64_t nc = std::min(chunk, n_centres - c0);
+        for (CentreScratch& s : scratch) { s.out_t.clear(); s.out_d.clear(); s.out_g.clear(); }
         std::exception_ptr error;
-        int64_t error_centre = nl.n_centres;
+        int64_t error_centre = n_centres;
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 4)
         for (int64_t k = 0; k < nc; ++k) {
 #ifdef _OPENMP
-            CentreScratch& s = scratch[omp_get_thread_num()];
+            const int t = omp_get_thread_num();
 #else
-            CentreScratch& s = scratch[0];
+            const int t = 0;
 #endif
+            CentreScratch& s = scratch[t];
             const int64_t c = c0 + k;
             try {
+                NeighborListView one;
+                const NeighborListView& r = rows(c, one, s.row);
+                atom[k] = r.first;
                 cwarn[k].clear();
-                has[k] = centre_pass(nl, c, element, n_total, need_grad, s, ce[k], nwarn[k],
+                nwarn[k] = 0;
+                has[k] = centre_pass(r, 0, element, n_total, need_grad, s, ce[k], nwarn[k],
                                      out.warnings ? &cwarn[k] : nullptr, out.max_warnings);
+                kept[k] = 0;
                 if (has[k] && need_grad) {
-                    const size_t at = static_cast<size_t>(nl.offsets[c] - base);
+                    owner[k] = t;
+                    at[k] = static_cast<int64_t>(s.out_t.size());
                     kept[k] = static_cast<int>(s.tj.size());
-                    std::copy(s.tj.begin(), s.tj.end(), tbuf.begin() + at);
-                    std::copy(s.d.begin(), s.d.end(), dbuf.begin() + 3 * at);
-                    std::copy(s.dEdd.begin(), s.dEdd.end(), gbuf.begin() + 3 * at);
+                    s.out_t.insert(s.out_t.end(), s.tj.begin(), s.tj.end());
+                    s.out_d.insert(s.out_d.end(), s.d.begin(), s.d.end());
+                    s.out_g.insert(s.out_g.end(), s.dEdd.begin(), s.dEdd.end());
                 }
             } catch (...) {
 #pragma omp critical(pyfragnn_compute_error)
@@ -1201,8 +1269,7 @@ double Model::compute(const NeighborListView& nl, const int* element, int64_t n_
         }
         if (error) std::rethrow_exception(error);  // the first failing centre's exception
         for (int64_t k = 0; k < nc; ++k) {
-            const int64_t c = c0 + k;
-            const int64_t i = nl.centre ? nl.centre[c] : nl.first + c;
+            const int64_t i = atom[k];
             out.n_warnings += nwarn[k];
             if (out.warnings)
                 for (const ExtrapolationWarning& w : cwarn[k])
@@ -1216,12 +1283,11 @@ double Model::compute(const NeighborListView& nl, const int* element, int64_t n_
             if (out.energies) out.energies[i] = ce[k];
             etot += ce[k];
             if (need_grad) {
-                const size_t at = static_cast<size_t>(nl.offsets[c] - base);
-                scatter_centre(i, kept[k], dbuf.data() + 3 * at, tbuf.data() + at,
-                               gbuf.data() + 3 * at, out);
+                const CentreScratch& s = scratch[owner[k]];
+                scatter_centre(i, kept[k], s.out_d.data() + 3 * at[k], s.out_t.data() + at[k],
+                               s.out_g.data() + 3 * at[k], out);
             }
         }
-        c0 = c1;
     }
     return etot;
 }

@@ -30,8 +30,9 @@ double norm(const Vec& a) { return std::sqrt(dot(a, a)); }
 
 }  // namespace
 
-NeighborList build_neighbor_list(const double* positions, int64_t n, const double* cell,
-                                 const bool* pbc, double rc, double min_distance, int threads) {
+CellList::CellList(const double* positions, int64_t n, const double* cell, const bool* pbc,
+                   double rc, double min_distance)
+    : n_(n), rc2_(rc * rc), min2_(min_distance * min_distance) {
     if (!(rc > 0.0) || !std::isfinite(rc)) throw std::invalid_argument("cutoff must be positive");
     for (int64_t i = 0; i < 3 * n; ++i)
         if (!std::isfinite(positions[i]))
@@ -182,55 +183,63 @@ NeighborList build_neighbor_list(const double* positions, int64_t n, const doubl
     for (int64_t q = 0; q < n; ++q)
         for (int k = 0; k < 3; ++k) binned[3 * q + k] = wrapped[3 * atoms[q] + k];
 
-    // Neighbours of atom i, appended to idx and d in the order of the bin loops (the list's
-    // order, which the sums of the kernel follow: the same for every thread count).
-    const double rc2 = rc * rc, min2 = min_distance * min_distance;
-    auto search = [&](int64_t i, std::vector<int32_t>& idx, std::vector<double>& dv) {
-        const int64_t bi = bin_of[i];
-        const int ci[3] = {static_cast<int>(bi / (static_cast<int64_t>(nb[1]) * nb[2])),
-                           static_cast<int>((bi / nb[2]) % nb[1]), static_cast<int>(bi % nb[2])};
-        const double* ri = &wrapped[3 * i];
-        for (int o0 = -reach[0]; o0 <= reach[0]; ++o0) {
-            int c0 = ci[0] + o0, s0 = 0;
-            if (pbc[0]) { s0 = static_cast<int>(std::floor(static_cast<double>(c0) / nb[0])); c0 -= s0 * nb[0]; }
-            else if (c0 < 0 || c0 >= nb[0]) continue;
-            for (int o1 = -reach[1]; o1 <= reach[1]; ++o1) {
-                int c1 = ci[1] + o1, s1 = 0;
-                if (pbc[1]) { s1 = static_cast<int>(std::floor(static_cast<double>(c1) / nb[1])); c1 -= s1 * nb[1]; }
-                else if (c1 < 0 || c1 >= nb[1]) continue;
-                for (int o2 = -reach[2]; o2 <= reach[2]; ++o2) {
-                    int c2 = ci[2] + o2, s2 = 0;
-                    if (pbc[2]) { s2 = static_cast<int>(std::floor(static_cast<double>(c2) / nb[2])); c2 -= s2 * nb[2]; }
-                    else if (c2 < 0 || c2 >= nb[2]) continue;
-                    const Vec shift = {s0 * b[0][0] + s1 * b[1][0] + s2 * b[2][0],
-                                       s0 * b[0][1] + s1 * b[1][1] + s2 * b[2][1],
-                                       s0 * b[0][2] + s1 * b[1][2] + s2 * b[2][2]};
-                    const int64_t bj = (static_cast<int64_t>(c0) * nb[1] + c1) * nb[2] + c2;
-                    const double* rj = &binned[3 * bin_start[bj]];
-                    for (int64_t q = bin_start[bj]; q < bin_start[bj + 1]; ++q, rj += 3) {
-                        const double dx = rj[0] + shift[0] - ri[0];
-                        const double dy = rj[1] + shift[1] - ri[1];
-                        const double dz = rj[2] + shift[2] - ri[2];
-                        const double r2 = dx * dx + dy * dy + dz * dz;
-                        if (r2 >= rc2) continue;
-                        const int64_t j = atoms[q];
-                        if (j == i && s0 == 0 && s1 == 0 && s2 == 0) continue;
-                        if (r2 < min2)
-                            throw std::invalid_argument(
-                                "atoms " + std::to_string(i) + " and " + std::to_string(j) +
-                                (j == i ? " (its periodic image)" : "") +
-                                " are at the same position (distance " +
-                                std::to_string(std::sqrt(r2)) + ")");
-                        idx.push_back(static_cast<int32_t>(j));
-                        dv.push_back(dx);
-                        dv.push_back(dy);
-                        dv.push_back(dz);
-                    }
+    for (int a = 0; a < 3; ++a) pbc_[a] = pbc[a];
+    b_ = b; nb_ = nb; reach_ = reach;
+    wrapped_ = std::move(wrapped); binned_ = std::move(binned);
+    bin_start_ = std::move(bin_start); bin_of_ = std::move(bin_of); atoms_ = std::move(atoms);
+}
+
+// Appended in the order of the bin loops: the list's order, which the kernel's sums follow.
+void CellList::search(int64_t i, std::vector<int32_t>& idx, std::vector<double>& dv) const {
+    const auto& b = b_; const auto& nb = nb_; const auto& reach = reach_; const auto& pbc = pbc_;
+    const int64_t bi = bin_of_[i];
+    const int ci[3] = {static_cast<int>(bi / (static_cast<int64_t>(nb[1]) * nb[2])),
+                       static_cast<int>((bi / nb[2]) % nb[1]), static_cast<int>(bi % nb[2])};
+    const double* ri = &wrapped_[3 * i];
+    for (int o0 = -reach[0]; o0 <= reach[0]; ++o0) {
+        int c0 = ci[0] + o0, s0 = 0;
+        if (pbc[0]) { s0 = static_cast<int>(std::floor(static_cast<double>(c0) / nb[0])); c0 -= s0 * nb[0]; }
+        else if (c0 < 0 || c0 >= nb[0]) continue;
+        for (int o1 = -reach[1]; o1 <= reach[1]; ++o1) {
+            int c1 = ci[1] + o1, s1 = 0;
+            if (pbc[1]) { s1 = static_cast<int>(std::floor(static_cast<double>(c1) / nb[1])); c1 -= s1 * nb[1]; }
+            else if (c1 < 0 || c1 >= nb[1]) continue;
+            for (int o2 = -reach[2]; o2 <= reach[2]; ++o2) {
+                int c2 = ci[2] + o2, s2 = 0;
+                if (pbc[2]) { s2 = static_cast<int>(std::floor(static_cast<double>(c2) / nb[2])); c2 -= s2 * nb[2]; }
+                else if (c2 < 0 || c2 >= nb[2]) continue;
+                const Vec shift = {s0 * b[0][0] + s1 * b[1][0] + s2 * b[2][0],
+                                   s0 * b[0][1] + s1 * b[1][1] + s2 * b[2][1],
+                                   s0 * b[0][2] + s1 * b[1][2] + s2 * b[2][2]};
+                const int64_t bj = (static_cast<int64_t>(c0) * nb[1] + c1) * nb[2] + c2;
+                const double* rj = &binned_[3 * bin_start_[bj]];
+                for (int64_t q = bin_start_[bj]; q < bin_start_[bj + 1]; ++q, rj += 3) {
+                    const double dx = rj[0] + shift[0] - ri[0];
+                    const double dy = rj[1] + shift[1] - ri[1];
+                    const double dz = rj[2] + shift[2] - ri[2];
+                    const double r2 = dx * dx + dy * dy + dz * dz;
+                    if (r2 >= rc2_) continue;
+                    const int64_t j = atoms_[q];
+                    if (j == i && s0 == 0 && s1 == 0 && s2 == 0) continue;
+                    if (r2 < min2_)
+                        throw std::invalid_argument(
+                            "atoms " + std::to_string(i) + " and " + std::to_string(j) +
+                            (j == i ? " (its periodic image)" : "") +
+                            " are at the same position (distance " +
+                            std::to_string(std::sqrt(r2)) + ")");
+                    idx.push_back(static_cast<int32_t>(j));
+                    dv.push_back(dx);
+                    dv.push_back(dy);
+                    dv.push_back(dz);
                 }
             }
         }
-    };
+    }
+}
 
+NeighborList build_neighbor_list(const double* positions, int64_t n, const double* cell,
+                                 const bool* pbc, double rc, double min_distance, int threads) {
+    const CellList cells(positions, n, cell, pbc, rc, min_distance);
     NeighborList nl;
     nl.offsets.resize(n + 1);
     nl.offsets[0] = 0;
@@ -243,7 +252,7 @@ NeighborList build_neighbor_list(const double* positions, int64_t n, const doubl
         nl.index.reserve(static_cast<size_t>(n) * 64);
         nl.d.reserve(static_cast<size_t>(n) * 192);
         for (int64_t i = 0; i < n; ++i) {
-            search(i, nl.index, nl.d);
+            cells.search(i, nl.index, nl.d);
             nl.offsets[i + 1] = static_cast<int64_t>(nl.index.size());
         }
         return nl;
@@ -266,7 +275,7 @@ NeighborList build_neighbor_list(const double* positions, int64_t n, const doubl
         int64_t i = i0;
         try {
             for (; i < i1; ++i) {
-                search(i, idx, dv);
+                cells.search(i, idx, dv);
                 nl.offsets[i + 1] = static_cast<int64_t>(idx.size());  // within the block
             }
         } catch (...) {
