@@ -1004,8 +1004,9 @@ struct Model::CentreScratch {
     std::vector<int> ej, tj;
     NeighborRowScratch row;
     // threaded driver: kept targets, vectors and dE/dd of this thread's centres of a chunk
-    std::vector<int> out_t;
-    std::vector<double> out_d, out_g;
+    // (two sets: chunk parity)
+    std::vector<int> out_t[2];
+    std::vector<double> out_d[2], out_g[2];
 };
 
 namespace {
@@ -1222,53 +1223,25 @@ double Model::drive(const NeighborListView& centres, const Rows& rows, const int
     }
     // Threaded: per chunk of centres, each thread appends the kept neighbours' targets, vectors
     // and dE/dd of the centres it evaluates to its own buffers (reused from chunk to chunk);
-    // then the centres' contributions are added in centre order, as in the serial loop.
+    // one thread then adds the chunk's contributions in centre order, as the serial loop does,
+    // while the others go on with the next chunk (state and buffers alternate between two
+    // sets by chunk parity), so that the additions are not a serial step of their own.
     std::vector<CentreScratch> scratch(static_cast<size_t>(threads));
-    constexpr int64_t kChunkCentres = 2048;
-    const int64_t chunk = std::min(n_centres, kChunkCentres);
-    std::vector<double> ce(chunk);
-    std::vector<int> kept(chunk), owner(chunk);
-    std::vector<int64_t> at(chunk), nwarn(chunk), atom(chunk);
-    std::vector<char> has(chunk);
-    std::vector<std::vector<ExtrapolationWarning>> cwarn(chunk);
-    for (int64_t c0 = 0; c0 < n_centres; c0 += chunk) {
-        const int64_t nc = std::min(chunk, n_centres - c0);
-        for (CentreScratch& s : scratch) { s.out_t.clear(); s.out_d.clear(); s.out_g.clear(); }
-        std::exception_ptr error;
-        int64_t error_centre = n_centres;
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 4)
-        for (int64_t k = 0; k < nc; ++k) {
-#ifdef _OPENMP
-            const int t = omp_get_thread_num();
-#else
-            const int t = 0;
-#endif
-            CentreScratch& s = scratch[t];
-            const int64_t c = c0 + k;
-            try {
-                NeighborListView one;
-                const NeighborListView& r = rows(c, one, s.row);
-                atom[k] = r.first;
-                cwarn[k].clear();
-                nwarn[k] = 0;
-                has[k] = centre_pass(r, 0, element, n_total, need_grad, s, ce[k], nwarn[k],
-                                     out.warnings ? &cwarn[k] : nullptr, out.max_warnings);
-                kept[k] = 0;
-                if (has[k] && need_grad) {
-                    owner[k] = t;
-                    at[k] = static_cast<int64_t>(s.out_t.size());
-                    kept[k] = static_cast<int>(s.tj.size());
-                    s.out_t.insert(s.out_t.end(), s.tj.begin(), s.tj.end());
-                    s.out_d.insert(s.out_d.end(), s.d.begin(), s.d.end());
-                    s.out_g.insert(s.out_g.end(), s.dEdd.begin(), s.dEdd.end());
-                }
-            } catch (...) {
-#pragma omp critical(pyfragnn_compute_error)
-                if (c < error_centre) { error_centre = c; error = std::current_exception(); }
-            }
-        }
-        if (error) std::rethrow_exception(error);  // the first failing centre's exception
-        for (int64_t k = 0; k < nc; ++k) {
+    // Chunks of n/8 centres (64..1024): the last chunk's additions are the only ones nobody
+    // overlaps, and each chunk ends in a barrier.
+    const int64_t chunk = std::max<int64_t>(64, std::min<int64_t>(1024, n_centres / 8));
+    const int64_t nchunks = (n_centres + chunk - 1) / chunk;
+    std::vector<double> ce(2 * chunk);
+    std::vector<int> kept(2 * chunk), owner(2 * chunk);
+    std::vector<int64_t> at(2 * chunk), nwarn(2 * chunk), atom(2 * chunk);
+    std::vector<char> has(2 * chunk), failed(nchunks, 0);
+    std::vector<std::vector<ExtrapolationWarning>> cwarn(2 * chunk);
+    std::exception_ptr error;
+    int64_t error_centre = n_centres;
+    auto add_chunk = [&](int64_t q) {
+        const int p = static_cast<int>(q & 1);
+        const int64_t nc = std::min(chunk, n_centres - q * chunk);
+        for (int64_t k = p * chunk; k < p * chunk + nc; ++k) {
             const int64_t i = atom[k];
             out.n_warnings += nwarn[k];
             if (out.warnings)
@@ -1284,11 +1257,60 @@ double Model::drive(const NeighborListView& centres, const Rows& rows, const int
             etot += ce[k];
             if (need_grad) {
                 const CentreScratch& s = scratch[owner[k]];
-                scatter_centre(i, kept[k], s.out_d.data() + 3 * at[k], s.out_t.data() + at[k],
-                               s.out_g.data() + 3 * at[k], out);
+                scatter_centre(i, kept[k], s.out_d[p].data() + 3 * at[k],
+                               s.out_t[p].data() + at[k], s.out_g[p].data() + 3 * at[k], out);
             }
         }
+    };
+#pragma omp parallel num_threads(threads)
+    {
+#ifdef _OPENMP
+        const int t = omp_get_thread_num();
+#else
+        const int t = 0;
+#endif
+        CentreScratch& s = scratch[t];
+        for (int64_t q = 0; q < nchunks; ++q) {
+            // The additions of chunk q - 2 (same parity) ended before the barrier of q - 1.
+            const int p = static_cast<int>(q & 1);
+            const int64_t c0 = q * chunk, nc = std::min(chunk, n_centres - c0);
+            s.out_t[p].clear(); s.out_d[p].clear(); s.out_g[p].clear();
+#pragma omp for schedule(dynamic, 4)
+            for (int64_t kc = 0; kc < nc; ++kc) {
+                const int64_t c = c0 + kc, k = p * chunk + kc;
+                try {
+                    NeighborListView one;
+                    const NeighborListView& r = rows(c, one, s.row);
+                    atom[k] = r.first;
+                    cwarn[k].clear();
+                    nwarn[k] = 0;
+                    has[k] = centre_pass(r, 0, element, n_total, need_grad, s, ce[k], nwarn[k],
+                                         out.warnings ? &cwarn[k] : nullptr, out.max_warnings);
+                    kept[k] = 0;
+                    if (has[k] && need_grad) {
+                        owner[k] = t;
+                        at[k] = static_cast<int64_t>(s.out_t[p].size());
+                        kept[k] = static_cast<int>(s.tj.size());
+                        s.out_t[p].insert(s.out_t[p].end(), s.tj.begin(), s.tj.end());
+                        s.out_d[p].insert(s.out_d[p].end(), s.d.begin(), s.d.end());
+                        s.out_g[p].insert(s.out_g[p].end(), s.dEdd.begin(), s.dEdd.end());
+                    }
+                } catch (...) {
+#pragma omp critical(pyfragnn_compute_error)
+                    {
+                        failed[q] = 1;
+                        if (c < error_centre) { error_centre = c; error = std::current_exception(); }
+                    }
+                }
+            }
+            // Barrier: chunk q is evaluated. failed[q] is only written before it, so every
+            // thread takes the same branch here.
+            if (failed[q]) break;
+#pragma omp single nowait
+            add_chunk(q);
+        }
     }
+    if (error) std::rethrow_exception(error);  // the first failing centre's exception
     return etot;
 }
 
