@@ -190,6 +190,9 @@ CellList::CellList(const double* positions, int64_t n, const double* cell, const
 }
 
 // Appended in the order of the bin loops: the list's order, which the kernel's sums follow.
+// The bins of a row along the third axis that share an image shift are contiguous in bin
+// order, so each such run is one loop over its atoms, without branches on the distance test
+// (every candidate is written, the kept ones advance the output).
 void CellList::search(int64_t i, std::vector<int32_t>& idx, std::vector<double>& dv) const {
     const auto& b = b_; const auto& nb = nb_; const auto& reach = reach_; const auto& pbc = pbc_;
     const int64_t bi = bin_of_[i];
@@ -204,34 +207,55 @@ void CellList::search(int64_t i, std::vector<int32_t>& idx, std::vector<double>&
             int c1 = ci[1] + o1, s1 = 0;
             if (pbc[1]) { s1 = static_cast<int>(std::floor(static_cast<double>(c1) / nb[1])); c1 -= s1 * nb[1]; }
             else if (c1 < 0 || c1 >= nb[1]) continue;
-            for (int o2 = -reach[2]; o2 <= reach[2]; ++o2) {
+            for (int o2 = -reach[2]; o2 <= reach[2];) {
                 int c2 = ci[2] + o2, s2 = 0;
                 if (pbc[2]) { s2 = static_cast<int>(std::floor(static_cast<double>(c2) / nb[2])); c2 -= s2 * nb[2]; }
-                else if (c2 < 0 || c2 >= nb[2]) continue;
+                else if (c2 < 0) { o2 = -ci[2]; continue; }
+                else if (c2 >= nb[2]) break;
+                const int run = std::min(reach[2] - o2 + 1, nb[2] - c2);  // bins with shift s2
+                o2 += run;
                 const Vec shift = {s0 * b[0][0] + s1 * b[1][0] + s2 * b[2][0],
                                    s0 * b[0][1] + s1 * b[1][1] + s2 * b[2][1],
                                    s0 * b[0][2] + s1 * b[1][2] + s2 * b[2][2]};
+                const bool own_cell = s0 == 0 && s1 == 0 && s2 == 0;  // i itself is no neighbour
                 const int64_t bj = (static_cast<int64_t>(c0) * nb[1] + c1) * nb[2] + c2;
-                const double* rj = &binned_[3 * bin_start_[bj]];
-                for (int64_t q = bin_start_[bj]; q < bin_start_[bj + 1]; ++q, rj += 3) {
+                const int64_t q0 = bin_start_[bj], q1 = bin_start_[bj + run];
+                const size_t base = idx.size();
+                idx.resize(base + static_cast<size_t>(q1 - q0));
+                dv.resize(3 * idx.size());
+                int32_t* io = idx.data() + base;
+                double* dout = dv.data() + 3 * base;
+                const double* rj = &binned_[3 * q0];
+                size_t kept = 0;
+                bool close = false;
+                for (int64_t q = q0; q < q1; ++q, rj += 3) {
                     const double dx = rj[0] + shift[0] - ri[0];
                     const double dy = rj[1] + shift[1] - ri[1];
                     const double dz = rj[2] + shift[2] - ri[2];
                     const double r2 = dx * dx + dy * dy + dz * dz;
-                    if (r2 >= rc2_) continue;
                     const int64_t j = atoms_[q];
-                    if (j == i && s0 == 0 && s1 == 0 && s2 == 0) continue;
-                    if (r2 < min2_)
+                    io[kept] = static_cast<int32_t>(j);
+                    dout[3 * kept] = dx;
+                    dout[3 * kept + 1] = dy;
+                    dout[3 * kept + 2] = dz;
+                    const bool keep = (r2 < rc2_) & !(own_cell & (j == i));
+                    close |= keep & (r2 < min2_);
+                    kept += keep;
+                }
+                idx.resize(base + kept);
+                dv.resize(3 * (base + kept));
+                if (close)
+                    for (size_t k = base; k < base + kept; ++k) {
+                        const double* d = &dv[3 * k];
+                        const double r2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
+                        if (!(r2 < min2_)) continue;
+                        const int64_t j = idx[k];
                         throw std::invalid_argument(
                             "atoms " + std::to_string(i) + " and " + std::to_string(j) +
                             (j == i ? " (its periodic image)" : "") +
                             " are at the same position (distance " +
                             std::to_string(std::sqrt(r2)) + ")");
-                    idx.push_back(static_cast<int32_t>(j));
-                    dv.push_back(dx);
-                    dv.push_back(dy);
-                    dv.push_back(dz);
-                }
+                    }
             }
         }
     }
