@@ -976,10 +976,10 @@ void Model::set_atom_energy(int e, double value) { check_element(e); el_[e].atom
 // Energies and forces
 
 // ---------------------------------------------------------------------------------------------
-// Evaluation. One per-centre pass (centre_pass) serves the serial and the threaded driver; the
-// threaded one evaluates the centres of a chunk in parallel, keeps each centre's results apart
-// and then adds them to the outputs in centre order, exactly as the serial loop does, so that
-// the results do not depend on the number of threads (bit for bit).
+// Evaluation. One per-centre pass (centre_pass) serves the serial and the threaded loop of
+// drive(); the threaded one evaluates the centres of a chunk in parallel, keeps each centre's
+// results apart and adds them to the outputs in centre order, exactly as the serial loop does,
+// so that the results do not depend on the number of threads (bit for bit).
 
 }  // namespace pyfragnn
 
