@@ -76,7 +76,12 @@ cdef extern from "model.h" namespace "pyfragnn":
         vector[double] d
         NeighborListView view()
     NeighborList build_neighbor_list(const double* positions, int64_t n, const double* cell,
-                                     const cbool* pbc, double rc, double min_distance) except + nogil
+                                     const cbool* pbc, double rc, double min_distance,
+                                     int threads) except + nogil
+    cdef cppclass CellList:
+        CellList(const double* positions, int64_t n, const double* cell, const cbool* pbc,
+                 double rc, double min_distance) except + nogil
+        int64_t size()
     cdef cppclass Model:
         Model()
         Model(const Model&)
@@ -106,6 +111,8 @@ cdef extern from "model.h" namespace "pyfragnn":
                        ComputeOutput& out) except + nogil
         double compute(const NeighborListView& nl, const int* element, int64_t n_total,
                        ComputeOutput& out, int threads) except + nogil
+        double compute(const CellList& cells, const int* element, ComputeOutput& out,
+                       int threads) except + nogil
         const Descriptor& descriptor(int e) except +
         AtomicNetwork& network(int e) except +
         ScalingType scaling_type()
@@ -131,12 +138,14 @@ cdef bytes _b(s):
     return str(s).encode()
 
 
-def neighbor_list(positions, cell, pbc, double cutoff, double min_distance=1e-8):
+def neighbor_list(positions, cell, pbc, double cutoff, double min_distance=1e-8,
+                  int threads=1):
     """Full neighbour list within ``cutoff``.
 
     positions: (n, 3); cell: (3, 3) rows = cell vectors; pbc: (3,) bool.
     Returns (offsets (n+1,) int64, index (m,) int32, d (m, 3)) with d = r_j - r_i,
-    periodic images included.
+    periodic images included. threads: OpenMP threads of the search (<= 0: all); the list
+    is the same for every thread count.
     """
     cdef cnp.ndarray[double, ndim=2, mode="c"] pos = np.ascontiguousarray(positions, dtype=np.float64).reshape(-1, 3)
     cdef cnp.ndarray[double, ndim=2, mode="c"] c = np.ascontiguousarray(cell, dtype=np.float64).reshape(3, 3)
@@ -145,7 +154,7 @@ def neighbor_list(positions, cell, pbc, double cutoff, double min_distance=1e-8)
     cdef int64_t n = pos.shape[0]
     cdef double* pp = &pos[0, 0] if n > 0 else NULL
     with nogil:
-        nl = build_neighbor_list(pp, n, &c[0, 0], <cbool*>&p[0], cutoff, min_distance)
+        nl = build_neighbor_list(pp, n, &c[0, 0], <cbool*>&p[0], cutoff, min_distance, threads)
     return _nl_arrays(nl)
 
 
@@ -278,18 +287,25 @@ cdef class CoreModel:
         cdef cnp.ndarray[int, ndim=1, mode="c"] el = np.ascontiguousarray(element, dtype=np.intc)
         if el.shape[0] != pos.shape[0]:
             raise ValueError(f"{pos.shape[0]} positions but {el.shape[0]} element indices")
-        cdef NeighborList nl
         cdef int64_t n = pos.shape[0]
         cdef double* pp = &pos[0, 0] if n > 0 else NULL
         cdef double rc = self.m.cutoff()
+        cdef CellList* cells = NULL
+        cdef NeighborListView none
         with nogil:
-            nl = build_neighbor_list(pp, n, &c[0, 0], <cbool*>&p[0], rc, min_distance)
-        return self._compute(nl.view(), el, forces, virial, atom_virial, max_warnings, threads)
+            cells = new CellList(pp, n, &c[0, 0], <cbool*>&p[0], rc, min_distance)
+        try:
+            return self._compute(none, el, forces, virial, atom_virial, max_warnings, threads,
+                                 cells)
+        finally:
+            del cells
 
     cdef dict _compute(self, NeighborListView view, cnp.ndarray[int, ndim=1, mode="c"] el,
                        bint forces, bint virial, bint atom_virial, int64_t max_warnings,
-                       int threads=1):
-        cdef int64_t nc = view.n_centres
+                       int threads=1, CellList* cells=NULL):
+        """Evaluate the centres of view, or with cells every atom (neighbours searched in
+        the cells where each centre is evaluated)."""
+        cdef int64_t nc = cells.size() if cells != NULL else view.n_centres
         cdef int64_t nt = el.shape[0]
         cdef cnp.ndarray[double, ndim=1, mode="c"] en = np.zeros(max(nc, 1))
         cdef cnp.ndarray[double, ndim=2, mode="c"] f = np.zeros((max(nt, 1), 3))
@@ -306,7 +322,10 @@ cdef class CoreModel:
         cdef double e
         cdef int* elp = &el[0] if nt > 0 else NULL
         with nogil:
-            e = self.m.compute(view, elp, nt, out, threads)
+            if cells != NULL:
+                e = self.m.compute(cells[0], elp, out, threads)
+            else:
+                e = self.m.compute(view, elp, nt, out, threads)
         res = {"energy": e, "energies": en[:nc].copy(), "n_warnings": out.n_warnings,
                "warnings": [(w.atom, w.element, w.sf, w.value, w.gmin, w.gmax) for w in warns]}
         if forces:

@@ -46,3 +46,27 @@ def test_degenerate_cell_is_an_error():
 
     with pytest.raises(ValueError, match="linearly dependent"):
         neighbor_list(np.zeros((1, 3)), [[1, 0, 0], [2, 0, 0], [0, 0, 1]], [True] * 3, 2.0)
+
+
+@pytest.mark.parametrize("name", ["triclinic", "slab", "molecule"])
+def test_threaded_search_is_the_serial_list(name):
+    """Blocks of atoms searched on several threads give the serial list entry for entry, and
+    the serial loop's error (the lowest failing atom)."""
+    from pyfragnn._core import neighbor_list
+
+    cell, pbc, _ = CASES[name]
+    n = 700  # several blocks of the threaded search
+    rng = np.random.default_rng(7)
+    span = cell * 3 if np.linalg.matrix_rank(cell) == 3 else np.eye(3) * 20.0
+    pos = rng.uniform(0, 1, (n, 3)) @ span
+    ref = neighbor_list(pos, cell * 3, pbc, 3.7, threads=1)
+    assert len(ref[1]) > 10 * n
+    for threads in (2, 3):
+        got = neighbor_list(pos, cell * 3, pbc, 3.7, threads=threads)
+        for a, b in zip(got, ref):
+            np.testing.assert_array_equal(a, b)
+    pos[650] = pos[600]
+    pos[400] = pos[300] + 1e-10
+    for threads in (1, 2, 3):
+        with pytest.raises(ValueError, match="atoms 300 and 400 are at the same position"):
+            neighbor_list(pos, cell * 3, pbc, 3.7, threads=threads)

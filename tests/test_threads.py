@@ -96,3 +96,24 @@ def test_trainer_structure_loop_threads_give_identical_errors_and_predictions(tm
     for i in out[1][1]["energy"]:
         assert out[1][1]["energy"][i] == out[2][1]["energy"][i]
         np.testing.assert_array_equal(out[1][1]["forces"][i], out[2][1]["forces"][i])
+
+
+def test_threaded_error_in_a_later_chunk_is_the_serial_one():
+    """Centres are evaluated in chunks whose contributions are added while the next chunk is
+    evaluated: an error far into the structure is still the serial loop's (lowest centre)."""
+    pot, atoms = _water()
+    lu = pot.length_unit
+    el = pot.core.element_indices(atoms.get_chemical_symbols())
+    pos = atoms.positions / lu
+    pos[900] = pos[700]  # a pair at the same position, found searching centre 700
+    for t in (1, 2, 3):
+        with pytest.raises(ValueError, match="atoms 700 and 900 are at the same position"):
+            pot.core.compute_structure(pos, el, atoms.cell.array / lu, atoms.pbc, threads=t)
+    from pyfragnn._core import neighbor_list
+    off, idx, d = neighbor_list(atoms.positions / lu, atoms.cell.array / lu, atoms.pbc,
+                                pot.core.cutoff)
+    idx[off[1000]] = len(atoms) + 5
+    idx[off[1050]] = len(atoms) + 7
+    for t in (1, 2, 3):
+        with pytest.raises(ValueError, match=f"neighbour index {len(atoms) + 5} of atom 1000"):
+            pot.core.compute_neighbors(off, idx, d, el, threads=t)

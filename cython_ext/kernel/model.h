@@ -5,6 +5,7 @@
 // (length_unit() Å and energy_unit() eV per potential unit); front ends convert.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -64,6 +65,8 @@ struct ComputeOutput {
     int64_t n_warnings = 0;       ///< out: count of extrapolating (atom, sf) pairs (accumulated +=)
 };
 
+class CellList;
+
 class Model {
 public:
     /// Read n2p2 files. input_nn: path of input.nn; scaling: path of scaling.data;
@@ -101,6 +104,12 @@ public:
     /// thread count.
     double compute(const NeighborListView& nl, const int* element, int64_t n_total,
                    ComputeOutput& out, int threads) const;
+    /// Every atom of a structure as a centre, each centre's neighbours searched in `cells`
+    /// where it is evaluated (no stored list: nothing written and read back, and the search
+    /// runs on the threads). Results bit-identical to compute() on build_neighbor_list's list;
+    /// n_total = cells.size().
+    double compute(const CellList& cells, const int* element, ComputeOutput& out,
+                   int threads) const;
 
     // --- Access for trainers and bindings ---------------------------------------------
     /// Build from input.nn text (settings), scaling.data text ("" = no scaling data yet:
@@ -175,6 +184,12 @@ private:
     bool centre_pass(const NeighborListView& nl, int64_t c, const int* element, int64_t n_total,
                      bool need_grad, CentreScratch& s, double& ei, int64_t& n_warnings,
                      std::vector<ExtrapolationWarning>* warnings, int64_t max_warnings) const;
+    /// The one loop behind every compute(): the centres of `centres` (n_centres, centre/first),
+    /// each centre's neighbour row from rows(c, view, scratch) (a stored list or a cell
+    /// search), serial or on `threads` with contributions added in centre order.
+    template <class Rows>
+    double drive(const NeighborListView& centres, const Rows& rows, const int* element,
+                 int64_t n_total, ComputeOutput& out, int threads) const;
 
     std::vector<ElementData> el_;
     std::vector<std::string> symbols_;
@@ -192,11 +207,35 @@ private:
     std::vector<std::string> extra_lines_;  // input.nn lines not used for prediction (kept)
 };
 
+/// The cell lists behind build_neighbor_list: positions binned once, then the neighbours of any
+/// atom on demand (its row of the full list, entry for entry), so that a driver can search
+/// each centre where it evaluates it instead of writing and reading back the whole list.
+/// Same arguments and errors as build_neighbor_list (a too-close pair when searching).
+class CellList {
+public:
+    CellList(const double* positions, int64_t n, const double* cell, const bool* pbc,
+             double rc, double min_distance = 1e-8);
+    int64_t size() const { return n_; }
+    /// Appends atom i's neighbours (force targets, vectors r_j - r_i) to index and d.
+    void search(int64_t i, std::vector<int32_t>& index, std::vector<double>& d) const;
+
+private:
+    int64_t n_;
+    double rc2_, min2_;
+    std::array<bool, 3> pbc_;
+    std::array<std::array<double, 3>, 3> b_;   // basis: cell vectors, unit vectors on open axes
+    std::array<int, 3> nb_, reach_;            // bins per axis, bins searched on each side
+    std::vector<double> wrapped_, binned_;     // positions wrapped into the cell; in bin order
+    std::vector<int64_t> bin_start_, bin_of_, atoms_;  // CSR bins -> atoms, atom -> bin
+};
+
 /// Build a full neighbour list within cutoff rc for positions [n][3] (any length unit),
 /// cell [3][3] (rows = cell vectors; ignored along non-periodic axes), pbc [3].
 /// Periodic images of every atom (including an atom's own images, in cells shorter than rc)
 /// are listed; triclinic cells supported. Throws std::invalid_argument on non-finite
 /// positions or on two atoms closer than min_distance (naming both atoms).
+/// threads: OpenMP threads for the search (<= 0: omp_get_max_threads()); the list is the same
+/// for every thread count, entry for entry.
 struct NeighborList {
     std::vector<int64_t> offsets;
     std::vector<int32_t> index;
@@ -204,6 +243,7 @@ struct NeighborList {
     NeighborListView view() const;
 };
 NeighborList build_neighbor_list(const double* positions, int64_t n, const double* cell,
-                                 const bool* pbc, double rc, double min_distance = 1e-8);
+                                 const bool* pbc, double rc, double min_distance = 1e-8,
+                                 int threads = 1);
 
 }  // namespace pyfragnn

@@ -3,8 +3,12 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <exception>
 #include <stdexcept>
 #include <string>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "model.h"
 
@@ -14,6 +18,10 @@ namespace {
 
 using Vec = std::array<double, 3>;
 
+// Atoms per block of the threaded search (a few thousand list entries: enough work per block
+// to hide the scheduling, small enough to balance the threads).
+constexpr int64_t kBlockAtoms = 64;
+
 Vec cross(const Vec& a, const Vec& b) {
     return {a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]};
 }
@@ -22,8 +30,9 @@ double norm(const Vec& a) { return std::sqrt(dot(a, a)); }
 
 }  // namespace
 
-NeighborList build_neighbor_list(const double* positions, int64_t n, const double* cell,
-                                 const bool* pbc, double rc, double min_distance) {
+CellList::CellList(const double* positions, int64_t n, const double* cell, const bool* pbc,
+                   double rc, double min_distance)
+    : n_(n), rc2_(rc * rc), min2_(min_distance * min_distance) {
     if (!(rc > 0.0) || !std::isfinite(rc)) throw std::invalid_argument("cutoff must be positive");
     for (int64_t i = 0; i < 3 * n; ++i)
         if (!std::isfinite(positions[i]))
@@ -169,57 +178,149 @@ NeighborList build_neighbor_list(const double* positions, int64_t n, const doubl
     std::vector<int64_t> fill(bin_start.begin(), bin_start.end() - 1), atoms(n);
     for (int64_t i = 0; i < n; ++i) atoms[fill[bin_of[i]]++] = i;
 
-    NeighborList nl;
-    nl.offsets.reserve(n + 1);
-    nl.index.reserve(static_cast<size_t>(n) * 64);
-    nl.d.reserve(static_cast<size_t>(n) * 192);
-    nl.offsets.push_back(0);
-    const double rc2 = rc * rc, min2 = min_distance * min_distance;
-    for (int64_t i = 0; i < n; ++i) {
-        const int64_t bi = bin_of[i];
-        const int ci[3] = {static_cast<int>(bi / (static_cast<int64_t>(nb[1]) * nb[2])),
-                           static_cast<int>((bi / nb[2]) % nb[1]), static_cast<int>(bi % nb[2])};
-        const double* ri = &wrapped[3 * i];
-        for (int o0 = -reach[0]; o0 <= reach[0]; ++o0) {
-            int c0 = ci[0] + o0, s0 = 0;
-            if (pbc[0]) { s0 = static_cast<int>(std::floor(static_cast<double>(c0) / nb[0])); c0 -= s0 * nb[0]; }
-            else if (c0 < 0 || c0 >= nb[0]) continue;
-            for (int o1 = -reach[1]; o1 <= reach[1]; ++o1) {
-                int c1 = ci[1] + o1, s1 = 0;
-                if (pbc[1]) { s1 = static_cast<int>(std::floor(static_cast<double>(c1) / nb[1])); c1 -= s1 * nb[1]; }
-                else if (c1 < 0 || c1 >= nb[1]) continue;
-                for (int o2 = -reach[2]; o2 <= reach[2]; ++o2) {
-                    int c2 = ci[2] + o2, s2 = 0;
-                    if (pbc[2]) { s2 = static_cast<int>(std::floor(static_cast<double>(c2) / nb[2])); c2 -= s2 * nb[2]; }
-                    else if (c2 < 0 || c2 >= nb[2]) continue;
-                    const Vec shift = {s0 * b[0][0] + s1 * b[1][0] + s2 * b[2][0],
-                                       s0 * b[0][1] + s1 * b[1][1] + s2 * b[2][1],
-                                       s0 * b[0][2] + s1 * b[1][2] + s2 * b[2][2]};
-                    const int64_t bj = (static_cast<int64_t>(c0) * nb[1] + c1) * nb[2] + c2;
-                    for (int64_t q = bin_start[bj]; q < bin_start[bj + 1]; ++q) {
-                        const int64_t j = atoms[q];
-                        const double* rj = &wrapped[3 * j];
-                        const double dx = rj[0] + shift[0] - ri[0];
-                        const double dy = rj[1] + shift[1] - ri[1];
-                        const double dz = rj[2] + shift[2] - ri[2];
-                        const double r2 = dx * dx + dy * dy + dz * dz;
-                        if (r2 >= rc2) continue;
-                        if (j == i && s0 == 0 && s1 == 0 && s2 == 0) continue;
-                        if (r2 < min2)
-                            throw std::invalid_argument(
-                                "atoms " + std::to_string(i) + " and " + std::to_string(j) +
-                                (j == i ? " (its periodic image)" : "") +
-                                " are at the same position (distance " +
-                                std::to_string(std::sqrt(r2)) + ")");
-                        nl.index.push_back(static_cast<int32_t>(j));
-                        nl.d.push_back(dx);
-                        nl.d.push_back(dy);
-                        nl.d.push_back(dz);
-                    }
+    // Positions in bin order, so that the search over a bin reads them contiguously.
+    std::vector<double> binned(3 * n);
+    for (int64_t q = 0; q < n; ++q)
+        for (int k = 0; k < 3; ++k) binned[3 * q + k] = wrapped[3 * atoms[q] + k];
+
+    for (int a = 0; a < 3; ++a) pbc_[a] = pbc[a];
+    b_ = b; nb_ = nb; reach_ = reach;
+    wrapped_ = std::move(wrapped); binned_ = std::move(binned);
+    bin_start_ = std::move(bin_start); bin_of_ = std::move(bin_of); atoms_ = std::move(atoms);
+}
+
+// Appended in the order of the bin loops: the list's order, which the kernel's sums follow.
+// The bins of a row along the third axis that share an image shift are contiguous in bin
+// order, so each such run is one loop over its atoms, without branches on the distance test
+// (every candidate is written, the kept ones advance the output).
+void CellList::search(int64_t i, std::vector<int32_t>& idx, std::vector<double>& dv) const {
+    const auto& b = b_; const auto& nb = nb_; const auto& reach = reach_; const auto& pbc = pbc_;
+    const int64_t bi = bin_of_[i];
+    const int ci[3] = {static_cast<int>(bi / (static_cast<int64_t>(nb[1]) * nb[2])),
+                       static_cast<int>((bi / nb[2]) % nb[1]), static_cast<int>(bi % nb[2])};
+    const double* ri = &wrapped_[3 * i];
+    for (int o0 = -reach[0]; o0 <= reach[0]; ++o0) {
+        int c0 = ci[0] + o0, s0 = 0;
+        if (pbc[0]) { s0 = static_cast<int>(std::floor(static_cast<double>(c0) / nb[0])); c0 -= s0 * nb[0]; }
+        else if (c0 < 0 || c0 >= nb[0]) continue;
+        for (int o1 = -reach[1]; o1 <= reach[1]; ++o1) {
+            int c1 = ci[1] + o1, s1 = 0;
+            if (pbc[1]) { s1 = static_cast<int>(std::floor(static_cast<double>(c1) / nb[1])); c1 -= s1 * nb[1]; }
+            else if (c1 < 0 || c1 >= nb[1]) continue;
+            for (int o2 = -reach[2]; o2 <= reach[2];) {
+                int c2 = ci[2] + o2, s2 = 0;
+                if (pbc[2]) { s2 = static_cast<int>(std::floor(static_cast<double>(c2) / nb[2])); c2 -= s2 * nb[2]; }
+                else if (c2 < 0) { o2 = -ci[2]; continue; }
+                else if (c2 >= nb[2]) break;
+                const int run = std::min(reach[2] - o2 + 1, nb[2] - c2);  // bins with shift s2
+                o2 += run;
+                const Vec shift = {s0 * b[0][0] + s1 * b[1][0] + s2 * b[2][0],
+                                   s0 * b[0][1] + s1 * b[1][1] + s2 * b[2][1],
+                                   s0 * b[0][2] + s1 * b[1][2] + s2 * b[2][2]};
+                const bool own_cell = s0 == 0 && s1 == 0 && s2 == 0;  // i itself is no neighbour
+                const int64_t bj = (static_cast<int64_t>(c0) * nb[1] + c1) * nb[2] + c2;
+                const int64_t q0 = bin_start_[bj], q1 = bin_start_[bj + run];
+                const size_t base = idx.size();
+                idx.resize(base + static_cast<size_t>(q1 - q0));
+                dv.resize(3 * idx.size());
+                int32_t* io = idx.data() + base;
+                double* dout = dv.data() + 3 * base;
+                const double* rj = &binned_[3 * q0];
+                size_t kept = 0;
+                bool close = false;
+                for (int64_t q = q0; q < q1; ++q, rj += 3) {
+                    const double dx = rj[0] + shift[0] - ri[0];
+                    const double dy = rj[1] + shift[1] - ri[1];
+                    const double dz = rj[2] + shift[2] - ri[2];
+                    const double r2 = dx * dx + dy * dy + dz * dz;
+                    const int64_t j = atoms_[q];
+                    io[kept] = static_cast<int32_t>(j);
+                    dout[3 * kept] = dx;
+                    dout[3 * kept + 1] = dy;
+                    dout[3 * kept + 2] = dz;
+                    const bool keep = (r2 < rc2_) & !(own_cell & (j == i));
+                    close |= keep & (r2 < min2_);
+                    kept += keep;
                 }
+                idx.resize(base + kept);
+                dv.resize(3 * (base + kept));
+                if (close)
+                    for (size_t k = base; k < base + kept; ++k) {
+                        const double* d = &dv[3 * k];
+                        const double r2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
+                        if (!(r2 < min2_)) continue;
+                        const int64_t j = idx[k];
+                        throw std::invalid_argument(
+                            "atoms " + std::to_string(i) + " and " + std::to_string(j) +
+                            (j == i ? " (its periodic image)" : "") +
+                            " are at the same position (distance " +
+                            std::to_string(std::sqrt(r2)) + ")");
+                    }
             }
         }
-        nl.offsets.push_back(static_cast<int64_t>(nl.index.size()));
+    }
+}
+
+NeighborList build_neighbor_list(const double* positions, int64_t n, const double* cell,
+                                 const bool* pbc, double rc, double min_distance, int threads) {
+    const CellList cells(positions, n, cell, pbc, rc, min_distance);
+    NeighborList nl;
+    nl.offsets.resize(n + 1);
+    nl.offsets[0] = 0;
+#ifdef _OPENMP
+    if (threads <= 0) threads = omp_get_max_threads();
+#else
+    threads = 1;
+#endif
+    if (threads <= 1 || n < 2 * kBlockAtoms) {
+        nl.index.reserve(static_cast<size_t>(n) * 64);
+        nl.d.reserve(static_cast<size_t>(n) * 192);
+        for (int64_t i = 0; i < n; ++i) {
+            cells.search(i, nl.index, nl.d);
+            nl.offsets[i + 1] = static_cast<int64_t>(nl.index.size());
+        }
+        return nl;
+    }
+    // Threaded: blocks of atoms searched in parallel into their own lists, then copied into
+    // place in atom order (the list is the serial one, entry for entry). An error is the one
+    // the serial loop would raise: that of the lowest failing atom.
+    const int64_t nblocks = (n + kBlockAtoms - 1) / kBlockAtoms;
+    std::vector<std::vector<int32_t>> bidx(nblocks);
+    std::vector<std::vector<double>> bd(nblocks);
+    std::exception_ptr error;
+    int64_t error_atom = n;
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+    for (int64_t blk = 0; blk < nblocks; ++blk) {
+        const int64_t i0 = blk * kBlockAtoms, i1 = std::min(n, i0 + kBlockAtoms);
+        std::vector<int32_t>& idx = bidx[blk];
+        std::vector<double>& dv = bd[blk];
+        idx.reserve(static_cast<size_t>(i1 - i0) * 64);
+        dv.reserve(static_cast<size_t>(i1 - i0) * 192);
+        int64_t i = i0;
+        try {
+            for (; i < i1; ++i) {
+                cells.search(i, idx, dv);
+                nl.offsets[i + 1] = static_cast<int64_t>(idx.size());  // within the block
+            }
+        } catch (...) {
+#pragma omp critical(pyfragnn_neighbor_error)
+            if (i < error_atom) { error_atom = i; error = std::current_exception(); }
+        }
+    }
+    if (error) std::rethrow_exception(error);
+    std::vector<int64_t> block_start(nblocks + 1, 0);
+    for (int64_t blk = 0; blk < nblocks; ++blk)
+        block_start[blk + 1] = block_start[blk] + static_cast<int64_t>(bidx[blk].size());
+    nl.index.resize(static_cast<size_t>(block_start[nblocks]));
+    nl.d.resize(3 * static_cast<size_t>(block_start[nblocks]));
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t blk = 0; blk < nblocks; ++blk) {
+        const int64_t i0 = blk * kBlockAtoms, i1 = std::min(n, i0 + kBlockAtoms);
+        for (int64_t i = i0; i < i1; ++i) nl.offsets[i + 1] += block_start[blk];
+        std::copy(bidx[blk].begin(), bidx[blk].end(), nl.index.begin() + block_start[blk]);
+        std::copy(bd[blk].begin(), bd[blk].end(), nl.d.begin() + 3 * block_start[blk]);
+        std::vector<int32_t>().swap(bidx[blk]);
+        std::vector<double>().swap(bd[blk]);
     }
     return nl;
 }
