@@ -534,6 +534,11 @@ class ActiveLearningLoop:
     ``converged``, ``candidates``, ``committee`` and ``next_committee`` (member paths relative
     to ``workdir`` where inside it). :func:`lammps_active_learning` and the workflow's
     ``active`` step are the two users.
+
+    When ``max_iterations`` end without convergence, the committee trained last has not been
+    explored yet: it is explored once more (``workdir/final``, record ``iteration = 'final'``,
+    no new data), so that every committee the loop returns carries its own exploration record,
+    and :meth:`best` can pick the committee to ship among the explored ones.
     """
 
     record = "iteration.json"
@@ -634,7 +639,44 @@ class ActiveLearningLoop:
             if (d / "added.extxyz").exists():
                 added += read_frames(d / "added.extxyz")
             members = [self.path(m) for m in rec.get("next_committee", members)]
+        if history and not history[-1]["converged"] and "next_committee" in history[-1]:
+            history.append(self._final(members))
         return history, members, added
+
+    def _final(self, members: List[str]) -> dict:
+        """Exploration-only record of the last committee (``workdir/final``, resumable)."""
+        import json
+
+        d = self.work / "final"
+        done = d / self.record
+        if done.exists():
+            return json.loads(done.read_text())
+        d.mkdir(parents=True, exist_ok=True)
+        frames, extra = self.explore(members, self.max_iterations + 1, d)
+        summ = exploration_summary(frames, self.threshold)
+        rec = {"iteration": "final", "exploration": summ, "candidates": 0,
+               "converged": summ["halted"] == 0 and summ["flagged_fraction"] <= self.tolerance,
+               "committee": self._rel(members), "threshold": self.threshold,
+               "tolerance": self.tolerance, **extra}
+        self.log(f"final committee: {summ['frames']} frames, max deviation "
+                 f"{summ['max_deviation']:.3f} eV/Å, flagged fraction "
+                 f"{summ['flagged_fraction']:.4f}, {summ['halted']} run(s) stopped")
+        done.write_text(json.dumps(rec, indent=1))
+        return rec
+
+    def best(self, history: Sequence[dict]) -> dict:
+        """The record whose explored ``committee`` to ship: among the explorations with no run
+        stopped, the one with the fewest flagged atom-frames (the latest on ties); without
+        such an exploration, the last record. Fine-tuning can open a hole that the previous
+        committee did not have; this keeps the shipped committee one whose own exploration
+        is on record. A converged last record is shipped as it is."""
+        if history[-1]["converged"]:
+            return history[-1]
+        clean = [r for r in history if r["exploration"]["halted"] == 0]
+        if not clean:
+            return history[-1]
+        low = min(r["exploration"]["flagged_fraction"] for r in clean)
+        return [r for r in clean if r["exploration"]["flagged_fraction"] == low][-1]
 
 
 class _LammpsLoop(ActiveLearningLoop):

@@ -4,6 +4,7 @@ exploration MD (NVT/NPT, stop criteria, annotations reproducible), fragments aro
 candidates and the ``pyfragnn select`` command line."""
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -242,3 +243,62 @@ def test_active_learning_loop_on_emt(tmp_path):
     after = emt_force_rmse(tmp_path / "al" / "potential.fragnn", test)
     control = emt_force_rmse(tmp_path / "ctrl" / "potential.fragnn", test)
     assert after < 0.5 * before and after < 0.5 * control, (before, after, control)
+
+
+class _ScriptedLoop:
+    """An :class:`ActiveLearningLoop` whose hooks follow a script: committee ``cK`` explores to
+    ``(flagged atoms of 10, halted)``; every iteration adds one structure and trains ``cK+1``."""
+
+    def __new__(cls, workdir, script, max_iterations):
+        from pyfragnn.active_learning import ActiveLearningLoop
+
+        class Loop(ActiveLearningLoop):
+            calls: list = []
+
+            def explore(self, members, it, d):
+                k = int(Path(members[0]).name[1:])
+                n_flag, halted = script[k]
+                f = Atoms("H10", positions=np.arange(30.0).reshape(10, 3))
+                f.arrays["force_deviation"] = np.r_[np.full(n_flag, 2.0), np.zeros(10 - n_flag)]
+                f.arrays["extrapolations"] = np.zeros(10, int)
+                if halted:
+                    f.info["md_stopped"] = "Fix halt condition"
+                self.calls.append(k)
+                return [f], {"runs": []}
+
+            def new_data(self, frames, cands, it, d):
+                return [Atoms("H", positions=[[0, 0, 0]])], {}
+
+            def fine_tune(self, members, added, it, d):
+                return [str(d.parent / f"c{len(added)}")], {}
+
+        return Loop(workdir, threshold=1.0, tolerance=0.0, max_iterations=max_iterations,
+                    log=lambda m: None)
+
+
+def test_loop_explores_the_last_committee_and_ships_the_best(tmp_path):
+    """Unconverged after its iterations, the loop explores the committee it trained last once
+    more (record 'final', resumable) and :meth:`best` ships the explored committee with no run
+    stopped and the fewest flagged atom-frames (latest on ties); a converged loop ships its
+    last committee."""
+    # c0 halted, c1 clean (1 flagged), c2 hole (halted), c3 clean (2 flagged)
+    loop = _ScriptedLoop(tmp_path / "a", {0: (5, True), 1: (1, False), 2: (3, True),
+                                          3: (2, False)}, 3)
+    hist, members, added = loop.run(["c0"])
+    assert [r["iteration"] for r in hist] == [1, 2, 3, "final"] and loop.calls == [0, 1, 2, 3]
+    assert members == [loop.path("c3")] and len(added) == 3
+    assert hist[-1]["exploration"]["flagged"] == 2 and not hist[-1]["converged"]
+    best = loop.best(hist)
+    assert best["iteration"] == 2 and best["committee"] == ["c1"]
+    loop.calls.clear()
+    assert loop.run(["c0"])[0] == hist and loop.calls == []       # resumed, nothing explored
+    # ties: the latest; no clean exploration at all: the last record
+    tie = _ScriptedLoop(tmp_path / "b", {0: (1, False), 1: (1, False), 2: (1, False)}, 2)
+    assert tie.best(tie.run(["c0"])[0])["committee"] == ["c2"]
+    hole = _ScriptedLoop(tmp_path / "c", {0: (1, True), 1: (1, True), 2: (1, True)}, 2)
+    h = hole.run(["c0"])[0]
+    assert hole.best(h) is h[-1] and h[-1]["iteration"] == "final"
+    # converged in iteration 2: no final exploration, the converged committee is shipped
+    conv = _ScriptedLoop(tmp_path / "d", {0: (0, True), 1: (0, False), 2: (0, False)}, 3)
+    h = conv.run(["c0"])[0]
+    assert [r["iteration"] for r in h] == [1, 2] and conv.best(h)["committee"] == ["c1"]

@@ -397,3 +397,51 @@ def test_small_fragments_around_a_candidate_come_from_its_r_c_sphere():
             assert 0 < frame.get_distance(c.atom, g.atom, mic=True) < 3.0
     # 12 nearest neighbours within 3.0 Å in fcc Cu (a = 3.6): at most 12 extras
     assert len(_around([frame], cands[:1], 40, 3.0, np.random.default_rng(0))) == 13
+
+
+def test_exploration_in_both_ensembles_and_committee_selection_keys(tmp_path, monkeypatch):
+    """active.ensemble = 'nvt+npt' runs the whole schedule (temperatures, then strains at the
+    first temperature) once in NVT and once in NPT; wrong values of active.ensemble and
+    active.select are errors naming the key, NPT needs the LAMMPS engine."""
+    from ase import Atoms
+
+    import pyfragnn.active_learning as al
+    import pyfragnn.workflow.active as wa
+    from pyfragnn.workflow import WorkflowConfigError, load_config
+    from pyfragnn.workflow.runner import Context
+
+    cfg = _write_case(tmp_path)
+    act = "[active]\niterations = 2"
+    for new, key in (("ensemble = \"nve\"", "active.ensemble"),
+                     ("engine = \"ase\"\nensemble = \"npt\"", "active.ensemble"),
+                     ("select = \"worst\"", "active.select")):
+        cfg.write_text(CONFIG.replace(act, f"{act}\n{new}", 1))
+        with pytest.raises(WorkflowConfigError, match=key.replace(".", r"\.")):
+            load_config(cfg)
+    assert f"{act}\ntemperatures = [600.0]" in CONFIG
+    cfg.write_text(CONFIG.replace(f"{act}\ntemperatures = [600.0]",
+                                  f"{act}\nensemble = \"nvt+npt\"\nstrains = [-0.01, 0.02]"
+                                  "\ntemperatures = [300.0, 600.0]", 1))
+    c = load_config(cfg)
+    got = []
+
+    def fake(start, pots, stages, work, *a, **kw):
+        got.extend(stages)
+        out = []
+        for k, st in enumerate(stages):
+            f = start.copy()
+            f.arrays["force_deviation"] = np.zeros(len(f))
+            f.arrays["extrapolations"] = np.zeros(len(f), int)
+            f.info.update(md_stage=k, md_time_ps=0.1, md_ensemble=st.ensemble)
+            out.append(f)
+        return out
+
+    cell = Atoms("Cu", cell=[3, 3, 3], pbc=True)
+    cell.info["name"] = "cu"
+    monkeypatch.setattr(al, "explore_lammps", fake)
+    monkeypatch.setattr(wa, "_relaxed", lambda ctx: [cell])
+    frames, runs = wa._explore(Context(c, tmp_path, tmp_path, "active"), [], 1, tmp_path)
+    sched = [(300.0, 0.0), (600.0, 0.0), (300.0, -0.01), (300.0, 0.02)]
+    assert [(s.ensemble, s.temperature, s.strain) for s in got] == \
+        [("nvt", t, e) for t, e in sched] + [("npt", t, e) for t, e in sched]
+    assert [r["ensemble"] for r in runs] == ["nvt"] * 4 + ["npt"] * 4

@@ -21,8 +21,11 @@ The loop is :class:`~pyfragnn.active_learning.ActiveLearningLoop` (the one
 Convergence rule (reported per iteration): no run stopped early and at most
 ``active.tolerance`` of the sampled atom-frames deviate or extrapolate
 (:func:`~pyfragnn.active_learning.exploration_summary`); the loop then ends with
-``converged = true``, else after ``active.iterations``. The final pair is
-``hdnnp1``/``hdnnp1b``.
+``converged = true``, else after ``active.iterations``, the committee trained last then
+explored once more (``final``). With ``active.select = 'best'`` the shipped pair
+``hdnnp1``/``hdnnp1b`` is the explored committee with no run stopped and the fewest flagged
+atom-frames (:meth:`~pyfragnn.active_learning.ActiveLearningLoop.best`), else the last one.
+``active.ensemble = 'nvt+npt'`` runs the schedule in both ensembles.
 """
 from __future__ import annotations
 
@@ -58,9 +61,11 @@ def _explore(ctx: Context, pots: List[str], it: int, work: Path) -> tuple:
         stop_ex = max(1, len(start) // 10)
         seed = ctx.cfg.run.seed + 1000 * it
         if ac.engine == "lammps":
-            stages = [Stage(t, ac.md_steps, ac.ensemble) for t in ac.temperatures]
-            stages += [Stage(ac.temperatures[0], ac.md_steps, ac.ensemble, strain=e)
-                       for e in ac.strains]
+            stages = []
+            for ens in ac.ensemble.split("+"):  # 'nvt+npt': the schedule once per ensemble
+                stages += [Stage(t, ac.md_steps, ens) for t in ac.temperatures]
+                stages += [Stage(ac.temperatures[0], ac.md_steps, ens, strain=e)
+                           for e in ac.strains]
             fr = explore_lammps(start, pots, stages, work / name, ac.sample_every, 0.5,
                                 ac.threshold, stop_deviation=ac.stop_deviation or None,
                                 stop_extrapolating_atoms=stop_ex, nprocs=ac.nprocs,
@@ -77,6 +82,7 @@ def _explore(ctx: Context, pots: List[str], it: int, work: Path) -> tuple:
             for f in fr:
                 f.info.update(structure=name, al_iteration=it)
             runs.append({"structure": name, "T_K": t, "frames": len(fr),
+                         "ensemble": str(fr[-1].info.get("md_ensemble", "nvt")) if fr else "",
                          "ps": float(fr[-1].info["md_time_ps"]) if fr else 0.0,
                          "stopped": str(fr[-1].info.get("md_stopped", "")) if fr else "",
                          "max_deviation": float(max(f.arrays["force_deviation"].max()
@@ -211,6 +217,13 @@ def run_active(ctx: Context) -> Dict[str, Any]:
     start = [str(ctx.input("train") / m / "potential.fragnn") for m in _MEMBERS]
     iters, members, added = loop.run(start)
     converged = bool(iters and iters[-1]["converged"])
+    shipped = "last"
+    if iters and ctx.cfg.active.select == "best":
+        pick = loop.best(iters)
+        members, shipped = [loop.path(m) for m in pick["committee"]], pick["iteration"]
+        ctx.say(f"shipping the committee explored in iteration {shipped}: flagged fraction "
+                f"{pick['exploration']['flagged_fraction']:.4f}, "
+                f"{pick['exploration']['halted']} run(s) stopped")
     for m, path in zip(_MEMBERS, members):
         dst = ctx.out / m
         if dst.exists():
@@ -218,4 +231,5 @@ def run_active(ctx: Context) -> Dict[str, Any]:
         shutil.copytree(Path(path).parent, dst)
     ctx.say(f"{len(iters)} iterations, {len(added)} fragments added, "
             f"{'converged' if converged else 'not converged'}")
-    return {"iterations": iters, "converged": converged, "added": len(added)}
+    return {"iterations": iters, "converged": converged, "added": len(added),
+            "shipped": shipped}

@@ -157,7 +157,9 @@ class ActiveConfig:
     engine: str = _doc("exploration MD: 'lammps' (pair_style fragnn with the committee, "
                        "compute fragnn/atom dumps, fix halt; Nose-Hoover) or 'ase' (Langevin)",
                        "lammps")
-    ensemble: str = _doc("'nvt', or 'npt' at 1 bar (isotropic; lammps engine only)", "nvt")
+    ensemble: str = _doc("'nvt', 'npt' at 1 bar (isotropic; lammps engine only), or "
+                         "'nvt+npt': every run in both, so that the exploration also covers "
+                         "the NPT step's first stage (NVT at the relaxed volume)", "nvt")
     temperatures: List[float] = _doc("bulk MD temperatures explored per iteration (one run "
                                      "each)", factory=lambda: [300.0, 600.0])
     strains: List[float] = _doc("cell strains of extra runs at the first temperature "
@@ -186,6 +188,10 @@ class ActiveConfig:
     large_fragments: bool = _doc(
         "also cut large fragments (2 R_c) around the candidates for HDNNP2/3, so that the "
         "controls see the same bulk structures and centres as HDNNP1 (section 3)", True)
+    select: str = _doc(
+        "the committee shipped when the loop ends unconverged: 'best' (of the explored "
+        "committees, the last one explored once more, the one with no run stopped and the "
+        "fewest flagged atom-frames) or 'last' (the one trained last)", "best")
     small_per_candidate: int = _doc(
         "small fragments (R_c) per candidate: the candidate's own and ones centred on atoms "
         "drawn from its R_c sphere, so that HDNNP1 gets complete R_c environments of the "
@@ -380,8 +386,14 @@ def _validate(cfg: WorkflowConfig) -> None:
                                   f"nonzero determinant, got {cfg.npt.cell!r}")
     if cfg.active.engine not in ("lammps", "ase"):
         raise WorkflowConfigError(f"active.engine: 'lammps' or 'ase', got {cfg.active.engine!r}")
-    if cfg.active.ensemble not in ("nvt", "npt"):
-        raise WorkflowConfigError(f"active.ensemble: 'nvt' or 'npt', got {cfg.active.ensemble!r}")
+    if cfg.active.ensemble not in ("nvt", "npt", "nvt+npt"):
+        raise WorkflowConfigError("active.ensemble: 'nvt', 'npt' or 'nvt+npt', got "
+                                  f"{cfg.active.ensemble!r}")
+    if cfg.active.ensemble != "nvt" and cfg.active.engine != "lammps":
+        raise WorkflowConfigError(f"active.ensemble: {cfg.active.ensemble!r} needs "
+                                  "active.engine = 'lammps'")
+    if cfg.active.select not in ("best", "last"):
+        raise WorkflowConfigError(f"active.select: 'best' or 'last', got {cfg.active.select!r}")
     if cfg.active.nprocs < 1:
         raise WorkflowConfigError("active.nprocs: must be >= 1")
     if not cfg.structures:

@@ -76,7 +76,8 @@ def summary(ctx: Context) -> Dict[str, Any]:
         "md_steps": int(ctx.cfg.md.steps),
         "md_passed": bool(md.get("passed", False)),
         "active_learning_converged": bool(act["converged"]),
-        "active_learning_iterations": len(act["iterations"]),
+        "active_learning_iterations": sum(r["iteration"] != "final" for r in act["iterations"]),
+        "active_learning_shipped_iteration": act.get("shipped", "last"),
         "reference_cpu_s": {"hdnnp1": float(ini["label_cpu_s"] + lab["small"]["label_cpu_s"]
                                             + al_cost),
                             "hdnnp2": float(lab["large"]["label_cpu_s"]) + al_cost_large,
@@ -94,6 +95,18 @@ def summary(ctx: Context) -> Dict[str, Any]:
             st: {t: e["rmse_F"] for t, e in r["md_by_temperature"].items()}
             for st, r in pots["HDNNP1"]["structures"].items()},
     }
+
+
+def _shipped(act: Dict[str, Any]) -> str:
+    """The sentence naming the shipped committee (``active.select``)."""
+    it = act.get("shipped", "last")
+    if it == "last" or act["converged"]:
+        return ""
+    rec = next(r for r in act["iterations"] if r["iteration"] == it)
+    what = ("the committee trained last (row 'final': explored once more, no new data)"
+            if it == "final" else f"the committee explored in iteration {it}")
+    return (f" HDNNP1 and its partner are {what}: of the explored committees, no run stopped "
+            f"and the fewest flagged atom-frames ({rec['exploration']['flagged_fraction']:.4f}).")
 
 
 def _npt_section(ctx: Context) -> List[str]:
@@ -186,11 +199,12 @@ def write_report(ctx: Context) -> Dict[str, Any]:
                ["site", "ref |ΔF| small", "ref |ΔF| large"]
                + [f"{k} F RMSE" for k in val["potentials"]]), ""]
     L += ["## Active learning of HDNNP1", "",
-          f"{len(act['iterations'])} iterations, {act['added']} fragments added, "
+          f"{s['active_learning_iterations']} iterations, {act['added']} fragments added, "
           + ("converged: an iteration ran every exploration to its end with at most "
            f"{cfg.active.tolerance:g} of the sampled atom-frames above {cfg.active.threshold:g} "
            "eV/Å or extrapolating" if act["converged"]
-           else "NOT converged within the iterations allowed") + ".",
+           else "NOT converged within the iterations allowed") + "."
+          + _shipped(act),
           "", _tab([[r["iteration"], r["exploration"]["frames"], r["exploration"]["atoms"],
                      r["exploration"]["max_deviation"], r["exploration"]["above"],
                      r["exploration"]["extrapolating"], r["exploration"]["flagged_fraction"],
