@@ -419,7 +419,8 @@ Descriptor::Descriptor(std::vector<SymmetryFunctionParams> sfs, std::vector<int>
     for (RadialGroup& g : radial_)
         for (const RadialTerm& t : g.terms) g.fast_exp = g.fast_exp && in_range(t.eta, t.rs);
     for (AngularGroup& g : angular_)
-        for (const Gaussian& q : g.gauss) g.fast_exp = g.fast_exp && in_range(q.eta, q.rs);
+        for (const Gaussian& q : g.gauss)  // types 3, 13: one exp of the three-distance sum
+            g.fast_exp = g.fast_exp && in_range(g.type == 9 ? q.eta : 3.0 * q.eta, q.rs);
     int dmax = 0;
     for (MomentSet& m : msets_) {
         m.fast_exp = in_range(m.eta, m.rs);
@@ -625,7 +626,7 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
         h[3] = 0;
         h[4] = static_cast<int>(itotal);
         itotal += 2 * cap;
-        scratch = std::max({scratch, kBlock * (8 + 3 * ng + 2 * g.powers.size()) + g.terms.size(),
+        scratch = std::max({scratch, kBlock * (11 + 3 * ng + 2 * g.powers.size()) + g.terms.size(),
                             (2 + ng) * static_cast<std::size_t>(M)});
     }
     for (int si = 0; si < n_mset; ++si) {  // A, dA/dr [m], monomials [m][nm], M [nm], D, W [nm], dE/dD
@@ -705,7 +706,8 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
         list(g.e1, l1, m1);
         list(g.e2, l2, m2);
         const bool same = g.e1 == g.e2;
-        // Per neighbour (by index): fc, dfc, w_j exp(-eta (r_ij - rs)^2), w_j = Z_j for type 13.
+        // Per neighbour (by index): fc, dfc and, for type 9, w_j exp(-eta (r_ij - rs)^2) (types
+        // 3, 13 take the Gaussians of all three distances in one exp per triplet below).
         double* nb_fc = buf + h[0];
         double* nb_dfc = nb_fc + n;
         double* nb_g = nb_dfc + n;
@@ -717,14 +719,18 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
             double* df = f + m;
             double* gs = df + m;  // [ng][m]
             g.fc.fdf(m, r, f, df);  // values at r >= rc are discarded below
+            for (int a = 0; a < m; ++a) {
+                const int j = l[a];
+                const bool in = r[a] < rc;
+                nb_fc[j] = in ? f[a] : 0.0;
+                nb_dfc[j] = in ? df[a] : 0.0;
+            }
+            if (with_jk) continue;
             for (int q = 0; q < ng; ++q)
                 gaussian_array(m, r, g.gauss[q].eta, g.gauss[q].rs, g.fast_exp, gs + q * m);
             for (int a = 0; a < m; ++a) {
                 const int j = l[a];
-                const bool in = r[a] < rc;
-                const double w = !in ? 0.0 : g.type == 13 ? z_[env.element[j]] : 1.0;
-                nb_fc[j] = in ? f[a] : 0.0;
-                nb_dfc[j] = in ? df[a] : 0.0;
+                const double w = r[a] < rc ? 1.0 : 0.0;
                 for (int q = 0; q < ng; ++q) nb_g[q * n + j] = w * gs[q * m + a];
             }
         }
@@ -762,36 +768,62 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
         double* F = scratch_mem;       // [kBlock] fc(r_ij) fc(r_ik) fc(r_jk)
         double* tg = F + kBlock;       // [ng][kBlock] Gaussian products times F
         double* pw = tg + ng * kBlock; // [npow][kBlock] max(0, 1 + lambda cos)^zeta
+        double* rj = pw + npow * kBlock;  // [kBlock] r_ij, r_ik, w_j w_k (type 13)
+        double* rk = rj + kBlock;
+        double* wjk = rk + kBlock;
         for (int t0 = 0; t0 < count; t0 += kBlock) {
             const int nb = std::min(kBlock, count - t0);
             const int* bj = pj + t0;
             const int* bk = pk + t0;
             double* br = rjk + t0;
             if (with_jk) {
+                for (int i = 0; i < nb; ++i) {
+                    const int j = bj[i], k = bk[i];
+                    rj[i] = env.r[j];
+                    rk[i] = env.r[k];
+                    F[i] = nb_fc[j] * nb_fc[k];
+                }
                 for (int i = 0; i < nb; ++i) br[i] = std::sqrt(br[i]);
                 g.fc.fdf(nb, br, fjk + t0, dfjk + t0);
-                for (int q = 0; q < ng; ++q)
-                    if (g.gauss[q].power == 0)
-                        gaussian_array(nb, br, g.gauss[q].eta, g.gauss[q].rs, g.fast_exp,
-                                       xjk + q * cap + t0);
+                for (int i = 0; i < nb; ++i) F[i] *= fjk[t0 + i];
+                // xjk keeps the whole Gaussian product exp(-eta [(r_ij-rs)^2 + (r_ik-rs)^2 +
+                // (r_jk-rs)^2]) (times w_j w_k) for contract().
+                for (int q = 0; q < ng; ++q) {
+                    const Gaussian& gq = g.gauss[q];
+                    if (gq.power > 0) continue;
+                    double* xq = xjk + q * cap + t0;
+                    const double eta = gq.eta, rs = gq.rs;
+                    if (g.fast_exp)
+                        for (int i = 0; i < nb; ++i)
+                            xq[i] = exp_approx(-eta * ((rj[i] - rs) * (rj[i] - rs) +
+                                                       (rk[i] - rs) * (rk[i] - rs) +
+                                                       (br[i] - rs) * (br[i] - rs)));
+                    else
+                        for (int i = 0; i < nb; ++i)
+                            xq[i] = std::exp(-eta * ((rj[i] - rs) * (rj[i] - rs) +
+                                                     (rk[i] - rs) * (rk[i] - rs) +
+                                                     (br[i] - rs) * (br[i] - rs)));
+                }
                 for (int q = 0; q < ng; ++q)
                     if (g.gauss[q].power > 0)
                         pow_array(nb, xjk + g.gauss[q].base * cap + t0, g.gauss[q].power,
                                   xjk + q * cap + t0);
-                for (int i = 0; i < nb; ++i) F[i] = nb_fc[bj[i]] * nb_fc[bk[i]] * fjk[t0 + i];
+                if (g.type == 13) {
+                    for (int i = 0; i < nb; ++i)
+                        wjk[i] = z_[env.element[bj[i]]] * z_[env.element[bk[i]]];
+                    for (int q = 0; q < ng; ++q)
+                        for (int i = 0; i < nb; ++i) xjk[q * cap + t0 + i] *= wjk[i];
+                }
+                for (int q = 0; q < ng; ++q) {
+                    const double* xq = xjk + q * cap + t0;
+                    double* tq = tg + q * kBlock;
+                    for (int i = 0; i < nb; ++i) tq[i] = xq[i] * F[i];
+                }
             } else {
                 for (int i = 0; i < nb; ++i) F[i] = nb_fc[bj[i]] * nb_fc[bk[i]];
-            }
-            for (int q = 0; q < ng; ++q) {
-                const double* gq = nb_g + q * n;
-                double* tq = tg + q * kBlock;
-                if (with_jk) {  // xjk keeps the whole Gaussian product for contract()
-                    double* xq = xjk + q * cap + t0;
-                    for (int i = 0; i < nb; ++i) {
-                        xq[i] = gq[bj[i]] * gq[bk[i]] * xq[i];
-                        tq[i] = xq[i] * F[i];
-                    }
-                } else {
+                for (int q = 0; q < ng; ++q) {
+                    const double* gq = nb_g + q * n;
+                    double* tq = tg + q * kBlock;
                     for (int i = 0; i < nb; ++i) tq[i] = gq[bj[i]] * gq[bk[i]] * F[i];
                 }
             }
