@@ -1016,18 +1016,30 @@ void Descriptor::contract_nv(const AtomEnvironment& env, const double* dEdG_all,
     double* inv_r = buf + start[head] + n;  // [n] 1 / r_j (the slot before it is unused here)
     double* scratch_mem = inv_r + n;
     for (int j = 0; j < n; ++j) inv_r[j] = 1.0 / env.r[j];
-    // cbuf: along_u [NV][n] (dE/dd_j components along u_j), then the angular block scratch.
+    // cbuf: along_u [NV][n] (dE/dd_j components along u_j); for the angular groups u4 [n][4]
+    // (u_j, 0) and acc4 [NV][n][4] (dE/dd_j off u_j, then along u_j), so that a triplet's update
+    // of one neighbour is one 4-lane add; then the angular block scratch.
     std::size_t vec_size = 0;
     for (const AngularGroup& g : angular_) {
         const std::size_t ng = g.gauss.size(), npow = g.powers.size();
         vec_size = std::max(vec_size, kBlock * (5 + ng + 2 * npow) +
                                           NV * (4 * kBlock + g.terms.size()));
     }
-    if (ws.cbuf.size() < NV * static_cast<std::size_t>(n) + vec_size)
-        ws.cbuf.resize(NV * static_cast<std::size_t>(n) + vec_size);
+    const std::size_t n4 = angular_.empty() ? 0 : 4 * static_cast<std::size_t>(n);
+    const std::size_t head_size = NV * static_cast<std::size_t>(n) + (NV + 1) * n4;
+    if (ws.cbuf.size() < head_size + vec_size) ws.cbuf.resize(head_size + vec_size);
     double* along_all = ws.cbuf.data();
-    double* vec_mem = along_all + NV * static_cast<std::size_t>(n);
+    double* u4 = along_all + NV * static_cast<std::size_t>(n);
+    double* acc4_all = u4 + n4;
+    double* vec_mem = along_all + head_size;
     std::fill(along_all, along_all + NV * static_cast<std::size_t>(n), 0.0);
+    if (n4 > 0) {
+        std::fill(acc4_all, acc4_all + NV * n4, 0.0);
+        for (int j = 0; j < n; ++j) {
+            for (int a = 0; a < 3; ++a) u4[4 * j + a] = u[3 * j + a];
+            u4[4 * j + 3] = 0.0;
+        }
+    }
     auto list = [&](int e, const int*& first, int& count) {  // e < 0: all elements
         first = start + start[e < 0 ? 0 : e];
         count = start[e < 0 ? ne : e + 1] - start[e < 0 ? 0 : e];
@@ -1237,45 +1249,43 @@ void Descriptor::contract_nv(const AtomEnvironment& env, const double* dEdG_all,
             const double* beta_j[NV];
             const double* alpha_k[NV];
             const double* beta_k[NV];
-            double* au[NV];
-            double* gv[NV];
+            double* acc4[NV];
             for (int v = 0; v < NV; ++v) {
                 alpha_j[v] = vbase + v * per_vec;
                 beta_j[v] = alpha_j[v] + kBlock;
                 alpha_k[v] = alpha_j[v] + 2 * kBlock;
                 beta_k[v] = alpha_j[v] + 3 * kBlock;
-                au[v] = along_all + v * static_cast<std::size_t>(n);
-                gv[v] = dEdd_all + v * 3 * static_cast<std::size_t>(n);
+                acc4[v] = acc4_all + v * n4;
             }
+            const v4d e3 = {0.0, 0.0, 0.0, 1.0};
             for (int i = 0; i < nb;) {
                 const int j = bj[i];
-                const double* uj = u + 3 * j;
-                double aj[NV], gx[NV], gy[NV], gz[NV];
-                for (int v = 0; v < NV; ++v) aj[v] = gx[v] = gy[v] = gz[v] = 0.0;
+                const v4d uj = ld4(u4 + 4 * j);
+                v4d sj[NV];
+                for (int v = 0; v < NV; ++v) sj[v] = v4d{0.0, 0.0, 0.0, 0.0};
                 for (; i < nb && bj[i] == j; ++i) {
                     const int k = bk[i];
-                    const double* uk = u + 3 * k;
+                    const v4d uk = ld4(u4 + 4 * k);
                     for (int v = 0; v < NV; ++v) {
-                        const double bj_ = beta_j[v][i], bk_ = beta_k[v][i];
-                        aj[v] += alpha_j[v][i];
-                        gx[v] += bj_ * uk[0];
-                        gy[v] += bj_ * uk[1];
-                        gz[v] += bj_ * uk[2];
-                        au[v][k] += alpha_k[v][i];
-                        double* gk = gv[v] + 3 * k;
-                        gk[0] += bk_ * uj[0];
-                        gk[1] += bk_ * uj[1];
-                        gk[2] += bk_ * uj[2];
+                        sj[v] += beta_j[v][i] * uk + alpha_j[v][i] * e3;
+                        double* ak = acc4[v] + 4 * k;
+                        st4(ak, ld4(ak) + (beta_k[v][i] * uj + alpha_k[v][i] * e3));
                     }
                 }
                 for (int v = 0; v < NV; ++v) {
-                    au[v][j] += aj[v];
-                    double* gj = gv[v] + 3 * j;
-                    gj[0] += gx[v];
-                    gj[1] += gy[v];
-                    gj[2] += gz[v];
+                    double* aj = acc4[v] + 4 * j;
+                    st4(aj, ld4(aj) + sj[v]);
                 }
             }
+        }
+    }
+    for (int v = 0; v < NV && n4 > 0; ++v) {
+        const double* acc4 = acc4_all + v * n4;
+        double* along_u = along_all + v * static_cast<std::size_t>(n);
+        double* dEdd = dEdd_all + v * 3 * static_cast<std::size_t>(n);
+        for (int j = 0; j < n; ++j) {
+            along_u[j] += acc4[4 * j + 3];
+            for (int a = 0; a < 3; ++a) dEdd[3 * j + a] += acc4[4 * j + a];
         }
     }
 
