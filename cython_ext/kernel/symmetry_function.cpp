@@ -496,6 +496,18 @@ constexpr int kBlock = 128;  // a multiple of 4 (the angular contraction reads 4
 typedef double v4d __attribute__((vector_size(32)));
 inline v4d ld4(const double* p) { v4d x; std::memcpy(&x, p, sizeof x); return x; }
 inline void st4(double* p, const v4d& x) { std::memcpy(p, &x, sizeof x); }
+typedef long long v4i __attribute__((vector_size(32)));
+
+/// Columns of the 4x4 matrix with rows a, b, c, d.
+inline void transpose4(const v4d& a, const v4d& b, const v4d& c, const v4d& d, v4d& w, v4d& x,
+                       v4d& y, v4d& z) {
+    const v4d ab0 = __builtin_shuffle(a, b, v4i{0, 4, 2, 6}), ab1 = __builtin_shuffle(a, b, v4i{1, 5, 3, 7});
+    const v4d cd0 = __builtin_shuffle(c, d, v4i{0, 4, 2, 6}), cd1 = __builtin_shuffle(c, d, v4i{1, 5, 3, 7});
+    w = __builtin_shuffle(ab0, cd0, v4i{0, 1, 4, 5});
+    x = __builtin_shuffle(ab1, cd1, v4i{0, 1, 4, 5});
+    y = __builtin_shuffle(ab0, cd0, v4i{2, 3, 6, 7});
+    z = __builtin_shuffle(ab1, cd1, v4i{2, 3, 6, 7});
+}
 
 /// Number of monomials in 3 variables of degree <= d.
 inline int n_mono(int d) { return (d + 1) * (d + 2) * (d + 3) / 6; }
@@ -619,7 +631,7 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
                                              : static_cast<std::size_t>(m1) * m2;
         const std::size_t ng = g.gauss.size();
         h[0] = static_cast<int>(total);
-        total += (2 + ng) * static_cast<std::size_t>(n);
+        total += (4 + ng) * static_cast<std::size_t>(n);
         h[1] = static_cast<int>(total);
         total += (4 + ng) * cap;
         h[2] = static_cast<int>(cap);
@@ -706,11 +718,11 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
         list(g.e1, l1, m1);
         list(g.e2, l2, m2);
         const bool same = g.e1 == g.e2;
-        // Per neighbour (by index): fc, dfc and, for type 9, w_j exp(-eta (r_ij - rs)^2) (types
+        // Per neighbour (by index): records (fc, dfc, r, 1/r) (contract() loads four triplets'
+        // with four loads and a transpose) and, for type 9, w_j exp(-eta (r_ij - rs)^2) (types
         // 3, 13 take the Gaussians of all three distances in one exp per triplet below).
-        double* nb_fc = buf + h[0];
-        double* nb_dfc = nb_fc + n;
-        double* nb_g = nb_dfc + n;
+        double* nb_rec = buf + h[0];
+        double* nb_g = nb_rec + 4 * n;
         for (int side = 0; side < (same ? 1 : 2); ++side) {
             const int* l = side ? l2 : l1;
             const int m = side ? m2 : m1;
@@ -722,8 +734,11 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
             for (int a = 0; a < m; ++a) {
                 const int j = l[a];
                 const bool in = r[a] < rc;
-                nb_fc[j] = in ? f[a] : 0.0;
-                nb_dfc[j] = in ? df[a] : 0.0;
+                double* rec = nb_rec + 4 * j;
+                rec[0] = in ? f[a] : 0.0;
+                rec[1] = in ? df[a] : 0.0;
+                rec[2] = r[a];
+                rec[3] = 1.0 / r[a];
             }
             if (with_jk) continue;
             for (int q = 0; q < ng; ++q)
@@ -779,9 +794,9 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
             if (with_jk) {
                 for (int i = 0; i < nb; ++i) {
                     const int j = bj[i], k = bk[i];
-                    rj[i] = env.r[j];
-                    rk[i] = env.r[k];
-                    F[i] = nb_fc[j] * nb_fc[k];
+                    rj[i] = nb_rec[4 * j + 2];
+                    rk[i] = nb_rec[4 * k + 2];
+                    F[i] = nb_rec[4 * j] * nb_rec[4 * k];
                 }
                 for (int i = 0; i < nb; ++i) br[i] = std::sqrt(br[i]);
                 g.fc.fdf(nb, br, fjk + t0, dfjk + t0);
@@ -820,7 +835,7 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
                     for (int i = 0; i < nb; ++i) tq[i] = xq[i] * F[i];
                 }
             } else {
-                for (int i = 0; i < nb; ++i) F[i] = nb_fc[bj[i]] * nb_fc[bk[i]];
+                for (int i = 0; i < nb; ++i) F[i] = nb_rec[4 * bj[i]] * nb_rec[4 * bk[i]];
                 for (int q = 0; q < ng; ++q) {
                     const double* gq = nb_g + q * n;
                     double* tq = tg + q * kBlock;
@@ -1013,9 +1028,7 @@ void Descriptor::contract_nv(const AtomEnvironment& env, const double* dEdG_all,
     const int* start = ws.ibuf.data();
     double* buf = ws.buf.data();
     const double* u = buf + kFingerprint;
-    double* inv_r = buf + start[head] + n;  // [n] 1 / r_j (the slot before it is unused here)
-    double* scratch_mem = inv_r + n;
-    for (int j = 0; j < n; ++j) inv_r[j] = 1.0 / env.r[j];
+    double* scratch_mem = buf + start[head] + 2 * n;
     // cbuf: along_u [NV][n] (dE/dd_j components along u_j); for the angular groups u4 [n][4]
     // (u_j, 0) and acc4 [NV][n][4] (dE/dd_j off u_j, then along u_j), so that a triplet's update
     // of one neighbour is one 4-lane add; then the angular block scratch.
@@ -1079,9 +1092,8 @@ void Descriptor::contract_nv(const AtomEnvironment& env, const double* dEdG_all,
         const int ng = static_cast<int>(g.gauss.size()), npow = static_cast<int>(g.powers.size());
         const int nt = static_cast<int>(g.terms.size());
         const bool with_jk = g.type != 9;
-        const double* nb_fc = buf + h[0];
-        const double* nb_dfc = nb_fc + n;
-        const double* nb_g = nb_dfc + n;
+        const double* nb_rec = buf + h[0];  // (fc, dfc, r, 1/r) per neighbour
+        const double* nb_g = nb_rec + 4 * n;
         const int cap = h[2], count = h[3];
         const int* pj = start + h[4];
         const int* pk = pj + cap;
@@ -1210,16 +1222,15 @@ void Descriptor::contract_nv(const AtomEnvironment& env, const double* dEdG_all,
                     jx[l] = bj[il];
                     kx[l] = bk[il];
                 }
-                auto gather = [&](const double* a, const int* x) {
-                    return v4d{a[x[0]], a[x[1]], a[x[2]], a[x[3]]};
-                };
-                const v4d r_ij = gather(env.r, jx), r_ik = gather(env.r, kx);
-                const v4d fj = gather(nb_fc, jx), fk = gather(nb_fc, kx);
-                const v4d cj = gather(inv_r, jx), ck = gather(inv_r, kx);
+                v4d fj, dfj, r_ij, cj, fk, dfk, r_ik, ck;
+                transpose4(ld4(nb_rec + 4 * jx[0]), ld4(nb_rec + 4 * jx[1]),
+                           ld4(nb_rec + 4 * jx[2]), ld4(nb_rec + 4 * jx[3]), fj, dfj, r_ij, cj);
+                transpose4(ld4(nb_rec + 4 * kx[0]), ld4(nb_rec + 4 * kx[1]),
+                           ld4(nb_rec + 4 * kx[2]), ld4(nb_rec + 4 * kx[3]), fk, dfk, r_ik, ck);
                 const v4d f3 = with_jk ? ld4(fb + i) : v4d{1.0, 1.0, 1.0, 1.0};
                 const v4d F = fj * fk * f3;
-                const v4d Dj = gather(nb_dfc, jx) * fk * f3;
-                const v4d Dk = fj * gather(nb_dfc, kx) * f3;
+                const v4d Dj = dfj * fk * f3;
+                const v4d Dk = fj * dfk * f3;
                 const v4d cos4 = ld4(cb + i);
                 const v4d ccj4 = cos4 * cj, cck4 = cos4 * ck;
                 for (int v = 0; v < NV; ++v) {
