@@ -545,6 +545,22 @@ inline double dot(int n, const double* a, const double* b) {
     return s0 + s1;
 }
 
+/// sum_i a[i] b[i] for n a multiple of 4, in four 4-lane sums (a single chain of adds would
+/// wait on the add latency).
+inline double dot4(int n, const double* a, const double* b) {
+    v4d s0 = {0, 0, 0, 0}, s1 = s0, s2 = s0, s3 = s0;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 += ld4(a + i) * ld4(b + i);
+        s1 += ld4(a + i + 4) * ld4(b + i + 4);
+        s2 += ld4(a + i + 8) * ld4(b + i + 8);
+        s3 += ld4(a + i + 12) * ld4(b + i + 12);
+    }
+    for (; i < n; i += 4) s0 += ld4(a + i) * ld4(b + i);
+    const v4d s = (s0 + s1) + (s2 + s3);
+    return (s[0] + s[1]) + (s[2] + s[3]);
+}
+
 /// out[i] = w exp(-eta (r[i] - rs)^2).
 inline void gaussian_array(int n, const double* r, double eta, double rs, bool fast, double* out) {
     if (fast)
@@ -843,16 +859,23 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
                 }
             }
             double* base = F;  // F is no longer needed
+            const int nb4 = (nb + 3) & ~3;  // zero-padded to whole 4-lane groups for dot4
             for (int w = 0; w < npow; ++w) {
                 const AngularPower& p = g.powers[w];
                 double* pww = pw + w * kBlock;
-                angular_base(nb, cosv + t0, p.lambda, base);
-                if (p.zeta_int >= 0) pow_array(nb, base, p.zeta_int, pww);
-                else
-                    for (int i = 0; i < nb; ++i) pww[i] = std::pow(base[i], p.zeta);
+                if (p.zeta_int == 1) {
+                    angular_base(nb, cosv + t0, p.lambda, pww);
+                } else {
+                    angular_base(nb, cosv + t0, p.lambda, base);
+                    if (p.zeta_int >= 0) pow_array(nb, base, p.zeta_int, pww);
+                    else
+                        for (int i = 0; i < nb; ++i) pww[i] = std::pow(base[i], p.zeta);
+                }
+                std::fill(pww + nb, pww + nb4, 0.0);
             }
+            for (int q = 0; q < ng; ++q) std::fill(tg + q * kBlock + nb, tg + q * kBlock + nb4, 0.0);
             for (const AngularTerm& t : g.terms)
-                G[t.sf] += dot(nb, pw + t.power * kBlock, tg + t.gauss * kBlock);
+                G[t.sf] += dot4(nb4, pw + t.power * kBlock, tg + t.gauss * kBlock);
         }
         for (const AngularTerm& t : g.terms) G[t.sf] *= t.norm;
     }
