@@ -474,16 +474,15 @@ double Descriptor::cutoff() const { return cutoff_; }
 //         the lists; the triplet arrays.
 //   buf:  fingerprint, unit vectors u (3n), by list position: d, u, r (7 arrays of size M);
 //         radial group (m list entries): r[m], fc[m], dfc[m], then per term w_j exp(-eta (r-rs)^2);
-//         angular group: fc[n], dfc[n], per Gaussian w_j exp(-eta (r_ij-rs)^2) [n] (indexed by
-//         neighbour), and per triplet (capacity c) cos[c], r_jk[c], fc(r_jk)[c], dfc(r_jk)[c],
-//         per Gaussian exp(-eta (r_jk-rs)^2) [c], which compute() finally multiplies by the
-//         neighbours' factors (w_j w_k exp(-eta [(r_ij-rs)^2 + (r_ik-rs)^2 + (r_jk-rs)^2]));
-//         moment sets (see MomentSet); scratch section: contract's per-neighbour coefficient
-//         of u_j [n] and 1/r_j [n], then block scratch.
+//         angular group: records (fc, dfc, r, 1/r) [n][4], for type 9 per Gaussian
+//         exp(-eta (r_ij-rs)^2) [n] (indexed by neighbour), and per triplet (capacity c) cos[c],
+//         r_jk[c], fc(r_jk)[c], dfc(r_jk)[c], per Gaussian (types 3, 13) the product
+//         w_j w_k exp(-eta [(r_ij-rs)^2 + (r_ik-rs)^2 + (r_jk-rs)^2]) [c] (one exp of the sum);
+//         moment sets (see MomentSet); scratch section (block scratch).
 // Functions of a group share neighbour lists, per-neighbour factors and per-triplet geometry.
 // Triplets are selected first (branch-free), then processed in blocks of kBlock with loops over
-// arrays that the compiler vectorises (exp_approx instead of std::exp). r_jk Gaussians whose eta
-// is an integer multiple of another one's are integer powers of it (one exp per triplet).
+// arrays that the compiler vectorises (exp_approx instead of std::exp). Gaussians whose eta is
+// an integer multiple of another one's are integer powers of it (one exp per triplet).
 
 namespace {
 
@@ -666,7 +665,7 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
         scratch = std::max(scratch, 3 * static_cast<std::size_t>(M) + 3 * nm);
     }
     start[head] = static_cast<int>(total);
-    total += 2 * n + scratch;  // contract's per-neighbour coefficients of u_j and 1/r, scratch
+    total += scratch;
     if (total > static_cast<std::size_t>(INT32_MAX) || itotal > static_cast<std::size_t>(INT32_MAX))
         throw std::length_error("Descriptor: neighbourhood too large");
     if (ws.buf.size() < total) ws.buf.resize(total);
@@ -699,7 +698,7 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
         pux[p] = u[3 * j]; puy[p] = u[3 * j + 1]; puz[p] = u[3 * j + 2];
         pr[p] = env.r[j];
     }
-    double* scratch_mem = buf + start[head] + 2 * n;
+    double* scratch_mem = buf + start[head];
 
     // Radial Gaussians (2, 12).
     for (int gi = 0; gi < n_rad; ++gi) {
@@ -1051,7 +1050,7 @@ void Descriptor::contract_nv(const AtomEnvironment& env, const double* dEdG_all,
     const int* start = ws.ibuf.data();
     double* buf = ws.buf.data();
     const double* u = buf + kFingerprint;
-    double* scratch_mem = buf + start[head] + 2 * n;
+    double* scratch_mem = buf + start[head];
     // cbuf: along_u [NV][n] (dE/dd_j components along u_j); for the angular groups u4 [n][4]
     // (u_j, 0) and acc4 [NV][n][4] (dE/dd_j off u_j, then along u_j), so that a triplet's update
     // of one neighbour is one 4-lane add; then the angular block scratch.
