@@ -419,7 +419,8 @@ Descriptor::Descriptor(std::vector<SymmetryFunctionParams> sfs, std::vector<int>
     for (RadialGroup& g : radial_)
         for (const RadialTerm& t : g.terms) g.fast_exp = g.fast_exp && in_range(t.eta, t.rs);
     for (AngularGroup& g : angular_)
-        for (const Gaussian& q : g.gauss) g.fast_exp = g.fast_exp && in_range(q.eta, q.rs);
+        for (const Gaussian& q : g.gauss)  // types 3, 13: one exp of the three-distance sum
+            g.fast_exp = g.fast_exp && in_range(g.type == 9 ? q.eta : 3.0 * q.eta, q.rs);
     int dmax = 0;
     for (MomentSet& m : msets_) {
         m.fast_exp = in_range(m.eta, m.rs);
@@ -473,16 +474,15 @@ double Descriptor::cutoff() const { return cutoff_; }
 //         the lists; the triplet arrays.
 //   buf:  fingerprint, unit vectors u (3n), by list position: d, u, r (7 arrays of size M);
 //         radial group (m list entries): r[m], fc[m], dfc[m], then per term w_j exp(-eta (r-rs)^2);
-//         angular group: fc[n], dfc[n], per Gaussian w_j exp(-eta (r_ij-rs)^2) [n] (indexed by
-//         neighbour), and per triplet (capacity c) cos[c], r_jk[c], fc(r_jk)[c], dfc(r_jk)[c],
-//         per Gaussian exp(-eta (r_jk-rs)^2) [c], which compute() finally multiplies by the
-//         neighbours' factors (w_j w_k exp(-eta [(r_ij-rs)^2 + (r_ik-rs)^2 + (r_jk-rs)^2]));
-//         moment sets (see MomentSet); scratch section: contract's per-neighbour coefficient
-//         of u_j [n] and 1/r_j [n], then block scratch.
+//         angular group: records (fc, dfc, r, 1/r) [n][4], for type 9 per Gaussian
+//         exp(-eta (r_ij-rs)^2) [n] (indexed by neighbour), and per triplet (capacity c) cos[c],
+//         r_jk[c], fc(r_jk)[c], dfc(r_jk)[c], per Gaussian (types 3, 13) the product
+//         w_j w_k exp(-eta [(r_ij-rs)^2 + (r_ik-rs)^2 + (r_jk-rs)^2]) [c] (one exp of the sum);
+//         moment sets (see MomentSet); scratch section (block scratch).
 // Functions of a group share neighbour lists, per-neighbour factors and per-triplet geometry.
 // Triplets are selected first (branch-free), then processed in blocks of kBlock with loops over
-// arrays that the compiler vectorises (exp_approx instead of std::exp). r_jk Gaussians whose eta
-// is an integer multiple of another one's are integer powers of it (one exp per triplet).
+// arrays that the compiler vectorises (exp_approx instead of std::exp). Gaussians whose eta is
+// an integer multiple of another one's are integer powers of it (one exp per triplet).
 
 namespace {
 
@@ -495,6 +495,18 @@ constexpr int kBlock = 128;  // a multiple of 4 (the angular contraction reads 4
 typedef double v4d __attribute__((vector_size(32)));
 inline v4d ld4(const double* p) { v4d x; std::memcpy(&x, p, sizeof x); return x; }
 inline void st4(double* p, const v4d& x) { std::memcpy(p, &x, sizeof x); }
+typedef long long v4i __attribute__((vector_size(32)));
+
+/// Columns of the 4x4 matrix with rows a, b, c, d.
+inline void transpose4(const v4d& a, const v4d& b, const v4d& c, const v4d& d, v4d& w, v4d& x,
+                       v4d& y, v4d& z) {
+    const v4d ab0 = __builtin_shuffle(a, b, v4i{0, 4, 2, 6}), ab1 = __builtin_shuffle(a, b, v4i{1, 5, 3, 7});
+    const v4d cd0 = __builtin_shuffle(c, d, v4i{0, 4, 2, 6}), cd1 = __builtin_shuffle(c, d, v4i{1, 5, 3, 7});
+    w = __builtin_shuffle(ab0, cd0, v4i{0, 1, 4, 5});
+    x = __builtin_shuffle(ab1, cd1, v4i{0, 1, 4, 5});
+    y = __builtin_shuffle(ab0, cd0, v4i{2, 3, 6, 7});
+    z = __builtin_shuffle(ab1, cd1, v4i{2, 3, 6, 7});
+}
 
 /// Number of monomials in 3 variables of degree <= d.
 inline int n_mono(int d) { return (d + 1) * (d + 2) * (d + 3) / 6; }
@@ -530,6 +542,22 @@ inline double dot(int n, const double* a, const double* b) {
     }
     if (i < n) s0 += a[i] * b[i];
     return s0 + s1;
+}
+
+/// sum_i a[i] b[i] for n a multiple of 4, in four 4-lane sums (a single chain of adds would
+/// wait on the add latency).
+inline double dot4(int n, const double* a, const double* b) {
+    v4d s0 = {0, 0, 0, 0}, s1 = s0, s2 = s0, s3 = s0;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 += ld4(a + i) * ld4(b + i);
+        s1 += ld4(a + i + 4) * ld4(b + i + 4);
+        s2 += ld4(a + i + 8) * ld4(b + i + 8);
+        s3 += ld4(a + i + 12) * ld4(b + i + 12);
+    }
+    for (; i < n; i += 4) s0 += ld4(a + i) * ld4(b + i);
+    const v4d s = (s0 + s1) + (s2 + s3);
+    return (s[0] + s[1]) + (s[2] + s[3]);
 }
 
 /// out[i] = w exp(-eta (r[i] - rs)^2).
@@ -618,14 +646,14 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
                                              : static_cast<std::size_t>(m1) * m2;
         const std::size_t ng = g.gauss.size();
         h[0] = static_cast<int>(total);
-        total += (2 + ng) * static_cast<std::size_t>(n);
+        total += (4 + ng) * static_cast<std::size_t>(n);
         h[1] = static_cast<int>(total);
         total += (4 + ng) * cap;
         h[2] = static_cast<int>(cap);
         h[3] = 0;
         h[4] = static_cast<int>(itotal);
         itotal += 2 * cap;
-        scratch = std::max({scratch, kBlock * (8 + 3 * ng + 2 * g.powers.size()) + g.terms.size(),
+        scratch = std::max({scratch, kBlock * (11 + 3 * ng + 2 * g.powers.size()) + g.terms.size(),
                             (2 + ng) * static_cast<std::size_t>(M)});
     }
     for (int si = 0; si < n_mset; ++si) {  // A, dA/dr [m], monomials [m][nm], M [nm], D, W [nm], dE/dD
@@ -637,7 +665,7 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
         scratch = std::max(scratch, 3 * static_cast<std::size_t>(M) + 3 * nm);
     }
     start[head] = static_cast<int>(total);
-    total += 2 * n + scratch;  // contract's per-neighbour coefficients of u_j and 1/r, scratch
+    total += scratch;
     if (total > static_cast<std::size_t>(INT32_MAX) || itotal > static_cast<std::size_t>(INT32_MAX))
         throw std::length_error("Descriptor: neighbourhood too large");
     if (ws.buf.size() < total) ws.buf.resize(total);
@@ -670,7 +698,7 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
         pux[p] = u[3 * j]; puy[p] = u[3 * j + 1]; puz[p] = u[3 * j + 2];
         pr[p] = env.r[j];
     }
-    double* scratch_mem = buf + start[head] + 2 * n;
+    double* scratch_mem = buf + start[head];
 
     // Radial Gaussians (2, 12).
     for (int gi = 0; gi < n_rad; ++gi) {
@@ -705,10 +733,11 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
         list(g.e1, l1, m1);
         list(g.e2, l2, m2);
         const bool same = g.e1 == g.e2;
-        // Per neighbour (by index): fc, dfc, w_j exp(-eta (r_ij - rs)^2), w_j = Z_j for type 13.
-        double* nb_fc = buf + h[0];
-        double* nb_dfc = nb_fc + n;
-        double* nb_g = nb_dfc + n;
+        // Per neighbour (by index): records (fc, dfc, r, 1/r) (contract() loads four triplets'
+        // with four loads and a transpose) and, for type 9, w_j exp(-eta (r_ij - rs)^2) (types
+        // 3, 13 take the Gaussians of all three distances in one exp per triplet below).
+        double* nb_rec = buf + h[0];
+        double* nb_g = nb_rec + 4 * n;
         for (int side = 0; side < (same ? 1 : 2); ++side) {
             const int* l = side ? l2 : l1;
             const int m = side ? m2 : m1;
@@ -717,14 +746,21 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
             double* df = f + m;
             double* gs = df + m;  // [ng][m]
             g.fc.fdf(m, r, f, df);  // values at r >= rc are discarded below
+            for (int a = 0; a < m; ++a) {
+                const int j = l[a];
+                const bool in = r[a] < rc;
+                double* rec = nb_rec + 4 * j;
+                rec[0] = in ? f[a] : 0.0;
+                rec[1] = in ? df[a] : 0.0;
+                rec[2] = r[a];
+                rec[3] = 1.0 / r[a];
+            }
+            if (with_jk) continue;
             for (int q = 0; q < ng; ++q)
                 gaussian_array(m, r, g.gauss[q].eta, g.gauss[q].rs, g.fast_exp, gs + q * m);
             for (int a = 0; a < m; ++a) {
                 const int j = l[a];
-                const bool in = r[a] < rc;
-                const double w = !in ? 0.0 : g.type == 13 ? z_[env.element[j]] : 1.0;
-                nb_fc[j] = in ? f[a] : 0.0;
-                nb_dfc[j] = in ? df[a] : 0.0;
+                const double w = r[a] < rc ? 1.0 : 0.0;
                 for (int q = 0; q < ng; ++q) nb_g[q * n + j] = w * gs[q * m + a];
             }
         }
@@ -762,50 +798,83 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
         double* F = scratch_mem;       // [kBlock] fc(r_ij) fc(r_ik) fc(r_jk)
         double* tg = F + kBlock;       // [ng][kBlock] Gaussian products times F
         double* pw = tg + ng * kBlock; // [npow][kBlock] max(0, 1 + lambda cos)^zeta
+        double* rj = pw + npow * kBlock;  // [kBlock] r_ij, r_ik, w_j w_k (type 13)
+        double* rk = rj + kBlock;
+        double* wjk = rk + kBlock;
         for (int t0 = 0; t0 < count; t0 += kBlock) {
             const int nb = std::min(kBlock, count - t0);
             const int* bj = pj + t0;
             const int* bk = pk + t0;
             double* br = rjk + t0;
             if (with_jk) {
+                for (int i = 0; i < nb; ++i) {
+                    const int j = bj[i], k = bk[i];
+                    rj[i] = nb_rec[4 * j + 2];
+                    rk[i] = nb_rec[4 * k + 2];
+                    F[i] = nb_rec[4 * j] * nb_rec[4 * k];
+                }
                 for (int i = 0; i < nb; ++i) br[i] = std::sqrt(br[i]);
                 g.fc.fdf(nb, br, fjk + t0, dfjk + t0);
-                for (int q = 0; q < ng; ++q)
-                    if (g.gauss[q].power == 0)
-                        gaussian_array(nb, br, g.gauss[q].eta, g.gauss[q].rs, g.fast_exp,
-                                       xjk + q * cap + t0);
+                for (int i = 0; i < nb; ++i) F[i] *= fjk[t0 + i];
+                // xjk keeps the whole Gaussian product exp(-eta [(r_ij-rs)^2 + (r_ik-rs)^2 +
+                // (r_jk-rs)^2]) (times w_j w_k) for contract().
+                for (int q = 0; q < ng; ++q) {
+                    const Gaussian& gq = g.gauss[q];
+                    if (gq.power > 0) continue;
+                    double* xq = xjk + q * cap + t0;
+                    const double eta = gq.eta, rs = gq.rs;
+                    if (g.fast_exp)
+                        for (int i = 0; i < nb; ++i)
+                            xq[i] = exp_approx(-eta * ((rj[i] - rs) * (rj[i] - rs) +
+                                                       (rk[i] - rs) * (rk[i] - rs) +
+                                                       (br[i] - rs) * (br[i] - rs)));
+                    else
+                        for (int i = 0; i < nb; ++i)
+                            xq[i] = std::exp(-eta * ((rj[i] - rs) * (rj[i] - rs) +
+                                                     (rk[i] - rs) * (rk[i] - rs) +
+                                                     (br[i] - rs) * (br[i] - rs)));
+                }
                 for (int q = 0; q < ng; ++q)
                     if (g.gauss[q].power > 0)
                         pow_array(nb, xjk + g.gauss[q].base * cap + t0, g.gauss[q].power,
                                   xjk + q * cap + t0);
-                for (int i = 0; i < nb; ++i) F[i] = nb_fc[bj[i]] * nb_fc[bk[i]] * fjk[t0 + i];
+                if (g.type == 13) {
+                    for (int i = 0; i < nb; ++i)
+                        wjk[i] = z_[env.element[bj[i]]] * z_[env.element[bk[i]]];
+                    for (int q = 0; q < ng; ++q)
+                        for (int i = 0; i < nb; ++i) xjk[q * cap + t0 + i] *= wjk[i];
+                }
+                for (int q = 0; q < ng; ++q) {
+                    const double* xq = xjk + q * cap + t0;
+                    double* tq = tg + q * kBlock;
+                    for (int i = 0; i < nb; ++i) tq[i] = xq[i] * F[i];
+                }
             } else {
-                for (int i = 0; i < nb; ++i) F[i] = nb_fc[bj[i]] * nb_fc[bk[i]];
-            }
-            for (int q = 0; q < ng; ++q) {
-                const double* gq = nb_g + q * n;
-                double* tq = tg + q * kBlock;
-                if (with_jk) {  // xjk keeps the whole Gaussian product for contract()
-                    double* xq = xjk + q * cap + t0;
-                    for (int i = 0; i < nb; ++i) {
-                        xq[i] = gq[bj[i]] * gq[bk[i]] * xq[i];
-                        tq[i] = xq[i] * F[i];
-                    }
-                } else {
+                for (int i = 0; i < nb; ++i) F[i] = nb_rec[4 * bj[i]] * nb_rec[4 * bk[i]];
+                for (int q = 0; q < ng; ++q) {
+                    const double* gq = nb_g + q * n;
+                    double* tq = tg + q * kBlock;
                     for (int i = 0; i < nb; ++i) tq[i] = gq[bj[i]] * gq[bk[i]] * F[i];
                 }
             }
             double* base = F;  // F is no longer needed
+            const int nb4 = (nb + 3) & ~3;  // zero-padded to whole 4-lane groups for dot4
             for (int w = 0; w < npow; ++w) {
                 const AngularPower& p = g.powers[w];
                 double* pww = pw + w * kBlock;
-                angular_base(nb, cosv + t0, p.lambda, base);
-                if (p.zeta_int >= 0) pow_array(nb, base, p.zeta_int, pww);
-                else
-                    for (int i = 0; i < nb; ++i) pww[i] = std::pow(base[i], p.zeta);
+                if (p.zeta_int == 1) {
+                    angular_base(nb, cosv + t0, p.lambda, pww);
+                } else {
+                    angular_base(nb, cosv + t0, p.lambda, base);
+                    if (p.zeta_int >= 0) pow_array(nb, base, p.zeta_int, pww);
+                    else
+                        for (int i = 0; i < nb; ++i) pww[i] = std::pow(base[i], p.zeta);
+                }
+                std::fill(pww + nb, pww + nb4, 0.0);
             }
+            for (int q = 0; q < ng; ++q) std::fill(tg + q * kBlock + nb, tg + q * kBlock + nb4, 0.0);
             for (const AngularTerm& t : g.terms)
-                G[t.sf] += dot(nb, pw + t.power * kBlock, tg + t.gauss * kBlock);
+                G[t.sf] += dot4(nb4, pw + t.power * kBlock, tg + t.gauss * kBlock);
         }
         for (const AngularTerm& t : g.terms) G[t.sf] *= t.norm;
     }
@@ -981,21 +1050,31 @@ void Descriptor::contract_nv(const AtomEnvironment& env, const double* dEdG_all,
     const int* start = ws.ibuf.data();
     double* buf = ws.buf.data();
     const double* u = buf + kFingerprint;
-    double* inv_r = buf + start[head] + n;  // [n] 1 / r_j (the slot before it is unused here)
-    double* scratch_mem = inv_r + n;
-    for (int j = 0; j < n; ++j) inv_r[j] = 1.0 / env.r[j];
-    // cbuf: along_u [NV][n] (dE/dd_j components along u_j), then the angular block scratch.
+    double* scratch_mem = buf + start[head];
+    // cbuf: along_u [NV][n] (dE/dd_j components along u_j); for the angular groups u4 [n][4]
+    // (u_j, 0) and acc4 [NV][n][4] (dE/dd_j off u_j, then along u_j), so that a triplet's update
+    // of one neighbour is one 4-lane add; then the angular block scratch.
     std::size_t vec_size = 0;
     for (const AngularGroup& g : angular_) {
         const std::size_t ng = g.gauss.size(), npow = g.powers.size();
         vec_size = std::max(vec_size, kBlock * (5 + ng + 2 * npow) +
                                           NV * (4 * kBlock + g.terms.size()));
     }
-    if (ws.cbuf.size() < NV * static_cast<std::size_t>(n) + vec_size)
-        ws.cbuf.resize(NV * static_cast<std::size_t>(n) + vec_size);
+    const std::size_t n4 = angular_.empty() ? 0 : 4 * static_cast<std::size_t>(n);
+    const std::size_t head_size = NV * static_cast<std::size_t>(n) + (NV + 1) * n4;
+    if (ws.cbuf.size() < head_size + vec_size) ws.cbuf.resize(head_size + vec_size);
     double* along_all = ws.cbuf.data();
-    double* vec_mem = along_all + NV * static_cast<std::size_t>(n);
+    double* u4 = along_all + NV * static_cast<std::size_t>(n);
+    double* acc4_all = u4 + n4;
+    double* vec_mem = along_all + head_size;
     std::fill(along_all, along_all + NV * static_cast<std::size_t>(n), 0.0);
+    if (n4 > 0) {
+        std::fill(acc4_all, acc4_all + NV * n4, 0.0);
+        for (int j = 0; j < n; ++j) {
+            for (int a = 0; a < 3; ++a) u4[4 * j + a] = u[3 * j + a];
+            u4[4 * j + 3] = 0.0;
+        }
+    }
     auto list = [&](int e, const int*& first, int& count) {  // e < 0: all elements
         first = start + start[e < 0 ? 0 : e];
         count = start[e < 0 ? ne : e + 1] - start[e < 0 ? 0 : e];
@@ -1035,9 +1114,8 @@ void Descriptor::contract_nv(const AtomEnvironment& env, const double* dEdG_all,
         const int ng = static_cast<int>(g.gauss.size()), npow = static_cast<int>(g.powers.size());
         const int nt = static_cast<int>(g.terms.size());
         const bool with_jk = g.type != 9;
-        const double* nb_fc = buf + h[0];
-        const double* nb_dfc = nb_fc + n;
-        const double* nb_g = nb_dfc + n;
+        const double* nb_rec = buf + h[0];  // (fc, dfc, r, 1/r) per neighbour
+        const double* nb_g = nb_rec + 4 * n;
         const int cap = h[2], count = h[3];
         const int* pj = start + h[4];
         const int* pk = pj + cap;
@@ -1166,16 +1244,15 @@ void Descriptor::contract_nv(const AtomEnvironment& env, const double* dEdG_all,
                     jx[l] = bj[il];
                     kx[l] = bk[il];
                 }
-                auto gather = [&](const double* a, const int* x) {
-                    return v4d{a[x[0]], a[x[1]], a[x[2]], a[x[3]]};
-                };
-                const v4d r_ij = gather(env.r, jx), r_ik = gather(env.r, kx);
-                const v4d fj = gather(nb_fc, jx), fk = gather(nb_fc, kx);
-                const v4d cj = gather(inv_r, jx), ck = gather(inv_r, kx);
+                v4d fj, dfj, r_ij, cj, fk, dfk, r_ik, ck;
+                transpose4(ld4(nb_rec + 4 * jx[0]), ld4(nb_rec + 4 * jx[1]),
+                           ld4(nb_rec + 4 * jx[2]), ld4(nb_rec + 4 * jx[3]), fj, dfj, r_ij, cj);
+                transpose4(ld4(nb_rec + 4 * kx[0]), ld4(nb_rec + 4 * kx[1]),
+                           ld4(nb_rec + 4 * kx[2]), ld4(nb_rec + 4 * kx[3]), fk, dfk, r_ik, ck);
                 const v4d f3 = with_jk ? ld4(fb + i) : v4d{1.0, 1.0, 1.0, 1.0};
                 const v4d F = fj * fk * f3;
-                const v4d Dj = gather(nb_dfc, jx) * fk * f3;
-                const v4d Dk = fj * gather(nb_dfc, kx) * f3;
+                const v4d Dj = dfj * fk * f3;
+                const v4d Dk = fj * dfk * f3;
                 const v4d cos4 = ld4(cb + i);
                 const v4d ccj4 = cos4 * cj, cck4 = cos4 * ck;
                 for (int v = 0; v < NV; ++v) {
@@ -1205,45 +1282,43 @@ void Descriptor::contract_nv(const AtomEnvironment& env, const double* dEdG_all,
             const double* beta_j[NV];
             const double* alpha_k[NV];
             const double* beta_k[NV];
-            double* au[NV];
-            double* gv[NV];
+            double* acc4[NV];
             for (int v = 0; v < NV; ++v) {
                 alpha_j[v] = vbase + v * per_vec;
                 beta_j[v] = alpha_j[v] + kBlock;
                 alpha_k[v] = alpha_j[v] + 2 * kBlock;
                 beta_k[v] = alpha_j[v] + 3 * kBlock;
-                au[v] = along_all + v * static_cast<std::size_t>(n);
-                gv[v] = dEdd_all + v * 3 * static_cast<std::size_t>(n);
+                acc4[v] = acc4_all + v * n4;
             }
+            const v4d e3 = {0.0, 0.0, 0.0, 1.0};
             for (int i = 0; i < nb;) {
                 const int j = bj[i];
-                const double* uj = u + 3 * j;
-                double aj[NV], gx[NV], gy[NV], gz[NV];
-                for (int v = 0; v < NV; ++v) aj[v] = gx[v] = gy[v] = gz[v] = 0.0;
+                const v4d uj = ld4(u4 + 4 * j);
+                v4d sj[NV];
+                for (int v = 0; v < NV; ++v) sj[v] = v4d{0.0, 0.0, 0.0, 0.0};
                 for (; i < nb && bj[i] == j; ++i) {
                     const int k = bk[i];
-                    const double* uk = u + 3 * k;
+                    const v4d uk = ld4(u4 + 4 * k);
                     for (int v = 0; v < NV; ++v) {
-                        const double bj_ = beta_j[v][i], bk_ = beta_k[v][i];
-                        aj[v] += alpha_j[v][i];
-                        gx[v] += bj_ * uk[0];
-                        gy[v] += bj_ * uk[1];
-                        gz[v] += bj_ * uk[2];
-                        au[v][k] += alpha_k[v][i];
-                        double* gk = gv[v] + 3 * k;
-                        gk[0] += bk_ * uj[0];
-                        gk[1] += bk_ * uj[1];
-                        gk[2] += bk_ * uj[2];
+                        sj[v] += beta_j[v][i] * uk + alpha_j[v][i] * e3;
+                        double* ak = acc4[v] + 4 * k;
+                        st4(ak, ld4(ak) + (beta_k[v][i] * uj + alpha_k[v][i] * e3));
                     }
                 }
                 for (int v = 0; v < NV; ++v) {
-                    au[v][j] += aj[v];
-                    double* gj = gv[v] + 3 * j;
-                    gj[0] += gx[v];
-                    gj[1] += gy[v];
-                    gj[2] += gz[v];
+                    double* aj = acc4[v] + 4 * j;
+                    st4(aj, ld4(aj) + sj[v]);
                 }
             }
+        }
+    }
+    for (int v = 0; v < NV && n4 > 0; ++v) {
+        const double* acc4 = acc4_all + v * n4;
+        double* along_u = along_all + v * static_cast<std::size_t>(n);
+        double* dEdd = dEdd_all + v * 3 * static_cast<std::size_t>(n);
+        for (int j = 0; j < n; ++j) {
+            along_u[j] += acc4[4 * j + 3];
+            for (int a = 0; a < 3; ++a) dEdd[3 * j + a] += acc4[4 * j + a];
         }
     }
 
