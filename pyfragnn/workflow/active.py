@@ -229,7 +229,8 @@ def run_active(ctx: Context) -> Dict[str, Any]:
         if dst.exists():
             shutil.rmtree(dst)
         shutil.copytree(Path(path).parent, dst)
-    ctx.say(f"{len(iters)} iterations, {len(added)} fragments added, "
+    n_it = sum(r["iteration"] != "final" for r in iters)
+    ctx.say(f"{n_it} iterations, {len(added)} fragments added, "
             f"{'converged' if converged else 'not converged'}")
     return {"iterations": iters, "converged": converged, "added": len(added),
             "shipped": shipped}
