@@ -30,6 +30,10 @@
 #include <cstring>
 #include <stdexcept>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
 
 namespace pyfragnn {
 
@@ -475,12 +479,16 @@ double Descriptor::cutoff() const { return cutoff_; }
 //   buf:  fingerprint, unit vectors u (3n), by list position: d, u, r (7 arrays of size M);
 //         radial group (m list entries): r[m], fc[m], dfc[m], then per term w_j exp(-eta (r-rs)^2);
 //         angular group: records (fc, dfc, r, 1/r) [n][4], for type 9 per Gaussian
-//         exp(-eta (r_ij-rs)^2) [n] (indexed by neighbour), and per triplet (capacity c) cos[c],
-//         r_jk[c], fc(r_jk)[c], dfc(r_jk)[c], per Gaussian (types 3, 13) the product
-//         w_j w_k exp(-eta [(r_ij-rs)^2 + (r_ik-rs)^2 + (r_jk-rs)^2]) [c] (one exp of the sum);
+//         exp(-eta (r_ij-rs)^2) [n] (indexed by neighbour), fc by position in the e2 list
+//         [m2 + 4], and per triplet (capacity c, 4 more than the candidates) cos[c], r_jk[c],
+//         fc(r_jk)[c], dfc(r_jk)[c], per Gaussian (types 3, 13) the product
+//         w_j w_k exp(-eta [(r_ij-rs)^2 + (r_ik-rs)^2 + (r_jk-rs)^2]) [c] (one exp of the sum),
+//         then r_ij[c], r_ik[c], fc(r_ij) fc(r_ik) [c] (written by the selection, so that the
+//         blocked loops gather nothing);
 //         moment sets (see MomentSet); scratch section (block scratch).
 // Functions of a group share neighbour lists, per-neighbour factors and per-triplet geometry.
-// Triplets are selected first (branch-free), then processed in blocks of kBlock with loops over
+// Triplets are selected first (branch-free; with AVX2 four candidates at a time, compressed by
+// a permutation table), then processed in blocks of kBlock with loops over
 // arrays that the compiler vectorises (exp_approx instead of std::exp). Gaussians whose eta is
 // an integer multiple of another one's are integer powers of it (one exp per triplet).
 
@@ -582,6 +590,127 @@ inline void pair_geometry(int m, const double* __restrict x, const double* __res
     }
 }
 
+/// Per-triplet output of the selection (arrays at the first free entry).
+struct TripletOut {
+    int* j; int* k;
+    double* cos; double* s;  // r_jk^2
+    double* rj; double* rk;  // r_ij, r_ik
+    double* f;               // fc(r_ij) fc(r_ik)
+};
+
+/// Triplet selection for one j: appends (j, k, cos, r_jk^2, r_ij, r_ik, fc_j fc_k) for the list
+/// positions b0 <= b < m with r_ik < rc (and r_jk^2 < rc2 if with_jk) to out; returns their
+/// number. Arrays x..fk (fk: fc(r_ik), 0 beyond rc) and lk are by list position of the k side.
+/// The scalar form computes the geometry (vectorised) first, then compacts branch-free; it may
+/// write one entry past the result.
+inline int select_pairs_scalar(int b0, int m, const double* x, const double* y, const double* z,
+                               const double* ux, const double* uy, const double* uz,
+                               const double* r, const double* fk, const int* lk,
+                               const double* xj, const double* uj, double rj, double fj,
+                               double rc, double rc2, bool with_jk, int j, double* s_k,
+                               double* cos_k, const TripletOut& out) {
+    pair_geometry(m - b0, x + b0, y + b0, z + b0, ux + b0, uy + b0, uz + b0, xj, uj, s_k + b0,
+                  cos_k + b0);
+    int count = 0;
+    for (int b = b0; b < m; ++b) {
+        out.j[count] = j;
+        out.k[count] = lk[b];
+        out.cos[count] = cos_k[b];
+        out.s[count] = s_k[b];
+        out.rj[count] = rj;
+        out.rk[count] = r[b];
+        out.f[count] = fj * fk[b];
+        count += (r[b] < rc) & (!with_jk || s_k[b] < rc2);
+    }
+    return count;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define PYFRAGNN_SELECT_AVX2 1
+/// Lane permutations that move the lanes set in a 4-bit mask to the front, in order: for
+/// doubles as pairs of 32-bit lanes (vpermd), and for 32-bit indices.
+struct CompressTables {
+    alignas(32) int d[16][8];
+    alignas(16) int i[16][4];
+    constexpr CompressTables() : d(), i() {
+        for (int mask = 0; mask < 16; ++mask) {
+            int n = 0;
+            for (int l = 0; l < 4; ++l)
+                if ((mask >> l) & 1) {
+                    d[mask][2 * n] = 2 * l;
+                    d[mask][2 * n + 1] = 2 * l + 1;
+                    i[mask][n] = l;
+                    ++n;
+                }
+        }
+    }
+};
+constexpr CompressTables kCompress{};
+
+/// The lanes of v permuted by pd (a kCompress.d row).
+__attribute__((target("avx2"))) inline __m256d compress(__m256d v, __m256i pd) {
+    return _mm256_castps_pd(_mm256_permutevar8x32_ps(_mm256_castpd_ps(v), pd));
+}
+
+/// select_pairs_scalar with the geometry of four k in registers and the selected lanes
+/// compressed by table (AVX2): the scalar compaction cost ~15 instructions per candidate.
+/// Same arithmetic (vectors of the same expressions), so the same results; it writes up to
+/// three entries past the result.
+__attribute__((target("avx2,fma,popcnt"))) __attribute__((noinline)) int select_pairs_avx2(
+    int b0, int m, const double* x, const double* y, const double* z, const double* ux,
+    const double* uy, const double* uz, const double* r, const int* lk, const double* xj,
+    const double* uj, double rc, double rc2, bool with_jk, int j, const double* fk, double rj,
+    double fj, const TripletOut& out) {
+    const v4d xj0 = {xj[0], xj[0], xj[0], xj[0]}, xj1 = {xj[1], xj[1], xj[1], xj[1]},
+              xj2 = {xj[2], xj[2], xj[2], xj[2]};
+    const v4d uj0 = {uj[0], uj[0], uj[0], uj[0]}, uj1 = {uj[1], uj[1], uj[1], uj[1]},
+              uj2 = {uj[2], uj[2], uj[2], uj[2]};
+    const __m256d rc4 = _mm256_set1_pd(rc), rc24 = _mm256_set1_pd(with_jk ? rc2 : INFINITY);
+    const __m128i j4 = _mm_set1_epi32(j);
+    const __m256d rj4 = _mm256_set1_pd(rj);
+    const v4d fj4 = {fj, fj, fj, fj};
+    int count = 0;
+    for (int b = b0; b < m; b += 4) {
+        const v4d dx = ld4(x + b) - xj0, dy = ld4(y + b) - xj1, dz = ld4(z + b) - xj2;
+        const v4d s4 = dx * dx + dy * dy + dz * dz;
+        const v4d c4 = uj0 * ld4(ux + b) + uj1 * ld4(uy + b) + uj2 * ld4(uz + b);
+        const __m256d r4 = _mm256_loadu_pd(r + b);
+        const v4d f4 = fj4 * ld4(fk + b);
+        const __m256d in = _mm256_and_pd(_mm256_cmp_pd(r4, rc4, _CMP_LT_OQ),
+                                         _mm256_cmp_pd((__m256d)s4, rc24, _CMP_LT_OQ));
+        const int tail = m - b >= 4 ? 15 : (1 << (m - b)) - 1;
+        const int bits = _mm256_movemask_pd(in) & tail;
+        const __m256i pd = _mm256_load_si256(reinterpret_cast<const __m256i*>(kCompress.d[bits]));
+        const __m128i pi = _mm_load_si128(reinterpret_cast<const __m128i*>(kCompress.i[bits]));
+        _mm256_storeu_pd(out.cos + count, compress((__m256d)c4, pd));
+        _mm256_storeu_pd(out.s + count, compress((__m256d)s4, pd));
+        _mm256_storeu_pd(out.rk + count, compress(r4, pd));
+        _mm256_storeu_pd(out.f + count, compress((__m256d)f4, pd));
+        _mm256_storeu_pd(out.rj + count, rj4);
+        const __m128i k4 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(lk + b));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out.k + count),
+                         _mm_castps_si128(_mm_permutevar_ps(_mm_castsi128_ps(k4), pi)));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out.j + count), j4);
+        count += __builtin_popcount(bits);
+    }
+    return count;
+}
+#endif
+
+/// Whether the SIMD selection may be used: the CPU has it and PYFRAGNN_GENERIC is unset or 0
+/// (tests compare both paths).
+inline bool use_select_avx2() {
+#ifdef PYFRAGNN_SELECT_AVX2
+    static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && [] {
+        const char* e = std::getenv("PYFRAGNN_GENERIC");
+        return e == nullptr || e[0] == '\0' || std::strcmp(e, "0") == 0;
+    }();
+    return ok;
+#else
+    return false;
+#endif
+}
+
 /// Clipped bases max(0, 1 + lambda cos[i]) (exact: (P + |P|)/2).
 inline void angular_base(int n, const double* cos_t, double lambda, double* out) {
     for (int i = 0; i < n; ++i) {
@@ -642,13 +771,14 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
         const int* f; int m1, m2;
         list(g.e1, f, m1);
         list(g.e2, f, m2);
-        const std::size_t cap = g.e1 == g.e2 ? static_cast<std::size_t>(m1) * (m1 - (m1 > 0)) / 2
-                                             : static_cast<std::size_t>(m1) * m2;
+        // + 4: the selection may write up to three entries past the last triplet.
+        const std::size_t cap = (g.e1 == g.e2 ? static_cast<std::size_t>(m1) * (m1 - (m1 > 0)) / 2
+                                              : static_cast<std::size_t>(m1) * m2) + 4;
         const std::size_t ng = g.gauss.size();
         h[0] = static_cast<int>(total);
-        total += (4 + ng) * static_cast<std::size_t>(n);
+        total += (4 + ng) * static_cast<std::size_t>(n) + m2 + 4;
         h[1] = static_cast<int>(total);
-        total += (4 + ng) * cap;
+        total += (7 + ng) * cap;
         h[2] = static_cast<int>(cap);
         h[3] = 0;
         h[4] = static_cast<int>(itotal);
@@ -738,6 +868,7 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
         // 3, 13 take the Gaussians of all three distances in one exp per triplet below).
         double* nb_rec = buf + h[0];
         double* nb_g = nb_rec + 4 * n;
+        double* fc2 = nb_g + ng * n;  // [m2] fc(r_ik) by list position of e2 (0 beyond rc)
         for (int side = 0; side < (same ? 1 : 2); ++side) {
             const int* l = side ? l2 : l1;
             const int m = side ? m2 : m1;
@@ -755,6 +886,8 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
                 rec[2] = r[a];
                 rec[3] = 1.0 / r[a];
             }
+            if (same || side == 1)
+                for (int a = 0; a < m; ++a) fc2[a] = r[a] < rc ? f[a] : 0.0;
             if (with_jk) continue;
             for (int q = 0; q < ng; ++q)
                 gaussian_array(m, r, g.gauss[q].eta, g.gauss[q].rs, g.fast_exp, gs + q * m);
@@ -774,48 +907,49 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
         double* fjk = rjk + cap;
         double* dfjk = fjk + cap;
         double* xjk = dfjk + cap;  // [ng][cap]
+        double* trj = xjk + ng * cap;  // r_ij, r_ik, fc(r_ij) fc(r_ik) [cap] (compute() only)
+        double* trk = trj + cap;
+        double* tf = trk + cap;
         const int p1 = static_cast<int>(l1 - pos), p2 = static_cast<int>(l2 - pos);
         double* s_k = scratch_mem;     // [m2]
         double* cos_k = s_k + m2;      // [m2]
+        const bool simd = use_select_avx2();
         int count = 0;
         for (int a = 0; a < m1; ++a) {
             const int pa = p1 + a;
             if (!(pr[pa] < rc)) continue;
             const double xj[3] = {px[pa], py[pa], pz[pa]}, uj[3] = {pux[pa], puy[pa], puz[pa]};
-            const int b0 = same ? a + 1 : 0, q = p2 + b0;
-            pair_geometry(m2 - b0, px + q, py + q, pz + q, pux + q, puy + q, puz + q, xj, uj,
-                          s_k + b0, cos_k + b0);
-            const int j = l1[a];
-            for (int b = b0; b < m2; ++b) {
-                pj[count] = j;
-                pk[count] = l2[b];
-                cosv[count] = cos_k[b];
-                rjk[count] = s_k[b];
-                count += (pr[p2 + b] < rc) & (!with_jk || s_k[b] < rc2);
-            }
+            const int b0 = same ? a + 1 : 0, j = l1[a];
+            const int c = count;
+            const TripletOut out{pj + c, pk + c, cosv + c, rjk + c, trj + c, trk + c, tf + c};
+            const double rj_a = pr[pa], fj = nb_rec[4 * j];
+#ifdef PYFRAGNN_SELECT_AVX2
+            if (simd)
+                count += select_pairs_avx2(b0, m2, px + p2, py + p2, pz + p2, pux + p2, puy + p2,
+                                           puz + p2, pr + p2, l2, xj, uj, rc, rc2, with_jk, j,
+                                           fc2, rj_a, fj, out);
+            else
+#endif
+                count += select_pairs_scalar(b0, m2, px + p2, py + p2, pz + p2, pux + p2,
+                                             puy + p2, puz + p2, pr + p2, fc2, l2, xj, uj, rj_a,
+                                             fj, rc, rc2, with_jk, j, s_k, cos_k, out);
         }
         h[3] = count;
         double* F = scratch_mem;       // [kBlock] fc(r_ij) fc(r_ik) fc(r_jk)
         double* tg = F + kBlock;       // [ng][kBlock] Gaussian products times F
         double* pw = tg + ng * kBlock; // [npow][kBlock] max(0, 1 + lambda cos)^zeta
-        double* rj = pw + npow * kBlock;  // [kBlock] r_ij, r_ik, w_j w_k (type 13)
-        double* rk = rj + kBlock;
-        double* wjk = rk + kBlock;
+        double* wjk = pw + npow * kBlock;  // [kBlock] w_j w_k (type 13)
         for (int t0 = 0; t0 < count; t0 += kBlock) {
             const int nb = std::min(kBlock, count - t0);
             const int* bj = pj + t0;
             const int* bk = pk + t0;
             double* br = rjk + t0;
+            const double* rj = trj + t0;
+            const double* rk = trk + t0;
             if (with_jk) {
-                for (int i = 0; i < nb; ++i) {
-                    const int j = bj[i], k = bk[i];
-                    rj[i] = nb_rec[4 * j + 2];
-                    rk[i] = nb_rec[4 * k + 2];
-                    F[i] = nb_rec[4 * j] * nb_rec[4 * k];
-                }
                 for (int i = 0; i < nb; ++i) br[i] = std::sqrt(br[i]);
                 g.fc.fdf(nb, br, fjk + t0, dfjk + t0);
-                for (int i = 0; i < nb; ++i) F[i] *= fjk[t0 + i];
+                for (int i = 0; i < nb; ++i) F[i] = tf[t0 + i] * fjk[t0 + i];
                 // xjk keeps the whole Gaussian product exp(-eta [(r_ij-rs)^2 + (r_ik-rs)^2 +
                 // (r_jk-rs)^2]) (times w_j w_k) for contract().
                 for (int q = 0; q < ng; ++q) {
@@ -850,7 +984,7 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
                     for (int i = 0; i < nb; ++i) tq[i] = xq[i] * F[i];
                 }
             } else {
-                for (int i = 0; i < nb; ++i) F[i] = nb_rec[4 * bj[i]] * nb_rec[4 * bk[i]];
+                std::copy(tf + t0, tf + t0 + nb, F);
                 for (int q = 0; q < ng; ++q) {
                     const double* gq = nb_g + q * n;
                     double* tq = tg + q * kBlock;
