@@ -1,7 +1,7 @@
-"""The kernel's CPU-specific paths (the AVX2 triplet selection of the angular functions) give
-the results of the generic code: PYFRAGNN_GENERIC=1 selects the generic code at load time, so
-both are run in subprocesses and compared. On a CPU without AVX2 both runs take the generic
-path and the test checks nothing more than determinism."""
+"""The kernel's CPU-specific paths (the AVX-512 and AVX2 triplet selections of the angular
+functions) give the results of the generic code: PYFRAGNN_ISA=avx2 or generic caps the path at
+load time, so each is run in a subprocess and compared. On a CPU without these instruction sets
+the runs take the generic path and the test checks nothing more than determinism."""
 import subprocess
 import sys
 from pathlib import Path
@@ -39,8 +39,8 @@ np.save({out!r}, np.concatenate([[r["energy"]], np.ravel(r["forces"]), np.ravel(
 """
 
 
-def _run(case, out, generic):
-    env = package_env(PYFRAGNN_GENERIC="1" if generic else "0")
+def _run(case, out, isa):
+    env = package_env(PYFRAGNN_ISA=isa)
     code = SCRIPT.format(tests=str(TESTS), case=case, out=str(out))
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=str(out.parent))
     return np.load(out)
@@ -50,7 +50,8 @@ def _run(case, out, generic):
 def test_simd_paths_match_generic(case, tmp_path):
     if case == "water":
         require_shared(N2P2 / "H2O_RPBE-D3" / "input.data")
-    simd = _run(case, tmp_path / "simd.npy", generic=False)
-    generic = _run(case, tmp_path / "generic.npy", generic=True)
-    assert np.all(np.isfinite(simd)) and np.abs(simd[1:]).max() > 0.0
-    np.testing.assert_allclose(simd, generic, rtol=1e-13, atol=1e-12)
+    generic = _run(case, tmp_path / "generic.npy", "generic")
+    assert np.all(np.isfinite(generic)) and np.abs(generic[1:]).max() > 0.0
+    for isa in ("avx2", "best"):
+        np.testing.assert_allclose(_run(case, tmp_path / f"{isa}.npy", isa), generic,
+                                   rtol=1e-13, atol=1e-12)

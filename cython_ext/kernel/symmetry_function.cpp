@@ -480,15 +480,16 @@ double Descriptor::cutoff() const { return cutoff_; }
 //         radial group (m list entries): r[m], fc[m], dfc[m], then per term w_j exp(-eta (r-rs)^2);
 //         angular group: records (fc, dfc, r, 1/r) [n][4], for type 9 per Gaussian
 //         exp(-eta (r_ij-rs)^2) [n] (indexed by neighbour), fc by position in the e2 list
-//         [m2 + 4], and per triplet (capacity c, 4 more than the candidates) cos[c], r_jk[c],
+//         [m2 + 8], and per triplet (capacity c, 8 more than the candidates) cos[c], r_jk[c],
 //         fc(r_jk)[c], dfc(r_jk)[c], per Gaussian (types 3, 13) the product
 //         w_j w_k exp(-eta [(r_ij-rs)^2 + (r_ik-rs)^2 + (r_jk-rs)^2]) [c] (one exp of the sum),
 //         then r_ij[c], r_ik[c], fc(r_ij) fc(r_ik) [c] (written by the selection, so that the
 //         blocked loops gather nothing);
 //         moment sets (see MomentSet); scratch section (block scratch).
 // Functions of a group share neighbour lists, per-neighbour factors and per-triplet geometry.
-// Triplets are selected first (branch-free; with AVX2 four candidates at a time, compressed by
-// a permutation table), then processed in blocks of kBlock with loops over
+// Triplets are selected first (branch-free; with AVX-512 eight candidates at a time compressed
+// by vcompresspd, with AVX2 four by a permutation table; see select_isa()), then processed in
+// blocks of kBlock with loops over
 // arrays that the compiler vectorises (exp_approx instead of std::exp). Gaussians whose eta is
 // an integer multiple of another one's are integer powers of it (one exp per triplet).
 
@@ -697,17 +698,70 @@ __attribute__((target("avx2,fma,popcnt"))) __attribute__((noinline)) int select_
 }
 #endif
 
-/// Whether the SIMD selection may be used: the CPU has it and PYFRAGNN_GENERIC is unset or 0
-/// (tests compare both paths).
-inline bool use_select_avx2() {
 #ifdef PYFRAGNN_SELECT_AVX2
-    static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && [] {
-        const char* e = std::getenv("PYFRAGNN_GENERIC");
-        return e == nullptr || e[0] == '\0' || std::strcmp(e, "0") == 0;
+typedef double v8d __attribute__((vector_size(64)));
+
+__attribute__((target("avx512f"))) inline v8d ld8_masked(__mmask8 mask, const double* p) {
+    return (v8d)_mm512_maskz_loadu_pd(mask, p);
+}
+
+/// select_pairs_avx2 for eight k (AVX-512: masked loads, vcompresspd); writes up to seven
+/// entries past the result.
+__attribute__((target("avx512f,avx512vl,fma,popcnt"))) __attribute__((noinline)) int
+select_pairs_avx512(int b0, int m, const double* x, const double* y, const double* z,
+                    const double* ux, const double* uy, const double* uz, const double* r,
+                    const int* lk, const double* xj, const double* uj, double rc, double rc2,
+                    bool with_jk, int j, const double* fk, double rj, double fj,
+                    const TripletOut& out) {
+    const v8d xj0 = (v8d)_mm512_set1_pd(xj[0]), xj1 = (v8d)_mm512_set1_pd(xj[1]),
+              xj2 = (v8d)_mm512_set1_pd(xj[2]);
+    const v8d uj0 = (v8d)_mm512_set1_pd(uj[0]), uj1 = (v8d)_mm512_set1_pd(uj[1]),
+              uj2 = (v8d)_mm512_set1_pd(uj[2]);
+    const v8d fj8 = (v8d)_mm512_set1_pd(fj);
+    const __m512d rc8 = _mm512_set1_pd(rc), rc28 = _mm512_set1_pd(with_jk ? rc2 : INFINITY);
+    const __m512d rj8 = _mm512_set1_pd(rj);
+    const __m256i j8 = _mm256_set1_epi32(j);
+    int count = 0;
+    for (int b = b0; b < m; b += 8) {
+        const __mmask8 tail = m - b >= 8 ? 0xFF : static_cast<__mmask8>((1u << (m - b)) - 1);
+        const v8d dx = ld8_masked(tail, x + b) - xj0, dy = ld8_masked(tail, y + b) - xj1, dz = ld8_masked(tail, z + b) - xj2;
+        const v8d s8 = dx * dx + dy * dy + dz * dz;
+        const v8d c8 = uj0 * ld8_masked(tail, ux + b) + uj1 * ld8_masked(tail, uy + b) + uj2 * ld8_masked(tail, uz + b);
+        const v8d r8 = ld8_masked(tail, r + b), f8 = fj8 * ld8_masked(tail, fk + b);
+        const __mmask8 in = tail & _mm512_cmp_pd_mask((__m512d)r8, rc8, _CMP_LT_OQ) &
+                            _mm512_cmp_pd_mask((__m512d)s8, rc28, _CMP_LT_OQ);
+        _mm512_storeu_pd(out.cos + count, _mm512_maskz_compress_pd(in, (__m512d)c8));
+        _mm512_storeu_pd(out.s + count, _mm512_maskz_compress_pd(in, (__m512d)s8));
+        _mm512_storeu_pd(out.rk + count, _mm512_maskz_compress_pd(in, (__m512d)r8));
+        _mm512_storeu_pd(out.f + count, _mm512_maskz_compress_pd(in, (__m512d)f8));
+        _mm512_storeu_pd(out.rj + count, rj8);
+        const __m256i k8 = _mm256_maskz_loadu_epi32(tail, lk + b);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out.k + count),
+                            _mm256_maskz_compress_epi32(in, k8));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out.j + count), j8);
+        count += __builtin_popcount(in);
+    }
+    return count;
+}
+#endif
+
+/// The triplet selection's path: 2 AVX-512, 1 AVX2, 0 generic; the CPU's best unless
+/// PYFRAGNN_ISA is "avx2" or "generic" (tests compare the paths).
+inline int select_isa() {
+#ifdef PYFRAGNN_SELECT_AVX2
+    static const int isa = [] {
+        int best = 0;
+        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = 1;
+        if (best == 1 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl"))
+            best = 2;
+        const char* e = std::getenv("PYFRAGNN_ISA");
+        if (e != nullptr && std::strcmp(e, "generic") == 0) return 0;
+        if (e != nullptr && std::strcmp(e, "avx2") == 0) return std::min(best, 1);
+        return best;
     }();
-    return ok;
+    return isa;
 #else
-    return false;
+    return 0;
 #endif
 }
 
@@ -771,12 +825,12 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
         const int* f; int m1, m2;
         list(g.e1, f, m1);
         list(g.e2, f, m2);
-        // + 4: the selection may write up to three entries past the last triplet.
+        // + 8: the selection may write up to seven entries past the last triplet.
         const std::size_t cap = (g.e1 == g.e2 ? static_cast<std::size_t>(m1) * (m1 - (m1 > 0)) / 2
-                                              : static_cast<std::size_t>(m1) * m2) + 4;
+                                              : static_cast<std::size_t>(m1) * m2) + 8;
         const std::size_t ng = g.gauss.size();
         h[0] = static_cast<int>(total);
-        total += (4 + ng) * static_cast<std::size_t>(n) + m2 + 4;
+        total += (4 + ng) * static_cast<std::size_t>(n) + m2 + 8;
         h[1] = static_cast<int>(total);
         total += (7 + ng) * cap;
         h[2] = static_cast<int>(cap);
@@ -913,7 +967,7 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
         const int p1 = static_cast<int>(l1 - pos), p2 = static_cast<int>(l2 - pos);
         double* s_k = scratch_mem;     // [m2]
         double* cos_k = s_k + m2;      // [m2]
-        const bool simd = use_select_avx2();
+        const int isa = select_isa();
         int count = 0;
         for (int a = 0; a < m1; ++a) {
             const int pa = p1 + a;
@@ -924,7 +978,11 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
             const TripletOut out{pj + c, pk + c, cosv + c, rjk + c, trj + c, trk + c, tf + c};
             const double rj_a = pr[pa], fj = nb_rec[4 * j];
 #ifdef PYFRAGNN_SELECT_AVX2
-            if (simd)
+            if (isa == 2)
+                count += select_pairs_avx512(b0, m2, px + p2, py + p2, pz + p2, pux + p2,
+                                             puy + p2, puz + p2, pr + p2, l2, xj, uj, rc, rc2,
+                                             with_jk, j, fc2, rj_a, fj, out);
+            else if (isa == 1)
                 count += select_pairs_avx2(b0, m2, px + p2, py + p2, pz + p2, pux + p2, puy + p2,
                                            puz + p2, pr + p2, l2, xj, uj, rc, rc2, with_jk, j,
                                            fc2, rj_a, fj, out);
