@@ -541,25 +541,32 @@ inline void pow_array(int n, const double* in, int m, double* out) {
     }
 }
 
-/// pow_array for whole 4-lane groups (n rounded up: in and out must have room), m >= 1: the
+/// b^m (m >= 0) by the products of pow_array, per lane; top: the highest set bit of m.
+inline v4d pow4(const v4d& b, int m, int top) {
+    switch (m) {
+    case 0: return v4d{1.0, 1.0, 1.0, 1.0};
+    case 1: return b;
+    case 2: return b * b;
+    case 3: return b * b * b;
+    case 4: { const v4d b2 = b * b; return b2 * b2; }
+    default: break;
+    }
+    v4d o = b;
+    for (int bit = top - 1; bit >= 0; --bit) {
+        o *= o;
+        if ((m >> bit) & 1) o *= b;
+    }
+    return o;
+}
+
+inline int top_bit(int m) { return m > 0 ? 31 - __builtin_clz(static_cast<unsigned>(m)) : 0; }
+
+/// pow_array for whole 4-lane groups (n rounded up: in and out must have room), m >= 0: the
 /// same products per element as pow_array, but in registers in one pass (pow_array's binary
 /// powering makes a pass over the arrays per bit).
 inline void pow_array4(int n, const double* in, int m, double* out) {
-    int top = 30;
-    while (!((m >> top) & 1)) --top;
-    for (int i = 0; i < n; i += 4) {
-        const v4d b = ld4(in + i);
-        v4d o = b;
-        if (m == 3) o = b * b * b;  // pow_array's case 3
-        else if (m == 4) { const v4d b2 = b * b; o = b2 * b2; }
-        else if (m > 4)
-            for (int bit = top - 1; bit >= 0; --bit) {
-                o *= o;
-                if ((m >> bit) & 1) o *= b;
-            }
-        else if (m == 2) o = b * b;
-        st4(out + i, o);
-    }
+    const int top = top_bit(m);
+    for (int i = 0; i < n; i += 4) st4(out + i, pow4(ld4(in + i), m, top));
 }
 
 /// sum_i a[i] b[i] with two partial sums (vectorisable without reassociation flags).
@@ -1400,8 +1407,23 @@ void Descriptor::contract_nv(const AtomEnvironment& env, const double* dEdG_all,
                 const AngularPower& p = g.powers[w];
                 double* pww = pw + w * kBlock;
                 double* dpww = dpw + w * kBlock;
-                angular_base(nb, bc, p.lambda, tmp);
                 const double zl = p.zeta * p.lambda;
+                if (p.zeta_int >= 2) {  // the loops below in one pass in registers, whole
+                    const int m = p.zeta_int - 1, top = top_bit(m);  // 4-lane groups
+                    const v4d one = {1.0, 1.0, 1.0, 1.0}, half = {0.5, 0.5, 0.5, 0.5};
+                    const v4d lam = {p.lambda, p.lambda, p.lambda, p.lambda};
+                    const v4d zl4 = {zl, zl, zl, zl};
+                    const v4i no_sign = {~(1LL << 63), ~(1LL << 63), ~(1LL << 63), ~(1LL << 63)};
+                    for (int i = 0; i < nb; i += 4) {
+                        const v4d P = one + lam * ld4(bc + i);
+                        const v4d base = half * (P + (v4d)((v4i)P & no_sign));
+                        const v4d d = pow4(base, m, top);
+                        st4(pww + i, d * base);
+                        st4(dpww + i, d * zl4);
+                    }
+                    continue;
+                }
+                angular_base(nb, bc, p.lambda, tmp);
                 if (p.zeta_int == 1) {  // P^0 = 1 needs the P > 0 mask explicitly
                     for (int i = 0; i < nb; ++i) {
                         pww[i] = tmp[i];
