@@ -395,6 +395,8 @@ Descriptor::Descriptor(std::vector<SymmetryFunctionParams> sfs, std::vector<int>
                 if (g.terms[t].gauss == q) g.by_gauss.push_back(t);
             g.gauss_start[q + 1] = static_cast<int>(g.by_gauss.size());
         }
+        g.power_by_gauss.clear();
+        for (int t : g.by_gauss) g.power_by_gauss.push_back(g.terms[t].power);
     }
     for (AngularGroup& g : angular_) {
         for (Gaussian& a : g.gauss) {
@@ -1354,17 +1356,20 @@ void Descriptor::contract_nv(const AtomEnvironment& env, const double* dEdG_all,
         double* pw = tg + ng * kBlock;        // [npow][kBlock] (1 + lambda cos)^zeta
         double* dpw = pw + npow * kBlock;     // [npow][kBlock] its d/dcos
         // Per vector v (stride per_vec): alpha_j, beta_j, alpha_k, beta_k [kBlock] each, then
-        // wt [nt] (dE/dG_t 2^(1-zeta)).
+        // wt [nt] (dE/dG_t 2^(1-zeta), terms in by_gauss order).
         double* vbase = dpw + npow * kBlock;
         const std::size_t per_vec = 4 * static_cast<std::size_t>(kBlock) + nt;
         bool any = false;
-        for (int v = 0; v < NV; ++v) {
+        for (int v = 0; v < NV; ++v) {  // in by_gauss order, the order of the sums below
             double* wt = vbase + v * per_vec + 4 * kBlock;
-            for (int t = 0; t < nt; ++t) {
-                wt[t] = dEdG_all[v * nsf + g.terms[t].sf] * g.terms[t].norm;
-                any = any || wt[t] != 0.0;
+            for (int a = 0; a < nt; ++a) {
+                const AngularTerm& term = g.terms[g.by_gauss[a]];
+                wt[a] = dEdG_all[v * nsf + term.sf] * term.norm;
+                any = any || wt[a] != 0.0;
             }
         }
+        const int* gauss_start = g.gauss_start.data();
+        const int* power_by_gauss = g.power_by_gauss.data();
         if (!any) continue;
         for (int t0 = 0; t0 < count; t0 += kBlock) {
             const int nb = std::min(kBlock, count - t0);
@@ -1453,12 +1458,11 @@ void Descriptor::contract_nv(const AtomEnvironment& env, const double* dEdG_all,
                     const v4d tq = ld4(tgb + q * tst + i);
                     v4d Q[NV], R[NV];
                     for (int v = 0; v < NV; ++v) Q[v] = R[v] = v4d{0, 0, 0, 0};
-                    for (int a = g.gauss_start[q]; a < g.gauss_start[q + 1]; ++a) {
-                        const int t = g.by_gauss[a];
-                        const int pt = g.terms[t].power;
+                    for (int a = gauss_start[q]; a < gauss_start[q + 1]; ++a) {
+                        const int pt = power_by_gauss[a];
                         const v4d p = ld4(pw + pt * kBlock + i), dp = ld4(dpw + pt * kBlock + i);
                         for (int v = 0; v < NV; ++v) {
-                            const double w = vbase[v * per_vec + 4 * kBlock + t];
+                            const double w = vbase[v * per_vec + 4 * kBlock + a];
                             Q[v] += w * p;
                             R[v] += w * dp;
                         }

@@ -132,6 +132,7 @@ private:
         std::vector<AngularTerm> terms;
         bool fast_exp;
         std::vector<int> by_gauss, gauss_start;  // terms of Gaussian q: by_gauss[gauss_start[q]..)
+        std::vector<int> power_by_gauss;         // terms[by_gauss[a]].power
     };
     struct CompactRadialTerm { int sf, e1; double rl, rc; CompactFunction radial; };
     struct CompactAngularTerm { int sf; CompactFunction angular; };  // argument: theta (rad)
