@@ -700,6 +700,9 @@ __attribute__((target("avx2,fma,popcnt"))) __attribute__((noinline)) int select_
     const __m128i j4 = _mm_set1_epi32(j);
     const __m256d rj4 = _mm256_set1_pd(rj);
     const v4d fj4 = {fj, fj, fj, fj};
+    // Local output pointers: the intrinsics' stores may alias anything, out's members included.
+    double *o_cos = out.cos, *o_s = out.s, *o_rk = out.rk, *o_f = out.f, *o_rj = out.rj;
+    int *o_k = out.k, *o_j = out.j;
     int count = 0;
     for (int b = b0; b < m; b += 4) {
         const v4d dx = ld4(x + b) - xj0, dy = ld4(y + b) - xj1, dz = ld4(z + b) - xj2;
@@ -713,15 +716,15 @@ __attribute__((target("avx2,fma,popcnt"))) __attribute__((noinline)) int select_
         const int bits = _mm256_movemask_pd(in) & tail;
         const __m256i pd = _mm256_load_si256(reinterpret_cast<const __m256i*>(kCompress.d[bits]));
         const __m128i pi = _mm_load_si128(reinterpret_cast<const __m128i*>(kCompress.i[bits]));
-        _mm256_storeu_pd(out.cos + count, compress((__m256d)c4, pd));
-        _mm256_storeu_pd(out.s + count, compress((__m256d)s4, pd));
-        _mm256_storeu_pd(out.rk + count, compress(r4, pd));
-        _mm256_storeu_pd(out.f + count, compress((__m256d)f4, pd));
-        _mm256_storeu_pd(out.rj + count, rj4);
+        _mm256_storeu_pd(o_cos + count, compress((__m256d)c4, pd));
+        _mm256_storeu_pd(o_s + count, compress((__m256d)s4, pd));
+        _mm256_storeu_pd(o_rk + count, compress(r4, pd));
+        _mm256_storeu_pd(o_f + count, compress((__m256d)f4, pd));
+        _mm256_storeu_pd(o_rj + count, rj4);
         const __m128i k4 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(lk + b));
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(out.k + count),
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(o_k + count),
                          _mm_castps_si128(_mm_permutevar_ps(_mm_castsi128_ps(k4), pi)));
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(out.j + count), j4);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(o_j + count), j4);
         count += __builtin_popcount(bits);
     }
     return count;
@@ -751,6 +754,9 @@ select_pairs_avx512(int b0, int m, const double* x, const double* y, const doubl
     const __m512d rc8 = _mm512_set1_pd(rc), rc28 = _mm512_set1_pd(with_jk ? rc2 : INFINITY);
     const __m512d rj8 = _mm512_set1_pd(rj);
     const __m256i j8 = _mm256_set1_epi32(j);
+    // Local output pointers: the intrinsics' stores may alias anything, out's members included.
+    double *o_cos = out.cos, *o_s = out.s, *o_rk = out.rk, *o_f = out.f, *o_rj = out.rj;
+    int *o_k = out.k, *o_j = out.j;
     int count = 0;
     for (int b = b0; b < m; b += 8) {
         const __mmask8 tail = m - b >= 8 ? 0xFF : static_cast<__mmask8>((1u << (m - b)) - 1);
@@ -760,15 +766,15 @@ select_pairs_avx512(int b0, int m, const double* x, const double* y, const doubl
         const v8d r8 = ld8_masked(tail, r + b), f8 = fj8 * ld8_masked(tail, fk + b);
         const __mmask8 in = tail & _mm512_cmp_pd_mask((__m512d)r8, rc8, _CMP_LT_OQ) &
                             _mm512_cmp_pd_mask((__m512d)s8, rc28, _CMP_LT_OQ);
-        _mm512_storeu_pd(out.cos + count, _mm512_maskz_compress_pd(in, (__m512d)c8));
-        _mm512_storeu_pd(out.s + count, _mm512_maskz_compress_pd(in, (__m512d)s8));
-        _mm512_storeu_pd(out.rk + count, _mm512_maskz_compress_pd(in, (__m512d)r8));
-        _mm512_storeu_pd(out.f + count, _mm512_maskz_compress_pd(in, (__m512d)f8));
-        _mm512_storeu_pd(out.rj + count, rj8);
+        _mm512_storeu_pd(o_cos + count, _mm512_maskz_compress_pd(in, (__m512d)c8));
+        _mm512_storeu_pd(o_s + count, _mm512_maskz_compress_pd(in, (__m512d)s8));
+        _mm512_storeu_pd(o_rk + count, _mm512_maskz_compress_pd(in, (__m512d)r8));
+        _mm512_storeu_pd(o_f + count, _mm512_maskz_compress_pd(in, (__m512d)f8));
+        _mm512_storeu_pd(o_rj + count, rj8);
         const __m256i k8 = _mm256_maskz_loadu_epi32(tail, lk + b);
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out.k + count),
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o_k + count),
                             _mm256_maskz_compress_epi32(in, k8));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out.j + count), j8);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o_j + count), j8);
         count += __builtin_popcount(in);
     }
     return count;
