@@ -1419,7 +1419,7 @@ void Descriptor::contract_nv(const AtomEnvironment& env, const double* dEdG_all,
                 double* pww = pw + w * kBlock;
                 double* dpww = dpw + w * kBlock;
                 const double zl = p.zeta * p.lambda;
-                if (p.zeta_int >= 2) {  // the loops below in one pass in registers, whole
+                if (p.zeta_int >= 1) {  // the loops below in one pass in registers, whole
                     const int m = p.zeta_int - 1, top = top_bit(m);  // 4-lane groups
                     const v4d one = {1.0, 1.0, 1.0, 1.0}, half = {0.5, 0.5, 0.5, 0.5};
                     const v4d lam = {p.lambda, p.lambda, p.lambda, p.lambda};
@@ -1428,6 +1428,11 @@ void Descriptor::contract_nv(const AtomEnvironment& env, const double* dEdG_all,
                     for (int i = 0; i < nb; i += 4) {
                         const v4d P = one + lam * ld4(bc + i);
                         const v4d base = half * (P + (v4d)((v4i)P & no_sign));
+                        if (m == 0) {  // P^0 = 1 needs the P > 0 mask explicitly
+                            st4(pww + i, base);
+                            st4(dpww + i, (v4d)((v4i)(base > 0.0) & (v4i)zl4));
+                            continue;
+                        }
                         const v4d d = pow4(base, m, top);
                         st4(pww + i, d * base);
                         st4(dpww + i, d * zl4);
