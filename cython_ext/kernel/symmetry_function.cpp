@@ -571,6 +571,17 @@ inline void pow_array4(int n, const double* in, int m, double* out) {
     for (int i = 0; i < n; i += 4) st4(out + i, pow4(ld4(in + i), m, top));
 }
 
+/// pow_array4, also writing out[i] f[i] to outf (one pass instead of two).
+inline void pow_array4_times(int n, const double* in, int m, double* out, const double* f,
+                             double* outf) {
+    const int top = top_bit(m);
+    for (int i = 0; i < n; i += 4) {
+        const v4d o = pow4(ld4(in + i), m, top);
+        st4(out + i, o);
+        st4(outf + i, o * ld4(f + i));
+    }
+}
+
 /// sum_i a[i] b[i] with two partial sums (vectorisable without reassociation flags).
 inline double dot(int n, const double* a, const double* b) {
     double s0 = 0.0, s1 = 0.0;
@@ -1062,10 +1073,18 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
                                                      (rk[i] - rs) * (rk[i] - rs) +
                                                      (br[i] - rs) * (br[i] - rs)));
                 }
-                for (int q = 0; q < ng; ++q)  // whole 4-lane groups: the arrays have room
-                    if (g.gauss[q].power > 0)
-                        pow_array4(nb, xjk + g.gauss[q].base * cap + t0, g.gauss[q].power,
-                                   xjk + q * cap + t0);
+                // Whole 4-lane groups: the arrays have room. Gaussian products times F (tg)
+                // in the same pass, except for type 13 (weighted first).
+                const bool fused = g.type != 13;
+                for (int q = 0; q < ng; ++q) {
+                    const Gaussian& gq = g.gauss[q];
+                    if (gq.power == 0) continue;
+                    if (fused)
+                        pow_array4_times(nb, xjk + gq.base * cap + t0, gq.power,
+                                         xjk + q * cap + t0, F, tg + q * kBlock);
+                    else
+                        pow_array4(nb, xjk + gq.base * cap + t0, gq.power, xjk + q * cap + t0);
+                }
                 if (g.type == 13) {
                     for (int i = 0; i < nb; ++i)
                         wjk[i] = z_[env.element[bj[i]]] * z_[env.element[bk[i]]];
@@ -1073,6 +1092,7 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
                         for (int i = 0; i < nb; ++i) xjk[q * cap + t0 + i] *= wjk[i];
                 }
                 for (int q = 0; q < ng; ++q) {
+                    if (fused && g.gauss[q].power > 0) continue;
                     const double* xq = xjk + q * cap + t0;
                     double* tq = tg + q * kBlock;
                     for (int i = 0; i < nb; ++i) tq[i] = xq[i] * F[i];
