@@ -588,21 +588,28 @@ class ActiveLearningLoop:
         q = Path(p)
         return str(q if q.is_absolute() else (self.work / q).resolve())
 
-    def _iteration(self, members: List[str], added: List[Atoms], it: int, d) -> dict:
-        from .frames import write_frames
-
+    def _explored(self, members: List[str], it: int, d, label) -> tuple:
+        """Explore with ``members`` (hook seed ``it``); the sampled frames and the record
+        (``iteration = label``) with the convergence rule applied."""
         frames, extra = self.explore(members, it, d)
         summ = exploration_summary(frames, self.threshold)
         converged = summ["halted"] == 0 and summ["flagged_fraction"] <= self.tolerance
-        rec = {"iteration": it, "exploration": summ, "converged": converged, "candidates": 0,
+        rec = {"iteration": label, "exploration": summ, "converged": converged, "candidates": 0,
                "committee": self._rel(members), "threshold": self.threshold,
                "tolerance": self.tolerance, **extra}
-        self.log(f"iteration {it}: {summ['frames']} frames, max deviation "
+        who = "final committee" if label == "final" else f"iteration {label}"
+        self.log(f"{who}: {summ['frames']} frames, max deviation "
                  f"{summ['max_deviation']:.3f} eV/Å, {summ['above']} atom-frames above "
                  f"{self.threshold:g}, {summ['extrapolating']} extrapolating, flagged "
                  f"fraction {summ['flagged_fraction']:.4f} (tolerance {self.tolerance:g}), "
                  f"{summ['halted']} run(s) stopped" + (" -> converged" if converged else ""))
-        if converged:
+        return frames, rec
+
+    def _iteration(self, members: List[str], added: List[Atoms], it: int, d) -> dict:
+        from .frames import write_frames
+
+        frames, rec = self._explored(members, it, d, it)
+        if rec["converged"]:
             return rec
         cands = select_candidates(frames, self.threshold, True, self.max_per_frame,
                                   self.min_separation, self.max_total)
@@ -652,15 +659,7 @@ class ActiveLearningLoop:
         if done.exists():
             return json.loads(done.read_text())
         d.mkdir(parents=True, exist_ok=True)
-        frames, extra = self.explore(members, self.max_iterations + 1, d)
-        summ = exploration_summary(frames, self.threshold)
-        rec = {"iteration": "final", "exploration": summ, "candidates": 0,
-               "converged": summ["halted"] == 0 and summ["flagged_fraction"] <= self.tolerance,
-               "committee": self._rel(members), "threshold": self.threshold,
-               "tolerance": self.tolerance, **extra}
-        self.log(f"final committee: {summ['frames']} frames, max deviation "
-                 f"{summ['max_deviation']:.3f} eV/Å, flagged fraction "
-                 f"{summ['flagged_fraction']:.4f}, {summ['halted']} run(s) stopped")
+        rec = self._explored(members, self.max_iterations + 1, d, "final")[1]
         done.write_text(json.dumps(rec, indent=1))
         return rec
 
