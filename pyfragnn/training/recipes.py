@@ -130,6 +130,10 @@ def _run_ekf(structures, outdir: PathLike, model: dict, kalman: dict, epochs: in
     stratified per label, resumable, no n2p2 files; ``extra_training`` updates ``[training]``."""
     from pyfragnn.training.trainer import Trainer
 
+    # the recipes train serially (one process per committee member), so the filter keeps one
+    # triangle of P and uses BLAS SYMV/SYRK: 3-5x faster per epoch than the MPI-splittable row
+    # kernels (demo data, 731 fragments, 2.7k weights: 4.6 against 15-24 s per epoch)
+    kalman = {"symmetric": True, **kalman}
     training = {"optimizer": "ekf", "epochs": int(epochs), "seed": int(seed),
                 "progress": bool(progress), "resume": True, "kalman": kalman}
     training.update(extra_training or {})
