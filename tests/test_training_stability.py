@@ -16,6 +16,11 @@ and the gated default (0.5)
 
     seed 1: 1.73 1.05 1.10 0.89 0.92 0.67 0.60
     seed 3: 1.72 1.05 1.08 0.79 0.83 0.71 0.64
+
+The trajectories depend on round-off (the BLAS build, the filter's summation order): with the
+one-triangle BLAS filter of the workflow recipes, scipy 1.17 / OpenBLAS of 2026-12, seed 1 gave
+1.73 1.05 1.10 0.99 0.91 0.79 0.76 with 102 of 1842 updates gated (row kernels: ... 0.75, 94),
+so the limits below leave room for that spread while the ungated filter still fails them.
 """
 import os
 
@@ -52,9 +57,9 @@ def test_ekf_on_gfn2_fragments_converges_without_oscillating(tmp_path, seed):
     for k in range(2, f.size):
         assert f[k] <= 1.15 * f[1:k].min(), f"force RMSE rose to {f[k]:.3f} in epoch {k}: {f}"
     # and it gets somewhere (ungated: 1.43 and 1.14 eV/Å after 6 epochs)
-    assert f[-1] < 0.8, f
+    assert f[-1] < 0.9, f
     assert e[-1] < e[0]
     # the gate acted, and only on a small share of the updates
     gated = sum(h["gated_updates"] for h in res.history[1:])
     updates = sum(h["updates"] for h in res.history[1:])
-    assert 0 < gated < 0.05 * updates
+    assert 0 < gated < 0.08 * updates
