@@ -175,6 +175,11 @@ cdef extern from "training.h":
     void c_kf_rows_downdate "pyfragnn::kf_rows_downdate"(
         double* A, int64_t rows, int64_t n, const double* Uloc, const double* UT, int64_t m,
         double s) nogil
+    void c_kf_block_times_vector "pyfragnn::kf_block_times_vector"(
+        const double* A, int64_t r0, int64_t rows, int64_t n, const double* h, double* y) nogil
+    void c_kf_block_downdate "pyfragnn::kf_block_downdate"(
+        double* A, int64_t r0, int64_t rows, int64_t n, const double* Uloc, const double* UT,
+        int64_t m, double s) nogil
 
 
 def kf_rows_times_vector(cnp.ndarray[double, ndim=2, mode="c"] A,
@@ -201,3 +206,33 @@ def kf_rows_downdate(cnp.ndarray[double, ndim=2, mode="c"] A,
         return
     with nogil:
         c_kf_rows_downdate(&A[0, 0], rows, n, &Uloc[0, 0], &UT[0, 0], m, s)
+
+
+def kf_block_times_vector(cnp.ndarray[double, ndim=2, mode="c"] A, int64_t r0,
+                          cnp.ndarray[double, ndim=1, mode="c"] h,
+                          cnp.ndarray[double, ndim=1, mode="c"] y):
+    """y[:rows] = P[r0:r0+rows] @ h, A = those rows of a symmetric P of which only the lower
+    triangle of the diagonal block A[:, r0:r0+rows] is read; bit-identical to
+    kf_rows_times_vector where P is bit-symmetric."""
+    cdef int64_t rows = A.shape[0], n = A.shape[1]
+    if h.shape[0] != n or y.shape[0] < rows or r0 < 0 or r0 + rows > n:
+        raise ValueError("kf_block_times_vector: shape mismatch")
+    if rows == 0 or n == 0:
+        return
+    with nogil:
+        c_kf_block_times_vector(&A[0, 0], r0, rows, n, &h[0], &y[0])
+
+
+def kf_block_downdate(cnp.ndarray[double, ndim=2, mode="c"] A, int64_t r0,
+                      cnp.ndarray[double, ndim=2, mode="c"] Uloc,
+                      cnp.ndarray[double, ndim=2, mode="c"] UT, double s=1.0):
+    """kf_rows_downdate on rows [r0, r0+rows) of a symmetric P, the diagonal block's upper
+    triangle left as it is (neither read nor written)."""
+    cdef int64_t rows = A.shape[0], n = A.shape[1], m = UT.shape[0]
+    if (Uloc.shape[0] != rows or Uloc.shape[1] != m or UT.shape[1] != n or r0 < 0
+            or r0 + rows > n):
+        raise ValueError("kf_block_downdate: shape mismatch")
+    if rows == 0 or n == 0:
+        return
+    with nogil:
+        c_kf_block_downdate(&A[0, 0], r0, rows, n, &Uloc[0, 0], &UT[0, 0], m, s)

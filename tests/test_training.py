@@ -51,6 +51,80 @@ def test_kalman_filter_matches_dense_reference(kt, rank_block):
     assert np.allclose(kf.blocks[0].full_matrix(), P, rtol=0, atol=1e-11 * np.abs(P).max())
 
 
+_KF_KERNEL_SCRIPT = r"""
+import sys
+import numpy as np
+from pyfragnn import _core
+rng = np.random.default_rng(7)
+out = []
+for n in [1, 7, 8, 9, 17, 64, 100, 257, 531]:
+    B = rng.standard_normal((n, n))
+    P = np.tril(B) + np.tril(B, -1).T  # bit-symmetric, as the filter keeps P
+    h = rng.standard_normal(n)
+    m = int(rng.integers(1, 70))
+    U = rng.standard_normal((n, m))
+    UT = np.ascontiguousarray(U.T)
+    y = np.empty(n)
+    _core.kf_rows_times_vector(P, h, y)
+    Pd = P.copy()
+    _core.kf_rows_downdate(Pd, U, UT, 1 / 0.96)
+    assert np.array_equal(Pd, Pd.T)
+    out += [y, Pd.ravel()]
+    for size in [1, 2, 3, 5]:  # row splits as over MPI ranks
+        bounds = [n * k // size for k in range(size + 1)]
+        for r0, r1 in zip(bounds, bounds[1:]):
+            A = P[r0:r1].copy()
+            iu = np.triu_indices(r1 - r0, 1)
+            blk = A[:, r0:r1]
+            blk[iu] = np.nan  # the diagonal block's upper triangle is neither read nor written
+            A[:, r0:r1] = blk
+            yb = np.empty(r1 - r0)
+            _core.kf_block_times_vector(A, r0, h, yb)
+            assert np.array_equal(yb, y[r0:r1]), (n, size, r0)
+            _core.kf_block_downdate(A, r0, np.ascontiguousarray(U[r0:r1]), UT, 1 / 0.96)
+            ref = Pd[r0:r1].copy()
+            blk = ref[:, r0:r1]
+            blk[iu] = np.nan
+            ref[:, r0:r1] = blk
+            assert np.array_equal(A, ref, equal_nan=True), (n, size, r0)
+np.save(sys.argv[1], np.concatenate(out))
+"""
+
+
+def test_kalman_kernels_bit_identical_over_row_splits_and_isas(tmp_path):
+    """The compiled Kalman kernels: the block kernels (one triangle of the diagonal block) give
+    the full-row kernels' bits for every row split, and the AVX-512, AVX2 and generic paths
+    (PYFRAGNN_ISA caps the path at load time; one subprocess each) give the same bits."""
+    from conftest import package_env
+    script = tmp_path / "kf.py"
+    script.write_text(_KF_KERNEL_SCRIPT)
+    res = {}
+    for isa in ("generic", "avx2", "best"):
+        out = tmp_path / f"{isa}.npy"
+        subprocess.run([sys.executable, str(script), str(out)], check=True, cwd=str(tmp_path),
+                       env=package_env(PYFRAGNN_ISA=isa))
+        res[isa] = np.load(out)
+    assert np.all(np.isfinite(res["generic"]))
+    assert np.array_equal(res["avx2"], res["generic"])
+    assert np.array_equal(res["best"], res["generic"])
+
+
+def test_kalman_filter_full_matrix_is_symmetric_and_round_trips():
+    """The default filter keeps one triangle of P's diagonal block; full_matrix() returns the
+    symmetric P and set_full_matrix() symmetrises what it is given (lower triangle)."""
+    rng = np.random.default_rng(4)
+    n = 23
+    kf = KalmanFilter(n, rank_block=3)
+    w = np.zeros(n)
+    for _ in range(10):
+        kf.update(w, rng.normal(size=n), rng.normal())
+    P = kf.blocks[0].full_matrix()
+    assert np.array_equal(P, P.T)
+    Q = P + np.triu(rng.normal(size=(n, n)) * 1e-9, 1)  # asymmetric input
+    kf.blocks[0].set_full_matrix(Q)
+    assert np.array_equal(kf.blocks[0].full_matrix(), P)
+
+
 @pytest.mark.parametrize("blocks", [None, [0, 15, 40]])
 def test_kalman_innovation_gate_matches_dense_reference_and_bounds_steps(blocks):
     """max_innovation kappa: a = max(h.P h + R, e^2 / kappa^2); each step is at most kappa

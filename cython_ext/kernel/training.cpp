@@ -47,50 +47,6 @@ void set_weights(Model& model, const double* w) {
     }
 }
 
-void kf_rows_times_vector(const double* A, int64_t rows, int64_t n, const double* h, double* y) {
-    const int64_t n8 = n - n % 8;
-    for (int64_t i = 0; i < rows; ++i) {
-        const double* a = A + i * n;
-        double s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
-        for (int64_t j = 0; j < n8; j += 8) {
-            s0 += a[j] * h[j];
-            s1 += a[j + 1] * h[j + 1];
-            s2 += a[j + 2] * h[j + 2];
-            s3 += a[j + 3] * h[j + 3];
-            s4 += a[j + 4] * h[j + 4];
-            s5 += a[j + 5] * h[j + 5];
-            s6 += a[j + 6] * h[j + 6];
-            s7 += a[j + 7] * h[j + 7];
-        }
-        double t = 0.0;
-        for (int64_t j = n8; j < n; ++j) t += a[j] * h[j];
-        y[i] = (((s0 + s4) + (s1 + s5)) + ((s2 + s6) + (s3 + s7))) + t;
-    }
-}
-
-void kf_rows_downdate(double* A, int64_t rows, int64_t n, const double* Uloc, const double* UT,
-                      int64_t m, double s) {
-    constexpr int64_t RB = 4, CB = 512;
-    for (int64_t i0 = 0; i0 < rows; i0 += RB) {
-        const int64_t i1 = std::min(rows, i0 + RB);
-        for (int64_t j0 = 0; j0 < n; j0 += CB) {
-            const int64_t j1 = std::min(n, j0 + CB);
-            for (int64_t k = 0; k < m; ++k) {
-                const double* ut = UT + k * n;
-                for (int64_t i = i0; i < i1; ++i) {
-                    const double u = Uloc[i * m + k];
-                    if (u == 0.0) continue;
-                    double* a = A + i * n;
-                    for (int64_t j = j0; j < j1; ++j) a[j] -= u * ut[j];
-                }
-            }
-            if (s != 1.0)
-                for (int64_t i = i0; i < i1; ++i)
-                    for (int64_t j = j0; j < j1; ++j) A[i * n + j] *= s;
-        }
-    }
-}
-
 TrainingStructure::TrainingStructure(const Model& model, const double* positions, int64_t n,
                                      const double* cell, const bool* pbc, const int* element,
                                      bool cache_jacobians)

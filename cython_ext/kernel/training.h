@@ -33,14 +33,23 @@ void get_weights(const Model& model, double* w);
 void set_weights(Model& model, const double* w);
 
 /// Kalman-filter covariance kernels on a block of rows of a row-major matrix A [rows x n].
-/// Results for a row do not depend on how many rows are passed (fixed summation order), so a
-/// filter split by rows over MPI ranks gives bit-identical numbers to the serial one.
+/// Results for a row do not depend on how many rows are passed (fixed summation order), nor on
+/// the instruction set (no FMAs; kalman.cpp), so a filter split by rows over MPI ranks gives
+/// bit-identical numbers to the serial one.
 /// y[i] = sum_j A[i][j] h[j].
 void kf_rows_times_vector(const double* A, int64_t rows, int64_t n, const double* h, double* y);
 /// A[i][j] = s * (A[i][j] - sum_{k<m} Uloc[i][k] UT[k][j]), k in ascending order;
 /// Uloc [rows x m] (this block's rows of U), UT [m x n] (U transposed).
 void kf_rows_downdate(double* A, int64_t rows, int64_t n, const double* Uloc, const double* UT,
                       int64_t m, double s);
+/// The same on rows [r0, r0 + rows) of a symmetric n x n matrix, A holding those rows, of whose
+/// diagonal block only the lower triangle is read and written (row i: columns [0, i] and
+/// [r0 + rows, n)): half the work in serial (r0 = 0, rows = n). Where the full matrix is
+/// bit-symmetric, results equal the full-row kernels' bit for bit, for any r0 and row count.
+void kf_block_times_vector(const double* A, int64_t r0, int64_t rows, int64_t n, const double* h,
+                           double* y);
+void kf_block_downdate(double* A, int64_t r0, int64_t rows, int64_t n, const double* Uloc,
+                       const double* UT, int64_t m, double s);
 
 class TrainingStructure {
 public:

@@ -28,7 +28,10 @@ terms in U, so an update reads P0 once (one GEMV, memory bound) instead of three
 (SYMV, SYR, diagonal); every ``rank_block`` updates the columns are folded into P0 with one
 GEMM done in row blocks. With MPI (``comm``), P0 is split by rows over the ranks: each rank multiplies
 its rows, the products are all-gathered, and every rank applies the same small vector algebra,
-so all ranks hold identical weights. The element-decoupled variant (``blocks``) keeps one
+so all ranks hold identical weights. The compiled block kernels (``kf_block_*``) keep of each
+rank's diagonal block only the lower triangle (serially: half of P is read and folded, as with
+SYMV/SYRK) and sum every element in one fixed order (eight lanes j % 8 per row, no FMAs), so any
+row split, and any instruction set, gives the same bits. The element-decoupled variant (``blocks``) keeps one
 covariance per weight block (block-diagonal P, e.g. one per element) and shares the innovation
 variance a = sum_b h_b.P_b h_b + R between the blocks (decoupled EKF of Puskorius & Feldkamp),
 so memory and work drop by the number of blocks. This is exactly the global update with the
@@ -82,10 +85,11 @@ class blas_threads:
 
 
 def _kf_kernels():
-    """Row kernels of the compiled core (fixed summation order), or None."""
+    """Block kernels of the compiled core (fixed summation order; one triangle of the diagonal
+    block), or None."""
     try:
         from .. import _core
-        return _core.kf_rows_times_vector, _core.kf_rows_downdate
+        return _core.kf_block_times_vector, _core.kf_block_downdate
     except (ImportError, AttributeError):
         return None
 
@@ -117,8 +121,11 @@ class _KFBlock:
         self._diag()[:] = 1.0 / epsilon
         # symmetric (serial only): only the lower triangle (C order) of P0 is kept up to date
         # and used, through BLAS SYMV/SYRK on its Fortran view (half the memory traffic).
-        # Default: full rows with the core's fixed-order row kernels, so that any split of the
-        # rows over MPI ranks gives bit-identical results.
+        # Default: the core's fixed-order block kernels on this rank's rows: columns left and
+        # right of the diagonal block in full, of the diagonal block [r0, r1)^2 only the lower
+        # triangle (its upper one is stale; full_matrix() mirrors it). P stays bit-symmetric
+        # (set_full_matrix() makes it so), so any split of the rows over MPI ranks, serial
+        # included, gives bit-identical results; serially this reads half of P, as SYMV does.
         self.blas = _scipy_blas() if (symmetric and comm is None) else None
         self.sym = self.blas is not None
         self.kern = None if self.sym else _kf_kernels()
@@ -138,13 +145,13 @@ class _KFBlock:
             self.y[:] = self.blas.dsymv(1.0, self.P0.T, h, lower=0)
         elif self.comm is None:
             if self.kern is not None:
-                self.kern[0](self.P0, np.ascontiguousarray(h), self.y)
+                self.kern[0](self.P0, 0, np.ascontiguousarray(h), self.y)
             else:
                 np.dot(self.P0, h, out=self.y)
         else:
             if self.kern is not None:
                 loc = np.empty(self.r1 - self.r0)
-                self.kern[0](self.P0, np.ascontiguousarray(h), loc)
+                self.kern[0](self.P0, self.r0, np.ascontiguousarray(h), loc)
             else:
                 loc = self.P0 @ h
             self.comm.Allgatherv(loc, [self.y, self.counts])
@@ -179,7 +186,7 @@ class _KFBlock:
         elif self.m and self.kern is not None:
             UmT = np.ascontiguousarray(self.U[:, : self.m].T)
             Uloc = np.ascontiguousarray(self.U[self.r0:self.r1, : self.m])
-            self.kern[1](self.P0, Uloc, UmT, self.sigma)
+            self.kern[1](self.P0, self.r0, Uloc, UmT, self.sigma)
         elif self.m:
             UmT = np.ascontiguousarray(self.U[:, : self.m].T)
             Uloc = np.ascontiguousarray(self.U[self.r0:self.r1, : self.m])
@@ -199,20 +206,28 @@ class _KFBlock:
         """The whole P (rank 0 only under MPI; None elsewhere)."""
         self.flush()
         if self.comm is None:
-            if self.sym:
+            if self.sym or self.kern is not None:
                 low = np.tril(self.P0)
                 return low + np.tril(self.P0, -1).T
             return self.P0.copy()
         rank = self.comm.Get_rank()
         out = np.empty((self.n, self.n)) if rank == 0 else None
         counts = [c * self.n for c in self.counts]
-        self.comm.Gatherv(np.ascontiguousarray(self.P0), [out, counts] if rank == 0 else None,
-                          root=0)
+        loc = np.array(self.P0)
+        if self.kern is not None:  # the diagonal block's upper triangle from its lower one
+            blk = loc[:, self.r0:self.r1]
+            iu = np.triu_indices(self.r1 - self.r0, 1)
+            blk[iu] = blk.T[iu]
+        self.comm.Gatherv(loc, [out, counts] if rank == 0 else None, root=0)
         return out
 
     def set_full_matrix(self, P: Optional[np.ndarray]) -> None:
-        """Scatter a full P from rank 0 (or set it in serial)."""
+        """Scatter a full P from rank 0 (or set it in serial); P is made exactly symmetric (its
+        lower triangle mirrored), which the row split's bit-identity needs."""
         self.flush()
+        if P is not None:
+            P = np.asarray(P, dtype=np.float64)
+            P = np.tril(P) + np.tril(P, -1).T
         if self.comm is None:
             self.P0[:] = P
             return
