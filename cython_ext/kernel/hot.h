@@ -13,3 +13,18 @@
 #else
 #define PYFRAGNN_HOT
 #endif
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+namespace pyfragnn {
+/// The explicit-SIMD paths' level (2 AVX-512, 1 AVX2, 0 generic): the CPU's ``best``, capped by
+/// the environment variable PYFRAGNN_ISA ("avx2" or "generic"; tests compare the paths).
+inline int isa_capped_by_env(int best) {
+    const char* e = std::getenv("PYFRAGNN_ISA");
+    if (e != nullptr && std::strcmp(e, "generic") == 0) return 0;
+    if (e != nullptr && std::strcmp(e, "avx2") == 0) return std::min(best, 1);
+    return best;
+}
+}  // namespace pyfragnn

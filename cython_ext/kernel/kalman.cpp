@@ -9,6 +9,7 @@
 // machines with different instruction sets. PYFRAGNN_ISA=avx2 or generic caps the path at load
 // time (tests compare them).
 #include "training.h"
+#include "hot.h"
 
 #include <algorithm>
 #include <cstdlib>
@@ -349,10 +350,7 @@ int kf_isa() {
         int best = 0;
         if (__builtin_cpu_supports("avx2")) best = 1;
         if (best == 1 && __builtin_cpu_supports("avx512f")) best = 2;
-        const char* e = std::getenv("PYFRAGNN_ISA");
-        if (e != nullptr && std::strcmp(e, "generic") == 0) return 0;
-        if (e != nullptr && std::strcmp(e, "avx2") == 0) return std::min(best, 1);
-        return best;
+        return isa_capped_by_env(best);
     }();
     return isa;
 #else

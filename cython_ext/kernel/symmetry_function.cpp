@@ -801,10 +801,7 @@ inline int select_isa() {
         if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = 1;
         if (best == 1 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl"))
             best = 2;
-        const char* e = std::getenv("PYFRAGNN_ISA");
-        if (e != nullptr && std::strcmp(e, "generic") == 0) return 0;
-        if (e != nullptr && std::strcmp(e, "avx2") == 0) return std::min(best, 1);
-        return best;
+        return isa_capped_by_env(best);
     }();
     return isa;
 #else
