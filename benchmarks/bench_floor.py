@@ -116,10 +116,11 @@ def case_water():
 
 
 def case_irmof():
+    from ase.io import read
     from pyfragnn import Potential
-    from pyfragnn.demo import IRMOF1_PRIM, _read
+    from pyfragnn.demo import IRMOF1_PRIM
     pot = Potential.load(ROOT / "potentials" / "irmof1_hdnnp1_gfn2.fragnn")
-    base = _read(IRMOF1_PRIM, 0)[0]
+    base = read(IRMOF1_PRIM, 0)  # as bench_calculator's IRMOF case
     return "IRMOF-1 (shipped potential)", pot, base, base.repeat(3)
 
 
