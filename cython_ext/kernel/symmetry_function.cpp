@@ -427,6 +427,11 @@ Descriptor::Descriptor(std::vector<SymmetryFunctionParams> sfs, std::vector<int>
     for (AngularGroup& g : angular_)
         for (const Gaussian& q : g.gauss)  // types 3, 13: one exp of the three-distance sum
             g.fast_exp = g.fast_exp && in_range(g.type == 9 ? q.eta : 3.0 * q.eta, q.rs);
+    mpair_order_.resize(mpairs_.size());
+    for (std::size_t k = 0; k < mpairs_.size(); ++k) mpair_order_[k] = static_cast<int>(k);
+    std::stable_sort(mpair_order_.begin(), mpair_order_.end(), [&](int a, int b) {
+        return mpairs_[a].degree < mpairs_[b].degree;
+    });
     int dmax = 0;
     for (MomentSet& m : msets_) {
         m.fast_exp = in_range(m.eta, m.rs);
@@ -487,7 +492,10 @@ double Descriptor::cutoff() const { return cutoff_; }
 //         w_j w_k exp(-eta [(r_ij-rs)^2 + (r_ik-rs)^2 + (r_jk-rs)^2]) [c] (one exp of the sum),
 //         then r_ij[c], r_ik[c], fc(r_ij) fc(r_ik) [c] (written by the selection, so that the
 //         blocked loops gather nothing);
-//         moment sets (see MomentSet); scratch section (block scratch).
+//         moment set (m list entries, m4 = m rounded up to a multiple of 4): A[m4], dA/dr[m4]
+//         (zero past m), monomials in blocks of four neighbours, one per vector lane
+//         ([m4/4][nm][4]), moments M[nm], D, then contract()'s W[nm], dE/dD;
+//         scratch section (block scratch).
 // Functions of a group share neighbour lists, per-neighbour factors and per-triplet geometry.
 // Triplets are selected first (branch-free; with AVX-512 eight candidates at a time compressed
 // by vcompresspd, with AVX2 four by a permutation table; see select_isa()), then processed in
@@ -508,6 +516,41 @@ inline v4d ld4(const double* p) { v4d x; std::memcpy(&x, p, sizeof x); return x;
 inline void st4(double* p, const v4d& x) { std::memcpy(p, &x, sizeof x); }
 typedef long long v4i __attribute__((vector_size(32)));
 
+/// p[0..valid-1] in the first lanes, `fill` in the others (valid <= 4; reads nothing past them).
+inline v4d ld4_upto(const double* p, int valid, double fill = 0.0) {
+    if (valid >= 4) return ld4(p);
+    v4d x = {fill, fill, fill, fill};
+    for (int l = 0; l < valid; ++l) x[l] = p[l];
+    return x;
+}
+
+/// For NB blocks of four neighbours' monomials (mo: [nm][4] per block, `stride` apart), per lane
+/// p = sum_{k<nm} W[k] u^k and p_ax = sum_{k<nm_low} Wu[ax nm_low + k] u^k, each summed in k
+/// order as for one neighbour alone; the 4 NB chains of adds overlap.
+template <int NB>
+inline void mono_dots(int nm, int nm_low, const double* W, const double* Wu, const double* mo,
+                      std::size_t stride, v4d* p, v4d* px, v4d* py, v4d* pz) {
+    v4d s[NB], sx[NB], sy[NB], sz[NB];
+    for (int h = 0; h < NB; ++h) s[h] = sx[h] = sy[h] = sz[h] = v4d{0.0, 0.0, 0.0, 0.0};
+    int k = 0;
+    for (; k < nm_low; ++k) {
+        const double w = W[k], wx = Wu[k], wy = Wu[nm_low + k], wz = Wu[2 * nm_low + k];
+        for (int h = 0; h < NB; ++h) {
+            const v4d v = ld4(mo + h * stride + 4 * k);
+            s[h] += w * v;
+            sx[h] += wx * v;
+            sy[h] += wy * v;
+            sz[h] += wz * v;
+        }
+    }
+    for (; k < nm; ++k)
+        for (int h = 0; h < NB; ++h) s[h] += W[k] * ld4(mo + h * stride + 4 * k);
+    for (int h = 0; h < NB; ++h) { p[h] = s[h]; px[h] = sx[h]; py[h] = sy[h]; pz[h] = sz[h]; }
+}
+
+/// Entry k of four arrays, one per lane.
+inline v4d lanes(const double* const* M, int k) { return v4d{M[0][k], M[1][k], M[2][k], M[3][k]}; }
+
 /// Columns of the 4x4 matrix with rows a, b, c, d.
 inline void transpose4(const v4d& a, const v4d& b, const v4d& c, const v4d& d, v4d& w, v4d& x,
                        v4d& y, v4d& z) {
@@ -521,6 +564,9 @@ inline void transpose4(const v4d& a, const v4d& b, const v4d& c, const v4d& d, v
 
 /// Number of monomials in 3 variables of degree <= d.
 inline int n_mono(int d) { return (d + 1) * (d + 2) * (d + 3) / 6; }
+
+/// n rounded up to a multiple of 4 (whole 4-lane groups).
+inline int round_up4(int n) { return (n + 3) & ~3; }
 
 /// out[i] = in[i]^m, m >= 0 (in != out): one pass for m <= 4, else left-to-right binary
 /// powering over whole arrays.
@@ -580,6 +626,12 @@ inline void pow_array4_times(int n, const double* in, int m, double* out, const 
         st4(out + i, o);
         st4(outf + i, o * ld4(f + i));
     }
+}
+
+/// y[i] += a[i] x[i] (y apart from a and x).
+inline void add_products(int n, const double* __restrict a, const double* __restrict x,
+                         double* __restrict y) {
+    for (int i = 0; i < n; ++i) y[i] += a[i] * x[i];
 }
 
 /// sum_i a[i] b[i] with two partial sums (vectorisable without reassociation flags).
@@ -884,12 +936,12 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
         scratch = std::max({scratch, kBlock * (11 + 3 * ng + 2 * g.powers.size()) + g.terms.size(),
                             (2 + ng) * static_cast<std::size_t>(M)});
     }
-    for (int si = 0; si < n_mset; ++si) {  // A, dA/dr [m], monomials [m][nm], M [nm], D, W [nm], dE/dD
+    for (int si = 0; si < n_mset; ++si) {  // A, dA/dr [m4], monomials [m4][nm], M [nm], D, W [nm], dE/dD
         const int* f; int m;
         list(msets_[si].e1, f, m);
         const std::size_t nm = n_mono(msets_[si].degree);
         start[mhead + si] = static_cast<int>(total);
-        total += (2 + nm) * static_cast<std::size_t>(m) + 2 * nm + 2;
+        total += (2 + nm) * static_cast<std::size_t>(round_up4(m)) + 2 * nm + 2;
         scratch = std::max(scratch, 3 * static_cast<std::size_t>(M) + 3 * nm);
     }
     start[head] = static_cast<int>(total);
@@ -1130,11 +1182,11 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
         const MomentSet& ms = msets_[si];
         const int* first; int m;
         list(ms.e1, first, m);
-        const int nm = n_mono(ms.degree);
+        const int nm = n_mono(ms.degree), m4 = round_up4(m);
         double* A = buf + start[mhead + si];
-        double* dA = A + m;
-        double* mono = dA + m;
-        double* Mo = mono + static_cast<std::size_t>(nm) * m;
+        double* dA = A + m4;
+        double* mono = dA + m4;
+        double* Mo = mono + static_cast<std::size_t>(nm) * m4;
         const int p0 = static_cast<int>(first - pos);
         const double* r = pr + p0;
         const double* ua[3] = {pux + p0, puy + p0, puz + p0};
@@ -1149,52 +1201,87 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
             A[a] = in ? f[a] * gs[a] : 0.0;
             dA[a] = in ? (df[a] - two_eta * (r[a] - ms.rs) * f[a]) * gs[a] : 0.0;
         }
-        // Monomials neighbour-major (mono[a * nm + k]); moments summed over neighbours in order.
+        std::fill(A + m, A + m4, 0.0);
+        std::fill(dA + m, dA + m4, 0.0);
+        // Monomials of four neighbours at once, one per lane (each lane's products are those of
+        // one neighbour alone): degree block d = x * block d-1, then y * its a = 0 tail (d
+        // entries), then z * its last entry, the products u^parent * u[axis] of the tables.
+        // Moments summed over the neighbours in order: per lane, four monomials at a time
+        // (transposed from the lanes).
         std::fill(Mo, Mo + nm, 0.0);
-        for (int a = 0; a < m; ++a) {
-            double* mo = mono + static_cast<std::size_t>(a) * nm;
-            const double ux[3] = {ua[0][a], ua[1][a], ua[2][a]};
-            // Degree block d = x * block d-1, then y * its a = 0 tail (d entries), then z * its
-            // last entry: the products u^parent * u[axis] of the tables, in contiguous loops.
-            mo[0] = 1.0;
+        const int nm_4 = nm & ~3;
+        for (int b = 0; b < m4; b += 4) {
+            double* mo = mono + static_cast<std::size_t>(b) * nm;  // [nm][4]
+            const int valid = std::min(4, m - b);
+            const v4d ux = ld4_upto(ua[0] + b, valid), uy = ld4_upto(ua[1] + b, valid),
+                      uz = ld4_upto(ua[2] + b, valid);
+            st4(mo, v4d{1.0, 1.0, 1.0, 1.0});
             for (int d = 1, prev = 0; d <= ms.degree; ++d) {
                 const int len = d * (d + 1) / 2, out = prev + len;  // block d-1: [prev, out)
-                for (int i = 0; i < len; ++i) mo[out + i] = ux[0] * mo[prev + i];
-                for (int i = 0; i < d; ++i) mo[out + len + i] = ux[1] * mo[out - d + i];
-                mo[out + len + d] = ux[2] * mo[out - 1];
+                for (int i = 0; i < len; ++i) st4(mo + 4 * (out + i), ux * ld4(mo + 4 * (prev + i)));
+                for (int i = 0; i < d; ++i) st4(mo + 4 * (out + len + i), uy * ld4(mo + 4 * (out - d + i)));
+                st4(mo + 4 * (out + len + d), uz * ld4(mo + 4 * (out - 1)));
                 prev = out;
             }
-            const double Aa = A[a];
-            if (Aa == 0.0) continue;
-            for (int k = 0; k < nm; ++k) Mo[k] += Aa * mo[k];
+            for (int k = 0; k < nm_4; k += 4) {
+                v4d row[4];
+                transpose4(ld4(mo + 4 * k), ld4(mo + 4 * k + 4), ld4(mo + 4 * k + 8),
+                           ld4(mo + 4 * k + 12), row[0], row[1], row[2], row[3]);
+                v4d acc = ld4(Mo + k);
+                for (int l = 0; l < valid; ++l)
+                    if (A[b + l] != 0.0) acc += A[b + l] * row[l];
+                st4(Mo + k, acc);
+            }
+            for (int l = 0; l < valid; ++l) {
+                const double Aa = A[b + l];
+                if (Aa == 0.0) continue;
+                for (int k = nm_4; k < nm; ++k) Mo[k] += Aa * mo[4 * k + l];
+            }
         }
         Mo[nm] = dot(m, A, A);
     }
     auto moments_of = [&](int si) {  // M of set si (followed by D, W, dE/dD)
         const int* f; int m;
         list(msets_[si].e1, f, m);
-        return buf + start[mhead + si] + (2 + static_cast<std::size_t>(n_mono(msets_[si].degree))) * m;
+        return buf + start[mhead + si] + (2 + static_cast<std::size_t>(n_mono(msets_[si].degree))) * round_up4(m);
     };
-    for (const MomentPair& mp : mpairs_) {
-        const double* M1 = moments_of(mp.s1);
-        const double* M2 = moments_of(mp.s2);
-        double S[kMomentMaxZeta + 1];
-        for (int deg = 0, k = 0; deg <= mp.degree; ++deg) {  // monomials come by degree
-            double s0 = 0.0, s1 = 0.0;
+    // S_m of up to four pairs of one degree at once, one pair per lane: each lane sums as the
+    // scalar form would (two partial sums per degree, in monomial order), but the lanes' chains
+    // of dependent adds overlap (one pair alone waits on the add latency; IRMOF-1 has ten pairs
+    // of 35 monomials).
+    const int n_pair = static_cast<int>(mpairs_.size());
+    for (int c0 = 0; c0 < n_pair;) {
+        const int degree = mpairs_[mpair_order_[c0]].degree;
+        int c1 = c0 + 1;
+        while (c1 < n_pair && c1 - c0 < 4 && mpairs_[mpair_order_[c1]].degree == degree) ++c1;
+        const double* M1[4];
+        const double* M2[4];
+        for (int l = 0; l < 4; ++l) {  // lanes past the chunk repeat its last pair
+            const MomentPair& mp = mpairs_[mpair_order_[std::min(c0 + l, c1 - 1)]];
+            M1[l] = moments_of(mp.s1);
+            M2[l] = moments_of(mp.s2);
+        }
+        v4d S[kMomentMaxZeta + 1];
+        for (int deg = 0, k = 0; deg <= degree; ++deg) {  // monomials come by degree
+            v4d s0 = {0.0, 0.0, 0.0, 0.0}, s1 = s0;
             const int end = n_mono(deg);
             for (; k + 1 < end; k += 2) {
-                s0 += mono_weight_[k] * M1[k] * M2[k];
-                s1 += mono_weight_[k + 1] * M1[k + 1] * M2[k + 1];
+                s0 += mono_weight_[k] * lanes(M1, k) * lanes(M2, k);
+                s1 += mono_weight_[k + 1] * lanes(M1, k + 1) * lanes(M2, k + 1);
             }
-            if (k < end) { s0 += mono_weight_[k] * M1[k] * M2[k]; ++k; }
+            if (k < end) { s0 += mono_weight_[k] * lanes(M1, k) * lanes(M2, k); ++k; }
             S[deg] = s0 + s1;
         }
-        const double D = M1[n_mono(msets_[mp.s1].degree)];
-        for (const MomentTerm& t : mp.terms) {
-            double v = 0.0;
-            for (std::size_t q = 0; q < t.coef.size(); ++q) v += t.coef[q] * S[q];
-            G[t.sf] = v - t.diag * D;
+        for (int l = 0; l < c1 - c0; ++l) {
+            const MomentPair& mp = mpairs_[mpair_order_[c0 + l]];
+            const double D = M1[l][n_mono(msets_[mp.s1].degree)];
+            for (const MomentTerm& t : mp.terms) {
+                double v = 0.0;
+                for (std::size_t q = 0; q < t.coef.size(); ++q) v += t.coef[q] * S[q][l];
+                G[t.sf] = v - t.diag * D;
+            }
         }
+        c0 = c1;
     }
 
     // Compact radial (20).
@@ -1296,6 +1383,12 @@ void Descriptor::contract_nv(const AtomEnvironment& env, const double* dEdG_all,
     double* buf = ws.buf.data();
     const double* u = buf + kFingerprint;
     double* scratch_mem = buf + start[head];
+    // compute()'s copies by list position: unit vectors and distances
+    const int M = start[ne] - start[0];
+    const double* pux = u + 3 * static_cast<std::size_t>(n) + 3 * static_cast<std::size_t>(M);
+    const double* puy = pux + M;
+    const double* puz = puy + M;
+    const double* pr = puz + M;
     // cbuf: along_u [NV][n] (dE/dd_j components along u_j); for the angular groups u4 [n][4]
     // (u_j, 0) and acc4 [NV][n][4] (dE/dd_j off u_j, then along u_j), so that a triplet's update
     // of one neighbour is one 4-lane add; then the angular block scratch.
@@ -1603,7 +1696,7 @@ void Descriptor::contract_nv(const AtomEnvironment& env, const double* dEdG_all,
                 const int* f; int m;
                 list(msets_[si].e1, f, m);
                 return buf + start[mhead + si] +
-                       (2 + static_cast<std::size_t>(n_mono(msets_[si].degree))) * m;
+                       (2 + static_cast<std::size_t>(n_mono(msets_[si].degree))) * round_up4(m);
             };
             for (int si = 0; si < n_mset; ++si) {
                 const int nm = n_mono(msets_[si].degree);
@@ -1626,11 +1719,18 @@ void Descriptor::contract_nv(const AtomEnvironment& env, const double* dEdG_all,
                 const int nm1 = n_mono(msets_[mp.s1].degree), nm2 = n_mono(msets_[mp.s2].degree);
                 double* W1 = M1 + nm1 + 1;
                 double* W2 = M2 + nm2 + 1;
+                // c_k = dS[deg k] m!/a!, then W1 += c M2 and W2 += c M1 as separate loops (or,
+                // for a pair of one set, W += c M twice in that order): the same sums as one loop
+                // doing both per k, but each loop vectorises (W1 and W2 are one array then).
                 const int nm = n_mono(mp.degree);
-                for (int k = 0; k < nm; ++k) {
-                    const double c = dS[mono_deg_[k]] * mono_weight_[k];
-                    W1[k] += c * M2[k];
-                    W2[k] += c * M1[k];
+                double* c = scratch_mem;
+                for (int deg = 0, k = 0; deg <= mp.degree; ++deg)
+                    for (const int end = n_mono(deg); k < end; ++k) c[k] = dS[deg] * mono_weight_[k];
+                if (W1 != W2) {
+                    add_products(nm, c, M2, W1);
+                    add_products(nm, c, M1, W2);
+                } else {
+                    for (int k = 0; k < nm; ++k) W1[k] = (W1[k] + c[k] * M1[k]) + c[k] * M1[k];
                 }
                 W1[nm1] += dD;  // dE/dD (diag is zero unless both sets are the same)
             }
@@ -1639,9 +1739,10 @@ void Descriptor::contract_nv(const AtomEnvironment& env, const double* dEdG_all,
                 const int* first; int m;
                 list(ms.e1, first, m);
                 const int nm = n_mono(ms.degree), nm_low = ms.degree > 0 ? n_mono(ms.degree - 1) : 0;
+                const int m4 = round_up4(m);
                 const double* A = buf + start[mhead + si];
-                const double* dA = A + m;
-                const double* mono = dA + m;
+                const double* dA = A + m4;
+                const double* mono = dA + m4;
                 const double* W = moments_of(si) + nm + 1;
                 const double dD = W[nm];
                 bool any = dD != 0.0;
@@ -1652,28 +1753,38 @@ void Descriptor::contract_nv(const AtomEnvironment& env, const double* dEdG_all,
                 for (int k = 0; k < nm_low; ++k)
                     for (int ax = 0; ax < 3; ++ax)
                         Wu[ax * nm_low + k] = (mono_exp_[3 * k + ax] + 1) * W[mono_up_[3 * k + ax]];
-                for (int a = 0; a < m; ++a) {
-                    const int j = first[a];
-                    if (A[a] == 0.0 && dA[a] == 0.0) continue;  // outside this set's cutoff
-                    const double* mo = mono + static_cast<std::size_t>(a) * nm;
-                    double p = 0.0, px = 0.0, py = 0.0, pz = 0.0;
-                    int k = 0;
-                    for (; k < nm_low; ++k) {
-                        p += W[k] * mo[k];
-                        px += Wu[k] * mo[k];
-                        py += Wu[nm_low + k] * mo[k];
-                        pz += Wu[2 * nm_low + k] * mo[k];
+                // Four neighbours per vector (the monomials' lanes), two blocks at a time.
+                const int p0 = static_cast<int>(first - (start + start[0]));
+                const std::size_t stride = 4 * static_cast<std::size_t>(nm);
+                for (int b = 0; b < m4; b += 8) {
+                    v4d p[2], px[2], py[2], pz[2];
+                    const int nb = m4 - b >= 8 ? 2 : 1;
+                    if (nb == 2)
+                        mono_dots<2>(nm, nm_low, W, Wu, mono + b * static_cast<std::size_t>(nm),
+                                     stride, p, px, py, pz);
+                    else
+                        mono_dots<1>(nm, nm_low, W, Wu, mono + b * static_cast<std::size_t>(nm),
+                                     stride, p, px, py, pz);
+                    for (int h = 0; h < nb; ++h) {
+                        const int bh = b + 4 * h, valid = std::min(4, m - bh);
+                        const v4d A4 = ld4(A + bh), dA4 = ld4(dA + bh);
+                        const v4d inv_r = 1.0 / ld4_upto(pr + p0 + bh, valid, 1.0);
+                        const v4d gx = A4 * px[h], gy = A4 * py[h], gz = A4 * pz[h];
+                        const v4d gu = gx * ld4_upto(pux + p0 + bh, valid) +
+                                       gy * ld4_upto(puy + p0 + bh, valid) +
+                                       gz * ld4_upto(puz + p0 + bh, valid);
+                        const v4d along = (p[h] + 2.0 * A4 * dD) * dA4 - gu * inv_r;
+                        const v4d hx = gx * inv_r, hy = gy * inv_r, hz = gz * inv_r;
+                        for (int l = 0; l < valid; ++l) {
+                            if (A[bh + l] == 0.0 && dA[bh + l] == 0.0) continue;  // beyond rc
+                            const int j = first[bh + l];
+                            along_u[j] += along[l];
+                            double* gj = dEdd + 3 * j;
+                            gj[0] += hx[l];
+                            gj[1] += hy[l];
+                            gj[2] += hz[l];
+                        }
                     }
-                    for (; k < nm; ++k) p += W[k] * mo[k];
-                    const double* uj = u + 3 * j;
-                    const double inv_r = 1.0 / env.r[j];
-                    const double gx = A[a] * px, gy = A[a] * py, gz = A[a] * pz;
-                    const double gu = gx * uj[0] + gy * uj[1] + gz * uj[2];
-                    along_u[j] += (p + 2.0 * A[a] * dD) * dA[a] - gu * inv_r;
-                    double* gj = dEdd + 3 * j;
-                    gj[0] += gx * inv_r;
-                    gj[1] += gy * inv_r;
-                    gj[2] += gz * inv_r;
                 }
             }
         }

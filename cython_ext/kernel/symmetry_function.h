@@ -152,6 +152,8 @@ private:
     struct MomentPair { int s1, s2, degree; std::vector<MomentTerm> terms; };
     std::vector<MomentSet> msets_;
     std::vector<MomentPair> mpairs_;
+    std::vector<int> mpair_order_;   // pairs by degree (stable): compute() sums S of up to four
+                                     // pairs of one degree at once, one pair per vector lane
     // Monomials u^a in order of degree (a prefix of this list holds all of degree <= D):
     // exponents, u^a = u^parent * u[axis], m!/a!, degree, and per axis the index of a + e_axis.
     std::vector<int> mono_exp_, mono_parent_, mono_axis_, mono_deg_, mono_up_;
