@@ -427,11 +427,27 @@ Descriptor::Descriptor(std::vector<SymmetryFunctionParams> sfs, std::vector<int>
     for (AngularGroup& g : angular_)
         for (const Gaussian& q : g.gauss)  // types 3, 13: one exp of the three-distance sum
             g.fast_exp = g.fast_exp && in_range(g.type == 9 ? q.eta : 3.0 * q.eta, q.rs);
-    mpair_order_.resize(mpairs_.size());
-    for (std::size_t k = 0; k < mpairs_.size(); ++k) mpair_order_[k] = static_cast<int>(k);
-    std::stable_sort(mpair_order_.begin(), mpair_order_.end(), [&](int a, int b) {
-        return mpairs_[a].degree < mpairs_[b].degree;
-    });
+    // Lane groups: consecutive sets of one degree, up to four (n2p2-style potentials give one set
+    // per element and Gaussian, all of one degree); a product per (g1, g2, lane offset).
+    for (int si = 0; si < static_cast<int>(msets_.size()); ++si) {
+        if (mgroups_.empty() || mgroups_.back().count == 4 ||
+            mgroups_.back().degree != msets_[si].degree)
+            mgroups_.push_back({si, 0, msets_[si].degree});
+        mset_group_.push_back(static_cast<int>(mgroups_.size()) - 1);
+        mset_lane_.push_back(mgroups_.back().count++);
+    }
+    for (int pi = 0; pi < static_cast<int>(mpairs_.size()); ++pi) {
+        const MomentPair& mp = mpairs_[pi];
+        const int g1 = mset_group_[mp.s1], g2 = mset_group_[mp.s2], l1 = mset_lane_[mp.s1];
+        const int d = (mset_lane_[mp.s2] - l1 + 4) % 4;
+        auto it = std::find_if(mproducts_.begin(), mproducts_.end(), [&](const MomentProduct& q) {
+            return q.g1 == g1 && q.g2 == g2 && q.d == d;
+        });
+        if (it == mproducts_.end())
+            it = mproducts_.insert(mproducts_.end(), MomentProduct{g1, g2, d, 0, {-1, -1, -1, -1}});
+        it->pair[l1] = pi;  // one pair per (s1, s2): s1 fixes the lane, d then s2
+        it->degree = std::max(it->degree, mp.degree);
+    }
     int dmax = 0;
     for (MomentSet& m : msets_) {
         m.fast_exp = in_range(m.eta, m.rs);
@@ -548,8 +564,6 @@ inline void mono_dots(int nm, int nm_low, const double* W, const double* Wu, con
     for (int h = 0; h < NB; ++h) { p[h] = s[h]; px[h] = sx[h]; py[h] = sy[h]; pz[h] = sz[h]; }
 }
 
-/// Entry k of four arrays, one per lane.
-inline v4d lanes(const double* const* M, int k) { return v4d{M[0][k], M[1][k], M[2][k], M[3][k]}; }
 
 /// Columns of the 4x4 matrix with rows a, b, c, d.
 inline void transpose4(const v4d& a, const v4d& b, const v4d& c, const v4d& d, v4d& w, v4d& x,
@@ -567,6 +581,41 @@ inline int n_mono(int d) { return (d + 1) * (d + 2) * (d + 3) / 6; }
 
 /// n rounded up to a multiple of 4 (whole 4-lane groups).
 inline int round_up4(int n) { return (n + 3) & ~3; }
+
+/// Lanes rotated by D: lane l holds v's lane (l + D) mod 4.
+template <int D>
+inline v4d rotate(const v4d& v) {
+    return __builtin_shuffle(v, v4i{D % 4, (D + 1) % 4, (D + 2) % 4, (D + 3) % 4});
+}
+
+/// S[m] = sum_{|a|=m} w_a M1[a] rotate<D>(M2[a]) for m <= degree (M1, M2: [nm][4], monomials by
+/// degree; two partial sums per degree, in monomial order).
+template <int D>
+inline void lane_product_sums(int degree, const double* w, const double* M1, const double* M2,
+                              v4d* S) {
+    for (int deg = 0, k = 0; deg <= degree; ++deg) {
+        v4d s0 = {0.0, 0.0, 0.0, 0.0}, s1 = s0;
+        const int end = n_mono(deg);
+        for (; k + 1 < end; k += 2) {
+            s0 += w[k] * ld4(M1 + 4 * k) * rotate<D>(ld4(M2 + 4 * k));
+            s1 += w[k + 1] * ld4(M1 + 4 * k + 4) * rotate<D>(ld4(M2 + 4 * k + 4));
+        }
+        if (k < end) { s0 += w[k] * ld4(M1 + 4 * k) * rotate<D>(ld4(M2 + 4 * k)); ++k; }
+        S[deg] = s0 + s1;
+    }
+}
+
+/// dE/dM of a product's pairs: W1 += C rotate<D>(M2) (lane l: dE/dM of the pair's first set),
+/// then W2 += rotate<-D>(C M1) (its second set's lane), k < nm; W1 may be W2.
+template <int D>
+inline void lane_product_grad(int nm, const double* C, const double* M1, const double* M2,
+                              double* W1, double* W2) {
+    for (int k = 0; k < nm; ++k) {
+        const v4d c = ld4(C + 4 * k);
+        st4(W1 + 4 * k, ld4(W1 + 4 * k) + c * rotate<D>(ld4(M2 + 4 * k)));
+        st4(W2 + 4 * k, ld4(W2 + 4 * k) + rotate<(4 - D) % 4>(c * ld4(M1 + 4 * k)));
+    }
+}
 
 /// out[i] = in[i]^m, m >= 0 (in != out): one pass for m <= 4, else left-to-right binary
 /// powering over whole arrays.
@@ -626,12 +675,6 @@ inline void pow_array4_times(int n, const double* in, int m, double* out, const 
         st4(out + i, o);
         st4(outf + i, o * ld4(f + i));
     }
-}
-
-/// y[i] += a[i] x[i] (y apart from a and x).
-inline void add_products(int n, const double* __restrict a, const double* __restrict x,
-                         double* __restrict y) {
-    for (int i = 0; i < n; ++i) y[i] += a[i] * x[i];
 }
 
 /// sum_i a[i] b[i] with two partial sums (vectorisable without reassociation flags).
@@ -882,7 +925,8 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
     const int head = 2 * ne + 2;
     const int n_mset = static_cast<int>(msets_.size());
     const int mhead = head + 1 + n_rad + 5 * n_ang;  // per moment set: buf offset of its data
-    const int lists = mhead + n_mset;
+    const int n_mgroup = static_cast<int>(mgroups_.size());  // then per lane group
+    const int lists = mhead + n_mset + n_mgroup;
     if (ws.ibuf.size() < static_cast<std::size_t>(lists) + n)
         ws.ibuf.resize(static_cast<std::size_t>(lists) + n);
     int* start = ws.ibuf.data();
@@ -942,7 +986,11 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
         const std::size_t nm = n_mono(msets_[si].degree);
         start[mhead + si] = static_cast<int>(total);
         total += (2 + nm) * static_cast<std::size_t>(round_up4(m)) + 2 * nm + 2;
-        scratch = std::max(scratch, 3 * static_cast<std::size_t>(M) + 3 * nm);
+        scratch = std::max(scratch, 3 * static_cast<std::size_t>(M) + 4 * nm);
+    }
+    for (int g = 0; g < n_mgroup; ++g) {  // moments and W of the group's sets by lane [nm][4] each
+        start[mhead + n_mset + g] = static_cast<int>(total);
+        total += 8 * static_cast<std::size_t>(n_mono(mgroups_[g].degree));
     }
     start[head] = static_cast<int>(total);
     total += scratch;
@@ -1245,43 +1293,38 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
         list(msets_[si].e1, f, m);
         return buf + start[mhead + si] + (2 + static_cast<std::size_t>(n_mono(msets_[si].degree))) * round_up4(m);
     };
-    // S_m of up to four pairs of one degree at once, one pair per lane: each lane sums as the
-    // scalar form would (two partial sums per degree, in monomial order), but the lanes' chains
-    // of dependent adds overlap (one pair alone waits on the add latency; IRMOF-1 has ten pairs
-    // of 35 monomials).
-    const int n_pair = static_cast<int>(mpairs_.size());
-    for (int c0 = 0; c0 < n_pair;) {
-        const int degree = mpairs_[mpair_order_[c0]].degree;
-        int c1 = c0 + 1;
-        while (c1 < n_pair && c1 - c0 < 4 && mpairs_[mpair_order_[c1]].degree == degree) ++c1;
-        const double* M1[4];
-        const double* M2[4];
-        for (int l = 0; l < 4; ++l) {  // lanes past the chunk repeat its last pair
-            const MomentPair& mp = mpairs_[mpair_order_[std::min(c0 + l, c1 - 1)]];
-            M1[l] = moments_of(mp.s1);
-            M2[l] = moments_of(mp.s2);
+    // Moments of each lane group with one set per lane (Mt[k][lane]); then S_m of four pairs at
+    // once per product, each lane summing as for its pair alone (two partial sums per degree,
+    // in monomial order): the ten pairs of IRMOF-1's four sets are three products.
+    for (int g = 0; g < n_mgroup; ++g) {
+        const MomentGroup& mg = mgroups_[g];
+        const int nm = n_mono(mg.degree);
+        double* Mt = buf + start[mhead + n_mset + g];
+        for (int l = 0; l < 4; ++l) {
+            const double* Ml = l < mg.count ? moments_of(mg.first + l) : nullptr;
+            for (int k = 0; k < nm; ++k) Mt[4 * k + l] = Ml ? Ml[k] : 0.0;
         }
+    }
+    for (const MomentProduct& pd : mproducts_) {
+        const double* M1 = buf + start[mhead + n_mset + pd.g1];
+        const double* M2 = buf + start[mhead + n_mset + pd.g2];
         v4d S[kMomentMaxZeta + 1];
-        for (int deg = 0, k = 0; deg <= degree; ++deg) {  // monomials come by degree
-            v4d s0 = {0.0, 0.0, 0.0, 0.0}, s1 = s0;
-            const int end = n_mono(deg);
-            for (; k + 1 < end; k += 2) {
-                s0 += mono_weight_[k] * lanes(M1, k) * lanes(M2, k);
-                s1 += mono_weight_[k + 1] * lanes(M1, k + 1) * lanes(M2, k + 1);
-            }
-            if (k < end) { s0 += mono_weight_[k] * lanes(M1, k) * lanes(M2, k); ++k; }
-            S[deg] = s0 + s1;
+        switch (pd.d) {
+        case 0: lane_product_sums<0>(pd.degree, mono_weight_.data(), M1, M2, S); break;
+        case 1: lane_product_sums<1>(pd.degree, mono_weight_.data(), M1, M2, S); break;
+        case 2: lane_product_sums<2>(pd.degree, mono_weight_.data(), M1, M2, S); break;
+        default: lane_product_sums<3>(pd.degree, mono_weight_.data(), M1, M2, S); break;
         }
-        for (int l = 0; l < c1 - c0; ++l) {
-            const MomentPair& mp = mpairs_[mpair_order_[c0 + l]];
-            const double D = M1[l][n_mono(msets_[mp.s1].degree)];
+        for (int l = 0; l < 4; ++l) {
+            if (pd.pair[l] < 0) continue;
+            const MomentPair& mp = mpairs_[pd.pair[l]];
+            const double D = moments_of(mp.s1)[n_mono(msets_[mp.s1].degree)];
             for (const MomentTerm& t : mp.terms) {
                 double v = 0.0;
                 for (std::size_t q = 0; q < t.coef.size(); ++q) v += t.coef[q] * S[q][l];
                 G[t.sf] = v - t.diag * D;
             }
         }
-        c0 = c1;
     }
 
     // Compact radial (20).
@@ -1698,41 +1741,60 @@ void Descriptor::contract_nv(const AtomEnvironment& env, const double* dEdG_all,
                 return buf + start[mhead + si] +
                        (2 + static_cast<std::size_t>(n_mono(msets_[si].degree))) * round_up4(m);
             };
-            for (int si = 0; si < n_mset; ++si) {
+            const int n_mgroup = static_cast<int>(mgroups_.size());
+            auto group_at = [&](int g) {  // compute()'s Mt [nm][4], then Wt [nm][4]
+                return buf + start[mhead + n_mset + g];
+            };
+            for (int si = 0; si < n_mset; ++si) {  // dE/dD
                 const int nm = n_mono(msets_[si].degree);
-                double* W = moments_of(si) + nm + 1;
-                std::fill(W, W + nm + 1, 0.0);
+                moments_of(si)[2 * nm + 1] = 0.0;
             }
-            for (const MomentPair& mp : mpairs_) {
-                double dS[kMomentMaxZeta + 1] = {}, dD = 0.0;
+            for (int g = 0; g < n_mgroup; ++g) {
+                const int nm = n_mono(mgroups_[g].degree);
+                std::fill(group_at(g) + 4 * nm, group_at(g) + 8 * nm, 0.0);
+            }
+            // Per product: dE/dS of its pairs by lane, C_k = dE/dS[deg k] m!/a!, then
+            // dE/dM += C M of the other set in each pair's two lanes (lane_product_grad).
+            for (const MomentProduct& pd : mproducts_) {
+                double dS[4][kMomentMaxZeta + 1] = {};
                 bool any = false;
-                for (const MomentTerm& t : mp.terms) {
-                    const double w = dEdG[t.sf];
-                    if (w == 0.0) continue;
-                    any = true;
-                    for (std::size_t q = 0; q < t.coef.size(); ++q) dS[q] += w * t.coef[q];
-                    dD -= w * t.diag;
+                for (int l = 0; l < 4; ++l) {
+                    if (pd.pair[l] < 0) continue;
+                    const MomentPair& mp = mpairs_[pd.pair[l]];
+                    double dD = 0.0;
+                    for (const MomentTerm& t : mp.terms) {
+                        const double w = dEdG[t.sf];
+                        if (w == 0.0) continue;
+                        any = true;
+                        for (std::size_t q = 0; q < t.coef.size(); ++q) dS[l][q] += w * t.coef[q];
+                        dD -= w * t.diag;
+                    }
+                    const int nm1 = n_mono(msets_[mp.s1].degree);
+                    moments_of(mp.s1)[2 * nm1 + 1] += dD;  // diag is zero unless s1 == s2
                 }
                 if (!any) continue;
-                double* M1 = moments_of(mp.s1);
-                double* M2 = moments_of(mp.s2);
-                const int nm1 = n_mono(msets_[mp.s1].degree), nm2 = n_mono(msets_[mp.s2].degree);
-                double* W1 = M1 + nm1 + 1;
-                double* W2 = M2 + nm2 + 1;
-                // c_k = dS[deg k] m!/a!, then W1 += c M2 and W2 += c M1 as separate loops (or,
-                // for a pair of one set, W += c M twice in that order): the same sums as one loop
-                // doing both per k, but each loop vectorises (W1 and W2 are one array then).
-                const int nm = n_mono(mp.degree);
-                double* c = scratch_mem;
-                for (int deg = 0, k = 0; deg <= mp.degree; ++deg)
-                    for (const int end = n_mono(deg); k < end; ++k) c[k] = dS[deg] * mono_weight_[k];
-                if (W1 != W2) {
-                    add_products(nm, c, M2, W1);
-                    add_products(nm, c, M1, W2);
-                } else {
-                    for (int k = 0; k < nm; ++k) W1[k] = (W1[k] + c[k] * M1[k]) + c[k] * M1[k];
+                const int nm = n_mono(pd.degree);
+                double* C = scratch_mem;  // [nm][4]
+                for (int deg = 0, k = 0; deg <= pd.degree; ++deg) {
+                    const v4d dSv = {dS[0][deg], dS[1][deg], dS[2][deg], dS[3][deg]};
+                    for (const int end = n_mono(deg); k < end; ++k) st4(C + 4 * k, dSv * mono_weight_[k]);
                 }
-                W1[nm1] += dD;  // dE/dD (diag is zero unless both sets are the same)
+                const double* M1 = group_at(pd.g1);
+                const double* M2 = group_at(pd.g2);
+                double* W1 = group_at(pd.g1) + 4 * n_mono(mgroups_[pd.g1].degree);
+                double* W2 = group_at(pd.g2) + 4 * n_mono(mgroups_[pd.g2].degree);
+                switch (pd.d) {
+                case 0: lane_product_grad<0>(nm, C, M1, M2, W1, W2); break;
+                case 1: lane_product_grad<1>(nm, C, M1, M2, W1, W2); break;
+                case 2: lane_product_grad<2>(nm, C, M1, M2, W1, W2); break;
+                default: lane_product_grad<3>(nm, C, M1, M2, W1, W2); break;
+                }
+            }
+            for (int si = 0; si < n_mset; ++si) {  // each set's W from its lane
+                const int nm = n_mono(msets_[si].degree), l = mset_lane_[si];
+                const double* Wt = group_at(mset_group_[si]) + 4 * nm;
+                double* W = moments_of(si) + nm + 1;
+                for (int k = 0; k < nm; ++k) W[k] = Wt[4 * k + l];
             }
             for (int si = 0; si < n_mset; ++si) {
                 const MomentSet& ms = msets_[si];

@@ -152,8 +152,15 @@ private:
     struct MomentPair { int s1, s2, degree; std::vector<MomentTerm> terms; };
     std::vector<MomentSet> msets_;
     std::vector<MomentPair> mpairs_;
-    std::vector<int> mpair_order_;   // pairs by degree (stable): compute() sums S of up to four
-                                     // pairs of one degree at once, one pair per vector lane
+    // Sets of one degree in groups of up to four, one set per vector lane, so that the pair sums
+    // (S_m and contract()'s dE/dM) of four pairs are vector operations: a product (g1, g2, d)
+    // multiplies group g1's lane l with group g2's lane (l + d) mod 4 for the pair `pair[l]`
+    // (-1: no pair in that lane) up to `degree`.
+    struct MomentGroup { int first, count, degree; };
+    struct MomentProduct { int g1, g2, d, degree; int pair[4]; };
+    std::vector<MomentGroup> mgroups_;
+    std::vector<int> mset_group_, mset_lane_;
+    std::vector<MomentProduct> mproducts_;
     // Monomials u^a in order of degree (a prefix of this list holds all of degree <= D):
     // exponents, u^a = u^parent * u[axis], m!/a!, degree, and per axis the index of a + e_axis.
     std::vector<int> mono_exp_, mono_parent_, mono_axis_, mono_deg_, mono_up_;
