@@ -448,6 +448,15 @@ Descriptor::Descriptor(std::vector<SymmetryFunctionParams> sfs, std::vector<int>
         it->pair[l1] = pi;  // one pair per (s1, s2): s1 fixes the lane, d then s2
         it->degree = std::max(it->degree, mp.degree);
     }
+    for (MomentPair& mp : mpairs_) {  // coefficients as a [terms][degree + 1] matrix
+        const int nq = mp.degree + 1;
+        for (const MomentTerm& t : mp.terms) {
+            mp.sf.push_back(t.sf);
+            mp.diag.push_back(t.diag);
+            for (int q = 0; q < nq; ++q)
+                mp.coef.push_back(q < static_cast<int>(t.coef.size()) ? t.coef[q] : 0.0);
+        }
+    }
     int dmax = 0;
     for (MomentSet& m : msets_) {
         m.fast_exp = in_range(m.eta, m.rs);
@@ -481,6 +490,8 @@ Descriptor::Descriptor(std::vector<SymmetryFunctionParams> sfs, std::vector<int>
             mono_up_[3 * k + 1] = at(a, b + 1, c);
             mono_up_[3 * k + 2] = at(a, b, c + 1);
         }
+        mono_up_fac_.assign(3 * mono_deg_.size(), 0.0);
+        for (std::size_t k = 0; k < 3 * mono_deg_.size(); ++k) mono_up_fac_[k] = mono_exp_[k] + 1;
     }
 }
 
@@ -508,9 +519,11 @@ double Descriptor::cutoff() const { return cutoff_; }
 //         w_j w_k exp(-eta [(r_ij-rs)^2 + (r_ik-rs)^2 + (r_jk-rs)^2]) [c] (one exp of the sum),
 //         then r_ij[c], r_ik[c], fc(r_ij) fc(r_ik) [c] (written by the selection, so that the
 //         blocked loops gather nothing);
-//         moment set (m list entries, m4 = m rounded up to a multiple of 4): A[m4], dA/dr[m4]
-//         (zero past m), monomials in blocks of four neighbours, one per vector lane
-//         ([m4/4][nm][4]), moments M[nm], D, then contract()'s W[nm], dE/dD;
+//         moment set (m list entries, m4 = m rounded up to a multiple of 4): A[m4], dA/dr[m4],
+//         u_x, u_y, u_z, 1/r [m4] (A, dA zero past m, the others 0, 0, 0, 1), monomials in
+//         blocks of four neighbours, one per vector lane ([m4/4][nm][4]), moments M[nm], D,
+//         then W[nm] (unused), dE/dD; per lane group of sets: M and contract()'s W and
+//         Wu[3][nm_low] (see contract) by lane, [nm][4] each;
 //         scratch section (block scratch).
 // Functions of a group share neighbour lists, per-neighbour factors and per-triplet geometry.
 // Triplets are selected first (branch-free; with AVX-512 eight candidates at a time compressed
@@ -532,17 +545,10 @@ inline v4d ld4(const double* p) { v4d x; std::memcpy(&x, p, sizeof x); return x;
 inline void st4(double* p, const v4d& x) { std::memcpy(p, &x, sizeof x); }
 typedef long long v4i __attribute__((vector_size(32)));
 
-/// p[0..valid-1] in the first lanes, `fill` in the others (valid <= 4; reads nothing past them).
-inline v4d ld4_upto(const double* p, int valid, double fill = 0.0) {
-    if (valid >= 4) return ld4(p);
-    v4d x = {fill, fill, fill, fill};
-    for (int l = 0; l < valid; ++l) x[l] = p[l];
-    return x;
-}
-
 /// For NB blocks of four neighbours' monomials (mo: [nm][4] per block, `stride` apart), per lane
-/// p = sum_{k<nm} W[k] u^k and p_ax = sum_{k<nm_low} Wu[ax nm_low + k] u^k, each summed in k
-/// order as for one neighbour alone; the 4 NB chains of adds overlap.
+/// p = sum_{k<nm} W[4 k] u^k and p_ax = sum_{k<nm_low} Wu[4 (ax nm_low + k)] u^k (W and Wu: one
+/// lane of a group's [.][4] arrays), each summed in k order as for one neighbour alone; the
+/// 4 NB chains of adds overlap.
 template <int NB>
 inline void mono_dots(int nm, int nm_low, const double* W, const double* Wu, const double* mo,
                       std::size_t stride, v4d* p, v4d* px, v4d* py, v4d* pz) {
@@ -550,7 +556,8 @@ inline void mono_dots(int nm, int nm_low, const double* W, const double* Wu, con
     for (int h = 0; h < NB; ++h) s[h] = sx[h] = sy[h] = sz[h] = v4d{0.0, 0.0, 0.0, 0.0};
     int k = 0;
     for (; k < nm_low; ++k) {
-        const double w = W[k], wx = Wu[k], wy = Wu[nm_low + k], wz = Wu[2 * nm_low + k];
+        const double w = W[4 * k], wx = Wu[4 * k], wy = Wu[4 * (nm_low + k)],
+                     wz = Wu[4 * (2 * nm_low + k)];
         for (int h = 0; h < NB; ++h) {
             const v4d v = ld4(mo + h * stride + 4 * k);
             s[h] += w * v;
@@ -560,7 +567,7 @@ inline void mono_dots(int nm, int nm_low, const double* W, const double* Wu, con
         }
     }
     for (; k < nm; ++k)
-        for (int h = 0; h < NB; ++h) s[h] += W[k] * ld4(mo + h * stride + 4 * k);
+        for (int h = 0; h < NB; ++h) s[h] += W[4 * k] * ld4(mo + h * stride + 4 * k);
     for (int h = 0; h < NB; ++h) { p[h] = s[h]; px[h] = sx[h]; py[h] = sy[h]; pz[h] = sz[h]; }
 }
 
@@ -980,17 +987,18 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
         scratch = std::max({scratch, kBlock * (11 + 3 * ng + 2 * g.powers.size()) + g.terms.size(),
                             (2 + ng) * static_cast<std::size_t>(M)});
     }
-    for (int si = 0; si < n_mset; ++si) {  // A, dA/dr [m4], monomials [m4][nm], M [nm], D, W [nm], dE/dD
+    for (int si = 0; si < n_mset; ++si) {  // A, dA/dr, u, 1/r [m4], monomials [m4][nm], M, D, W, dE/dD
         const int* f; int m;
         list(msets_[si].e1, f, m);
         const std::size_t nm = n_mono(msets_[si].degree);
         start[mhead + si] = static_cast<int>(total);
-        total += (2 + nm) * static_cast<std::size_t>(round_up4(m)) + 2 * nm + 2;
+        total += (6 + nm) * static_cast<std::size_t>(round_up4(m)) + 2 * nm + 2;
         scratch = std::max(scratch, 3 * static_cast<std::size_t>(M) + 4 * nm);
     }
-    for (int g = 0; g < n_mgroup; ++g) {  // moments and W of the group's sets by lane [nm][4] each
+    for (int g = 0; g < n_mgroup; ++g) {  // M, W [nm][4], Wu [3 nm_low][4] of the sets by lane
         start[mhead + n_mset + g] = static_cast<int>(total);
-        total += 8 * static_cast<std::size_t>(n_mono(mgroups_[g].degree));
+        const int deg = mgroups_[g].degree;
+        total += 8 * static_cast<std::size_t>(n_mono(deg)) + 12 * static_cast<std::size_t>(deg > 0 ? n_mono(deg - 1) : 0);
     }
     start[head] = static_cast<int>(total);
     total += scratch;
@@ -1233,7 +1241,11 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
         const int nm = n_mono(ms.degree), m4 = round_up4(m);
         double* A = buf + start[mhead + si];
         double* dA = A + m4;
-        double* mono = dA + m4;
+        double* ux4 = dA + m4;
+        double* uy4 = ux4 + m4;
+        double* uz4 = uy4 + m4;
+        double* ir4 = uz4 + m4;
+        double* mono = ir4 + m4;
         double* Mo = mono + static_cast<std::size_t>(nm) * m4;
         const int p0 = static_cast<int>(first - pos);
         const double* r = pr + p0;
@@ -1251,6 +1263,13 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
         }
         std::fill(A + m, A + m4, 0.0);
         std::fill(dA + m, dA + m4, 0.0);
+        for (int a = 0; a < m4; ++a) {  // whole 4-lane groups for the loops below and contract()
+            const bool in = a < m;
+            ux4[a] = in ? ua[0][a] : 0.0;
+            uy4[a] = in ? ua[1][a] : 0.0;
+            uz4[a] = in ? ua[2][a] : 0.0;
+            ir4[a] = in ? 1.0 / r[a] : 1.0;
+        }
         // Monomials of four neighbours at once, one per lane (each lane's products are those of
         // one neighbour alone): degree block d = x * block d-1, then y * its a = 0 tail (d
         // entries), then z * its last entry, the products u^parent * u[axis] of the tables.
@@ -1261,8 +1280,7 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
         for (int b = 0; b < m4; b += 4) {
             double* mo = mono + static_cast<std::size_t>(b) * nm;  // [nm][4]
             const int valid = std::min(4, m - b);
-            const v4d ux = ld4_upto(ua[0] + b, valid), uy = ld4_upto(ua[1] + b, valid),
-                      uz = ld4_upto(ua[2] + b, valid);
+            const v4d ux = ld4(ux4 + b), uy = ld4(uy4 + b), uz = ld4(uz4 + b);
             st4(mo, v4d{1.0, 1.0, 1.0, 1.0});
             for (int d = 1, prev = 0; d <= ms.degree; ++d) {
                 const int len = d * (d + 1) / 2, out = prev + len;  // block d-1: [prev, out)
@@ -1291,7 +1309,7 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
     auto moments_of = [&](int si) {  // M of set si (followed by D, W, dE/dD)
         const int* f; int m;
         list(msets_[si].e1, f, m);
-        return buf + start[mhead + si] + (2 + static_cast<std::size_t>(n_mono(msets_[si].degree))) * round_up4(m);
+        return buf + start[mhead + si] + (6 + static_cast<std::size_t>(n_mono(msets_[si].degree))) * round_up4(m);
     };
     // Moments of each lane group with one set per lane (Mt[k][lane]); then S_m of four pairs at
     // once per product, each lane summing as for its pair alone (two partial sums per degree,
@@ -1319,10 +1337,14 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
             if (pd.pair[l] < 0) continue;
             const MomentPair& mp = mpairs_[pd.pair[l]];
             const double D = moments_of(mp.s1)[n_mono(msets_[mp.s1].degree)];
-            for (const MomentTerm& t : mp.terms) {
+            const int nt = static_cast<int>(mp.terms.size()), nq = mp.degree + 1;
+            double Sl[kMomentMaxZeta + 1];
+            for (int q = 0; q < nq; ++q) Sl[q] = S[q][l];
+            for (int t = 0; t < nt; ++t) {  // coefficients past a term's zeta are zero
+                const double* coef = mp.coef.data() + t * nq;
                 double v = 0.0;
-                for (std::size_t q = 0; q < t.coef.size(); ++q) v += t.coef[q] * S[q][l];
-                G[t.sf] = v - t.diag * D;
+                for (int q = 0; q < nq; ++q) v += coef[q] * Sl[q];
+                G[mp.sf[t]] = v - mp.diag[t] * D;
             }
         }
     }
@@ -1739,7 +1761,7 @@ void Descriptor::contract_nv(const AtomEnvironment& env, const double* dEdG_all,
                 const int* f; int m;
                 list(msets_[si].e1, f, m);
                 return buf + start[mhead + si] +
-                       (2 + static_cast<std::size_t>(n_mono(msets_[si].degree))) * round_up4(m);
+                       (6 + static_cast<std::size_t>(n_mono(msets_[si].degree))) * round_up4(m);
             };
             const int n_mgroup = static_cast<int>(mgroups_.size());
             auto group_at = [&](int g) {  // compute()'s Mt [nm][4], then Wt [nm][4]
@@ -1762,12 +1784,14 @@ void Descriptor::contract_nv(const AtomEnvironment& env, const double* dEdG_all,
                     if (pd.pair[l] < 0) continue;
                     const MomentPair& mp = mpairs_[pd.pair[l]];
                     double dD = 0.0;
-                    for (const MomentTerm& t : mp.terms) {
-                        const double w = dEdG[t.sf];
+                    const int nt = static_cast<int>(mp.terms.size()), nq = mp.degree + 1;
+                    for (int t = 0; t < nt; ++t) {
+                        const double w = dEdG[mp.sf[t]];
                         if (w == 0.0) continue;
                         any = true;
-                        for (std::size_t q = 0; q < t.coef.size(); ++q) dS[l][q] += w * t.coef[q];
-                        dD -= w * t.diag;
+                        const double* coef = mp.coef.data() + t * nq;
+                        for (int q = 0; q < nq; ++q) dS[l][q] += w * coef[q];
+                        dD -= w * mp.diag[t];
                     }
                     const int nm1 = n_mono(msets_[mp.s1].degree);
                     moments_of(mp.s1)[2 * nm1 + 1] += dD;  // diag is zero unless s1 == s2
@@ -1790,33 +1814,37 @@ void Descriptor::contract_nv(const AtomEnvironment& env, const double* dEdG_all,
                 default: lane_product_grad<3>(nm, C, M1, M2, W1, W2); break;
                 }
             }
-            for (int si = 0; si < n_mset; ++si) {  // each set's W from its lane
-                const int nm = n_mono(msets_[si].degree), l = mset_lane_[si];
-                const double* Wt = group_at(mset_group_[si]) + 4 * nm;
-                double* W = moments_of(si) + nm + 1;
-                for (int k = 0; k < nm; ++k) W[k] = Wt[4 * k + l];
+            // Wu[ax][b] = (b_ax + 1) W[b + e_ax] by lane: d/du_ax sum_a W_a u^a = sum_b Wu[ax][b] u^b.
+            for (int g = 0; g < n_mgroup; ++g) {
+                const int deg = mgroups_[g].degree, nm = n_mono(deg);
+                const int nm_low = deg > 0 ? n_mono(deg - 1) : 0;
+                const double* Wt = group_at(g) + 4 * nm;
+                double* Wut = group_at(g) + 8 * nm;
+                for (int ax = 0; ax < 3; ++ax)
+                    for (int k = 0; k < nm_low; ++k)
+                        st4(Wut + 4 * (ax * nm_low + k),
+                            mono_up_fac_[3 * k + ax] * ld4(Wt + 4 * mono_up_[3 * k + ax]));
             }
             for (int si = 0; si < n_mset; ++si) {
                 const MomentSet& ms = msets_[si];
                 const int* first; int m;
                 list(ms.e1, first, m);
                 const int nm = n_mono(ms.degree), nm_low = ms.degree > 0 ? n_mono(ms.degree - 1) : 0;
-                const int m4 = round_up4(m);
+                const int m4 = round_up4(m), lane = mset_lane_[si];
                 const double* A = buf + start[mhead + si];
                 const double* dA = A + m4;
-                const double* mono = dA + m4;
-                const double* W = moments_of(si) + nm + 1;
-                const double dD = W[nm];
+                const double* ux4 = dA + m4;
+                const double* uy4 = ux4 + m4;
+                const double* uz4 = uy4 + m4;
+                const double* ir4 = uz4 + m4;
+                const double* mono = ir4 + m4;
+                const double* W = group_at(mset_group_[si]) + 4 * nm + lane;  // W[4 k]
+                const double* Wu = group_at(mset_group_[si]) + 8 * nm + lane;  // Wu[4 (ax nm_low + k)]
+                const double dD = moments_of(si)[2 * nm + 1];
                 bool any = dD != 0.0;
-                for (int k = 0; k < nm && !any; ++k) any = W[k] != 0.0;
+                for (int k = 0; k < nm && !any; ++k) any = W[4 * k] != 0.0;
                 if (!any) continue;
-                // Wu[ax][b] = (b_ax + 1) W[b + e_ax]: d/du_ax sum_a W_a u^a = sum_b Wu[ax][b] u^b.
-                double* Wu = scratch_mem;
-                for (int k = 0; k < nm_low; ++k)
-                    for (int ax = 0; ax < 3; ++ax)
-                        Wu[ax * nm_low + k] = (mono_exp_[3 * k + ax] + 1) * W[mono_up_[3 * k + ax]];
                 // Four neighbours per vector (the monomials' lanes), two blocks at a time.
-                const int p0 = static_cast<int>(first - (start + start[0]));
                 const std::size_t stride = 4 * static_cast<std::size_t>(nm);
                 for (int b = 0; b < m4; b += 8) {
                     v4d p[2], px[2], py[2], pz[2];
@@ -1829,12 +1857,9 @@ void Descriptor::contract_nv(const AtomEnvironment& env, const double* dEdG_all,
                                      stride, p, px, py, pz);
                     for (int h = 0; h < nb; ++h) {
                         const int bh = b + 4 * h, valid = std::min(4, m - bh);
-                        const v4d A4 = ld4(A + bh), dA4 = ld4(dA + bh);
-                        const v4d inv_r = 1.0 / ld4_upto(pr + p0 + bh, valid, 1.0);
+                        const v4d A4 = ld4(A + bh), dA4 = ld4(dA + bh), inv_r = ld4(ir4 + bh);
                         const v4d gx = A4 * px[h], gy = A4 * py[h], gz = A4 * pz[h];
-                        const v4d gu = gx * ld4_upto(pux + p0 + bh, valid) +
-                                       gy * ld4_upto(puy + p0 + bh, valid) +
-                                       gz * ld4_upto(puz + p0 + bh, valid);
+                        const v4d gu = gx * ld4(ux4 + bh) + gy * ld4(uy4 + bh) + gz * ld4(uz4 + bh);
                         const v4d along = (p[h] + 2.0 * A4 * dD) * dA4 - gu * inv_r;
                         const v4d hx = gx * inv_r, hy = gy * inv_r, hz = gz * inv_r;
                         for (int l = 0; l < valid; ++l) {

@@ -149,7 +149,13 @@ private:
     // G = sum_m coef[m] S_m - diag * sum_j A_j^2 (diag only when both sets are the same).
     struct MomentSet { int e1; CutoffFunction fc; double eta, rs; int degree; bool fast_exp; };
     struct MomentTerm { int sf; std::vector<double> coef; double diag; };
-    struct MomentPair { int s1, s2, degree; std::vector<MomentTerm> terms; };
+    struct MomentPair {
+        int s1, s2, degree;
+        std::vector<MomentTerm> terms;
+        std::vector<int> sf;          // the terms' functions,
+        std::vector<double> diag;     // diagonal weights
+        std::vector<double> coef;     // and coefficients [terms][degree + 1] (zero past zeta)
+    };
     std::vector<MomentSet> msets_;
     std::vector<MomentPair> mpairs_;
     // Sets of one degree in groups of up to four, one set per vector lane, so that the pair sums
@@ -165,6 +171,7 @@ private:
     // exponents, u^a = u^parent * u[axis], m!/a!, degree, and per axis the index of a + e_axis.
     std::vector<int> mono_exp_, mono_parent_, mono_axis_, mono_deg_, mono_up_;
     std::vector<double> mono_weight_;
+    std::vector<double> mono_up_fac_;  // per axis exponent + 1 (d u^(a + e_axis) / d u_axis)
     std::vector<RadialGroup> radial_;
     std::vector<AngularGroup> angular_;
     std::vector<CompactRadialTerm> compact_radial_;
