@@ -384,6 +384,38 @@ Descriptor::Descriptor(std::vector<SymmetryFunctionParams> sfs, std::vector<int>
                                         std::to_string(p.type));
         }
     }
+    // Radial groups of consecutive neighbour elements with one cutoff and the same Gaussians
+    // (n2p2-style sets repeat them for every element) become one group over the joint list of
+    // those elements: one pass of longer loops (fc, exp) instead of one pass per element.
+    {
+        std::vector<RadialGroup> merged;
+        for (RadialGroup& g : radial_) {
+            g.e_last = g.e1;
+            g.sf.clear();
+            for (const RadialTerm& t : g.terms) g.sf.push_back(t.sf);
+            if (!merged.empty()) {
+                RadialGroup& h = merged.back();
+                bool same = h.e1 >= 0 && g.e1 == h.e_last + 1 && g.fc.type() == h.fc.type() &&
+                            g.fc.alpha() == h.fc.alpha() && g.fc.rc() == h.fc.rc() &&
+                            g.terms.size() == h.terms.size();
+                for (std::size_t t = 0; same && t < g.terms.size(); ++t)
+                    same = g.terms[t].eta == h.terms[t].eta && g.terms[t].rs == h.terms[t].rs;
+                if (same) {
+                    const std::size_t members = h.e_last - h.e1 + 1;
+                    std::vector<int> sf;
+                    for (std::size_t t = 0; t < h.terms.size(); ++t) {
+                        sf.insert(sf.end(), h.sf.begin() + t * members, h.sf.begin() + (t + 1) * members);
+                        sf.push_back(g.terms[t].sf);
+                    }
+                    h.sf = std::move(sf);
+                    h.e_last = g.e1;
+                    continue;
+                }
+            }
+            merged.push_back(std::move(g));
+        }
+        radial_ = std::move(merged);
+    }
     // r_jk Gaussians exp(-eta (r_jk - rs)^2) of a group: when eta is an integer multiple m of a
     // smaller eta with the same rs, use base^m (m <= 64) instead of another exp per triplet.
     for (AngularGroup& g : angular_) {  // terms by Gaussian (in term order) for contract()
@@ -955,6 +987,10 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
         first = ws.ibuf.data() + ws.ibuf[e < 0 ? 0 : e];
         count = ws.ibuf[e < 0 ? ne : e + 1] - ws.ibuf[e < 0 ? 0 : e];
     };
+    auto radial_list = [&](const RadialGroup& g, const int*& first, int& count) {  // e1..e_last
+        first = ws.ibuf.data() + ws.ibuf[g.e1 < 0 ? 0 : g.e1];
+        count = ws.ibuf[g.e1 < 0 ? ne : g.e_last + 1] - ws.ibuf[g.e1 < 0 ? 0 : g.e1];
+    };
 
     // Section sizes; triplet capacities are the numbers of candidate pairs.
     std::size_t total = kFingerprint + 3 * static_cast<std::size_t>(n) + 7 * static_cast<std::size_t>(M);
@@ -962,7 +998,7 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
     std::size_t scratch = 2 * static_cast<std::size_t>(n);
     for (int gi = 0; gi < n_rad; ++gi) {
         const int* f; int m;
-        list(radial_[gi].e1, f, m);
+        radial_list(radial_[gi], f, m);
         start[head + 1 + gi] = static_cast<int>(total);
         total += (3 + radial_[gi].terms.size()) * static_cast<std::size_t>(m);
     }
@@ -1040,21 +1076,31 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
     for (int gi = 0; gi < n_rad; ++gi) {
         const RadialGroup& g = radial_[gi];
         const int* first; int m;
-        list(g.e1, first, m);
+        radial_list(g, first, m);
         double* r = buf + start[head + 1 + gi];
         double* fc = r + m;
         double* dfc = fc + m;
+        std::copy(pr + (first - pos), pr + (first - pos) + m, r);
+        g.fc.fdf(m, r, fc, dfc);  // values at r >= rc are discarded
         for (int a = 0; a < m; ++a) {
-            r[a] = env.r[first[a]];
-            if (r[a] < g.fc.rc()) g.fc.fdf(1, r + a, fc + a, dfc + a);
-            else fc[a] = dfc[a] = 0.0;
+            const bool in = r[a] < g.fc.rc();
+            fc[a] = in ? fc[a] : 0.0;
+            dfc[a] = in ? dfc[a] : 0.0;
         }
+        const int members = g.e1 < 0 ? 1 : g.e_last - g.e1 + 1;
         for (std::size_t t = 0; t < g.terms.size(); ++t) {
             double* gt = dfc + (1 + t) * m;
             gaussian_array(m, r, g.terms[t].eta, g.terms[t].rs, g.fast_exp, gt);
             if (g.e1 < 0)
                 for (int a = 0; a < m; ++a) gt[a] *= z_[env.element[first[a]]];
-            G[g.terms[t].sf] += dot(m, gt, fc);
+            if (members == 1) {
+                G[g.terms[t].sf] += dot(m, gt, fc);
+                continue;
+            }
+            for (int e = g.e1; e <= g.e_last; ++e) {  // each element's part of the joint list
+                const int a0 = start[e] - start[g.e1], len = start[e + 1] - start[e];
+                G[g.sf[t * members + e - g.e1]] += dot(len, gt + a0, fc + a0);
+            }
         }
     }
 
@@ -1489,19 +1535,30 @@ void Descriptor::contract_nv(const AtomEnvironment& env, const double* dEdG_all,
         // Radial Gaussians: dG_t/dr = g_t (dfc - 2 eta (r - rs) fc), along u_j.
         for (int gi = 0; gi < n_rad; ++gi) {
             const RadialGroup& g = radial_[gi];
-            const int* first; int m;
-            list(g.e1, first, m);
+            const int* first = start + start[g.e1 < 0 ? 0 : g.e1];
+            const int m = start[g.e1 < 0 ? ne : g.e_last + 1] - start[g.e1 < 0 ? 0 : g.e1];
+            const int members = g.e1 < 0 ? 1 : g.e_last - g.e1 + 1;
             const double* r = buf + start[head + 1 + gi];
             const double* fc = r + m;
             const double* dfc = fc + m;
             double* s = scratch_mem;  // [m] dE/dr_ij
+            double* wv = s + m;       // [m] dE/dG of the neighbour's element's function
             std::fill(s, s + m, 0.0);
             for (std::size_t t = 0; t < g.terms.size(); ++t) {
                 const RadialTerm& term = g.terms[t];
-                const double w = dEdG[term.sf], two_eta = 2.0 * term.eta;
-                if (w == 0.0) continue;
+                const double two_eta = 2.0 * term.eta;
+                bool any = false;
+                for (int e = 0; e < members; ++e) {
+                    const double w = dEdG[members == 1 ? term.sf : g.sf[t * members + e]];
+                    const int ee = g.e1 < 0 ? 0 : g.e1 + e;
+                    const int a0 = members == 1 ? 0 : start[ee] - start[g.e1];
+                    const int a1 = members == 1 ? m : start[ee + 1] - start[g.e1];
+                    std::fill(wv + a0, wv + a1, w);
+                    any = any || w != 0.0;
+                }
+                if (!any) continue;
                 const double* gt = dfc + (1 + t) * m;
-                for (int a = 0; a < m; ++a) s[a] += w * gt[a] * (dfc[a] - two_eta * (r[a] - term.rs) * fc[a]);
+                for (int a = 0; a < m; ++a) s[a] += wv[a] * gt[a] * (dfc[a] - two_eta * (r[a] - term.rs) * fc[a]);
             }
             for (int a = 0; a < m; ++a) along_u[first[a]] += s[a];
         }

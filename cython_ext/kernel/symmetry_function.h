@@ -117,6 +117,11 @@ private:
         CutoffFunction fc;
         std::vector<RadialTerm> terms;
         bool fast_exp;               // all Gaussian exponents within exp_approx's range
+        // Type 2 groups of elements e1..e_last with the same cutoff and Gaussians are one group
+        // over the elements' joint list; sf[t * (e_last - e1 + 1) + e - e1]: term t's function
+        // for element e (terms[t].sf is e1's).
+        int e_last = -1;
+        std::vector<int> sf;
     };
     struct Gaussian {                // exp(-eta (r - rs)^2) for r_ij, r_ik and r_jk
         double eta, rs;
