@@ -94,6 +94,12 @@ AtomicNetwork::AtomicNetwork(std::vector<int> layers, std::vector<Activation> ac
         n += static_cast<size_t>(layers_[l - 1]) * layers_[l] + layers_[l];
     }
     w_.assign(n, 0.0);
+    size_t nt = 0;
+    for (size_t l = 1; l < layers_.size(); ++l) {
+        offset_t_.push_back(static_cast<int>(nt));
+        nt += static_cast<size_t>(layers_[l]) * ((layers_[l - 1] + 3) & ~3);
+    }
+    wt_.assign(nt, 0.0);
 }
 
 void AtomicNetwork::set_parameters(const std::vector<double>& w) {
@@ -101,7 +107,47 @@ void AtomicNetwork::set_parameters(const std::vector<double>& w) {
         throw std::invalid_argument("atomic network expects " + std::to_string(w_.size()) +
                                     " weights and biases, got " + std::to_string(w.size()));
     w_ = w;
+    update_transposed();
 }
+
+void AtomicNetwork::set_parameters(const double* w) {
+    std::copy(w, w + w_.size(), w_.begin());
+    update_transposed();
+}
+
+void AtomicNetwork::update_transposed() {
+    for (size_t l = 1; l < layers_.size(); ++l) {
+        const int nin = layers_[l - 1], nout = layers_[l], nin4 = (nin + 3) & ~3;
+        const double* W = w_.data() + offset_[l - 1];
+        double* T = wt_.data() + offset_t_[l - 1];
+        for (int j = 0; j < nout; ++j)
+            for (int i = 0; i < nin4; ++i)
+                T[static_cast<size_t>(j) * nin4 + i] = i < nin ? W[static_cast<size_t>(i) * nout + j] : 0.0;
+    }
+}
+
+namespace {
+#pragma GCC diagnostic ignored "-Wpsabi"  // v4d_net helpers are inlined (flatten)
+typedef double v4d_net __attribute__((vector_size(32)));
+
+/// a[0..4 NC) = sum_i W[i][.] y[i] over i < nin in order (W rows of 4 NC), the sums in
+/// registers (a loop over a[] in memory waited on a store and reload per input).
+template <int NC>
+inline void weighted_rows(int nin, const double* W, const double* y, double* a) {
+    v4d_net acc[NC];
+    for (int c = 0; c < NC; ++c) acc[c] = v4d_net{0.0, 0.0, 0.0, 0.0};
+    for (int i = 0; i < nin; ++i) {
+        const double yi = y[i];
+        const double* Wi = W + static_cast<size_t>(i) * 4 * NC;
+        for (int c = 0; c < NC; ++c) {
+            v4d_net w;
+            std::memcpy(&w, Wi + 4 * c, sizeof w);
+            acc[c] += w * yi;
+        }
+    }
+    std::memcpy(a, acc, sizeof acc);
+}
+}  // namespace
 
 // Node storage in ws: layer l (1..L) occupies [node_off(l), node_off(l)+n_l); layer 0 is x.
 void AtomicNetwork::forward(const double* x, NetworkWorkspace& ws, bool second) const {
@@ -120,11 +166,19 @@ void AtomicNetwork::forward(const double* x, NetworkWorkspace& ws, bool second) 
         const double* W = w_.data() + offset_[l - 1];
         const double* b = W + static_cast<size_t>(nin) * nout;
         double* a = ws.a.data() + out;
-        for (int j = 0; j < nout; ++j) a[j] = 0.0;
-        for (int i = 0; i < nin; ++i) {
-            const double yi = ws.y[in + i];
-            const double* Wi = W + static_cast<size_t>(i) * nout;
-            for (int j = 0; j < nout; ++j) a[j] += Wi[j] * yi;
+        const double* yin = ws.y.data() + in;
+        switch (nout) {
+        case 4: weighted_rows<1>(nin, W, yin, a); break;
+        case 8: weighted_rows<2>(nin, W, yin, a); break;
+        case 12: weighted_rows<3>(nin, W, yin, a); break;
+        case 16: weighted_rows<4>(nin, W, yin, a); break;
+        default:
+            for (int j = 0; j < nout; ++j) a[j] = 0.0;
+            for (int i = 0; i < nin; ++i) {
+                const double yi = yin[i];
+                const double* Wi = W + static_cast<size_t>(i) * nout;
+                for (int j = 0; j < nout; ++j) a[j] += Wi[j] * yi;
+            }
         }
         const double c = normalize_ ? 1.0 / nin : 1.0;
         double* y = ws.y.data() + out;
@@ -164,32 +218,22 @@ double AtomicNetwork::evaluate(const double* x, double* dEdx, NetworkWorkspace& 
     for (size_t l = L; l >= 1; --l) {
         const int nin = layers_[l - 1], nout = layers_[l];
         const size_t in = out - nin;
-        const double* W = w_.data() + offset_[l - 1];
         const double c = normalize_ ? 1.0 / nin : 1.0;
         double* delta = ws.a.data() + out;  // reuse a as delta storage
         for (int j = 0; j < nout; ++j) delta[j] = ws.g[out + j] * ws.dy[out + j] * c;
         double* gin = (l == 1) ? dEdx : ws.g.data() + in;
-        int i = 0;
-        for (; i + 4 <= nin; i += 4) {  // four independent sums (each over j in order)
-            const double* W0 = W + static_cast<size_t>(i) * nout;
-            const double* W1 = W0 + nout;
-            const double* W2 = W1 + nout;
-            const double* W3 = W2 + nout;
-            double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+        // gin[i] = sum_j W[i][j] delta[j] (j in order) for four i per vector, from the
+        // transposed copy: the rows of W^T are short (n_l), their sums chains of dependent adds.
+        const int nin4 = (nin + 3) & ~3;
+        const double* T = wt_.data() + offset_t_[l - 1];
+        for (int i = 0; i < nin4; i += 4) {
+            v4d_net s = {0.0, 0.0, 0.0, 0.0};
             for (int j = 0; j < nout; ++j) {
-                const double dj = delta[j];
-                s0 += W0[j] * dj;
-                s1 += W1[j] * dj;
-                s2 += W2[j] * dj;
-                s3 += W3[j] * dj;
+                v4d_net t;
+                std::memcpy(&t, T + static_cast<size_t>(j) * nin4 + i, sizeof t);
+                s += t * delta[j];
             }
-            gin[i] = s0; gin[i + 1] = s1; gin[i + 2] = s2; gin[i + 3] = s3;
-        }
-        for (; i < nin; ++i) {
-            const double* Wi = W + static_cast<size_t>(i) * nout;
-            double s = 0.0;
-            for (int j = 0; j < nout; ++j) s += Wi[j] * delta[j];
-            gin[i] = s;
+            for (int k = 0; k < 4 && i + k < nin; ++k) gin[i + k] = s[k];
         }
         out = in;
     }

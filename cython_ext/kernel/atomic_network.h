@@ -44,7 +44,8 @@ public:
     const std::vector<double>& parameters() const { return w_; }
     /// Throws std::invalid_argument if the count differs from n_parameters().
     void set_parameters(const std::vector<double>& w);
-    double* data() { return w_.data(); }
+    /// The same from n_parameters() values at w.
+    void set_parameters(const double* w);
 
     /// E(x); if dEdx != nullptr also dE/dx [n_inputs].
     double evaluate(const double* x, double* dEdx, NetworkWorkspace& ws) const;
@@ -64,8 +65,15 @@ private:
     std::vector<int> layers_;
     std::vector<Activation> act_;
     bool normalize_ = false;
+    void update_transposed();
+
     std::vector<int> offset_;   // start of layer l's block in w_ (index l-1)
     std::vector<double> w_;
+    // W_l by output row, [n_l][n_{l-1} rounded up to 4] (zero padded), for evaluate()'s
+    // backward pass: dE/dy_{l-1} four inputs at a time in the lanes of a vector (each lane
+    // summing over the outputs in order, as a scalar loop over W_l^T's row would).
+    std::vector<int> offset_t_;
+    std::vector<double> wt_;
 };
 
 }  // namespace pyfragnn

@@ -40,10 +40,8 @@ void set_weights(Model& model, const double* w) {
     int64_t o = 0;
     for (int e = 0; e < model.n_elements(); ++e) {
         AtomicNetwork& net = model.network(e);
-        double* p = net.data();
-        const int np = net.n_parameters();
-        for (int k = 0; k < np; ++k) p[k] = w[o + k];
-        o += np;
+        net.set_parameters(w + o);
+        o += net.n_parameters();
     }
 }
 
