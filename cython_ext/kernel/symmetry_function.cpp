@@ -1494,12 +1494,6 @@ void Descriptor::contract_nv(const AtomEnvironment& env, const double* dEdG_all,
     double* buf = ws.buf.data();
     const double* u = buf + kFingerprint;
     double* scratch_mem = buf + start[head];
-    // compute()'s copies by list position: unit vectors and distances
-    const int M = start[ne] - start[0];
-    const double* pux = u + 3 * static_cast<std::size_t>(n) + 3 * static_cast<std::size_t>(M);
-    const double* puy = pux + M;
-    const double* puz = puy + M;
-    const double* pr = puz + M;
     // cbuf: along_u [NV][n] (dE/dd_j components along u_j); for the angular groups u4 [n][4]
     // (u_j, 0) and acc4 [NV][n][4] (dE/dd_j off u_j, then along u_j), so that a triplet's update
     // of one neighbour is one 4-lane add; then the angular block scratch.
