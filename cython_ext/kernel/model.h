@@ -220,6 +220,11 @@ public:
     void search(int64_t i, std::vector<int32_t>& index, std::vector<double>& d) const;
 
 private:
+    /// f(q0, q1, shift, own_cell) for each run of bins searched for atom i, in list order:
+    /// binned atoms q0 <= q < q1 with image shift `shift` (own_cell: no shift).
+    template <class F>
+    void for_each_run(int64_t i, F&& f) const;
+
     int64_t n_;
     double rc2_, min2_;
     std::array<bool, 3> pbc_;
