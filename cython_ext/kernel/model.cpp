@@ -1167,11 +1167,8 @@ struct SearchedRows {
     const CellList& cells;
     const NeighborListView& operator()(int64_t c, NeighborListView& row,
                                        NeighborRowScratch& s) const {
-        s.index.clear();
-        s.d.clear();
-        cells.search(c, s.index, s.d);
         s.offsets[0] = 0;
-        s.offsets[1] = static_cast<int64_t>(s.index.size());
+        s.offsets[1] = static_cast<int64_t>(cells.search_into(c, s.index, s.d, 0));
         row.n_centres = 1;
         row.centre = nullptr;
         row.first = c;

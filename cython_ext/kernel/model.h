@@ -218,6 +218,11 @@ public:
     int64_t size() const { return n_; }
     /// Appends atom i's neighbours (force targets, vectors r_j - r_i) to index and d.
     void search(int64_t i, std::vector<int32_t>& index, std::vector<double>& d) const;
+    /// The same row written from entry `at` on (index[at..], d[3 at..]), the vectors grown
+    /// when needed and never shrunk; returns the number of neighbours. For a caller that
+    /// reuses its vectors row after row (no resize, no zero fill in the steady state).
+    size_t search_into(int64_t i, std::vector<int32_t>& index, std::vector<double>& d,
+                       size_t at) const;
 
 private:
     /// f(q0, q1, shift, own_cell) for each run of bins searched for atom i, in list order:

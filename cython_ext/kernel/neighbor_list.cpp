@@ -235,20 +235,28 @@ void CellList::for_each_run(int64_t i, F&& f) const {
 }
 
 void CellList::search(int64_t i, std::vector<int32_t>& idx, std::vector<double>& dv) const {
-    // Room for every candidate first (a pass over the runs' bounds), then one branch-free loop
-    // per run writing through pointers: growing the vectors per run (two resizes each, ~25 runs
-    // of ~2 atoms per atom in IRMOF-1) cost more than the distance tests.
-    size_t bound = 0;
-    for_each_run(i, [&](int64_t q0, int64_t q1, const Vec&, bool) { bound += static_cast<size_t>(q1 - q0); });
     const size_t base = idx.size();
-    idx.resize(base + bound);
-    dv.resize(3 * (base + bound));
-    int32_t* io = idx.data() + base;
-    double* dout = dv.data() + 3 * base;
+    const size_t kept = search_into(i, idx, dv, base);
+    idx.resize(base + kept);
+    dv.resize(3 * (base + kept));
+}
+
+size_t CellList::search_into(int64_t i, std::vector<int32_t>& idx, std::vector<double>& dv,
+                             size_t base) const {
+    // One branch-free loop per run of bins writing through pointers; the vectors grow only
+    // when a run could pass their end (growing them per run, ~25 runs of ~2 atoms per atom in
+    // IRMOF-1, cost more than the distance tests).
     const double* ri = &wrapped_[3 * i];
     size_t kept = 0;
     bool close = false;
     for_each_run(i, [&](int64_t q0, int64_t q1, const Vec& shift, bool own_cell) {
+        const size_t need = base + kept + static_cast<size_t>(q1 - q0);
+        if (need > idx.size()) {  // room for twice this row so far (not the whole vector)
+            idx.resize(base + 2 * (need - base) + 64);
+            dv.resize(3 * idx.size());
+        }
+        int32_t* io = idx.data() + base;
+        double* dout = dv.data() + 3 * base;
         const double* rj = &binned_[3 * q0];
         for (int64_t q = q0; q < q1; ++q, rj += 3) {
             const double dx = rj[0] + shift[0] - ri[0];
@@ -265,8 +273,6 @@ void CellList::search(int64_t i, std::vector<int32_t>& idx, std::vector<double>&
             kept += keep;
         }
     });
-    idx.resize(base + kept);
-    dv.resize(3 * (base + kept));
     if (close)
         for (size_t k = base; k < base + kept; ++k) {
             const double* d = &dv[3 * k];
@@ -279,6 +285,7 @@ void CellList::search(int64_t i, std::vector<int32_t>& idx, std::vector<double>&
                 " are at the same position (distance " +
                 std::to_string(std::sqrt(r2)) + ")");
         }
+    return kept;
 }
 
 NeighborList build_neighbor_list(const double* positions, int64_t n, const double* cell,
