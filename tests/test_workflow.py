@@ -302,17 +302,20 @@ def test_configuration_errors_name_the_key(tmp_path):
 def test_sampling_restarts_a_run_that_stops_early(monkeypatch):
     """A preliminary potential that heats the bulk stops each run after a few frames; the
     run restarts with other seeds until it has md_steps / sample_every frames (or the
-    restarts are spent), and a run that reaches its end is not restarted."""
+    restarts are spent), and a run that reaches its end is not restarted. The committee
+    stop rule reaches the MD only when set (0: off)."""
     from ase import Atoms
 
     import pyfragnn.active_learning as al
     from pyfragnn.workflow.config import SamplingConfig
     from pyfragnn.workflow.steps import _sampling_run
 
-    seeds = []
+    seeds, stops = [], []
 
-    def fake_explore(start, pots, temp, steps, dt, every, stop_temperature, seed):
+    def fake_explore(start, pots, temp, steps, dt, every, stop_deviation, stop_temperature,
+                     seed):
         seeds.append(seed)
+        stops.append(stop_deviation)
         n = 3 if len(seeds) < 3 else steps // every  # two early stops, then a full run
         out = []
         for k in range(n + 1):
@@ -335,6 +338,11 @@ def test_sampling_restarts_a_run_that_stops_early(monkeypatch):
                                                                     sample_every=40,
                                                                     restarts=1))
     assert len(seeds) == 2 and len(frames) == 6  # restarts spent: what it has
+    assert stops == [None] * 5
+    stops.clear()
+    _sampling_run(start, [], 300.0, 7, SamplingConfig(md_steps=400, sample_every=40,
+                                                      stop_deviation=3.0))
+    assert stops == [3.0]
 
 
 def test_shipped_configurations_load():

@@ -123,6 +123,12 @@ class SamplingConfig:
     restarts: int = _doc("a run stopped early is restarted from the relaxed structure with "
                          "another seed, up to this many times, until it has "
                          "md_steps / sample_every frames", 0)
+    stop_deviation: float = _doc("also stop a run after the first snapshot whose largest "
+                                 "force deviation between the two preliminary potentials "
+                                 "exceeds this (eV/Å; 0: off): the preliminary potential has "
+                                 "entered a hole there, and the later frames (bonds stretched "
+                                 "far beyond the bulk's, forces of 10-20 eV/Å) would only teach "
+                                 "the wreck", 0.0)
 
 
 @dataclass
@@ -347,7 +353,7 @@ _NON_NEGATIVE = ("relax.steps", "range.r_c", "initial.md_steps", "initial.rattle
                  "initial.rattle", "sampling.md_steps", "sampling.strained", "sampling.rattle",
                  "sampling.strain", "sampling.runs", "fragments.small_per_site", "fragments.large_per_site",
                  "training.force_fraction", "active.iterations", "active.epochs",
-                 "sampling.restarts", "active.stop_deviation",
+                 "sampling.restarts", "sampling.stop_deviation", "active.stop_deviation",
                  "active.threshold", "active.min_separation", "active.tolerance", "validation.md_frames",
                  "validation.md_steps", "validation.distorted", "validation.rattle",
                  "validation.strain", "md.steps", "md.max_drift", "initial.fragments_per_site",

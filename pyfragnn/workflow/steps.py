@@ -302,8 +302,9 @@ def step_preliminary(ctx: Context) -> Dict[str, Any]:
 
 def step_sampling(ctx: Context) -> Dict[str, Any]:
     """Bulk snapshots: MD runs with the preliminary potential at each temperature (each
-    stopped where it heats the system past 1.5 x the target: the frames up to there show where
-    it goes wrong; restarted with other seeds up to ``sampling.restarts`` times), plus
+    stopped where it heats the system past 1.5 x the target or where the preliminary committee
+    disagrees by more than ``sampling.stop_deviation``: the frames up to there show where it
+    goes wrong; restarted with other seeds up to ``sampling.restarts`` times), plus
     strained and rattled copies of the relaxed cells."""
     from ..sampling import distorted_snapshots
 
@@ -336,7 +337,8 @@ def step_sampling(ctx: Context) -> Dict[str, Any]:
 def _sampling_run(start: Atoms, pots: List[str], temp: float, seed: int,
                   sm: Any) -> Tuple[List[Atoms], Dict[str, Any]]:
     """One sampling run at ``temp`` K: MD with the preliminary potential, stopped where it
-    heats past 1.5 x ``temp``; a run stopped early restarts from ``start`` with another seed
+    heats past 1.5 x ``temp`` or (``sm.stop_deviation``) where the two preliminary potentials
+    disagree; a run stopped early restarts from ``start`` with another seed
     (at most ``sm.restarts`` times) until it has ``md_steps / sample_every`` frames."""
     from ..active_learning import explore
 
@@ -346,6 +348,7 @@ def _sampling_run(start: Atoms, pots: List[str], temp: float, seed: int,
     ps = 0.0
     for attempt in range(sm.restarts + 1):
         fr = explore(start, pots, temp, sm.md_steps, 0.5, sm.sample_every,
+                     stop_deviation=sm.stop_deviation or None,
                      stop_temperature=1.5 * temp, seed=seed + 104729 * attempt)
         fr = [f for f in fr if int(f.info["md_step"]) > 0]
         ps += float(fr[-1].info["md_time_ps"]) if fr else 0.0
