@@ -106,7 +106,9 @@ def _write_case(d: Path, config: str = CONFIG) -> Path:
     return d / "wf.toml"
 
 
-def _run(cfg: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def _run(cfg: Path, *args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
+    # a hang guard, not a speed test: retraining the controls took > 600 s at load ~5 (nice 10
+    # beside a demo run)
     return subprocess.run([sys.executable, "-m", "pyfragnn", "run", str(cfg), *args],
                           cwd=cfg.parent, capture_output=True, text=True, timeout=timeout,
                           env=package_env())
