@@ -7,6 +7,7 @@ contraction against the Jacobian."""
 import numpy as np
 
 from pyfragnn._core import CoreModel
+from test_moments import assert_jacobian_and_contraction
 
 ELEMENTS = ["H", "C", "N", "O", "F", "S"]
 SF = [(a, b, 0.05, lam, z, 4.0, 0.0)
@@ -51,14 +52,4 @@ def test_lane_groups_match_pair_sums():
                   for j in range(n) for k in range(j + 1, n)
                   if sorted((el[j], el[k])) == sorted((a, b))) * 2.0 ** (1 - z)
         assert abs(G[s] - ref) <= 1e-12 * abs(ref) + 1e-13, line
-    h = 1e-6
-    for j in range(0, n, 3):
-        for ax in range(3):
-            dp, dm = d.copy(), d.copy()
-            dp[j, ax] += h
-            dm[j, ax] -= h
-            fd = (m.symmetry_functions(eo, dp, el) - m.symmetry_functions(eo, dm, el)) / (2 * h)
-            np.testing.assert_allclose(J[:, j, ax], fd, rtol=1e-6, atol=1e-8)
-    w = rng.normal(size=len(G))
-    np.testing.assert_allclose(m.contract(eo, d, el, w), np.einsum("s,sja->ja", w, J),
-                               rtol=1e-12, atol=1e-12)
+    assert_jacobian_and_contraction(m, eo, d, el, J, rng, range(0, n, 3))

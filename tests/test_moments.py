@@ -55,6 +55,23 @@ def _reference(d, el, ct, alpha, symbols):
     return out
 
 
+def assert_jacobian_and_contraction(m, eo, d, el, J, rng, atoms) -> None:
+    """The kernel's Jacobian J (functions x neighbours x 3) of centre element ``eo`` against
+    central differences of its own values for the neighbours ``atoms``, and its contraction
+    with random dE/dG against the Jacobian so weighted."""
+    h = 1e-6
+    for j in atoms:
+        for a in range(3):
+            dp, dm = d.copy(), d.copy()
+            dp[j, a] += h
+            dm[j, a] -= h
+            fd = (m.symmetry_functions(eo, dp, el) - m.symmetry_functions(eo, dm, el)) / (2 * h)
+            np.testing.assert_allclose(J[:, j, a], fd, rtol=1e-6, atol=1e-8)
+    w = rng.normal(size=J.shape[0])
+    np.testing.assert_allclose(m.contract(eo, d, el, w), np.einsum("s,sja->ja", w, J),
+                               rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("ct,alpha", [(6, 0.0), (1, 0.3)])
 def test_type9_values_and_jacobian(ct, alpha):
     m = _model(ct, alpha)
@@ -76,16 +93,4 @@ def test_type9_values_and_jacobian(ct, alpha):
         key = next(k for k in ref if (k[0], k[1]) in ((key[0], key[1]), (key[1], key[0]))
                    and np.allclose(k[2:], key[2:]))
         assert G[s] == pytest.approx(ref[key], rel=1e-12, abs=1e-13), line
-    # central differences of the kernel's own values
-    h = 1e-6
-    for j in range(n):
-        for a in range(3):
-            dp, dm = d.copy(), d.copy()
-            dp[j, a] += h
-            dm[j, a] -= h
-            fd = (m.symmetry_functions(eo, dp, el) - m.symmetry_functions(eo, dm, el)) / (2 * h)
-            np.testing.assert_allclose(J[:, j, a], fd, rtol=1e-6, atol=1e-8)
-    # the contraction equals the Jacobian weighted by dE/dG
-    w = rng.normal(size=len(G))
-    np.testing.assert_allclose(m.contract(eo, d, el, w), np.einsum("s,sja->ja", w, J),
-                               rtol=1e-12, atol=1e-12)
+    assert_jacobian_and_contraction(m, eo, d, el, J, rng, range(n))
