@@ -2,7 +2,8 @@
 
 The configuration ``pyfragnn/data/demo_irmof1.toml`` (IRMOF-1 primitive cell, GFN2-xTB) goes
 through :mod:`pyfragnn.workflow`: relaxation, reference MD of small fragments in vacuum, a
-preliminary committee, bulk snapshots, small (R_c) and large (2 R_c) fragments, HDNNP1 with
+preliminary committee, bulk snapshots, small (radius 5.38 Å, GFN2-xTB's Hessian range, around
+R_c = 4.0 Å environments) and large (2 R_c) fragments, HDNNP1 with
 its committee partner and HDNNP2, active learning of HDNNP1, bulk validation against the
 reference, a LAMMPS NVE check of the 2×2×2 supercell and the report. The data come only from
 the reference method and from potentials the demo trains itself.

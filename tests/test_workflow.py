@@ -248,6 +248,36 @@ def test_changed_key_reruns_that_step_and_later_only(finished, tmp_path):
     assert p.returncode == 0 and "initial: running" in p.stdout and "range: reusing" in p.stdout
 
 
+def test_small_radius_reruns_from_fragments_and_pads_the_small_fragments(finished, tmp_path):
+    """fragments.small_radius > R_c: the steps before `fragments` are reused (the initial data
+    read fragments.cap only), the small fragments get more atoms around the same centres and
+    the large ones stay; a radius below R_c stops the step naming the key."""
+    import shutil
+
+    from ase.io import read
+
+    d = tmp_path / "copy"
+    shutil.copytree(finished.parent, d)
+    cfg = d / "wf.toml"
+    small0 = read(d / "run" / "fragments" / "small.extxyz", ":")
+    large0 = read(d / "run" / "fragments" / "large.extxyz", ":")
+    cfg.write_text(CONFIG.replace("cap = false", "cap = false\nsmall_radius = 5.0"))
+    p = _run(cfg, "--until", "fragments")
+    assert p.returncode == 0, p.stderr
+    for s in ("relax", "sites", "range", "initial", "preliminary", "sampling"):
+        assert f"{s}: reusing" in p.stdout, p.stdout
+    assert "fragments: running" in p.stdout
+    small = read(d / "run" / "fragments" / "small.extxyz", ":")
+    large = read(d / "run" / "fragments" / "large.extxyz", ":")
+    assert len(large) == len(large0)
+    assert np.mean([len(f) for f in small]) > 1.5 * np.mean([len(f) for f in small0])
+    key = lambda f: (f.info["snapshot"], f.info["centre"])  # noqa: E731
+    assert {key(f) for f in small} >= {key(f) for f in small0} - {None}
+    cfg.write_text(CONFIG.replace("cap = false", "cap = false\nsmall_radius = 3.0"))
+    p = _run(cfg, "--until", "fragments")
+    assert p.returncode != 0 and "fragments.small_radius" in p.stdout + p.stderr
+
+
 def test_kill_inside_steps_and_resume_gives_the_same_potential(finished, tmp_path):
     """SIGKILL while labelling and while training; the resumed run's HDNNP1 equals the
     uninterrupted run's bit for bit."""

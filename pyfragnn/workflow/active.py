@@ -40,7 +40,7 @@ from ..active_learning import ActiveLearningLoop
 from ..frames import write_frames
 from .runner import Context
 from .steps import (_checkpoint, _clean, _cpu_s, _labelled, _r_c, _relaxed, _site_labels,
-                    _small_data, run_parallel)
+                    _small_data, run_parallel, small_radius)
 
 __all__ = ["run_active"]
 
@@ -96,7 +96,8 @@ def _explore(ctx: Context, pots: List[str], it: int, work: Path) -> tuple:
 
 def _new_fragments(ctx: Context, frames: List, cands: List, it: int,
                    large: bool = False) -> List:
-    """Distinct small (radius R_c; ``large``: 2 R_c) fragments around the candidates, bonds
+    """Distinct small (radius ``fragments.small_radius``, default R_c; ``large``: 2 R_c)
+    fragments around the candidates, bonds
     from the relaxed structures, stretched up to ``active.max_bond_stretch``."""
     from ..active_learning import candidate_fragments
     from ..dedup import unique_fragments
@@ -116,7 +117,7 @@ def _new_fragments(ctx: Context, frames: List, cands: List, it: int,
         n_rep = int(np.prod(reps))
         with warnings.catch_warnings(record=True) as skipped:  # reported, not raised
             warnings.simplefilter("always")
-            fr = candidate_fragments(frames, [c], 2 * r_c if large else r_c, r_c,
+            fr = candidate_fragments(frames, [c], 2 * r_c if large else small_radius(ctx), r_c,
                                      cap=ctx.cfg.fragments.cap, rules=rules,
                                      site_labels=labels[name] * n_rep,
                                      tag="l" if large else "s",

@@ -136,6 +136,12 @@ class FragmentsConfig:
     small_per_site: int = _doc("small fragments (radius R_c) per site and snapshot", 1)
     large_per_site: int = _doc("large fragments (radius 2 R_c) per site and snapshot", 1)
     cap: bool = _doc("cap broken covalent bonds with H", True)
+    small_radius: float = _doc(
+        "radius of the small fragments in Å (HDNNP1's data, snapshots and active-learning "
+        "candidates); 0: R_c, the paper's choice. With a network cutoff R_c below the "
+        "reference method's range (R_frag^conv / 2 of the Hessian analysis), cut them at that "
+        "range: the central atoms' reference energies then converge (large fragments stay at "
+        "2 R_c)", 0.0)
     max_bond_stretch: float = _doc(
         "a snapshot whose bond (topology of the relaxed structure) is longer than this factor "
         "times its relaxed length is skipped and reported", 1.25)
@@ -352,6 +358,7 @@ _POSITIVE = ("run.workers", "training.epochs", "training.radial_n", "md.nprocs",
 _NON_NEGATIVE = ("relax.steps", "range.r_c", "initial.md_steps", "initial.rattled",
                  "initial.rattle", "sampling.md_steps", "sampling.strained", "sampling.rattle",
                  "sampling.strain", "sampling.runs", "fragments.small_per_site", "fragments.large_per_site",
+                 "fragments.small_radius",
                  "training.force_fraction", "active.iterations", "active.epochs",
                  "sampling.restarts", "sampling.stop_deviation", "active.stop_deviation",
                  "active.threshold", "active.min_separation", "active.tolerance", "validation.md_frames",

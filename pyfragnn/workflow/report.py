@@ -87,6 +87,7 @@ def summary(ctx: Context) -> Dict[str, Any]:
                                               + len(r.get("large_outliers", []))
                                               for r in act["iterations"]),
         "r_c": float(ctx.record("range")["r_c"]),
+        "small_radius": float(ctx.cfg.fragments.small_radius or ctx.record("range")["r_c"]),
         "npt": {k: {"scale": v["scale_mean"], "lengths": v["lengths_mean"],
                     "extrapolation_warnings": v["extrapolation_warnings"],
                     "reference_scale": v.get("pressure_check", {}).get("scale_reference")}
@@ -162,7 +163,7 @@ def write_report(ctx: Context) -> Dict[str, Any]:
         L += ["Hessian analysis (R_frag^conv per structure): " + ", ".join(
             f"{k} {v['r_frag_conv']:.3f} Å" for k, v in rng["structures"].items()), ""]
     L += ["## Tables 1/2: training fragments (bulk-complete centres within R_c)", "",
-          f"Small fragments (R = {s['r_c']:.3f} Å) of the bulk snapshots and the "
+          f"Small fragments (R = {s['small_radius']:.3f} Å) of the bulk snapshots and the "
           "active-learning candidates (HDNNP1):", "",
           _tab(_fragment_table(small), hdr), "",
           f"Large fragments (R = {2 * s['r_c']:.3f} Å) around centres of the same structures "

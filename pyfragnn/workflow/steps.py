@@ -76,6 +76,15 @@ def _r_c(ctx: Context) -> float:
 
 
 # --------------------------------------------------------------------------- steps
+def small_radius(ctx: Context) -> float:
+    """Radius of the small fragments (Å): ``fragments.small_radius`` or R_c."""
+    r_c, r = _r_c(ctx), ctx.cfg.fragments.small_radius
+    if r and r < r_c:
+        raise WorkflowError(f"fragments.small_radius = {r:g} Å is below R_c = {r_c:g} Å: the "
+                            "central atoms' environments would be cut")
+    return r or r_c
+
+
 def step_relax(ctx: Context) -> Dict[str, Any]:
     """Relax the positions of every structure with the reference method (cell fixed)."""
     from ase.io import read
@@ -383,7 +392,7 @@ def step_fragments(ctx: Context) -> Dict[str, Any]:
             continue
         for site, mem in members[name].items():
             info = {"structure": name, "snapshot": i}
-            for kind, n, radius, out in (("s", fc.small_per_site, r_c, small),
+            for kind, n, radius, out in (("s", fc.small_per_site, small_radius(ctx), small),
                                          ("l", fc.large_per_site, 2 * r_c, large)):
                 for c in rng.choice(mem, min(n, len(mem)), replace=False):
                     try:
@@ -551,7 +560,8 @@ STEPS: List[Step] = [
     Step("relax", step_relax, ("structures", "reference", "relax"), (), "relax the structures"),
     Step("sites", step_sites, (), ("relax",), "nonequivalent sites"),
     Step("range", step_range, ("range", "reference"), ("relax",), "interaction range, R_c"),
-    Step("initial", step_initial, ("initial", "fragments", "reference", "seed"),
+    Step("initial", step_initial, ("initial", "fragments.cap", "fragments.max_bond_stretch",
+                                   "reference", "seed"),
          ("relax", "sites", "range"), "reference MD of small fragments in vacuum"),
     Step("preliminary", step_preliminary, _PRELIMINARY_KEYS + ("seed", "fragments.cap"),
          ("initial", "range", "relax"), "preliminary committee"),
