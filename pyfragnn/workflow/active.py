@@ -97,8 +97,8 @@ def _explore(ctx: Context, pots: List[str], it: int, work: Path) -> tuple:
 def _new_fragments(ctx: Context, frames: List, cands: List, it: int,
                    large: bool = False) -> List:
     """Distinct small (radius ``fragments.small_radius``, default R_c; ``large``: 2 R_c)
-    fragments around the candidates, bonds
-    from the relaxed structures, stretched up to ``active.max_bond_stretch``."""
+    fragments around the candidates, bonds from the relaxed structures, stretched up to
+    ``active.max_bond_stretch``."""
     from ..active_learning import candidate_fragments
     from ..dedup import unique_fragments
     from ..fragments import CappingRules
@@ -108,6 +108,7 @@ def _new_fragments(ctx: Context, frames: List, cands: List, it: int,
     reps = tuple(ctx.cfg.active.supercell)
     rules = CappingRules(max_stretch=ctx.cfg.active.max_bond_stretch)
     r_c = _r_c(ctx)
+    radius = 2 * r_c if large else small_radius(ctx)
     if not large:
         cands = _around(frames, cands, ctx.cfg.active.small_per_candidate, r_c,
                         np.random.default_rng(ctx.cfg.run.seed + 31 * it))
@@ -117,7 +118,7 @@ def _new_fragments(ctx: Context, frames: List, cands: List, it: int,
         n_rep = int(np.prod(reps))
         with warnings.catch_warnings(record=True) as skipped:  # reported, not raised
             warnings.simplefilter("always")
-            fr = candidate_fragments(frames, [c], 2 * r_c if large else small_radius(ctx), r_c,
+            fr = candidate_fragments(frames, [c], radius, r_c,
                                      cap=ctx.cfg.fragments.cap, rules=rules,
                                      site_labels=labels[name] * n_rep,
                                      tag="l" if large else "s",

@@ -133,7 +133,8 @@ class SamplingConfig:
 
 @dataclass
 class FragmentsConfig:
-    small_per_site: int = _doc("small fragments (radius R_c) per site and snapshot", 1)
+    small_per_site: int = _doc("small fragments (radius fragments.small_radius) per site and "
+                                 "snapshot", 1)
     large_per_site: int = _doc("large fragments (radius 2 R_c) per site and snapshot", 1)
     cap: bool = _doc("cap broken covalent bonds with H", True)
     small_radius: float = _doc(

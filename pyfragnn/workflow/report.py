@@ -55,6 +55,8 @@ def _rmse_rows(d: Path, name: str) -> List[List[Any]]:
 
 def summary(ctx: Context) -> Dict[str, Any]:
     """The headline figures (eV/Å, eV/atom) and the reference cost (CPU-seconds)."""
+    from .steps import small_radius
+
     val, md, act = ctx.record("validate"), ctx.record("md"), ctx.record("active")
     pots = val["potentials"]
 
@@ -87,7 +89,7 @@ def summary(ctx: Context) -> Dict[str, Any]:
                                               + len(r.get("large_outliers", []))
                                               for r in act["iterations"]),
         "r_c": float(ctx.record("range")["r_c"]),
-        "small_radius": float(ctx.cfg.fragments.small_radius or ctx.record("range")["r_c"]),
+        "small_radius": small_radius(ctx),
         "npt": {k: {"scale": v["scale_mean"], "lengths": v["lengths_mean"],
                     "extrapolation_warnings": v["extrapolation_warnings"],
                     "reference_scale": v.get("pressure_check", {}).get("scale_reference")}

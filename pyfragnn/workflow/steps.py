@@ -370,15 +370,16 @@ def _sampling_run(start: Atoms, pots: List[str], temp: float, seed: int,
 
 
 def step_fragments(ctx: Context) -> Dict[str, Any]:
-    """Small (R_c) and large (2 R_c) fragments of the snapshots around random members of
-    every site, each distinct molecule once (:func:`pyfragnn.dedup.unique_fragments`);
-    snapshots with a stretched bond and unsound cuts are skipped and reported."""
+    """Small (``fragments.small_radius``, default R_c) and large (2 R_c) fragments of the
+    snapshots around random members of every site, each distinct molecule once
+    (:func:`pyfragnn.dedup.unique_fragments`); snapshots with a stretched bond and unsound
+    cuts are skipped and reported."""
     from ..dedup import unique_fragments
     from ..fragments import UnsoundFragmentError
     from ..topology import StretchedBondError
 
     cfg, fc = ctx.cfg, ctx.cfg.fragments
-    r_c = _r_c(ctx)
+    r_c, r_small = _r_c(ctx), small_radius(ctx)
     members = _site_members(ctx)
     rng = np.random.default_rng(cfg.run.seed + 2)
     small, large, skipped, unsound = [], [], [], []
@@ -392,7 +393,7 @@ def step_fragments(ctx: Context) -> Dict[str, Any]:
             continue
         for site, mem in members[name].items():
             info = {"structure": name, "snapshot": i}
-            for kind, n, radius, out in (("s", fc.small_per_site, small_radius(ctx), small),
+            for kind, n, radius, out in (("s", fc.small_per_site, r_small, small),
                                          ("l", fc.large_per_site, 2 * r_c, large)):
                 for c in rng.choice(mem, min(n, len(mem)), replace=False):
                     try:
