@@ -417,6 +417,50 @@ def test_members_trained_side_by_side_equal_serial_training(finished, tmp_path):
             (tmp_path / "serial" / m / "potential.fragnn").read_bytes()
 
 
+def test_decoupled_kalman_key_reaches_training_and_fine_tuning(tmp_path):
+    """training.kalman_decoupled: HDNNP trained with one filter block per element (the
+    recipes' symmetric filter kept: the key is merged into the filter settings, not put in
+    their place), and the active-learning fine-tuning continues that filter (its block
+    count must match the checkpoint's, or init_state stops)."""
+    import dataclasses
+
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import read
+
+    from pyfragnn.training.checkpoint import load_state
+    from pyfragnn.workflow.active import _fine_tune_job
+    from pyfragnn.workflow.config import load_config
+    from pyfragnn.workflow.steps import _train_job, training_options
+
+    cfg = _write_case(tmp_path / "case")
+    t = load_config(cfg).training
+    assert training_options(t)["kalman"] == {"decoupled": False}
+    base, rng, data = read(cfg.parent / "cu3au.extxyz"), np.random.default_rng(3), []
+    for k in range(10):
+        a = base.copy()
+        a.positions += rng.normal(0, 0.05, a.positions.shape)
+        a.calc = EMT()
+        e, f = a.get_potential_energy(), a.get_forces()
+        a.calc = SinglePointCalculator(a, energy=e, forces=f)
+        data.append(a)
+    blocks = {}
+    for dec in (False, True):
+        td = dataclasses.replace(t, kalman_decoupled=dec, epochs=2)
+        _train_job(data, tmp_path / str(dec), 4.0, t.hidden, 1, ["Cu", "Au"], td)
+        blocks[dec] = len(load_state(str(tmp_path / str(dec) / "checkpoint.npz"))["opt"]["P"])
+        if dec:
+            pot = tmp_path / str(dec) / "potential.fragnn"
+            (tmp_path / "ft").mkdir()
+            res = _fine_tune_job(data[:8], tmp_path / "ft", "m", str(pot), 1, 0.1, 3,
+                                 training_options(td))
+            assert math.isfinite(res["rmse_F_train"])
+            assert len(load_state(str(tmp_path / "ft" / "m" / "checkpoint.npz"))["opt"]["P"]) == 2
+    assert blocks == {False: 1, True: 2}
+    assert (tmp_path / "False" / "potential.fragnn").read_bytes() != \
+        (tmp_path / "True" / "potential.fragnn").read_bytes()
+
+
 def test_small_fragments_around_a_candidate_come_from_its_r_c_sphere():
     """active.small_per_candidate: the candidate itself plus up to n - 1 distinct atoms within
     R_c of it (minimum image), never one beyond."""

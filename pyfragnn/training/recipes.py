@@ -127,16 +127,18 @@ def _run_ekf(structures, outdir: PathLike, model: dict, kalman: dict, epochs: in
              test_fraction: float, seed: int, progress: bool,
              extra_training: Optional[dict]):
     """The Trainer run of :func:`train_hdnnp` and :func:`fine_tune_hdnnp`: EKF, split
-    stratified per label, resumable, no n2p2 files; ``extra_training`` updates ``[training]``."""
+    stratified per label, resumable, no n2p2 files; ``extra_training`` updates ``[training]``
+    (its ``kalman`` table is merged into the filter's settings)."""
     from pyfragnn.training.trainer import Trainer
 
     # the recipes train serially (one process per committee member), so the filter keeps one
     # triangle of P and uses BLAS SYMV/SYRK: 3-5x faster per epoch than the MPI-splittable row
     # kernels (demo data, 731 fragments, 2.7k weights: 4.6 against 15-24 s per epoch)
-    kalman = {"symmetric": True, **kalman}
+    extra = dict(extra_training or {})
+    kalman = {"symmetric": True, **kalman, **extra.pop("kalman", {})}  # merged, not replaced
     training = {"optimizer": "ekf", "epochs": int(epochs), "seed": int(seed),
                 "progress": bool(progress), "resume": True, "kalman": kalman}
-    training.update(extra_training or {})
+    training.update(extra)
     cfg = {
         "data": {"test_fraction": float(test_fraction), "split": "label"},
         "model": model,

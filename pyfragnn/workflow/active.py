@@ -40,7 +40,7 @@ from ..active_learning import ActiveLearningLoop
 from ..frames import write_frames
 from .runner import Context
 from .steps import (_checkpoint, _clean, _cpu_s, _labelled, _r_c, _relaxed, _site_labels,
-                    _small_data, run_parallel, small_radius)
+                    _small_data, run_parallel, small_radius, training_options)
 
 __all__ = ["run_active"]
 
@@ -189,14 +189,14 @@ class _WorkflowLoop(ActiveLearningLoop):
         ac, t = self.ctx.cfg.active, self.ctx.cfg.training
         data = self.data + added
         jobs = [(data, d, m, current, ac.epochs, t.test_fraction, self.ctx.cfg.run.seed + it,
-                 t.force_fraction) for m, current in zip(_MEMBERS, members)]
+                 training_options(t)) for m, current in zip(_MEMBERS, members)]
         res = run_parallel(self.ctx, _fine_tune_job, jobs)
         return ([str(d / m / "potential.fragnn") for m in _MEMBERS],
                 {m: r for m, r in zip(_MEMBERS, res)})
 
 
 def _fine_tune_job(data: List, d: Path, m: str, current: str, epochs: int, test_fraction: float,
-                   seed: int, force_fraction: float) -> Dict[str, float]:
+                   seed: int, options: Dict[str, Any]) -> Dict[str, float]:
     """One member: SF ranges widened to ``data`` (exact), Kalman filter continued from its
     checkpoint, ``epochs`` epochs on ``data`` into ``d/m``; its last RMSEs."""
     from ..active_learning import widen_scaling
@@ -208,7 +208,7 @@ def _fine_tune_job(data: List, d: Path, m: str, current: str, epochs: int, test_
     res = fine_tune_hdnnp(to_structures(data), d / m, init, epochs,
                           init_state=_checkpoint(Path(current).parent),
                           test_fraction=test_fraction, seed=seed, progress=None,
-                          extra_training={"force_fraction": force_fraction})
+                          extra_training=options)
     return {k: float(res.history[-1][k]) for k in
             ("rmse_E_train", "rmse_E_test", "rmse_F_train", "rmse_F_test")}
 

@@ -161,6 +161,11 @@ class TrainingConfig:
                                      "lambda +-1)", factory=lambda: [1.0, 4.0])
     force_fraction: float = _doc("EKF force updates per epoch / force components", 0.02315)
     test_fraction: float = _doc("held-out fraction per fragment type", 0.1)
+    kalman_decoupled: bool = _doc("element-decoupled Kalman filter (one covariance block per "
+                                  "element, shared innovation; RuNNer's choice): less filter "
+                                  "work per update, another model (demo data, 1379 fragments, "
+                                  "15 epochs: 1.5x faster, bulk force RMSE 0.066 against "
+                                  "0.059 eV/Å, Zn 0.064 against 0.034)", False)
     hdnnp3: bool = _doc("also train HDNNP3 (large fragments, cutoff 2 R_c)", False)
 
 

@@ -266,10 +266,15 @@ def _train_job(data: List[Atoms], out: Path, cutoff: float, hidden: Sequence[int
     res = train_hdnnp(to_structures(data), out, cutoff, t.epochs, hidden=tuple(hidden),
                       radial_n=t.radial_n, r_min=t.r_min, angular_zeta=t.angular_zeta,
                       test_fraction=t.test_fraction, seed=seed, progress=None,
-                      elements=elements, extra_training={"force_fraction": t.force_fraction})
+                      elements=elements, extra_training=training_options(t))
     last = res.history[-1]
     return {k: float(last[k]) for k in ("rmse_E_train", "rmse_E_test", "rmse_F_train",
                                         "rmse_F_test")} | {"structures": len(data)}
+
+
+def training_options(t: Any) -> Dict[str, Any]:
+    """The trainer's ``[training]`` settings that the workflow's ``[training]`` table sets."""
+    return {"force_fraction": t.force_fraction, "kalman": {"decoupled": t.kalman_decoupled}}
 
 
 def run_parallel(ctx: Context, fn: Callable[..., Any], jobs: Sequence[tuple]) -> List[Any]:
@@ -554,7 +559,7 @@ def step_report(ctx: Context) -> Dict[str, Any]:
 #: the training keys of HDNNP1 and its partner (not hdnnp3: toggling it reruns controls only)
 _PRELIMINARY_KEYS = tuple(f"training.{k}" for k in (
     "epochs", "hidden", "committee_hidden", "radial_n", "r_min", "angular_zeta",
-    "force_fraction", "test_fraction"))
+    "force_fraction", "test_fraction", "kalman_decoupled"))
 _ALL = ("relax", "sites", "range", "initial", "preliminary", "sampling", "fragments", "label",
         "train", "active", "controls", "validate", "md", "npt")
 STEPS: List[Step] = [
