@@ -41,9 +41,14 @@ def _cmd_train(args) -> int:
         # and MPI_Finalize at exit would wait for them), after printing the traceback.
         if comm is None:
             raise
+        import time
         import traceback
-        traceback.print_exc()
+        # one write, then a pause before MPI_Abort: mpirun forwards a rank's stderr through a
+        # pipe, and an abort that arrives first discards what is still in it (CI once got only
+        # the traceback's first line)
         sys.stderr.flush()
+        os.write(2, traceback.format_exc().encode())
+        time.sleep(1.0)
         comm.Abort(3)
     return 0
 
