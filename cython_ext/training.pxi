@@ -28,6 +28,7 @@ cdef extern from "training.h":
                               double* dw) except + nogil
         double force_component_gradient(const Model& model, int64_t k, int a, double scale,
                                         double* dw) except + nogil
+        double force_component(const Model& model, int64_t k, int a) except + nogil
 
 
 def model_weight_offsets(CoreModel model):
@@ -151,6 +152,13 @@ cdef class TrainingStructure:
         with nogil:
             v = self.s.force_gradient(self.model.m[0], &cc[0, 0], scale, &g[0])
         return v, g
+
+    def force_component(self, int64_t k, int a):
+        """F_ka alone (as energy_forces gives it), without its weight derivative."""
+        cdef double v
+        with nogil:
+            v = self.s.force_component(self.model.m[0], k, a)
+        return v
 
     def force_component_gradient(self, int64_t k, int a, double scale=1.0, out=None):
         """(F_ka, dF_ka/dw): out += scale * dF_ka/dw."""

@@ -125,6 +125,9 @@ def fragment_md(fragments: Sequence[Atoms], calculator, steps: int, temperature:
         results[k] = frames
         bar.update()
 
+    # largest first (the reference cost grows faster than the atom count): the workers
+    # finish together instead of one running the biggest fragment alone at the end
+    tasks.sort(key=lambda t: -len(t[1]))
     with bar:
         if workers <= 1 or len(tasks) <= 1:
             for t in tasks:

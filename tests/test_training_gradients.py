@@ -117,6 +117,10 @@ def test_energy_and_force_weight_gradients(sf_types, acts, cache):
     assert abs(E - ref["energy"]) <= 1e-12 * max(1, abs(E))
     assert np.allclose(F, ref["forces"], rtol=0, atol=1e-12 * max(1, np.abs(F).max()))
     assert abs(ts.energy() - E) <= 1e-12 * max(1, abs(E))
+    # a single component alone (the EKF's threshold trials): energy_forces' value bit for bit,
+    # self-images of the short periodic cell included
+    single = np.array([[ts.force_component(k, a) for a in range(3)] for k in range(len(pos))])
+    assert np.array_equal(single, F)
     # dE/dw
     E2, g = ts.energy_gradient()
     assert E2 == pytest.approx(E, abs=1e-12)
@@ -167,5 +171,7 @@ def test_weights_roundtrip_and_errors():
     ts = _core.TrainingStructure(core, pos, cell, pbc, el)
     with pytest.raises(ValueError):
         ts.force_component_gradient(len(pos), 0)
+    with pytest.raises(ValueError, match="out of range"):
+        ts.force_component(0, 3)
     with pytest.raises(ValueError):
         _core.TrainingStructure(core, pos, cell, pbc, np.full(len(pos), 5, np.intc))

@@ -144,7 +144,7 @@ def test_every_step_runs_and_hdnnp1_matches_emt_in_the_bulk(finished):
         assert (run / "report" / png).stat().st_size > 1000
     # independent truth: EMT itself on the held-out bulk frames
     pot = Potential.load(str(run / "active" / "hdnnp1" / "potential.fragnn"))
-    frames = read(run / "validate" / "bulk_validation.extxyz", ":")
+    frames = read(run / "bulk" / "bulk_validation.extxyz", ":")
     assert len(frames) == 5
     d, spread = [], []
     for f in frames:

@@ -180,33 +180,40 @@ double TrainingStructure::energy(const Model& model, double* atom_energies) cons
     return etot;
 }
 
+double TrainingStructure::atom_dEdd(const Model& model, int64_t i) const {
+    Scratch& s = scratch();
+    const int e = element_[i];
+    const int nsf = nsf_[i];
+    const int nn_ = static_cast<int>(noff_[i + 1] - noff_[i]);
+    s.dEdx.resize(nsf);
+    const double ei = model.atomic_energy(e, &x_[goff_[i]], s.dEdx.data(), s.nws);  // dE/dG
+    s.dEdd.assign(3 * static_cast<size_t>(nn_), 0.0);
+    if (nn_ == 0) return ei;
+    if (cache_jac_) {
+        const double* J = jac_.data() + joff_[i];
+        for (int q = 0; q < nsf; ++q) {
+            const double gq = s.dEdx[q];
+            if (gq == 0.0) continue;
+            const double* Jq = J + static_cast<size_t>(q) * nn_ * 3;
+            for (int m = 0; m < 3 * nn_; ++m) s.dEdd[m] += gq * Jq[m];
+        }
+    } else {
+        const AtomEnvironment env = environment(i);
+        s.G.resize(nsf);
+        model.descriptor(e).compute(env, s.G.data(), s.dws);
+        model.descriptor(e).contract(env, s.dEdx.data(), s.dEdd.data(), s.dws);
+    }
+    return ei;
+}
+
 double TrainingStructure::energy_forces(const Model& model, double* forces) const {
     Scratch& s = scratch();
     double etot = 0.0;
     for (int64_t k = 0; k < 3 * n_; ++k) forces[k] = 0.0;
     for (int64_t i = 0; i < n_; ++i) {
-        const int e = element_[i];
-        if (e < 0) continue;
-        const int nsf = nsf_[i];
+        if (element_[i] < 0) continue;
+        etot += atom_dEdd(model, i);
         const int nn_ = static_cast<int>(noff_[i + 1] - noff_[i]);
-        s.dEdx.resize(nsf);
-        etot += model.atomic_energy(e, &x_[goff_[i]], s.dEdx.data(), s.nws);  // dEdx: dE/dG
-        if (nn_ == 0) continue;
-        s.dEdd.assign(3 * static_cast<size_t>(nn_), 0.0);
-        if (cache_jac_) {
-            const double* J = jac_.data() + joff_[i];
-            for (int q = 0; q < nsf; ++q) {
-                const double gq = s.dEdx[q];
-                if (gq == 0.0) continue;
-                const double* Jq = J + static_cast<size_t>(q) * nn_ * 3;
-                for (int m = 0; m < 3 * nn_; ++m) s.dEdd[m] += gq * Jq[m];
-            }
-        } else {
-            const AtomEnvironment env = environment(i);
-            s.G.resize(nsf);
-            model.descriptor(e).compute(env, s.G.data(), s.dws);
-            model.descriptor(e).contract(env, s.dEdx.data(), s.dEdd.data(), s.dws);
-        }
         for (int j = 0; j < nn_; ++j) {
             const double* g = &s.dEdd[3 * j];
             const int t = tj_[noff_[i] + j];
@@ -217,6 +224,39 @@ double TrainingStructure::energy_forces(const Model& model, double* forces) cons
         }
     }
     return etot;
+}
+
+double TrainingStructure::force_component(const Model& model, int64_t k, int a) const {
+    check_component(k, a);
+    Scratch& s = scratch();
+    // F_ka as energy_forces accumulates it, from the atoms that touch it (k and the centres
+    // with k as a neighbour), in the same ascending order and with the same operations, so
+    // the value equals energy_forces' bit for bit.
+    double f = 0.0;
+    auto add = [&](int64_t i) {
+        if (element_[i] < 0) return;
+        atom_dEdd(model, i);
+        for (int64_t m = noff_[i]; m < noff_[i + 1]; ++m) {
+            const double g = s.dEdd[3 * (m - noff_[i]) + a];
+            if (i == k) f += g;
+            if (tj_[m] == k) f -= g;
+        }
+    };
+    bool done_k = false;
+    for (int64_t m = roff_[k]; m < roff_[k + 1]; ++m) {
+        const int64_t i = rsrc_[m];
+        if (!done_k && k < i) { add(k); done_k = true; }
+        add(i);
+    }
+    if (!done_k) add(k);
+    return f;
+}
+
+void TrainingStructure::check_component(int64_t k, int a) const {
+    if (k < 0 || k >= n_ || a < 0 || a > 2)
+        throw std::invalid_argument("force component (" + std::to_string(k) + ", " +
+                                    std::to_string(a) + ") out of range for " +
+                                    std::to_string(n_) + " atoms");
 }
 
 double TrainingStructure::energy_gradient(const Model& model, double scale, double* dEdw) const {
@@ -305,10 +345,7 @@ double TrainingStructure::force_gradient(const Model& model, const double* c, do
 
 double TrainingStructure::force_component_gradient(const Model& model, int64_t k, int a,
                                                    double scale, double* dw) const {
-    if (k < 0 || k >= n_ || a < 0 || a > 2)
-        throw std::invalid_argument("force component (" + std::to_string(k) + ", " +
-                                    std::to_string(a) + ") out of range for " +
-                                    std::to_string(n_) + " atoms");
+    check_component(k, a);
     Scratch& s = scratch();
     std::vector<double> c(3 * n_, 0.0);
     c[3 * k + a] = 1.0;

@@ -91,6 +91,10 @@ public:
     /// For the projection c [n*3] of the forces: dw += scale * d(sum c.F)/dw; returns sum c.F.
     double force_gradient(const Model& model, const double* c, double scale, double* dw) const;
 
+    /// One force component F[k][a] alone (equal to energy_forces' bit for bit), at the cost
+    /// of the atoms that touch atom k: the trainer's threshold trials need only the error.
+    double force_component(const Model& model, int64_t k, int a) const;
+
     /// One component F[k][a]: dw += scale * dF_ka/dw; returns F_ka.
     double force_component_gradient(const Model& model, int64_t k, int a, double scale,
                                     double* dw) const;
@@ -98,6 +102,9 @@ public:
 private:
     // Neighbourhood of atom i as stored by the constructor.
     AtomEnvironment environment(int64_t i) const;
+    // Atomic energy of atom i; scratch dEdd [3 * neighbours] = its dE/dd_j (energy_forces).
+    double atom_dEdd(const Model& model, int64_t i) const;
+    void check_component(int64_t k, int a) const;
     // Jacobian of atom i into buf (computed or cached); returns pointer.
     const double* jacobian(const Model& model, int64_t i, std::vector<double>& buf) const;
     // One R-op pass for atom i with neighbour displacement u_j = c_t(j) - c_i (3 per j).

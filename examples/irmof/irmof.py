@@ -57,7 +57,7 @@ def publish(cfg_path: Path, run: Path) -> None:
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(run / "report", dest)
-    for step in ("range", "active", "validate", "npt", "md", "controls", "train"):
+    for step in ("range", "active", "bulk", "validate", "npt", "md", "controls", "train"):
         rec = run / step / "step.json"
         if rec.exists():
             shutil.copy(rec, dest / f"{step}.json")

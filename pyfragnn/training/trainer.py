@@ -436,15 +436,34 @@ class Trainer:
             buf[0] = self.Eref[i] - E
         self._bcast(buf, self._owner(i))
 
+    def _force_index(self, i: int, comp: int) -> tuple:
+        """Atom and direction of structure i's training force component number comp."""
+        flat = np.flatnonzero(np.repeat(self.fmask[i], 3))[comp]
+        return divmod(int(flat), 3)
+
     def _force_obs(self, i: int, comp: int, buf: np.ndarray) -> None:
         buf[:] = 0.0
         if self._owner(i) == self.rank:
             fw = self.cfg["training"]["force_weight"]
-            flat = np.flatnonzero(np.repeat(self.fmask[i], 3))[comp]
-            k, a = divmod(int(flat), 3)
+            k, a = self._force_index(i, comp)
             F, _ = self.ts[i].force_component_gradient(k, a, fw, out=buf[1:])
             buf[0] = (self.Fref[i][k, a] - F) * fw
         self._bcast(buf, self._owner(i))
+
+    def _trial_error(self, u: int, i: int, comp: int) -> float:
+        """The error alone of a threshold trial (no Jacobian: a trial that fails costs a
+        forward pass, or for a force the atoms touching it): the energy error per atom,
+        or the weighted force-component error, as the observations give them."""
+        e = np.zeros(1)
+        if self._owner(i) == self.rank:
+            if u == 0:
+                e[0] = (self.Eref[i] - self.ts[i].energy()) / self.nat[i]
+            else:
+                k, a = self._force_index(i, comp)
+                e[0] = (self.Fref[i][k, a] - self.ts[i].force_component(k, a)) \
+                    * self.cfg["training"]["force_weight"]
+        self._bcast(e, self._owner(i))
+        return abs(float(e[0]))
 
     def _ekf_epoch(self, kf: KalmanFilter, err: dict, bar) -> int:
         """One EKF epoch as n2p2's Training::loop()/update() with selection_mode 2:
@@ -489,10 +508,8 @@ class Trainer:
                 if u == 0:
                     if posE >= candE.size:
                         posE = 0
-                    i = int(candE[posE])
+                    i, comp = int(candE[posE]), 0
                     posE += 1
-                    self._energy_obs(i, buf)
-                    ok = abs(buf[0]) / self.nat[i] > thrE
                 else:
                     if posF >= candF.size:
                         posF = 0
@@ -501,10 +518,13 @@ class Trainer:
                     j = int(np.searchsorted(cumF, k, side="right"))
                     i = int(tr[j])
                     comp = k - (int(cumF[j - 1]) if j > 0 else 0)
-                    self._force_obs(i, comp, buf)
-                    ok = abs(buf[0]) > thrF
-                if ok:
+                # the last trial's candidate is used whatever its error
+                if trial == trials - 1 or self._trial_error(u, i, comp) > (thrF if u else thrE):
                     break
+            if u == 0:
+                self._energy_obs(i, buf)
+            else:
+                self._force_obs(i, comp, buf)
             sw = math.sqrt(self.wt[i])
             if sw != 1.0:
                 buf *= sw

@@ -6,7 +6,8 @@ any reference method: one TOML configuration, resumable steps, one command.
     pyfragnn run --keys                         # every configuration key, documented
 
 Steps (see :mod:`pyfragnn.workflow.steps`): relax → sites → range → initial → preliminary →
-sampling → fragments → label → train → active → validate → md → report. Python:
+sampling → fragments → label → train → active → controls → bulk → md → npt → validate →
+report. Python:
 ``run_workflow(load_config("workflow.toml"))``.
 """
 from __future__ import annotations

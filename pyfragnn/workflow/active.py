@@ -29,6 +29,7 @@ atom-frames (:meth:`~pyfragnn.active_learning.ActiveLearningLoop.best`), else th
 """
 from __future__ import annotations
 
+import itertools
 import shutil
 import warnings
 from pathlib import Path
@@ -40,7 +41,7 @@ from ..active_learning import ActiveLearningLoop
 from ..frames import write_frames
 from .runner import Context
 from .steps import (_checkpoint, _clean, _cpu_s, _labelled, _r_c, _relaxed, _site_labels,
-                    _small_data, run_parallel, small_radius, training_options)
+                    _small_data, small_radius, training_options, worker_pool)
 
 __all__ = ["run_active"]
 
@@ -102,6 +103,7 @@ def _new_fragments(ctx: Context, frames: List, cands: List, it: int,
     from ..active_learning import candidate_fragments
     from ..dedup import unique_fragments
     from ..fragments import CappingRules
+    from ..topology import BondTopology
 
     labels = _site_labels(ctx)
     relaxed = {str(a.info["name"]): a for a in _relaxed(ctx)}
@@ -112,17 +114,19 @@ def _new_fragments(ctx: Context, frames: List, cands: List, it: int,
     if not large:
         cands = _around(frames, cands, ctx.cfg.active.small_per_candidate, r_c,
                         np.random.default_rng(ctx.cfg.run.seed + 31 * it))
+    topologies: Dict[str, BondTopology] = {}  # one bond graph per structure, not per cut
     frags = []
-    for c in cands:  # one at a time: a stretched bond skips its candidate only
-        name = str(frames[c.frame].info["structure"])
-        n_rep = int(np.prod(reps))
+    # runs of consecutive candidates in one structure, in candidate order
+    for name, run in itertools.groupby(cands, key=lambda c: str(frames[c.frame].info["structure"])):
+        if name not in topologies:
+            topologies[name] = BondTopology(relaxed[name].repeat(reps), rules.bond_scale,
+                                            rules.max_stretch)
         with warnings.catch_warnings(record=True) as skipped:  # reported, not raised
             warnings.simplefilter("always")
-            fr = candidate_fragments(frames, [c], radius, r_c,
+            fr = candidate_fragments(frames, list(run), radius, r_c,
                                      cap=ctx.cfg.fragments.cap, rules=rules,
-                                     site_labels=labels[name] * n_rep,
-                                     tag="l" if large else "s",
-                                     reference=relaxed[name].repeat(reps))
+                                     site_labels=labels[name] * int(np.prod(reps)),
+                                     tag="l" if large else "s", reference=topologies[name])
         for w in skipped:
             ctx.say(str(w.message))
         for g in fr:
@@ -161,6 +165,7 @@ class _WorkflowLoop(ActiveLearningLoop):
         super().__init__(ctx.out, ac.threshold, ac.tolerance, ac.iterations, ac.max_per_frame,
                          ac.min_separation, ac.max_candidates, log=ctx.say)
         self.ctx, self.data = ctx, data
+        self._large = None  # (context, large fragments, iteration) waiting for their labels
 
     def explore(self, members, it, d):
         frames, runs = _explore(self.ctx, members, it, d / "explore")
@@ -174,25 +179,45 @@ class _WorkflowLoop(ActiveLearningLoop):
         kept, dropped = _clean(sub, labelled, f"iteration {it}")
         rec = {"fragments": len(frags), "kept": len(kept), "outliers": dropped,
                "label_cpu_s": _cpu_s(labelled)}
+        self._large = None
         if ctx.cfg.active.large_fragments:  # the controls' data: same frames and centres
-            big = _labelled(sub, _new_fragments(ctx, frames, cands, it, large=True),
-                            "labels_large")
-            big_kept, big_dropped = _clean(sub, big, f"iteration {it} (large)")
-            write_frames(d / "added_large.extxyz", big_kept)
-            rec.update(large_kept=len(big_kept), large_outliers=big_dropped,
-                       label_cpu_s_large=_cpu_s(big))
+            self._large = (sub, _new_fragments(ctx, frames, cands, it, large=True), it)
+            if not kept:  # no fine-tuning to label them alongside
+                rec.update(self._label_large(None))
         return kept, rec
+
+    def _label_large(self, pool) -> Dict[str, Any]:
+        """Label the pending large fragments (on ``pool`` if given) into
+        ``iterNN/added_large.extxyz``; their record entries."""
+        sub, frags, it = self._large
+        self._large = None
+        big = _labelled(sub, frags, "labels_large", executor=pool)
+        big_kept, big_dropped = _clean(sub, big, f"iteration {it} (large)")
+        write_frames(sub.out / "added_large.extxyz", big_kept)
+        return {"large_kept": len(big_kept), "large_outliers": big_dropped,
+                "label_cpu_s_large": _cpu_s(big)}
 
     def fine_tune(self, members, added, it, d):
         """Widen each member's SF ranges to all data (exact) and fine-tune it on them; the
-        members train side by side (``run.workers``)."""
+        members train side by side (``run.workers``), and the controls' large fragments of
+        this iteration are labelled on the same workers, queued behind the members (the
+        worker whose member finishes first takes them)."""
         ac, t = self.ctx.cfg.active, self.ctx.cfg.training
         data = self.data + added
         jobs = [(data, d, m, current, ac.epochs, t.test_fraction, self.ctx.cfg.run.seed + it,
                  training_options(t)) for m, current in zip(_MEMBERS, members)]
-        res = run_parallel(self.ctx, _fine_tune_job, jobs)
-        return ([str(d / m / "potential.fragnn") for m in _MEMBERS],
-                {m: r for m, r in zip(_MEMBERS, res)})
+        rec: Dict[str, Any] = {}
+        with worker_pool(self.ctx, len(jobs) + (self._large is not None)) as pool:
+            if pool is None:
+                res = [_fine_tune_job(*j) for j in jobs]
+            else:
+                futures = [pool.submit(_fine_tune_job, *j) for j in jobs]
+            if self._large is not None:
+                rec.update(self._label_large(pool))
+            if pool is not None:
+                res = [f.result() for f in futures]
+        rec.update({m: r for m, r in zip(_MEMBERS, res)})
+        return [str(d / m / "potential.fragnn") for m in _MEMBERS], rec
 
 
 def _fine_tune_job(data: List, d: Path, m: str, current: str, epochs: int, test_fraction: float,

@@ -6,6 +6,11 @@ of the steps it reads from. A step whose fingerprint equals the one recorded in
 kill, so that labelling and training resume inside it) and, once finished, replaces
 ``RUN/STEP`` in one rename. A changed key therefore reruns the step that reads it and every
 step after it, never one before.
+
+A step with ``background(cfg)`` true runs in a process of its own (Linux, where the child can
+be tied to the runner's life) while the runner goes on with the steps after it; the first
+step that reads it, or the end of the run, waits for it. Its outputs and resumption are those
+of any step.
 """
 from __future__ import annotations
 
@@ -13,6 +18,8 @@ import hashlib
 import json
 import os
 import shutil
+import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +47,7 @@ class Step:
     sections: Tuple[str, ...]
     after: Tuple[str, ...]
     doc: str
+    background: Optional[Callable[[WorkflowConfig], bool]] = None
 
 
 @dataclass
@@ -105,21 +113,88 @@ def run_workflow(cfg: WorkflowConfig, until: Optional[str] = None,
     root.mkdir(parents=True, exist_ok=True)
     fps: Dict[str, str] = {}
     records: Dict[str, Dict[str, Any]] = {}
+    running: Dict[str, _Background] = {}
     forced = False
-    for step in steps:
-        fp = _fingerprint(step, cfg, fps)
-        fps[step.name] = fp
-        final = root / step.name
-        done = final / "step.json"
-        forced = forced or step.name in force
-        if not forced and done.exists() and json.loads(done.read_text())["fingerprint"] == fp:
-            records[step.name] = json.loads(done.read_text())["record"]
-            print(f"[{time.strftime('%H:%M:%S')}] {step.name}: reusing {final}", flush=True)
-        else:
-            records[step.name] = _run_step(step, cfg, root, fp)
-        if step.name == until:
-            break
+    try:
+        for step in steps:
+            for dep in [d for d in step.after if d in running]:
+                records[dep] = running.pop(dep).join()
+            fp = _fingerprint(step, cfg, fps)
+            fps[step.name] = fp
+            final = root / step.name
+            done = final / "step.json"
+            forced = forced or step.name in force
+            if not forced and done.exists() and json.loads(done.read_text())["fingerprint"] == fp:
+                records[step.name] = json.loads(done.read_text())["record"]
+                print(f"[{time.strftime('%H:%M:%S')}] {step.name}: reusing {final}", flush=True)
+            elif step.background is not None and step.background(cfg) and step.name != until \
+                    and _can_background():
+                running[step.name] = _Background(step, cfg, root, fp)
+            else:
+                records[step.name] = _run_step(step, cfg, root, fp)
+            if step.name == until:
+                break
+        for name in list(running):
+            records[name] = running.pop(name).join()
+    finally:
+        for bg in running.values():  # a failed step: stop the others
+            bg.stop()
     return records
+
+
+def _can_background() -> bool:
+    return sys.platform.startswith("linux")
+
+
+class _Background:
+    """A step in a spawned process of its own, killed with the runner (PR_SET_PDEATHSIG)."""
+
+    def __init__(self, step: Step, cfg: WorkflowConfig, root: Path, fp: str) -> None:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self.name = step.name
+        self._recv, send = ctx.Pipe(duplex=False)
+        self.proc = ctx.Process(target=_background_main, args=(step, cfg, root, fp, send,
+                                                               os.getpid()),
+                                name=f"pyfragnn-{step.name}")
+        self.proc.start()
+        send.close()
+
+    def join(self) -> Dict[str, Any]:
+        """Wait for the step; its record, or its WorkflowError raised here."""
+        try:
+            kind, value = self._recv.recv()
+        except EOFError:  # the process died without a word (killed, out of memory)
+            kind, value = "error", None
+        self.proc.join()
+        if kind == "ok":
+            return value
+        raise WorkflowError(value or f"step {self.name!r} ended with exit code "
+                            f"{self.proc.exitcode} before it finished")
+
+    def stop(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+
+
+def _background_main(step: Step, cfg: WorkflowConfig, root: Path, fp: str, send,
+                     parent: int) -> None:
+    import ctypes
+
+    try:  # die with the runner, whatever kills it; its partial folder stays resumable
+        ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+    if os.getppid() != parent:  # the runner died before prctl
+        os._exit(1)
+    try:
+        send.send(("ok", _run_step(step, cfg, root, fp)))
+    except WorkflowError as exc:
+        send.send(("error", str(exc)))
+    except BaseException as exc:  # noqa: BLE001 - reported to the runner, which raises
+        send.send(("error", f"step {step.name!r} failed: {type(exc).__name__}: {exc}"))
 
 
 def _run_step(step: Step, cfg: WorkflowConfig, root: Path, fp: str) -> Dict[str, Any]:

@@ -1,14 +1,17 @@
 """The steps of the fragment workflow (Herbold & Behler 2023), in order.
 
 relax → sites → range → initial → preliminary → sampling → fragments → label → train → active
-→ controls → validate → md → npt → report. Each step reads the configuration tables named in its ``Step``
+→ controls → bulk → md → npt → validate → report (``controls`` alone on one core runs beside
+``bulk``, ``md`` and ``npt``). Each step reads the configuration tables named in its ``Step``
 entry and the outputs of the steps in ``after``; see :mod:`pyfragnn.workflow.runner`.
 Units: Å, eV, eV/Å, fs, K.
 """
 from __future__ import annotations
 
+from concurrent.futures import Executor
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from ase import Atoms
@@ -20,16 +23,18 @@ __all__ = ["STEPS"]
 
 
 # --------------------------------------------------------------------------- helpers
-def _labelled(ctx: Context, items: List[Atoms], name: str) -> List[Atoms]:
+def _labelled(ctx: Context, items: List[Atoms], name: str,
+              executor: Optional[Executor] = None) -> List[Atoms]:
     """Label ``items`` with the reference method into ``ctx.out/name.extxyz`` (resumable) and
-    return them in input order; a failed calculation stops the step naming the file."""
+    return them in input order; a failed calculation stops the step naming the file.
+    ``executor``: a pool to run on (default: ``run.workers`` processes of its own)."""
     from ..labelling import label, labelled_in_order, read_dataset
 
     if not items:
         return []
     path = ctx.out / f"{name}.extxyz"
     summ = label(items, path, calculator=ctx.cfg.reference.method, workers=ctx.cfg.run.workers,
-                 progress=None)
+                 progress=None, executor=executor)
     got = labelled_in_order(items, read_dataset(path))
     missing = [i for i, f in enumerate(got) if f is None]
     if missing:
@@ -277,19 +282,30 @@ def training_options(t: Any) -> Dict[str, Any]:
     return {"force_fraction": t.force_fraction, "kalman": {"decoupled": t.kalman_decoupled}}
 
 
-def run_parallel(ctx: Context, fn: Callable[..., Any], jobs: Sequence[tuple]) -> List[Any]:
-    """``[fn(*args) for args in jobs]``, on up to ``run.workers`` processes (spawned, one
-    thread each). The trainers run on one core, so the members of a committee train side by
-    side; the results do not depend on the number of workers."""
-    workers = min(ctx.cfg.run.workers, len(jobs))
+@contextmanager
+def worker_pool(ctx: Context, n_jobs: int) -> Iterator[Optional[Executor]]:
+    """Up to ``run.workers`` spawned processes with one thread each (None: fewer than two
+    jobs or workers, run them here). Jobs start in submission order."""
+    workers = min(ctx.cfg.run.workers, n_jobs)
     if workers <= 1:
-        return [fn(*args) for args in jobs]
+        yield None
+        return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     from ..labelling import _thread_env
 
     with _thread_env(1), ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        yield pool
+
+
+def run_parallel(ctx: Context, fn: Callable[..., Any], jobs: Sequence[tuple]) -> List[Any]:
+    """``[fn(*args) for args in jobs]``, on up to ``run.workers`` processes (spawned, one
+    thread each). The trainers run on one core, so the members of a committee train side by
+    side; the results do not depend on the number of workers."""
+    with worker_pool(ctx, len(jobs)) as pool:
+        if pool is None:
+            return [fn(*args) for args in jobs]
         futures = [pool.submit(fn, *args) for args in jobs]
         return [f.result() for f in futures]
 
@@ -497,9 +513,16 @@ def step_active(ctx: Context) -> Dict[str, Any]:
     return run_active(ctx)
 
 
-def step_validate(ctx: Context) -> Dict[str, Any]:
+def step_bulk(ctx: Context) -> Dict[str, Any]:
     """Held-out bulk frames (300 K MD with the final HDNNP1, rattled/strained cells) labelled
-    with the reference method; errors of every potential per structure and site."""
+    with the reference method, and the reference centre-fragment deviations (Figs. 6/7)."""
+    from .validate import run_bulk
+
+    return run_bulk(ctx)
+
+
+def step_validate(ctx: Context) -> Dict[str, Any]:
+    """Errors of every potential on the held-out bulk frames, per structure and site."""
     from .validate import run_validate
 
     return run_validate(ctx)
@@ -561,7 +584,14 @@ _PRELIMINARY_KEYS = tuple(f"training.{k}" for k in (
     "epochs", "hidden", "committee_hidden", "radial_n", "r_min", "angular_zeta",
     "force_fraction", "test_fraction", "kalman_decoupled"))
 _ALL = ("relax", "sites", "range", "initial", "preliminary", "sampling", "fragments", "label",
-        "train", "active", "controls", "validate", "md", "npt")
+        "train", "active", "controls", "bulk", "md", "npt", "validate")
+
+
+def _controls_alone(cfg) -> bool:
+    """HDNNP2 alone takes one core: run it beside the steps after it (runner ``background``)."""
+    return not cfg.training.hdnnp3 and cfg.run.workers > 1
+
+
 STEPS: List[Step] = [
     Step("relax", step_relax, ("structures", "reference", "relax"), (), "relax the structures"),
     Step("sites", step_sites, (), ("relax",), "nonequivalent sites"),
@@ -582,11 +612,14 @@ STEPS: List[Step] = [
                                                      "seed"),
          ("train", "initial", "label", "sites", "relax", "range"), "active learning"),
     Step("controls", step_controls, ("training", "seed"), ("active", "label", "range", "relax"),
-         "HDNNP2(, HDNNP3): large fragments of the same structures"),
-    Step("validate", step_validate, ("validation", "reference", "seed"),
-         ("active", "train", "controls", "relax", "sites", "range"), "bulk validation"),
+         "HDNNP2(, HDNNP3): large fragments of the same structures", _controls_alone),
+    Step("bulk", step_bulk, ("validation", "reference", "seed"),
+         ("active", "relax", "sites", "range"), "held-out bulk frames, reference labels"),
     Step("md", step_md, ("md", "seed"), ("active", "relax"), "LAMMPS NVE check"),
     Step("npt", step_npt, ("npt", "md.supercell", "reference", "seed"),
          ("active", "relax"), "LAMMPS NPT lattice constants"),
+    Step("validate", step_validate, ("validation", "reference"),
+         ("bulk", "active", "train", "controls", "relax", "sites", "range"),
+         "bulk validation of every potential"),
     Step("report", step_report, ("md", "npt"), _ALL, "report"),
 ]

@@ -16,10 +16,10 @@ from typing import Any, Dict, List
 import numpy as np
 
 from .runner import Context
-from ..frames import write_frames
+from ..frames import read_frames, write_frames
 from .steps import _labelled, _r_c, _relaxed, _site_labels, _site_members
 
-__all__ = ["run_validate", "potentials_to_validate"]
+__all__ = ["run_bulk", "run_validate", "potentials_to_validate"]
 
 
 def potentials_to_validate(ctx: Context) -> Dict[str, Path]:
@@ -107,14 +107,28 @@ def _reference_deviation(ctx: Context, bulk: List) -> Dict[str, Dict[str, List[f
     return out
 
 
+def run_bulk(ctx: Context) -> Dict[str, Any]:
+    """The held-out bulk frames with reference labels (``bulk_validation.extxyz``) and the
+    centre-fragment deviations of Figs. 6/7: all that validation needs from the reference
+    method, none of it from the controls (so it runs while they train)."""
+    bulk = _labelled(ctx, _frames(ctx), "bulk")
+    write_frames(ctx.out / "bulk_validation.extxyz", bulk)
+    return {"frames": {"md": sum(1 for b in bulk if b.info["kind"] == "md"),
+                       "distorted": sum(1 for b in bulk if b.info["kind"] == "distorted")},
+            "label_cpu_s": float(sum(float(b.info.get("label_seconds", 0)) for b in bulk)),
+            "force_spread_eV_A": float(np.sqrt(np.mean(np.concatenate(
+                [b.get_forces().ravel() for b in bulk]) ** 2))) if bulk else float("nan"),
+            "reference_deviation_samples": _reference_deviation(ctx, bulk)}
+
+
 def run_validate(ctx: Context) -> Dict[str, Any]:
+    """Errors of every trained potential on the held-out bulk frames (step ``bulk``)."""
     from ..potential import Potential
     from ..validation import errors, evaluate, offset_per_atom, rmse
     from .plots import parity_png, site_png
 
-    frames = _frames(ctx)
-    bulk = _labelled(ctx, frames, "bulk")
-    write_frames(ctx.out / "bulk_validation.extxyz", bulk)
+    bulk = read_frames(ctx.input("bulk") / "bulk_validation.extxyz")
+    held = ctx.record("bulk")
     relaxed = {str(a.info["name"]): a for a in _relaxed(ctx)}
     labels = _site_labels(ctx)
     res: Dict[str, Any] = {}
@@ -145,17 +159,13 @@ def run_validate(ctx: Context) -> Dict[str, Any]:
         res[name] = {"all": errors(ev), "structures": per_struct, "per_site_F": per_site}
         ctx.say(f"{name}: force RMSE {res[name]['all']['rmse_F']:.4f} eV/Å, "
                 f"{res[name]['all']['extrapolations']} extrapolation warnings")
-    dev = _reference_deviation(ctx, bulk)
+    dev = held["reference_deviation_samples"]
     sites = [s for lab in labels.values() for s in dict.fromkeys(lab)]
     parity_png(ctx.out / "parity.png", evs, ctx.cfg.reference.method)
     site_png(ctx.out / "force_error_per_site.png", sites, dev,
              {k: v["per_site_F"] for k, v in res.items()}, ctx.cfg.reference.method,
              r_c=_r_c(ctx))
-    return {"frames": {"md": sum(1 for b in bulk if b.info["kind"] == "md"),
-                       "distorted": sum(1 for b in bulk if b.info["kind"] == "distorted")},
-            "label_cpu_s": float(sum(float(b.info.get("label_seconds", 0)) for b in bulk)),
-            "force_spread_eV_A": float(np.sqrt(np.mean(np.concatenate(
-                [b.get_forces().ravel() for b in bulk]) ** 2))) if bulk else float("nan"),
-            "potentials": res,
+    return {"frames": held["frames"], "label_cpu_s": held["label_cpu_s"],
+            "force_spread_eV_A": held["force_spread_eV_A"], "potentials": res,
             "reference_deviation": {t: {s: float(np.sqrt(np.mean(np.square(v))))
                                         for s, v in d.items()} for t, d in dev.items()}}
