@@ -187,11 +187,15 @@ class Trainer:
         self.owned = [i for i in range(N) if i % self.size == self.rank]
         self.Fref: Dict[int, np.ndarray] = {}
         self.fmask: Dict[int, np.ndarray] = {}
+        # flat (3 atom + direction) index of each training force component, built once: the
+        # EKF looks one up per threshold trial and per observation
+        self._fflat: Dict[int, np.ndarray] = {}
         for i in self.owned:
             s = structs[i]
             if d["use_forces"]:
                 self.Fref[i] = np.asarray(s.forces, dtype=float) * (self.lu / self.eu)
                 self.fmask[i] = s.mask()
+                self._fflat[i] = np.flatnonzero(np.repeat(self.fmask[i], 3))
         self._build_training_structures()
         if init_core is None:
             self._scaling()
@@ -438,8 +442,7 @@ class Trainer:
 
     def _force_index(self, i: int, comp: int) -> tuple:
         """Atom and direction of structure i's training force component number comp."""
-        flat = np.flatnonzero(np.repeat(self.fmask[i], 3))[comp]
-        return divmod(int(flat), 3)
+        return divmod(int(self._fflat[i][comp]), 3)
 
     def _force_obs(self, i: int, comp: int, buf: np.ndarray) -> None:
         buf[:] = 0.0

@@ -32,6 +32,7 @@ from __future__ import annotations
 import itertools
 import shutil
 import warnings
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -208,16 +209,20 @@ class _WorkflowLoop(ActiveLearningLoop):
                  training_options(t)) for m, current in zip(_MEMBERS, members)]
         rec: Dict[str, Any] = {}
         with worker_pool(self.ctx, len(jobs) + (self._large is not None)) as pool:
-            if pool is None:
-                res = [_fine_tune_job(*j) for j in jobs]
-            else:
-                futures = [pool.submit(_fine_tune_job, *j) for j in jobs]
+            futures = [pool.submit(_fine_tune_job, *j) if pool is not None
+                       else _finished(_fine_tune_job(*j)) for j in jobs]
             if self._large is not None:
                 rec.update(self._label_large(pool))
-            if pool is not None:
-                res = [f.result() for f in futures]
+            res = [f.result() for f in futures]
         rec.update({m: r for m, r in zip(_MEMBERS, res)})
         return [str(d / m / "potential.fragnn") for m in _MEMBERS], rec
+
+
+def _finished(value: Any) -> Future:
+    """A future that already holds ``value`` (the serial path of a pool's submit)."""
+    f: Future = Future()
+    f.set_result(value)
+    return f
 
 
 def _fine_tune_job(data: List, d: Path, m: str, current: str, epochs: int, test_fraction: float,
