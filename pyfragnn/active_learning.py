@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 from ase import Atoms
@@ -185,8 +185,8 @@ class Candidate:
 
 def select_candidates(frames: Sequence[Atoms], threshold: float = 1.0,
                       use_extrapolation: bool = True, max_per_frame: int = 3,
-                      min_separation: float = 3.0, max_total: Optional[int] = None
-                      ) -> List[Candidate]:
+                      min_separation: float = 3.0, max_total: Optional[int] = None,
+                      min_step_gap: int = 0) -> List[Candidate]:
     """Atoms of annotated frames (:func:`annotate`) whose force deviation exceeds
     ``threshold`` (eV/Å) or that extrapolate (if ``use_extrapolation``).
 
@@ -194,10 +194,15 @@ def select_candidates(frames: Sequence[Atoms], threshold: float = 1.0,
     as at least ``threshold``; an atom closer than ``min_separation`` Å (minimum image) to one already
     taken in the same frame is skipped, since its fragment would largely repeat the other;
     at most ``max_per_frame`` per frame and ``max_total`` overall (the worst kept).
+    ``min_step_gap``: an atom taken in a frame is not taken again from frames of the same MD
+    run (``info`` ``structure``, ``md_stage``) fewer than this many steps (``md_step``) later:
+    the frames of one short excursion, dumped step by step, give one candidate.
     """
-    if threshold < 0 or max_per_frame < 1 or min_separation < 0:
-        raise ValueError("threshold and min_separation must be >= 0, max_per_frame >= 1")
+    if threshold < 0 or max_per_frame < 1 or min_separation < 0 or min_step_gap < 0:
+        raise ValueError("threshold, min_separation and min_step_gap must be >= 0, "
+                         "max_per_frame >= 1")
     out: List[Candidate] = []
+    last_taken: Dict[tuple, int] = {}  # (structure, stage, atom) -> step it was taken at
     for k, f in enumerate(frames):
         for key in ("force_deviation", "extrapolations"):
             if key not in f.arrays:
@@ -214,14 +219,22 @@ def select_candidates(frames: Sequence[Atoms], threshold: float = 1.0,
             else dev[idx]
         order = idx[np.lexsort((-dev[idx], -score))]
         taken: List[int] = []
+        run = (f.info.get("structure"), f.info.get("md_stage"))
+        step = f.info.get("md_step")
         for i in order:
             if len(taken) >= max_per_frame:
                 break
+            if min_step_gap and step is not None:
+                t = last_taken.get(run + (int(i),))
+                if t is not None and step - t < min_step_gap:
+                    continue
             if taken and min_separation > 0:
                 d = f.get_distances(int(i), taken, mic=bool(np.any(f.pbc)))
                 if np.min(d) < min_separation:
                     continue
             taken.append(int(i))
+            if step is not None:
+                last_taken[run + (int(i),)] = int(step)
             out.append(Candidate(k, int(i), float(dev[i]), int(ext[i])))
     if max_total is not None and len(out) > max_total:
         def score(c: Candidate) -> tuple:
@@ -355,8 +368,9 @@ timestep {dt}
 {fix}
 thermo_style custom step temp pe press vol c_alg[1] c_alg[2] c_alg[3]
 thermo {every}
-dump al all custom {every} {dump} id type x y z c_al[1] c_al[2]
+dump al all custom {dump_every} {dump} id type x y z c_al[1] c_al[2]
 dump_modify al sort id format float %.17g
+{skip}
 {halt}
 run {steps}
 print "PYFRAGNN_STAGE_END $(step)"
@@ -367,13 +381,22 @@ def explore_lammps(atoms: Atoms, potentials: Sequence[PotentialLike], stages: Se
                    workdir, sample_every: int = 50, timestep_fs: float = 1.0,
                    threshold: float = 1.0, stop_deviation: Optional[float] = None,
                    stop_extrapolating_atoms: Optional[int] = None, nprocs: int = 1,
-                   seed: int = 12345, timeout: float = 3600.0) -> List[Atoms]:
+                   seed: int = 12345, timeout: float = 3600.0,
+                   check_every: Optional[int] = None, max_between: int = 20
+                   ) -> List[Atoms]:
     """Explore with LAMMPS (``mpirun -np nprocs lmp``, pair_style fragnn with the committee):
     each :class:`Stage` is one run from ``atoms`` (cell scaled by 1 + strain), MD on the first
     potential, with ``compute fragnn/atom`` dumped every ``sample_every`` steps (only then is
     the whole committee evaluated). ``fix halt`` stops a stage after the first sampled step
     whose largest deviation exceeds ``stop_deviation`` (eV/Å) or on which more than
     ``stop_extrapolating_atoms`` atoms extrapolate (checks off when None).
+
+    ``check_every`` (a divisor of ``sample_every``; default ``sample_every``): the committee is
+    evaluated every ``check_every`` steps, and a step between the samples is dumped too when
+    an atom deviates by more than ``threshold`` or extrapolates (``dump_modify skip``; at most
+    ``max_between`` such frames per stage, the first ones), so that short excursions between
+    two samples are not missed (such frames carry ``info['md_between_samples'] = True``; the
+    committee costs about 1.3 single-model evaluations on every checked step).
 
     Returns the sampled frames (step 0 of each stage included) with
     ``arrays['force_deviation']`` (eV/Å), ``arrays['extrapolations']`` and ``info`` keys
@@ -392,6 +415,22 @@ def explore_lammps(atoms: Atoms, potentials: Sequence[PotentialLike], stages: Se
 
     if sample_every < 1 or nprocs < 1:
         raise ValueError("sample_every and nprocs must be >= 1")
+    check = sample_every if check_every is None else int(check_every)
+    if check < 1 or sample_every % check:
+        raise ValueError(f"check_every must be a divisor of sample_every ({sample_every}), "
+                         f"got {check_every!r}")
+    # between the samples, only steps with a flagged atom are written
+    # Between the samples only steps with a flagged atom are written, at most max_between
+    # per stage: fix ave/time keeps the running mean of 'flagged between samples' over the
+    # checked steps (evaluated before the dump on each step), times their number = the count.
+    skip = ("" if check == sample_every else
+            f'variable exc equal "(step % {sample_every} != 0) && '
+            f'(c_alg[2] + c_alg[3] > 0)"\n'
+            f'fix exc all ave/time {check} 1 {check} v_exc ave running\n'
+            f'variable nexc equal "round(f_exc * (floor(step / {check}) + 1))"\n'
+            f'variable quiet equal "(step % {sample_every} != 0) && '
+            f'((v_exc == 0) || (v_nexc > {int(max_between)}))"\n'
+            'dump_modify al skip v_quiet')
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     pots = _potential_paths(potentials, work)
@@ -429,7 +468,8 @@ def explore_lammps(atoms: Atoms, potentials: Sequence[PotentialLike], stages: Se
         script = _LAMMPS_STAGE.format(
             data=data.resolve(), pots=" ".join(pots), species=" ".join(species),
             threshold=threshold, temperature=st.temperature, seed=seed + k, dt=dt, fix=fix,
-            every=sample_every, dump=dump, halt="\n".join(halt), steps=st.steps)
+            every=sample_every, dump_every=check, skip=skip, dump=dump,
+            halt="\n".join(halt), steps=st.steps)
         (work / f"stage{k}.in").write_text(script)
         cmd = [lmp, "-in", f"stage{k}.in", "-log", f"stage{k}.log", "-screen", "none"]
         if nprocs > 1:
@@ -447,6 +487,8 @@ def explore_lammps(atoms: Atoms, potentials: Sequence[PotentialLike], stages: Se
             f.info.update(md_stage=k, md_time_ps=f.info["md_step"] * dt,
                           md_temperature=float(st.temperature), md_ensemble=st.ensemble,
                           md_strain=float(st.strain))
+            if f.info["md_step"] % sample_every:
+                f.info["md_between_samples"] = True
         if halted and got:
             got[-1].info["md_stopped"] = halted[0]
         frames.extend(got)
@@ -454,17 +496,22 @@ def explore_lammps(atoms: Atoms, potentials: Sequence[PotentialLike], stages: Se
 
 
 def exploration_summary(frames: Sequence[Atoms], threshold: float) -> dict:
-    """Counts over sampled frames: ``frames``, ``atoms`` (atom-frames), ``above``
-    (deviation > threshold), ``extrapolating`` (any warning), ``flagged`` (either),
-    ``flagged_fraction``, ``max_deviation`` (eV/Å), ``halted`` (stages stopped early)."""
+    """Counts over the frames: ``frames`` and ``atoms`` (atom-frames) of the regular samples,
+    ``between`` (frames dumped between the samples because an atom was flagged,
+    ``explore_lammps(check_every=...)``), ``above`` (deviation > threshold), ``extrapolating``
+    (any warning), ``flagged`` (either) over all frames, ``flagged_fraction`` = flagged /
+    atoms, ``max_deviation`` (eV/Å), ``halted`` (stages stopped early)."""
     dev = np.concatenate([f.arrays["force_deviation"] for f in frames]) if frames else \
         np.zeros(0)
     ext = np.concatenate([f.arrays["extrapolations"] for f in frames]) if frames else \
         np.zeros(0, int)
+    between = [f for f in frames if f.info.get("md_between_samples")]
+    atoms = int(dev.size) - sum(len(f) for f in between)
     flagged = (dev > threshold) | (ext > 0)
-    return {"frames": len(frames), "atoms": int(dev.size), "above": int((dev > threshold).sum()),
+    return {"frames": len(frames) - len(between), "atoms": atoms, "between": len(between),
+            "above": int((dev > threshold).sum()),
             "extrapolating": int((ext > 0).sum()), "flagged": int(flagged.sum()),
-            "flagged_fraction": float(flagged.mean()) if dev.size else 0.0,
+            "flagged_fraction": float(flagged.sum() / atoms) if atoms else 0.0,
             "max_deviation": float(dev.max()) if dev.size else 0.0,
             "halted": sum(1 for f in frames if "md_stopped" in f.info)}
 
@@ -527,7 +574,7 @@ class ActiveLearningLoop:
     **convergence rule** (every run reached its end and the fraction of sampled atom-frames
     deviating by more than ``threshold`` eV/Å or extrapolating is at most ``tolerance``),
     otherwise selects candidates (:func:`select_candidates`: ``max_per_frame``,
-    ``min_separation``, ``max_total``), labels new structures around them (:meth:`new_data`,
+    ``min_separation``, ``max_total``, ``min_step_gap``), labels new structures around them (:meth:`new_data`,
     written to ``iterNN/added.extxyz``) and fine-tunes the committee on everything added so
     far (:meth:`fine_tune`). The hooks return their extra record entries; the record of an
     iteration holds ``iteration``, ``exploration`` (:func:`exploration_summary`),
@@ -545,10 +592,11 @@ class ActiveLearningLoop:
 
     def __init__(self, workdir, threshold: float = 1.0, tolerance: float = 0.0,
                  max_iterations: int = 5, max_per_frame: int = 3, min_separation: float = 3.0,
-                 max_total: Optional[int] = None, log=print):
+                 max_total: Optional[int] = None, min_step_gap: int = 0, log=print):
         from pathlib import Path
 
         self.work = Path(workdir)
+        self.min_step_gap = int(min_step_gap)
         self.threshold, self.tolerance = float(threshold), float(tolerance)
         self.max_iterations, self.max_per_frame = int(max_iterations), int(max_per_frame)
         self.min_separation, self.max_total = float(min_separation), max_total
@@ -612,7 +660,7 @@ class ActiveLearningLoop:
         if rec["converged"]:
             return rec
         cands = select_candidates(frames, self.threshold, True, self.max_per_frame,
-                                  self.min_separation, self.max_total)
+                                  self.min_separation, self.max_total, self.min_step_gap)
         new, extra = self.new_data(frames, cands, it, d)
         write_frames(d / "added.extxyz", new)
         rec.update(candidates=len(cands), **extra)
@@ -683,8 +731,10 @@ class _LammpsLoop(ActiveLearningLoop):
     labelled one by one, each member widened and fine-tuned (fresh Kalman filter)."""
 
     def __init__(self, workdir, data, start, stages, calculator, sample_every, timestep_fs,
-                 stop_deviation, nprocs, seed, fragment_radius, cap, epochs, **kw):
+                 stop_deviation, nprocs, seed, fragment_radius, cap, epochs, check_every,
+                 **kw):
         super().__init__(workdir, **kw)
+        self.check_every = check_every
         self.data, self.start, self.stages = list(data), start, stages
         self.calculator, self.sample_every, self.timestep_fs = calculator, sample_every, \
             timestep_fs
@@ -695,7 +745,7 @@ class _LammpsLoop(ActiveLearningLoop):
         return explore_lammps(self.start, members, self.stages, d / "explore",
                               self.sample_every, self.timestep_fs, self.threshold,
                               stop_deviation=self.stop_deviation, nprocs=self.nprocs,
-                              seed=self.seed + 1000 * it), {}
+                              seed=self.seed + 1000 * it, check_every=self.check_every), {}
 
     def new_data(self, frames, cands, it, d):
         from .labelling import compute as label_one
@@ -731,13 +781,16 @@ def lammps_active_learning(workdir, data: Sequence[Atoms], committee: Sequence[P
                            min_separation: float = 3.0, max_total: Optional[int] = None,
                            fragment_radius: float = 7.0, cap: bool = True, epochs: int = 8,
                            stop_deviation: Optional[float] = None, nprocs: int = 1,
-                           seed: int = 12345, log=print) -> List[dict]:
+                           seed: int = 12345, check_every: Optional[int] = None,
+                           log=print) -> List[dict]:
     """Active learning driven by LAMMPS (:class:`ActiveLearningLoop`), until the committee
     neither disagrees nor extrapolates on the exploration schedule.
 
     Iteration k (``workdir/iterKK``) explores ``start`` over ``stages`` with the current
     committee (:func:`explore_lammps`, deviation and extrapolation dumped every
-    ``sample_every`` steps, optional ``fix halt`` at ``stop_deviation``); unless the
+    ``sample_every`` steps and, with ``check_every``, every such step in between with a
+    flagged atom, one candidate per excursion; optional ``fix halt`` at ``stop_deviation``);
+    unless the
     convergence rule holds, fragments of radius ``fragment_radius`` Å (H-capped if ``cap``)
     around the candidates are labelled with ``calculator`` (a
     :func:`pyfragnn.labelling.compute` spec, e.g. ``'emt'``, ``'gfn2'``), and each member's
@@ -748,11 +801,13 @@ def lammps_active_learning(workdir, data: Sequence[Atoms], committee: Sequence[P
     ``data``: the labelled training structures (Atoms with energy and forces). Resumable.
     Returns one record per iteration (see :class:`ActiveLearningLoop`), member paths
     absolute."""
+    between = check_every is not None and check_every < sample_every
     loop = _LammpsLoop(workdir, data, start, stages, calculator, sample_every, timestep_fs,
-                       stop_deviation, nprocs, seed, fragment_radius, cap, epochs,
+                       stop_deviation, nprocs, seed, fragment_radius, cap, epochs, check_every,
                        threshold=threshold, tolerance=tolerance, max_iterations=max_iterations,
                        max_per_frame=max_per_frame, min_separation=min_separation,
-                       max_total=max_total, log=lambda m: log(f"active learning {m}"))
+                       max_total=max_total, min_step_gap=sample_every if between else 0,
+                       log=lambda m: log(f"active learning {m}"))
     loop.work.mkdir(parents=True, exist_ok=True)
     history, _, _ = loop.run(_potential_paths(committee, loop.work))
     for rec in history:

@@ -112,6 +112,62 @@ def test_explore_lammps_halts(emt_setup, tmp_path):
     assert frames[-1].info["md_step"] < 400
 
 
+def test_explore_lammps_checks_between_samples(emt_setup, tmp_path):
+    """check_every=1: the regular samples are those of the sampled run (same steps and
+    positions), and between them the first steps with a flagged atom are dumped (at most
+    max_between per stage), each with the committee's numbers (annotate, 1e-10)."""
+    _need_lammps()
+    from pyfragnn.active_learning import Stage, annotate, explore_lammps
+    _, _, pots = emt_setup
+    start = bulk("Cu", "fcc", a=3.61, cubic=True) * (3, 3, 3)
+    kw = dict(sample_every=20, threshold=0.05, seed=7)
+    plain = explore_lammps(start, pots, [Stage(900, 100)], tmp_path / "a", **kw)
+    every = explore_lammps(start, pots, [Stage(900, 100)], tmp_path / "b", check_every=1,
+                           max_between=1000, **kw)
+    capped = explore_lammps(start, pots, [Stage(900, 100)], tmp_path / "c", check_every=1,
+                            max_between=5, **kw)
+    for got in (every, capped):
+        reg = [f for f in got if not f.info.get("md_between_samples")]
+        assert [f.info["md_step"] for f in reg] == [f.info["md_step"] for f in plain] \
+            == [0, 20, 40, 60, 80, 100]
+        for f, g in zip(reg, plain):
+            assert np.max(np.abs(f.positions - g.positions)) < 1e-8
+    between = [f for f in every if f.info.get("md_between_samples")]
+    steps = [f.info["md_step"] for f in between]
+    assert len(between) > 5 and all(s % 20 for s in steps) and steps == sorted(steps)
+    for f in between:
+        assert (f.arrays["force_deviation"] > 0.05).any() or (f.arrays["extrapolations"] > 0).any()
+    for f in between[:3]:
+        ref = annotate(f.copy(), pots)
+        assert np.max(np.abs(f.arrays["force_deviation"] - ref.arrays["force_deviation"])) \
+            <= 1e-10 * max(1.0, ref.arrays["force_deviation"].max())
+    capped_steps = [f.info["md_step"] for f in capped if f.info.get("md_between_samples")]
+    assert capped_steps == steps[:5]
+
+
+def test_select_candidates_one_per_excursion():
+    """min_step_gap: an atom flagged on consecutive dumped steps of one run is one candidate;
+    the same atom in another run, or again after the gap, is another."""
+    from ase import Atoms
+    from pyfragnn.active_learning import select_candidates
+
+    def frame(stage, step, flagged):
+        f = Atoms("Cu4", positions=[[0, 0, 0], [4, 0, 0], [0, 4, 0], [0, 0, 4]])
+        dev = np.zeros(4)
+        dev[flagged] = 2.0
+        f.arrays["force_deviation"] = dev
+        f.arrays["extrapolations"] = np.zeros(4, int)
+        f.info.update(md_stage=stage, md_step=step, structure="Cu")
+        return f
+
+    frames = [frame(0, 11, [1]), frame(0, 12, [1, 2]), frame(0, 13, [1]), frame(1, 12, [1]),
+              frame(0, 35, [1])]
+    got = [(c.frame, c.atom) for c in select_candidates(frames, 1.0, min_step_gap=20)]
+    assert got == [(0, 1), (1, 2), (3, 1), (4, 1)]
+    every = [(c.frame, c.atom) for c in select_candidates(frames, 1.0)]
+    assert every == [(0, 1), (1, 1), (1, 2), (2, 1), (3, 1), (4, 1)]
+
+
 def _hot_frames(n=6, seed=77):
     """Independent 600 K EMT frames (ASE Langevin on the 108-atom cell, 0.1 ps apart)."""
     from ase import units

@@ -332,6 +332,36 @@ def test_configuration_errors_name_the_key(tmp_path):
     assert p.returncode == 0 and "max_bond_stretch" in p.stdout and "[[structures]]" in p.stdout
 
 
+def test_added_key_at_its_old_value_keeps_the_fingerprints(tmp_path):
+    """active.check_every, added after runs existed: at 0 (the old behaviour) it is not part
+    of the active step's fingerprint, so finished and partial steps stay valid; set, it is,
+    and it must divide active.sample_every."""
+    from pyfragnn.workflow import WorkflowConfigError, load_config
+    from pyfragnn.workflow.runner import _fingerprint, _steps
+
+    cfg_file = _write_case(tmp_path)
+
+    def fingerprints(cfg):
+        fps = {}
+        for st in _steps():
+            fps[st.name] = _fingerprint(st, cfg, fps)
+        return fps
+
+    base = load_config(cfg_file)
+    assert "check_every" not in base.section("active")
+    old = fingerprints(base)
+    cfg_file.write_text(CONFIG.replace("[active]\n", "[active]\ncheck_every = 0\n", 1))
+    assert fingerprints(load_config(cfg_file)) == old
+    cfg_file.write_text(CONFIG.replace("[active]\n", "[active]\ncheck_every = 1\n", 1))
+    new = fingerprints(load_config(cfg_file))
+    changed = sorted(k for k in old if old[k] != new[k])
+    assert changed[:1] and "active" in changed and "train" not in changed
+    cfg_file.write_text(CONFIG.replace("[active]\n", "[active]\nsample_every = 10\n"
+                                       "check_every = 3\n", 1))
+    with pytest.raises(WorkflowConfigError, match=r"active\.check_every: must divide"):
+        load_config(cfg_file)
+
+
 def test_sampling_restarts_a_run_that_stops_early(monkeypatch):
     """A preliminary potential that heats the bulk stops each run after a few frames; the
     run restarts with other seeds until it has md_steps / sample_every frames (or the

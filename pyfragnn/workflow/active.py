@@ -71,7 +71,7 @@ def _explore(ctx: Context, pots: List[str], it: int, work: Path) -> tuple:
             fr = explore_lammps(start, pots, stages, work / name, ac.sample_every, 0.5,
                                 ac.threshold, stop_deviation=ac.stop_deviation or None,
                                 stop_extrapolating_atoms=stop_ex, nprocs=ac.nprocs,
-                                seed=seed)
+                                seed=seed, check_every=ac.check_every or None)
             groups = [[f for f in fr if f.info["md_stage"] == k] for k in range(len(stages))]
             temps = [s.temperature for s in stages]
         else:
@@ -83,7 +83,9 @@ def _explore(ctx: Context, pots: List[str], it: int, work: Path) -> tuple:
         for t, fr in zip(temps, groups):
             for f in fr:
                 f.info.update(structure=name, al_iteration=it)
-            runs.append({"structure": name, "T_K": t, "frames": len(fr),
+            reg = [f for f in fr if not f.info.get("md_between_samples")]  # regular samples
+            runs.append({"structure": name, "T_K": t, "frames": len(reg),
+                         "between": len(fr) - len(reg),
                          "ensemble": str(fr[-1].info.get("md_ensemble", "nvt")) if fr else "",
                          "ps": float(fr[-1].info["md_time_ps"]) if fr else 0.0,
                          "stopped": str(fr[-1].info.get("md_stopped", "")) if fr else "",
@@ -91,7 +93,7 @@ def _explore(ctx: Context, pots: List[str], it: int, work: Path) -> tuple:
                                                     for f in fr)) if fr else 0.0,
                          "extrapolating_atom_fraction":
                              float(np.mean([np.mean(f.arrays["extrapolations"] > 0)
-                                            for f in fr])) if fr else 0.0})
+                                            for f in reg])) if reg else 0.0})
             frames += fr
     return frames, runs
 
@@ -163,8 +165,10 @@ class _WorkflowLoop(ActiveLearningLoop):
 
     def __init__(self, ctx: Context, data: List):
         ac = ctx.cfg.active
+        between = 0 < ac.check_every < ac.sample_every  # excursions dumped step by step
         super().__init__(ctx.out, ac.threshold, ac.tolerance, ac.iterations, ac.max_per_frame,
-                         ac.min_separation, ac.max_candidates, log=ctx.say)
+                         ac.min_separation, ac.max_candidates,
+                         min_step_gap=ac.sample_every if between else 0, log=ctx.say)
         self.ctx, self.data = ctx, data
         self._large = None  # (context, large fragments, iteration) waiting for their labels
 

@@ -187,6 +187,10 @@ class ActiveConfig:
     nprocs: int = _doc("MPI ranks of the LAMMPS exploration", 1)
     md_steps: int = _doc("MD steps per run (0.5 fs)", 400)
     sample_every: int = _doc("frames checked every N steps", 20)
+    check_every: int = _doc("lammps engine: committee checked every N steps (a divisor of "
+                            "sample_every), steps between the samples with a flagged atom "
+                            "dumped as well, one candidate per excursion; 0: sample_every",
+                            0)
     tolerance: float = _doc("convergence: largest fraction of sampled atom-frames that may "
                             "deviate or extrapolate (0: none), with no run stopped early", 0.0)
     threshold: float = _doc("committee force deviation that makes an atom a candidate", 1.0)
@@ -294,7 +298,11 @@ class WorkflowConfig:
         v = getattr(self, name)
         if isinstance(v, list):
             return {"items": [dataclasses.asdict(x) for x in v]}
-        return dataclasses.asdict(v)
+        d = dataclasses.asdict(v)
+        for key, old in _ADDED_KEYS.get(name, {}).items():
+            if d.get(key) == old:  # the behaviour from before the key existed
+                del d[key]
+        return d
 
     def path(self, p: str) -> Path:
         """A path of the configuration resolved against its folder."""
@@ -355,13 +363,18 @@ def _build(cls: Any, data: Any, prefix: str) -> Any:
     return cls(**kw)
 
 
+#: keys added after finished runs existed, with the value that reproduces the behaviour from
+#: before: at that value they are left out of the fingerprints (WorkflowConfig.section), so
+#: that a new key does not make those runs redo their steps
+_ADDED_KEYS: Dict[str, Dict[str, Any]] = {"active": {"check_every": 0}}
+
 _POSITIVE = ("run.workers", "training.epochs", "training.radial_n", "md.nprocs",
              "initial.sample_every", "sampling.sample_every", "active.sample_every",
              "md.timestep_fs", "initial.timestep_fs", "relax.fmax", "fragments.max_bond_stretch",
              "active.max_bond_stretch", "active.small_per_candidate",
              "reference.max_force", "reference.max_energy_deviation", "range.threshold",
              "range.delta", "range.fd_step", "active.max_per_frame", "active.max_candidates")
-_NON_NEGATIVE = ("relax.steps", "range.r_c", "initial.md_steps", "initial.rattled",
+_NON_NEGATIVE = ("relax.steps", "active.check_every", "range.r_c", "initial.md_steps", "initial.rattled",
                  "initial.rattle", "sampling.md_steps", "sampling.strained", "sampling.rattle",
                  "sampling.strain", "sampling.runs", "fragments.small_per_site", "fragments.large_per_site",
                  "fragments.small_radius",
@@ -411,6 +424,9 @@ def _validate(cfg: WorkflowConfig) -> None:
     if cfg.active.ensemble != "nvt" and cfg.active.engine != "lammps":
         raise WorkflowConfigError(f"active.ensemble: {cfg.active.ensemble!r} needs "
                                   "active.engine = 'lammps'")
+    if cfg.active.check_every and cfg.active.sample_every % cfg.active.check_every:
+        raise WorkflowConfigError(f"active.check_every: must divide active.sample_every "
+                                  f"({cfg.active.sample_every}), got {cfg.active.check_every}")
     if cfg.active.select not in ("best", "last"):
         raise WorkflowConfigError(f"active.select: 'best' or 'last', got {cfg.active.select!r}")
     if cfg.active.nprocs < 1:
