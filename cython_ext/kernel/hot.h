@@ -13,6 +13,14 @@
 #else
 #define PYFRAGNN_HOT
 #endif
+// PYFRAGNN_PART: a section of a PYFRAGNN_HOT function (Descriptor::compute/contract's parts):
+// always inlined, so that each clone compiles it for its own target and no clone calls a
+// separately compiled default-ISA copy.
+#if defined(__GNUC__)
+#define PYFRAGNN_PART inline __attribute__((always_inline))
+#else
+#define PYFRAGNN_PART inline
+#endif
 
 #include <algorithm>
 #include <cstdlib>

@@ -953,19 +953,76 @@ inline void angular_base(int n, const double* cos_t, double lambda, double* out)
 
 }  // namespace
 
-PYFRAGNN_HOT
-void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorkspace& ws) const {
-    const int n = env.n, ne = n_elements_;
-    const int n_rad = static_cast<int>(radial_.size()), n_ang = static_cast<int>(angular_.size());
-    if (sfs_.empty()) return;
-    std::fill(G, G + size(), 0.0);
+// ---------------------------------------------------------------------------------------------
+// compute() in sections: PYFRAGNN_PART functions (always inlined), so that each clone of
+// compute() (PYFRAGNN_HOT) compiles them for its own target. Frame holds what the sections
+// share: the environment, G, the workspace, and the offsets and pointers into it that the
+// first sections set up.
 
-    // Neighbour lists by element: count, prefix sums, fill.
-    const int head = 2 * ne + 2;
-    const int n_mset = static_cast<int>(msets_.size());
-    const int mhead = head + 1 + n_rad + 5 * n_ang;  // per moment set: buf offset of its data
-    const int n_mgroup = static_cast<int>(mgroups_.size());  // then per lane group
-    const int lists = mhead + n_mset + n_mgroup;
+struct Descriptor::Frame {
+    const AtomEnvironment& env;
+    double* G;
+    DescriptorWorkspace& ws;
+    const int n, ne, n_rad, n_ang;
+    const int head, n_mset, mhead, n_mgroup, lists;  // ibuf offsets (see the layout above)
+    int M = 0;                       // neighbours within cutoff()
+    int* start = nullptr;            // ws.ibuf: list starts, offsets, lists, triplet indices
+    double* buf = nullptr;           // ws.buf
+    double* u = nullptr;             // unit vectors [n][3]
+    const int* pos = nullptr;        // the lists: neighbour of list position p
+    double* px = nullptr;            // by list position: d, u, r
+    double* py = nullptr;
+    double* pz = nullptr;
+    double* pux = nullptr;
+    double* puy = nullptr;
+    double* puz = nullptr;
+    double* pr = nullptr;
+    double* scratch_mem = nullptr;   // the scratch section
+
+    /// Neighbour list of element e (e < 0: all elements).
+    void list(int e, const int*& first, int& count) const {
+        first = ws.ibuf.data() + ws.ibuf[e < 0 ? 0 : e];
+        count = ws.ibuf[e < 0 ? ne : e + 1] - ws.ibuf[e < 0 ? 0 : e];
+    }
+    /// Joint list of a radial group's elements e1..e_last.
+    void radial_list(const RadialGroup& g, const int*& first, int& count) const {
+        first = ws.ibuf.data() + ws.ibuf[g.e1 < 0 ? 0 : g.e1];
+        count = ws.ibuf[g.e1 < 0 ? ne : g.e_last + 1] - ws.ibuf[g.e1 < 0 ? 0 : g.e1];
+    }
+};
+
+/// One angular group's neighbour lists and its arrays in the workspace (compute()).
+struct Descriptor::AngularArrays {
+    const AngularGroup& g;
+    int* h;                          // the group's ibuf entries (see the layout above)
+    int ng, npow;
+    bool with_jk, same;
+    double rc, rc2;
+    const int* l1;
+    const int* l2;
+    int m1, m2;
+    double* nb_rec;                  // per neighbour (see compute_angular)
+    double* nb_g;
+    double* fc2;
+    int cap;                         // per triplet
+    int* pj;
+    int* pk;
+    double* cosv;
+    double* rjk;
+    double* fjk;
+    double* dfjk;
+    double* xjk;
+    double* trj;
+    double* trk;
+    double* tf;
+};
+
+/// Neighbour lists by element: count, prefix sums, fill.
+PYFRAGNN_PART void Descriptor::compute_neighbour_lists(Frame& fr) const {
+    const AtomEnvironment& env = fr.env;
+    DescriptorWorkspace& ws = fr.ws;
+    const int n = fr.n, ne = fr.ne, lists = fr.lists;
+
     if (ws.ibuf.size() < static_cast<std::size_t>(lists) + n)
         ws.ibuf.resize(static_cast<std::size_t>(lists) + n);
     int* start = ws.ibuf.data();
@@ -983,14 +1040,16 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
     for (int j = 0; j < n; ++j)
         if (env.r[j] < cutoff_) start[cursor[env.element[j]]++] = j;
     const int M = start[ne] - lists;  // neighbours within cutoff()
-    auto list = [&](int e, const int*& first, int& count) {  // e < 0: all elements
-        first = ws.ibuf.data() + ws.ibuf[e < 0 ? 0 : e];
-        count = ws.ibuf[e < 0 ? ne : e + 1] - ws.ibuf[e < 0 ? 0 : e];
-    };
-    auto radial_list = [&](const RadialGroup& g, const int*& first, int& count) {  // e1..e_last
-        first = ws.ibuf.data() + ws.ibuf[g.e1 < 0 ? 0 : g.e1];
-        count = ws.ibuf[g.e1 < 0 ? ne : g.e_last + 1] - ws.ibuf[g.e1 < 0 ? 0 : g.e1];
-    };
+    fr.start = start;
+    fr.M = M;
+}
+
+/// Section sizes and offsets (see the layout above); sizes the workspace.
+PYFRAGNN_PART void Descriptor::compute_layout(Frame& fr) const {
+    DescriptorWorkspace& ws = fr.ws;
+    const int n = fr.n, n_rad = fr.n_rad, n_ang = fr.n_ang, head = fr.head, lists = fr.lists;
+    const int n_mset = fr.n_mset, mhead = fr.mhead, n_mgroup = fr.n_mgroup, M = fr.M;
+    int* start = fr.start;
 
     // Section sizes; triplet capacities are the numbers of candidate pairs.
     std::size_t total = kFingerprint + 3 * static_cast<std::size_t>(n) + 7 * static_cast<std::size_t>(M);
@@ -998,7 +1057,7 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
     std::size_t scratch = 2 * static_cast<std::size_t>(n);
     for (int gi = 0; gi < n_rad; ++gi) {
         const int* f; int m;
-        radial_list(radial_[gi], f, m);
+        fr.radial_list(radial_[gi], f, m);
         start[head + 1 + gi] = static_cast<int>(total);
         total += (3 + radial_[gi].terms.size()) * static_cast<std::size_t>(m);
     }
@@ -1006,8 +1065,8 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
         const AngularGroup& g = angular_[gi];
         int* h = start + head + 1 + n_rad + 5 * gi;
         const int* f; int m1, m2;
-        list(g.e1, f, m1);
-        list(g.e2, f, m2);
+        fr.list(g.e1, f, m1);
+        fr.list(g.e2, f, m2);
         // + 8: the selection may write up to seven entries past the last triplet.
         const std::size_t cap = (g.e1 == g.e2 ? static_cast<std::size_t>(m1) * (m1 - (m1 > 0)) / 2
                                               : static_cast<std::size_t>(m1) * m2) + 8;
@@ -1025,7 +1084,7 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
     }
     for (int si = 0; si < n_mset; ++si) {  // A, dA/dr, u, 1/r [m4], monomials [m4][nm], M, D, W, dE/dD
         const int* f; int m;
-        list(msets_[si].e1, f, m);
+        fr.list(msets_[si].e1, f, m);
         const std::size_t nm = n_mono(msets_[si].degree);
         start[mhead + si] = static_cast<int>(total);
         total += (6 + nm) * static_cast<std::size_t>(round_up4(m)) + 2 * nm + 2;
@@ -1042,7 +1101,15 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
         throw std::length_error("Descriptor: neighbourhood too large");
     if (ws.buf.size() < total) ws.buf.resize(total);
     if (ws.ibuf.size() < itotal) ws.ibuf.resize(itotal);
-    start = ws.ibuf.data();
+    fr.start = ws.ibuf.data();
+}
+
+/// Fingerprint, unit vectors and structure-of-arrays copies by list position.
+PYFRAGNN_PART void Descriptor::compute_soa(Frame& fr) const {
+    const AtomEnvironment& env = fr.env;
+    const int n = fr.n, M = fr.M, lists = fr.lists, head = fr.head;
+    const int* start = fr.start;
+    DescriptorWorkspace& ws = fr.ws;
 
     double* buf = ws.buf.data();
     const Descriptor* self = this;
@@ -1071,12 +1138,33 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
         pr[p] = env.r[j];
     }
     double* scratch_mem = buf + start[head];
+    fr.buf = buf;
+    fr.u = u;
+    fr.pos = pos;
+    fr.px = px;
+    fr.py = py;
+    fr.pz = pz;
+    fr.pux = pux;
+    fr.puy = puy;
+    fr.puz = puz;
+    fr.pr = pr;
+    fr.scratch_mem = scratch_mem;
+}
 
-    // Radial Gaussians (2, 12).
+/// Radial Gaussians (2, 12).
+PYFRAGNN_PART void Descriptor::compute_radial(Frame& fr) const {
+    const AtomEnvironment& env = fr.env;
+    double* G = fr.G;
+    const int n_rad = fr.n_rad, head = fr.head;
+    const int* start = fr.start;
+    double* buf = fr.buf;
+    const int* pos = fr.pos;
+    const double* pr = fr.pr;
+
     for (int gi = 0; gi < n_rad; ++gi) {
         const RadialGroup& g = radial_[gi];
         const int* first; int m;
-        radial_list(g, first, m);
+        fr.radial_list(g, first, m);
         double* r = buf + start[head + 1 + gi];
         double* fc = r + m;
         double* dfc = fc + m;
@@ -1103,258 +1191,349 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
             }
         }
     }
+}
 
-    // Angular Gaussians (3, 9, 13).
-    for (int gi = 0; gi < n_ang; ++gi) {
-        const AngularGroup& g = angular_[gi];
-        int* h = start + head + 1 + n_rad + 5 * gi;
-        const int ng = static_cast<int>(g.gauss.size()), npow = static_cast<int>(g.powers.size());
-        const bool with_jk = g.type != 9;
-        const double rc = g.fc.rc(), rc2 = rc * rc;
-        const int* l1; const int* l2; int m1, m2;
-        list(g.e1, l1, m1);
-        list(g.e2, l2, m2);
-        const bool same = g.e1 == g.e2;
-        // Per neighbour (by index): records (fc, dfc, r, 1/r) (contract() loads four triplets'
-        // with four loads and a transpose) and, for type 9, w_j exp(-eta (r_ij - rs)^2) (types
-        // 3, 13 take the Gaussians of all three distances in one exp per triplet below).
-        double* nb_rec = buf + h[0];
-        double* nb_g = nb_rec + 4 * n;
-        double* fc2 = nb_g + ng * n;  // [m2] fc(r_ik) by list position of e2 (0 beyond rc)
-        for (int side = 0; side < (same ? 1 : 2); ++side) {
-            const int* l = side ? l2 : l1;
-            const int m = side ? m2 : m1;
-            const double* r = pr + (l - pos);
-            double* f = scratch_mem;
-            double* df = f + m;
-            double* gs = df + m;  // [ng][m]
-            g.fc.fdf(m, r, f, df);  // values at r >= rc are discarded below
-            for (int a = 0; a < m; ++a) {
-                const int j = l[a];
-                const bool in = r[a] < rc;
-                double* rec = nb_rec + 4 * j;
-                rec[0] = in ? f[a] : 0.0;
-                rec[1] = in ? df[a] : 0.0;
-                rec[2] = r[a];
-                rec[3] = 1.0 / r[a];
-            }
-            if (same || side == 1)
-                for (int a = 0; a < m; ++a) fc2[a] = r[a] < rc ? f[a] : 0.0;
-            if (with_jk) continue;
-            for (int q = 0; q < ng; ++q)
-                gaussian_array(m, r, g.gauss[q].eta, g.gauss[q].rs, g.fast_exp, gs + q * m);
-            for (int a = 0; a < m; ++a) {
-                const int j = l[a];
-                const double w = r[a] < rc ? 1.0 : 0.0;
-                for (int q = 0; q < ng; ++q) nb_g[q * n + j] = w * gs[q * m + a];
-            }
-        }
-        // Triplet selection: pairs of list entries with r_ij, r_ik (, r_jk) < rc; s = r_jk^2
-        // and cos for one j against all k first (vectorised), then compacted.
-        const int cap = h[2];
-        int* pj = start + h[4];
-        int* pk = pj + cap;
-        double* cosv = buf + h[1];
-        double* rjk = cosv + cap;
-        double* fjk = rjk + cap;
-        double* dfjk = fjk + cap;
-        double* xjk = dfjk + cap;  // [ng][cap]
-        double* trj = xjk + ng * cap;  // r_ij, r_ik, fc(r_ij) fc(r_ik) [cap] (compute() only)
-        double* trk = trj + cap;
-        double* tf = trk + cap;
-        const int p1 = static_cast<int>(l1 - pos), p2 = static_cast<int>(l2 - pos);
-        double* s_k = scratch_mem;     // [m2]
-        double* cos_k = s_k + m2;      // [m2]
-        const int isa = select_isa();
-        int count = 0;
-        for (int a = 0; a < m1; ++a) {
-            const int pa = p1 + a;
-            if (!(pr[pa] < rc)) continue;
-            const double xj[3] = {px[pa], py[pa], pz[pa]}, uj[3] = {pux[pa], puy[pa], puz[pa]};
-            const int b0 = same ? a + 1 : 0, j = l1[a];
-            const int c = count;
-            const TripletOut out{pj + c, pk + c, cosv + c, rjk + c, trj + c, trk + c, tf + c};
-            const double rj_a = pr[pa], fj = nb_rec[4 * j];
-#ifdef PYFRAGNN_SELECT_AVX2
-            if (isa == 2)
-                count += select_pairs_avx512(b0, m2, px + p2, py + p2, pz + p2, pux + p2,
-                                             puy + p2, puz + p2, pr + p2, l2, xj, uj, rc, rc2,
-                                             with_jk, j, fc2, rj_a, fj, out);
-            else if (isa == 1)
-                count += select_pairs_avx2(b0, m2, px + p2, py + p2, pz + p2, pux + p2, puy + p2,
-                                           puz + p2, pr + p2, l2, xj, uj, rc, rc2, with_jk, j,
-                                           fc2, rj_a, fj, out);
-            else
-#endif
-                count += select_pairs_scalar(b0, m2, px + p2, py + p2, pz + p2, pux + p2,
-                                             puy + p2, puz + p2, pr + p2, fc2, l2, xj, uj, rj_a,
-                                             fj, rc, rc2, with_jk, j, s_k, cos_k, out);
-        }
-        h[3] = count;
-        double* F = scratch_mem;       // [kBlock] fc(r_ij) fc(r_ik) fc(r_jk)
-        double* tg = F + kBlock;       // [ng][kBlock] Gaussian products times F
-        double* pw = tg + ng * kBlock; // [npow][kBlock] max(0, 1 + lambda cos)^zeta
-        double* wjk = pw + npow * kBlock;  // [kBlock] w_j w_k (type 13)
-        for (int t0 = 0; t0 < count; t0 += kBlock) {
-            const int nb = std::min(kBlock, count - t0);
-            const int* bj = pj + t0;
-            const int* bk = pk + t0;
-            double* br = rjk + t0;
-            const double* rj = trj + t0;
-            const double* rk = trk + t0;
-            if (with_jk) {
-                for (int i = 0; i < nb; ++i) br[i] = std::sqrt(br[i]);
-                g.fc.fdf(nb, br, fjk + t0, dfjk + t0);
-                for (int i = 0; i < nb; ++i) F[i] = tf[t0 + i] * fjk[t0 + i];
-                // xjk keeps the whole Gaussian product exp(-eta [(r_ij-rs)^2 + (r_ik-rs)^2 +
-                // (r_jk-rs)^2]) (times w_j w_k) for contract().
-                for (int q = 0; q < ng; ++q) {
-                    const Gaussian& gq = g.gauss[q];
-                    if (gq.power > 0) continue;
-                    double* xq = xjk + q * cap + t0;
-                    const double eta = gq.eta, rs = gq.rs;
-                    if (g.fast_exp)
-                        for (int i = 0; i < nb; ++i)
-                            xq[i] = exp_approx(-eta * ((rj[i] - rs) * (rj[i] - rs) +
-                                                       (rk[i] - rs) * (rk[i] - rs) +
-                                                       (br[i] - rs) * (br[i] - rs)));
-                    else
-                        for (int i = 0; i < nb; ++i)
-                            xq[i] = std::exp(-eta * ((rj[i] - rs) * (rj[i] - rs) +
-                                                     (rk[i] - rs) * (rk[i] - rs) +
-                                                     (br[i] - rs) * (br[i] - rs)));
-                }
-                // Whole 4-lane groups: the arrays have room. Gaussian products times F (tg)
-                // in the same pass, except for type 13 (weighted first).
-                const bool fused = g.type != 13;
-                for (int q = 0; q < ng; ++q) {
-                    const Gaussian& gq = g.gauss[q];
-                    if (gq.power == 0) continue;
-                    if (fused)
-                        pow_array4_times(nb, xjk + gq.base * cap + t0, gq.power,
-                                         xjk + q * cap + t0, F, tg + q * kBlock);
-                    else
-                        pow_array4(nb, xjk + gq.base * cap + t0, gq.power, xjk + q * cap + t0);
-                }
-                if (g.type == 13) {
-                    for (int i = 0; i < nb; ++i)
-                        wjk[i] = z_[env.element[bj[i]]] * z_[env.element[bk[i]]];
-                    for (int q = 0; q < ng; ++q)
-                        for (int i = 0; i < nb; ++i) xjk[q * cap + t0 + i] *= wjk[i];
-                }
-                for (int q = 0; q < ng; ++q) {
-                    if (fused && g.gauss[q].power > 0) continue;
-                    const double* xq = xjk + q * cap + t0;
-                    double* tq = tg + q * kBlock;
-                    for (int i = 0; i < nb; ++i) tq[i] = xq[i] * F[i];
-                }
-            } else {
-                std::copy(tf + t0, tf + t0 + nb, F);
-                for (int q = 0; q < ng; ++q) {
-                    const double* gq = nb_g + q * n;
-                    double* tq = tg + q * kBlock;
-                    for (int i = 0; i < nb; ++i) tq[i] = gq[bj[i]] * gq[bk[i]] * F[i];
-                }
-            }
-            double* base = F;  // F is no longer needed
-            const int nb4 = (nb + 3) & ~3;  // zero-padded to whole 4-lane groups for dot4
-            for (int w = 0; w < npow; ++w) {
-                const AngularPower& p = g.powers[w];
-                double* pww = pw + w * kBlock;
-                if (p.zeta_int == 1) {
-                    angular_base(nb, cosv + t0, p.lambda, pww);
-                } else {
-                    angular_base(nb, cosv + t0, p.lambda, base);
-                    if (p.zeta_int >= 0) pow_array(nb, base, p.zeta_int, pww);
-                    else
-                        for (int i = 0; i < nb; ++i) pww[i] = std::pow(base[i], p.zeta);
-                }
-                std::fill(pww + nb, pww + nb4, 0.0);
-            }
-            for (int q = 0; q < ng; ++q) std::fill(tg + q * kBlock + nb, tg + q * kBlock + nb4, 0.0);
-            for (const AngularTerm& t : g.terms)
-                G[t.sf] += dot4(nb4, pw + t.power * kBlock, tg + t.gauss * kBlock);
-        }
-        for (const AngularTerm& t : g.terms) G[t.sf] *= t.norm;
-    }
+/// Angular group gi: per-neighbour records, triplet selection, then blocks of triplets.
+PYFRAGNN_PART void Descriptor::compute_angular(Frame& fr, int gi) const {
+    const int n = fr.n, head = fr.head, n_rad = fr.n_rad;
+    int* start = fr.start;
+    double* buf = fr.buf;
+    double* G = fr.G;
 
-    // Wide angular functions as Cartesian moments: per set, A_j, dA_j/dr, monomials u_j^a and
-    // moments; per pair of sets S_m; per function sum_m coef[m] S_m - diag sum_j A_j^2.
-    for (int si = 0; si < n_mset; ++si) {
-        const MomentSet& ms = msets_[si];
-        const int* first; int m;
-        list(ms.e1, first, m);
-        const int nm = n_mono(ms.degree), m4 = round_up4(m);
-        double* A = buf + start[mhead + si];
-        double* dA = A + m4;
-        double* ux4 = dA + m4;
-        double* uy4 = ux4 + m4;
-        double* uz4 = uy4 + m4;
-        double* ir4 = uz4 + m4;
-        double* mono = ir4 + m4;
-        double* Mo = mono + static_cast<std::size_t>(nm) * m4;
-        const int p0 = static_cast<int>(first - pos);
-        const double* r = pr + p0;
-        const double* ua[3] = {pux + p0, puy + p0, puz + p0};
+    const AngularGroup& g = angular_[gi];
+    int* h = start + head + 1 + n_rad + 5 * gi;
+    const int ng = static_cast<int>(g.gauss.size()), npow = static_cast<int>(g.powers.size());
+    const bool with_jk = g.type != 9;
+    const double rc = g.fc.rc(), rc2 = rc * rc;
+    const int* l1; const int* l2; int m1, m2;
+    fr.list(g.e1, l1, m1);
+    fr.list(g.e2, l2, m2);
+    const bool same = g.e1 == g.e2;
+    // Per neighbour (by index): records (fc, dfc, r, 1/r) (contract() loads four triplets'
+    // with four loads and a transpose) and, for type 9, w_j exp(-eta (r_ij - rs)^2) (types
+    // 3, 13 take the Gaussians of all three distances in one exp per triplet below).
+    double* nb_rec = buf + h[0];
+    double* nb_g = nb_rec + 4 * n;
+    double* fc2 = nb_g + ng * n;  // [m2] fc(r_ik) by list position of e2 (0 beyond rc)
+    const int cap = h[2];
+    int* pj = start + h[4];
+    int* pk = pj + cap;
+    double* cosv = buf + h[1];
+    double* rjk = cosv + cap;
+    double* fjk = rjk + cap;
+    double* dfjk = fjk + cap;
+    double* xjk = dfjk + cap;  // [ng][cap]
+    double* trj = xjk + ng * cap;  // r_ij, r_ik, fc(r_ij) fc(r_ik) [cap] (compute() only)
+    double* trk = trj + cap;
+    double* tf = trk + cap;
+    const AngularArrays ag{g, h, ng, npow, with_jk, same, rc, rc2, l1, l2, m1, m2, nb_rec,
+                           nb_g, fc2, cap, pj, pk, cosv, rjk, fjk, dfjk, xjk, trj, trk, tf};
+    angular_neighbours(fr, ag);
+    const int count = angular_select(fr, ag);
+    angular_blocks(fr, ag, count);
+    for (const AngularTerm& t : g.terms) G[t.sf] *= t.norm;
+}
+
+/// An angular group's per-neighbour records (and type 9 Gaussians) and fc by e2 list position.
+PYFRAGNN_PART void Descriptor::angular_neighbours(Frame& fr, const AngularArrays& ag) const {
+    const AngularGroup& g = ag.g;
+    const int n = fr.n, ng = ag.ng, m1 = ag.m1, m2 = ag.m2;
+    const bool same = ag.same, with_jk = ag.with_jk;
+    const double rc = ag.rc;
+    const int* l1 = ag.l1;
+    const int* l2 = ag.l2;
+    const int* pos = fr.pos;
+    const double* pr = fr.pr;
+    double* scratch_mem = fr.scratch_mem;
+    double* nb_rec = ag.nb_rec;
+    double* nb_g = ag.nb_g;
+    double* fc2 = ag.fc2;
+
+    for (int side = 0; side < (same ? 1 : 2); ++side) {
+        const int* l = side ? l2 : l1;
+        const int m = side ? m2 : m1;
+        const double* r = pr + (l - pos);
         double* f = scratch_mem;
         double* df = f + m;
-        double* gs = df + m;
-        ms.fc.fdf(m, r, f, df);  // values at r >= rc are discarded below
-        gaussian_array(m, r, ms.eta, ms.rs, ms.fast_exp, gs);
-        const double rc = ms.fc.rc(), two_eta = 2.0 * ms.eta;
+        double* gs = df + m;  // [ng][m]
+        g.fc.fdf(m, r, f, df);  // values at r >= rc are discarded below
         for (int a = 0; a < m; ++a) {
+            const int j = l[a];
             const bool in = r[a] < rc;
-            A[a] = in ? f[a] * gs[a] : 0.0;
-            dA[a] = in ? (df[a] - two_eta * (r[a] - ms.rs) * f[a]) * gs[a] : 0.0;
+            double* rec = nb_rec + 4 * j;
+            rec[0] = in ? f[a] : 0.0;
+            rec[1] = in ? df[a] : 0.0;
+            rec[2] = r[a];
+            rec[3] = 1.0 / r[a];
         }
-        std::fill(A + m, A + m4, 0.0);
-        std::fill(dA + m, dA + m4, 0.0);
-        for (int a = 0; a < m4; ++a) {  // whole 4-lane groups for the loops below and contract()
-            const bool in = a < m;
-            ux4[a] = in ? ua[0][a] : 0.0;
-            uy4[a] = in ? ua[1][a] : 0.0;
-            uz4[a] = in ? ua[2][a] : 0.0;
-            ir4[a] = in ? 1.0 / r[a] : 1.0;
+        if (same || side == 1)
+            for (int a = 0; a < m; ++a) fc2[a] = r[a] < rc ? f[a] : 0.0;
+        if (with_jk) continue;
+        for (int q = 0; q < ng; ++q)
+            gaussian_array(m, r, g.gauss[q].eta, g.gauss[q].rs, g.fast_exp, gs + q * m);
+        for (int a = 0; a < m; ++a) {
+            const int j = l[a];
+            const double w = r[a] < rc ? 1.0 : 0.0;
+            for (int q = 0; q < ng; ++q) nb_g[q * n + j] = w * gs[q * m + a];
         }
-        // Monomials of four neighbours at once, one per lane (each lane's products are those of
-        // one neighbour alone): degree block d = x * block d-1, then y * its a = 0 tail (d
-        // entries), then z * its last entry, the products u^parent * u[axis] of the tables.
-        // Moments summed over the neighbours in order: per lane, four monomials at a time
-        // (transposed from the lanes).
-        std::fill(Mo, Mo + nm, 0.0);
-        const int nm_4 = nm & ~3;
-        for (int b = 0; b < m4; b += 4) {
-            double* mo = mono + static_cast<std::size_t>(b) * nm;  // [nm][4]
-            const int valid = std::min(4, m - b);
-            const v4d ux = ld4(ux4 + b), uy = ld4(uy4 + b), uz = ld4(uz4 + b);
-            st4(mo, v4d{1.0, 1.0, 1.0, 1.0});
-            for (int d = 1, prev = 0; d <= ms.degree; ++d) {
-                const int len = d * (d + 1) / 2, out = prev + len;  // block d-1: [prev, out)
-                for (int i = 0; i < len; ++i) st4(mo + 4 * (out + i), ux * ld4(mo + 4 * (prev + i)));
-                for (int i = 0; i < d; ++i) st4(mo + 4 * (out + len + i), uy * ld4(mo + 4 * (out - d + i)));
-                st4(mo + 4 * (out + len + d), uz * ld4(mo + 4 * (out - 1)));
-                prev = out;
-            }
-            for (int k = 0; k < nm_4; k += 4) {
-                v4d row[4];
-                transpose4(ld4(mo + 4 * k), ld4(mo + 4 * k + 4), ld4(mo + 4 * k + 8),
-                           ld4(mo + 4 * k + 12), row[0], row[1], row[2], row[3]);
-                v4d acc = ld4(Mo + k);
-                for (int l = 0; l < valid; ++l)
-                    if (A[b + l] != 0.0) acc += A[b + l] * row[l];
-                st4(Mo + k, acc);
-            }
-            for (int l = 0; l < valid; ++l) {
-                const double Aa = A[b + l];
-                if (Aa == 0.0) continue;
-                for (int k = nm_4; k < nm; ++k) Mo[k] += Aa * mo[4 * k + l];
-            }
-        }
-        Mo[nm] = dot(m, A, A);
     }
+}
+
+/// An angular group's triplets into its triplet arrays; returns their number.
+PYFRAGNN_PART int Descriptor::angular_select(Frame& fr, const AngularArrays& ag) const {
+    const int m1 = ag.m1, m2 = ag.m2;
+    const bool same = ag.same, with_jk = ag.with_jk;
+    const double rc = ag.rc, rc2 = ag.rc2;
+    const int* l1 = ag.l1;
+    const int* l2 = ag.l2;
+    int* h = ag.h;
+    const int* pos = fr.pos;
+    const double *px = fr.px, *py = fr.py, *pz = fr.pz, *pr = fr.pr;
+    const double *pux = fr.pux, *puy = fr.puy, *puz = fr.puz;
+    double* scratch_mem = fr.scratch_mem;
+    const double* nb_rec = ag.nb_rec;
+    const double* fc2 = ag.fc2;
+    int* pj = ag.pj;
+    int* pk = ag.pk;
+    double *cosv = ag.cosv, *rjk = ag.rjk, *trj = ag.trj, *trk = ag.trk, *tf = ag.tf;
+
+    // Triplet selection: pairs of list entries with r_ij, r_ik (, r_jk) < rc; s = r_jk^2
+    // and cos for one j against all k first (vectorised), then compacted.
+    const int p1 = static_cast<int>(l1 - pos), p2 = static_cast<int>(l2 - pos);
+    double* s_k = scratch_mem;     // [m2]
+    double* cos_k = s_k + m2;      // [m2]
+    const int isa = select_isa();
+    int count = 0;
+    for (int a = 0; a < m1; ++a) {
+        const int pa = p1 + a;
+        if (!(pr[pa] < rc)) continue;
+        const double xj[3] = {px[pa], py[pa], pz[pa]}, uj[3] = {pux[pa], puy[pa], puz[pa]};
+        const int b0 = same ? a + 1 : 0, j = l1[a];
+        const int c = count;
+        const TripletOut out{pj + c, pk + c, cosv + c, rjk + c, trj + c, trk + c, tf + c};
+        const double rj_a = pr[pa], fj = nb_rec[4 * j];
+#ifdef PYFRAGNN_SELECT_AVX2
+        if (isa == 2)
+            count += select_pairs_avx512(b0, m2, px + p2, py + p2, pz + p2, pux + p2,
+                                         puy + p2, puz + p2, pr + p2, l2, xj, uj, rc, rc2,
+                                         with_jk, j, fc2, rj_a, fj, out);
+        else if (isa == 1)
+            count += select_pairs_avx2(b0, m2, px + p2, py + p2, pz + p2, pux + p2, puy + p2,
+                                       puz + p2, pr + p2, l2, xj, uj, rc, rc2, with_jk, j,
+                                       fc2, rj_a, fj, out);
+        else
+#endif
+            count += select_pairs_scalar(b0, m2, px + p2, py + p2, pz + p2, pux + p2,
+                                         puy + p2, puz + p2, pr + p2, fc2, l2, xj, uj, rj_a,
+                                         fj, rc, rc2, with_jk, j, s_k, cos_k, out);
+    }
+    h[3] = count;
+    return count;
+}
+
+/// One block of triplets: F = fc(r_ij) fc(r_ik) fc(r_jk) and the Gaussian products times F.
+PYFRAGNN_PART void Descriptor::angular_block_products(Frame& fr, const AngularArrays& ag,
+                                                      int t0, int nb, double* F, double* tg,
+                                                      double* wjk) const {
+    const AtomEnvironment& env = fr.env;
+    const AngularGroup& g = ag.g;
+    const int n = fr.n, ng = ag.ng, cap = ag.cap;
+    const bool with_jk = ag.with_jk;
+    const int* pj = ag.pj;
+    const int* pk = ag.pk;
+    const double* nb_g = ag.nb_g;
+    double *rjk = ag.rjk, *fjk = ag.fjk, *dfjk = ag.dfjk, *xjk = ag.xjk;
+    const double *trj = ag.trj, *trk = ag.trk, *tf = ag.tf;
+
+    const int* bj = pj + t0;
+    const int* bk = pk + t0;
+    double* br = rjk + t0;
+    const double* rj = trj + t0;
+    const double* rk = trk + t0;
+    if (with_jk) {
+        for (int i = 0; i < nb; ++i) br[i] = std::sqrt(br[i]);
+        g.fc.fdf(nb, br, fjk + t0, dfjk + t0);
+        for (int i = 0; i < nb; ++i) F[i] = tf[t0 + i] * fjk[t0 + i];
+        // xjk keeps the whole Gaussian product exp(-eta [(r_ij-rs)^2 + (r_ik-rs)^2 +
+        // (r_jk-rs)^2]) (times w_j w_k) for contract().
+        for (int q = 0; q < ng; ++q) {
+            const Gaussian& gq = g.gauss[q];
+            if (gq.power > 0) continue;
+            double* xq = xjk + q * cap + t0;
+            const double eta = gq.eta, rs = gq.rs;
+            if (g.fast_exp)
+                for (int i = 0; i < nb; ++i)
+                    xq[i] = exp_approx(-eta * ((rj[i] - rs) * (rj[i] - rs) +
+                                               (rk[i] - rs) * (rk[i] - rs) +
+                                               (br[i] - rs) * (br[i] - rs)));
+            else
+                for (int i = 0; i < nb; ++i)
+                    xq[i] = std::exp(-eta * ((rj[i] - rs) * (rj[i] - rs) +
+                                             (rk[i] - rs) * (rk[i] - rs) +
+                                             (br[i] - rs) * (br[i] - rs)));
+        }
+        // Whole 4-lane groups: the arrays have room. Gaussian products times F (tg)
+        // in the same pass, except for type 13 (weighted first).
+        const bool fused = g.type != 13;
+        for (int q = 0; q < ng; ++q) {
+            const Gaussian& gq = g.gauss[q];
+            if (gq.power == 0) continue;
+            if (fused)
+                pow_array4_times(nb, xjk + gq.base * cap + t0, gq.power,
+                                 xjk + q * cap + t0, F, tg + q * kBlock);
+            else
+                pow_array4(nb, xjk + gq.base * cap + t0, gq.power, xjk + q * cap + t0);
+        }
+        if (g.type == 13) {
+            for (int i = 0; i < nb; ++i)
+                wjk[i] = z_[env.element[bj[i]]] * z_[env.element[bk[i]]];
+            for (int q = 0; q < ng; ++q)
+                for (int i = 0; i < nb; ++i) xjk[q * cap + t0 + i] *= wjk[i];
+        }
+        for (int q = 0; q < ng; ++q) {
+            if (fused && g.gauss[q].power > 0) continue;
+            const double* xq = xjk + q * cap + t0;
+            double* tq = tg + q * kBlock;
+            for (int i = 0; i < nb; ++i) tq[i] = xq[i] * F[i];
+        }
+    } else {
+        std::copy(tf + t0, tf + t0 + nb, F);
+        for (int q = 0; q < ng; ++q) {
+            const double* gq = nb_g + q * n;
+            double* tq = tg + q * kBlock;
+            for (int i = 0; i < nb; ++i) tq[i] = gq[bj[i]] * gq[bk[i]] * F[i];
+        }
+    }
+}
+
+/// An angular group's triplets in blocks of kBlock: products, powers, sums into G.
+PYFRAGNN_PART void Descriptor::angular_blocks(Frame& fr, const AngularArrays& ag,
+                                              int count) const {
+    const AngularGroup& g = ag.g;
+    const int ng = ag.ng, npow = ag.npow;
+    const double* cosv = ag.cosv;
+    double* scratch_mem = fr.scratch_mem;
+    double* G = fr.G;
+
+    double* F = scratch_mem;       // [kBlock] fc(r_ij) fc(r_ik) fc(r_jk)
+    double* tg = F + kBlock;       // [ng][kBlock] Gaussian products times F
+    double* pw = tg + ng * kBlock; // [npow][kBlock] max(0, 1 + lambda cos)^zeta
+    double* wjk = pw + npow * kBlock;  // [kBlock] w_j w_k (type 13)
+    for (int t0 = 0; t0 < count; t0 += kBlock) {
+        const int nb = std::min(kBlock, count - t0);
+        angular_block_products(fr, ag, t0, nb, F, tg, wjk);
+        double* base = F;  // F is no longer needed
+        const int nb4 = (nb + 3) & ~3;  // zero-padded to whole 4-lane groups for dot4
+        for (int w = 0; w < npow; ++w) {
+            const AngularPower& p = g.powers[w];
+            double* pww = pw + w * kBlock;
+            if (p.zeta_int == 1) {
+                angular_base(nb, cosv + t0, p.lambda, pww);
+            } else {
+                angular_base(nb, cosv + t0, p.lambda, base);
+                if (p.zeta_int >= 0) pow_array(nb, base, p.zeta_int, pww);
+                else
+                    for (int i = 0; i < nb; ++i) pww[i] = std::pow(base[i], p.zeta);
+            }
+            std::fill(pww + nb, pww + nb4, 0.0);
+        }
+        for (int q = 0; q < ng; ++q) std::fill(tg + q * kBlock + nb, tg + q * kBlock + nb4, 0.0);
+        for (const AngularTerm& t : g.terms)
+            G[t.sf] += dot4(nb4, pw + t.power * kBlock, tg + t.gauss * kBlock);
+    }
+}
+
+/// One set of wide angular functions: A_j, dA_j/dr, monomials u_j^a and moments.
+PYFRAGNN_PART void Descriptor::compute_moment_set(Frame& fr, int si) const {
+    const int mhead = fr.mhead;
+    const int* start = fr.start;
+    double* buf = fr.buf;
+    const int* pos = fr.pos;
+    const double *pr = fr.pr, *pux = fr.pux, *puy = fr.puy, *puz = fr.puz;
+    double* scratch_mem = fr.scratch_mem;
+
+    const MomentSet& ms = msets_[si];
+    const int* first; int m;
+    fr.list(ms.e1, first, m);
+    const int nm = n_mono(ms.degree), m4 = round_up4(m);
+    double* A = buf + start[mhead + si];
+    double* dA = A + m4;
+    double* ux4 = dA + m4;
+    double* uy4 = ux4 + m4;
+    double* uz4 = uy4 + m4;
+    double* ir4 = uz4 + m4;
+    double* mono = ir4 + m4;
+    double* Mo = mono + static_cast<std::size_t>(nm) * m4;
+    const int p0 = static_cast<int>(first - pos);
+    const double* r = pr + p0;
+    const double* ua[3] = {pux + p0, puy + p0, puz + p0};
+    double* f = scratch_mem;
+    double* df = f + m;
+    double* gs = df + m;
+    ms.fc.fdf(m, r, f, df);  // values at r >= rc are discarded below
+    gaussian_array(m, r, ms.eta, ms.rs, ms.fast_exp, gs);
+    const double rc = ms.fc.rc(), two_eta = 2.0 * ms.eta;
+    for (int a = 0; a < m; ++a) {
+        const bool in = r[a] < rc;
+        A[a] = in ? f[a] * gs[a] : 0.0;
+        dA[a] = in ? (df[a] - two_eta * (r[a] - ms.rs) * f[a]) * gs[a] : 0.0;
+    }
+    std::fill(A + m, A + m4, 0.0);
+    std::fill(dA + m, dA + m4, 0.0);
+    for (int a = 0; a < m4; ++a) {  // whole 4-lane groups for the loops below and contract()
+        const bool in = a < m;
+        ux4[a] = in ? ua[0][a] : 0.0;
+        uy4[a] = in ? ua[1][a] : 0.0;
+        uz4[a] = in ? ua[2][a] : 0.0;
+        ir4[a] = in ? 1.0 / r[a] : 1.0;
+    }
+    // Monomials of four neighbours at once, one per lane (each lane's products are those of
+    // one neighbour alone): degree block d = x * block d-1, then y * its a = 0 tail (d
+    // entries), then z * its last entry, the products u^parent * u[axis] of the tables.
+    // Moments summed over the neighbours in order: per lane, four monomials at a time
+    // (transposed from the lanes).
+    std::fill(Mo, Mo + nm, 0.0);
+    const int nm_4 = nm & ~3;
+    for (int b = 0; b < m4; b += 4) {
+        double* mo = mono + static_cast<std::size_t>(b) * nm;  // [nm][4]
+        const int valid = std::min(4, m - b);
+        const v4d ux = ld4(ux4 + b), uy = ld4(uy4 + b), uz = ld4(uz4 + b);
+        st4(mo, v4d{1.0, 1.0, 1.0, 1.0});
+        for (int d = 1, prev = 0; d <= ms.degree; ++d) {
+            const int len = d * (d + 1) / 2, out = prev + len;  // block d-1: [prev, out)
+            for (int i = 0; i < len; ++i) st4(mo + 4 * (out + i), ux * ld4(mo + 4 * (prev + i)));
+            for (int i = 0; i < d; ++i) st4(mo + 4 * (out + len + i), uy * ld4(mo + 4 * (out - d + i)));
+            st4(mo + 4 * (out + len + d), uz * ld4(mo + 4 * (out - 1)));
+            prev = out;
+        }
+        for (int k = 0; k < nm_4; k += 4) {
+            v4d row[4];
+            transpose4(ld4(mo + 4 * k), ld4(mo + 4 * k + 4), ld4(mo + 4 * k + 8),
+                       ld4(mo + 4 * k + 12), row[0], row[1], row[2], row[3]);
+            v4d acc = ld4(Mo + k);
+            for (int l = 0; l < valid; ++l)
+                if (A[b + l] != 0.0) acc += A[b + l] * row[l];
+            st4(Mo + k, acc);
+        }
+        for (int l = 0; l < valid; ++l) {
+            const double Aa = A[b + l];
+            if (Aa == 0.0) continue;
+            for (int k = nm_4; k < nm; ++k) Mo[k] += Aa * mo[4 * k + l];
+        }
+    }
+    Mo[nm] = dot(m, A, A);
+}
+
+/// Moments by lane group, S_m of four pairs per product, and the functions' values.
+PYFRAGNN_PART void Descriptor::compute_moment_products(Frame& fr) const {
+    double* G = fr.G;
+    const int mhead = fr.mhead, n_mset = fr.n_mset, n_mgroup = fr.n_mgroup;
+    const int* start = fr.start;
+    double* buf = fr.buf;
+
     auto moments_of = [&](int si) {  // M of set si (followed by D, W, dE/dD)
         const int* f; int m;
-        list(msets_[si].e1, f, m);
+        fr.list(msets_[si].e1, f, m);
         return buf + start[mhead + si] + (6 + static_cast<std::size_t>(n_mono(msets_[si].degree))) * round_up4(m);
     };
     // Moments of each lane group with one set per lane (Mt[k][lane]); then S_m of four pairs at
@@ -1394,11 +1573,16 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
             }
         }
     }
+}
 
-    // Compact radial (20).
+/// Compact radial (20).
+PYFRAGNN_PART void Descriptor::compute_compact_radial(Frame& fr) const {
+    const AtomEnvironment& env = fr.env;
+    double* G = fr.G;
+
     for (const CompactRadialTerm& t : compact_radial_) {
         const int* first; int m;
-        list(t.e1, first, m);
+        fr.list(t.e1, first, m);
         for (int a = 0; a < m; ++a) {
             const double r = env.r[first[a]];
             if (!(r > t.rl && r < t.rc)) continue;
@@ -1407,13 +1591,20 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
             G[t.sf] += f;
         }
     }
+}
 
-    // Compact angular (21, 22).
+/// Compact angular (21, 22).
+PYFRAGNN_PART void Descriptor::compute_compact_angular(Frame& fr) const {
+    const AtomEnvironment& env = fr.env;
+    double* G = fr.G;
+    const double* u = fr.u;
+    double* scratch_mem = fr.scratch_mem;
+
     double* crad = scratch_mem;  // [2n] C(r_ij), dC/dr
     for (const CompactAngularGroup& g : compact_angular_) {
         const int* l1; const int* l2; int m1, m2;
-        list(g.e1, l1, m1);
-        list(g.e2, l2, m2);
+        fr.list(g.e1, l1, m1);
+        fr.list(g.e2, l2, m2);
         const bool same = g.e1 == g.e2;
         auto inside = [&](int j) { return env.r[j] > g.rl && env.r[j] < g.rc; };
         for (int side = 0; side < (same ? 1 : 2); ++side)
@@ -1455,6 +1646,33 @@ void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorksp
     }
 }
 
+PYFRAGNN_HOT
+void Descriptor::compute(const AtomEnvironment& env, double* G, DescriptorWorkspace& ws) const {
+    const int n = env.n, ne = n_elements_;
+    const int n_rad = static_cast<int>(radial_.size()), n_ang = static_cast<int>(angular_.size());
+    if (sfs_.empty()) return;
+    std::fill(G, G + size(), 0.0);
+
+    const int head = 2 * ne + 2;
+    const int n_mset = static_cast<int>(msets_.size());
+    const int mhead = head + 1 + n_rad + 5 * n_ang;  // per moment set: buf offset of its data
+    const int n_mgroup = static_cast<int>(mgroups_.size());  // then per lane group
+    const int lists = mhead + n_mset + n_mgroup;
+    Frame fr{env, G, ws, n, ne, n_rad, n_ang, head, n_mset, mhead, n_mgroup, lists};
+    compute_neighbour_lists(fr);
+    compute_layout(fr);
+    compute_soa(fr);
+    compute_radial(fr);
+    for (int gi = 0; gi < n_ang; ++gi) compute_angular(fr, gi);  // Gaussians (3, 9, 13)
+
+    // Wide angular functions as Cartesian moments: per set, A_j, dA_j/dr, monomials u_j^a and
+    // moments; per pair of sets S_m; per function sum_m coef[m] S_m - diag sum_j A_j^2.
+    for (int si = 0; si < n_mset; ++si) compute_moment_set(fr, si);
+    compute_moment_products(fr);
+    compute_compact_radial(fr);
+    compute_compact_angular(fr);
+}
+
 void Descriptor::contract(const AtomEnvironment& env, const double* dEdG, double* dEdd,
                           DescriptorWorkspace& ws) const {
     contract(env, 1, dEdG, dEdd, ws);
@@ -1483,17 +1701,95 @@ void Descriptor::contract(const AtomEnvironment& env, int nv, const double* dEdG
     if (v < nv) contract_nv<1>(env, dEdG + v * nsf, dEdd + v * nd, ws);
 }
 
+// ---------------------------------------------------------------------------------------------
+// contract_nv() in sections, PYFRAGNN_PART as compute()'s. ContractFrame holds what they share:
+// the environment, the NV vectors' dE/dG and dE/dd, compute()'s workspace and cbuf's sections.
+
+struct Descriptor::ContractFrame {
+    const AtomEnvironment& env;
+    const double* dEdG_all;          // [NV][nsf]
+    double* dEdd_all;                // [NV][3n]
+    const int n, ne, n_rad, n_ang;
+    const std::size_t nsf;
+    const int head;
+    const int* start;                // compute()'s ibuf
+    double* buf;                     // compute()'s buf
+    const double* u;                 // unit vectors [n][3]
+    double* scratch_mem;
+    const int n_mset, mhead, n_mgroup;  // moment sets' and lane groups' ibuf offsets
+    std::size_t n4 = 0;              // 4n with angular groups, else 0
+    double* along_all = nullptr;     // cbuf sections (see contract_workspace)
+    double* u4 = nullptr;
+    double* acc4_all = nullptr;
+    double* vec_mem = nullptr;
+
+    /// Neighbour list of element e (e < 0: all elements).
+    void list(int e, const int*& first, int& count) const {
+        first = start + start[e < 0 ? 0 : e];
+        count = start[e < 0 ? ne : e + 1] - start[e < 0 ? 0 : e];
+    }
+    /// compute()'s Mt [nm][4] of lane group g, then Wt [nm][4].
+    double* group_at(int g) const { return buf + start[mhead + n_mset + g]; }
+};
+
+/// One angular group's arrays from compute() and its block scratch (contract_nv()).
+struct Descriptor::AngularContraction {
+    const AngularGroup& g;
+    int ng, npow, nt;
+    bool with_jk;
+    const double* nb_rec;
+    const double* nb_g;
+    int cap;
+    const int* pj;
+    const int* pk;
+    const double* cosv;
+    const double* rjk;
+    const double* fjk;
+    const double* dfjk;
+    const double* xjk;
+    double* tmp;                     // block scratch (see contract_angular)
+    double* cos_s;
+    double* brs;
+    double* fjs;
+    double* dfjs;
+    double* tg;
+    double* pw;
+    double* dpw;
+    double* vbase;
+    std::size_t per_vec;
+    const int* gauss_start;
+    const int* power_by_gauss;
+};
+
+/// One block of triplets (contract_nv()): its indices and the per-triplet inputs.
+struct Descriptor::TripletBlock {
+    int nb;
+    const int* bj;
+    const int* bk;
+    const double* bc;
+    const double* br;
+    const double* fb;
+    const double* dfb;
+    const double* cb;
+    const double* tgb;
+    std::size_t tst;
+};
+
+/// M of moment set si, followed by D, W, dE/dD.
+PYFRAGNN_PART double* Descriptor::set_moments(const ContractFrame& fr, int si) const {
+    const int* f; int m;
+    fr.list(msets_[si].e1, f, m);
+    return fr.buf + fr.start[fr.mhead + si] +
+           (6 + static_cast<std::size_t>(n_mono(msets_[si].degree))) * round_up4(m);
+}
+
+/// The cbuf sections of NV vectors; along_u and acc4 zeroed, u4 filled.
 template <int NV>
-void Descriptor::contract_nv(const AtomEnvironment& env, const double* dEdG_all, double* dEdd_all,
-                             DescriptorWorkspace& ws) const {
-    const int n = env.n, ne = n_elements_;
-    const int n_rad = static_cast<int>(radial_.size()), n_ang = static_cast<int>(angular_.size());
-    const std::size_t nsf = sfs_.size();
-    const int head = 2 * ne + 2;
-    const int* start = ws.ibuf.data();
-    double* buf = ws.buf.data();
-    const double* u = buf + kFingerprint;
-    double* scratch_mem = buf + start[head];
+PYFRAGNN_PART void Descriptor::contract_workspace(ContractFrame& fr,
+                                                  DescriptorWorkspace& ws) const {
+    const int n = fr.n;
+    const double* u = fr.u;
+
     // cbuf: along_u [NV][n] (dE/dd_j components along u_j); for the angular groups u4 [n][4]
     // (u_j, 0) and acc4 [NV][n][4] (dE/dd_j off u_j, then along u_j), so that a triplet's update
     // of one neighbour is one 4-lane add; then the angular block scratch.
@@ -1518,276 +1814,597 @@ void Descriptor::contract_nv(const AtomEnvironment& env, const double* dEdG_all,
             u4[4 * j + 3] = 0.0;
         }
     }
-    auto list = [&](int e, const int*& first, int& count) {  // e < 0: all elements
-        first = start + start[e < 0 ? 0 : e];
-        count = start[e < 0 ? ne : e + 1] - start[e < 0 ? 0 : e];
-    };
+    fr.n4 = n4;
+    fr.along_all = along_all;
+    fr.u4 = u4;
+    fr.acc4_all = acc4_all;
+    fr.vec_mem = vec_mem;
+}
+
+/// Radial Gaussians of one vector.
+PYFRAGNN_PART void Descriptor::contract_radial(ContractFrame& fr, const double* dEdG,
+                                               double* along_u) const {
+    const int ne = fr.ne, n_rad = fr.n_rad, head = fr.head;
+    const int* start = fr.start;
+    double* buf = fr.buf;
+    double* scratch_mem = fr.scratch_mem;
+
+    for (int gi = 0; gi < n_rad; ++gi) {
+        const RadialGroup& g = radial_[gi];
+        const int* first = start + start[g.e1 < 0 ? 0 : g.e1];
+        const int m = start[g.e1 < 0 ? ne : g.e_last + 1] - start[g.e1 < 0 ? 0 : g.e1];
+        const int members = g.e1 < 0 ? 1 : g.e_last - g.e1 + 1;
+        const double* r = buf + start[head + 1 + gi];
+        const double* fc = r + m;
+        const double* dfc = fc + m;
+        double* s = scratch_mem;  // [m] dE/dr_ij
+        double* wv = s + m;       // [m] dE/dG of the neighbour's element's function
+        std::fill(s, s + m, 0.0);
+        for (std::size_t t = 0; t < g.terms.size(); ++t) {
+            const RadialTerm& term = g.terms[t];
+            const double two_eta = 2.0 * term.eta;
+            bool any = false;
+            for (int e = 0; e < members; ++e) {
+                const double w = dEdG[members == 1 ? term.sf : g.sf[t * members + e]];
+                const int ee = g.e1 < 0 ? 0 : g.e1 + e;
+                const int a0 = members == 1 ? 0 : start[ee] - start[g.e1];
+                const int a1 = members == 1 ? m : start[ee + 1] - start[g.e1];
+                std::fill(wv + a0, wv + a1, w);
+                any = any || w != 0.0;
+            }
+            if (!any) continue;
+            const double* gt = dfc + (1 + t) * m;
+            for (int a = 0; a < m; ++a) s[a] += wv[a] * gt[a] * (dfc[a] - two_eta * (r[a] - term.rs) * fc[a]);
+        }
+        for (int a = 0; a < m; ++a) along_u[first[a]] += s[a];
+    }
+}
+
+/// A block's inputs: compute()'s per-triplet arrays (copied for a partial block), type 9's
+/// Gaussian products.
+PYFRAGNN_PART Descriptor::TripletBlock Descriptor::contract_block_inputs(
+    ContractFrame& fr, const AngularContraction& ac, int t0, int nb) const {
+    const int n = fr.n, ng = ac.ng, cap = ac.cap;
+    const bool with_jk = ac.with_jk;
+    const int* pj = ac.pj;
+    const int* pk = ac.pk;
+    const double *cosv = ac.cosv, *rjk = ac.rjk, *fjk = ac.fjk, *dfjk = ac.dfjk, *xjk = ac.xjk;
+    const double* nb_g = ac.nb_g;
+    double *cos_s = ac.cos_s, *brs = ac.brs, *fjs = ac.fjs, *dfjs = ac.dfjs, *tg = ac.tg;
+
+    const int* bj = pj + t0;
+    const int* bk = pk + t0;
+    const double* bc = cosv + t0;
+    // Per-triplet arrays of compute() (r_jk, fc(r_jk), its derivative, cos, Gaussian
+    // products of types 3, 13), copied for a partial block: the kernel below reads whole
+    // 4-lane groups.
+    const double* br = rjk + t0;
+    const double* fb = fjk + t0;
+    const double* dfb = dfjk + t0;
+    const double* cb = bc;
+    const double* tgb = with_jk ? xjk + t0 : tg;
+    const std::size_t tstride = with_jk ? cap : kBlock;
+    const bool partial = nb % 4 != 0;
+    if (partial) {
+        std::copy(bc, bc + nb, cos_s);
+        cb = cos_s;
+        if (with_jk) {
+            std::copy(br, br + nb, brs);
+            std::copy(fb, fb + nb, fjs);
+            std::copy(dfb, dfb + nb, dfjs);
+            br = brs;
+            fb = fjs;
+            dfb = dfjs;
+            for (int q = 0; q < ng; ++q)
+                std::copy(xjk + q * cap + t0, xjk + q * cap + t0 + nb, tg + q * kBlock);
+            tgb = tg;
+        }
+    }
+    if (!with_jk)
+        for (int q = 0; q < ng; ++q) {
+            const double* gq = nb_g + q * n;
+            double* tq = tg + q * kBlock;
+            for (int i = 0; i < nb; ++i) tq[i] = gq[bj[i]] * gq[bk[i]];
+        }
+    const std::size_t tst = (!with_jk || partial) ? kBlock : tstride;
+    return TripletBlock{nb, bj, bk, bc, br, fb, dfb, cb, tgb, tst};
+}
+
+/// A block's angular powers P^zeta and their derivatives.
+PYFRAGNN_PART void Descriptor::contract_block_powers(const AngularContraction& ac,
+                                                     const TripletBlock& blk) const {
+    const AngularGroup& g = ac.g;
+    const int npow = ac.npow, nb = blk.nb;
+    const double* bc = blk.bc;
+    double *tmp = ac.tmp, *pw = ac.pw, *dpw = ac.dpw;
+
+    for (int w = 0; w < npow; ++w) {  // pw = P^zeta, dpw = zeta lambda P^(zeta-1)
+        const AngularPower& p = g.powers[w];
+        double* pww = pw + w * kBlock;
+        double* dpww = dpw + w * kBlock;
+        const double zl = p.zeta * p.lambda;
+        if (p.zeta_int >= 1) {  // the loops below in one pass in registers, whole
+            const int m = p.zeta_int - 1, top = top_bit(m);  // 4-lane groups
+            const v4d one = {1.0, 1.0, 1.0, 1.0}, half = {0.5, 0.5, 0.5, 0.5};
+            const v4d lam = {p.lambda, p.lambda, p.lambda, p.lambda};
+            const v4d zl4 = {zl, zl, zl, zl};
+            const v4i no_sign = {~(1LL << 63), ~(1LL << 63), ~(1LL << 63), ~(1LL << 63)};
+            for (int i = 0; i < nb; i += 4) {
+                const v4d P = one + lam * ld4(bc + i);
+                const v4d base = half * (P + (v4d)((v4i)P & no_sign));
+                if (m == 0) {  // P^0 = 1 needs the P > 0 mask explicitly
+                    st4(pww + i, base);
+                    st4(dpww + i, (v4d)((v4i)(base > 0.0) & (v4i)zl4));
+                    continue;
+                }
+                const v4d d = pow4(base, m, top);
+                st4(pww + i, d * base);
+                st4(dpww + i, d * zl4);
+            }
+            continue;
+        }
+        angular_base(nb, bc, p.lambda, tmp);
+        if (p.zeta_int == 1) {  // P^0 = 1 needs the P > 0 mask explicitly
+            for (int i = 0; i < nb; ++i) {
+                pww[i] = tmp[i];
+                dpww[i] = tmp[i] > 0.0 ? zl : 0.0;
+            }
+            continue;
+        }
+        if (p.zeta_int >= 0) pow_array(nb, tmp, p.zeta_int - 1, dpww);
+        else
+            for (int i = 0; i < nb; ++i)
+                dpww[i] = tmp[i] > 0.0 ? std::pow(tmp[i], p.zeta - 1.0) : 0.0;
+        for (int i = 0; i < nb; ++i) {  // P^(zeta-1) is 0 where P is clipped
+            pww[i] = dpww[i] * tmp[i];
+            dpww[i] *= zl;
+        }
+    }
+}
+
+/// A block's alpha/beta of the NV vectors (four triplets at a time).
+template <int NV>
+PYFRAGNN_PART void Descriptor::contract_block_terms(const AngularContraction& ac,
+                                                    const TripletBlock& blk) const {
+    const AngularGroup& g = ac.g;
+    const int ng = ac.ng, nb = blk.nb;
+    const bool with_jk = ac.with_jk;
+    const int* gauss_start = ac.gauss_start;
+    const int* power_by_gauss = ac.power_by_gauss;
+    const double *pw = ac.pw, *dpw = ac.dpw, *nb_rec = ac.nb_rec;
+    double* vbase = ac.vbase;
+    const std::size_t per_vec = ac.per_vec, tst = blk.tst;
+    const int* bj = blk.bj;
+    const int* bk = blk.bk;
+    const double *tgb = blk.tgb, *fb = blk.fb, *cb = blk.cb, *br = blk.br, *dfb = blk.dfb;
+
+    // Per triplet and vector: Q_q = sum_t w_t P^zeta_t, R_q = sum_t w_t dP^zeta_t/dcos over
+    // the terms of Gaussian q; with x_q = Q_q tg_q: s0 = sum_q x_q, sc = sum_q R_q tg_q,
+    // se = sum_q 2 eta_q x_q, ser = sum_q 2 eta_q rs_q x_q, so that the Gaussian parts
+    // of dE/dr / F are ser - r se for r = r_ij, r_ik, r_jk. Then alpha/beta (dE/dd_j =
+    // alpha_j u_j + beta_j u_k, dE/dd_k = alpha_k u_k + beta_k u_j, see the file comment,
+    // d_jk = r_ik u_k - r_ij u_j).
+    for (int i = 0; i < nb; i += 4) {
+        v4d s0[NV], sc[NV], se[NV], ser[NV];
+        for (int v = 0; v < NV; ++v) s0[v] = sc[v] = se[v] = ser[v] = v4d{0, 0, 0, 0};
+        for (int q = 0; q < ng; ++q) {
+            const v4d tq = ld4(tgb + q * tst + i);
+            v4d Q[NV], R[NV];
+            for (int v = 0; v < NV; ++v) Q[v] = R[v] = v4d{0, 0, 0, 0};
+            for (int a = gauss_start[q]; a < gauss_start[q + 1]; ++a) {
+                const int pt = power_by_gauss[a];
+                const v4d p = ld4(pw + pt * kBlock + i), dp = ld4(dpw + pt * kBlock + i);
+                for (int v = 0; v < NV; ++v) {
+                    const double w = vbase[v * per_vec + 4 * kBlock + a];
+                    Q[v] += w * p;
+                    R[v] += w * dp;
+                }
+            }
+            const double two_eta = 2.0 * g.gauss[q].eta, two_eta_rs = two_eta * g.gauss[q].rs;
+            for (int v = 0; v < NV; ++v) {
+                const v4d x = Q[v] * tq;
+                s0[v] += x;
+                sc[v] += R[v] * tq;
+                se[v] += two_eta * x;
+                ser[v] += two_eta_rs * x;
+            }
+        }
+        // Geometry of the four triplets (lanes past the block repeat its last triplet).
+        int jx[4], kx[4];
+        for (int l = 0; l < 4; ++l) {
+            const int il = std::min(i + l, nb - 1);
+            jx[l] = bj[il];
+            kx[l] = bk[il];
+        }
+        v4d fj, dfj, r_ij, cj, fk, dfk, r_ik, ck;
+        transpose4(ld4(nb_rec + 4 * jx[0]), ld4(nb_rec + 4 * jx[1]),
+                   ld4(nb_rec + 4 * jx[2]), ld4(nb_rec + 4 * jx[3]), fj, dfj, r_ij, cj);
+        transpose4(ld4(nb_rec + 4 * kx[0]), ld4(nb_rec + 4 * kx[1]),
+                   ld4(nb_rec + 4 * kx[2]), ld4(nb_rec + 4 * kx[3]), fk, dfk, r_ik, ck);
+        const v4d f3 = with_jk ? ld4(fb + i) : v4d{1.0, 1.0, 1.0, 1.0};
+        const v4d F = fj * fk * f3;
+        const v4d Dj = dfj * fk * f3;
+        const v4d Dk = fj * dfk * f3;
+        const v4d cos4 = ld4(cb + i);
+        const v4d ccj4 = cos4 * cj, cck4 = cos4 * ck;
+        for (int v = 0; v < NV; ++v) {
+            double* out = vbase + v * per_vec;
+            const v4d t_rij = F * (ser[v] - r_ij * se[v]) + s0[v] * Dj;
+            const v4d t_rik = F * (ser[v] - r_ik * se[v]) + s0[v] * Dk;
+            const v4d t_cos = F * sc[v];
+            v4d aj = t_rij - t_cos * ccj4, bj4 = t_cos * cj;
+            v4d ak = t_rik - t_cos * cck4, bk4 = t_cos * ck;
+            if (with_jk) {
+                const v4d r_jk = ld4(br + i);
+                const v4d t_rjk_r =
+                    (F * (ser[v] - r_jk * se[v]) + s0[v] * (fj * fk * ld4(dfb + i))) / r_jk;
+                aj += t_rjk_r * r_ij;
+                bj4 -= t_rjk_r * r_ik;
+                ak += t_rjk_r * r_ik;
+                bk4 -= t_rjk_r * r_ij;
+            }
+            st4(out + i, aj);
+            st4(out + kBlock + i, bj4);
+            st4(out + 2 * kBlock + i, ak);
+            st4(out + 3 * kBlock + i, bk4);
+        }
+    }
+}
+
+/// A block's scatter of alpha/beta into acc4 of j and k.
+template <int NV>
+PYFRAGNN_PART void Descriptor::contract_block_scatter(ContractFrame& fr,
+                                                      const AngularContraction& ac,
+                                                      const TripletBlock& blk) const {
+    const double* vbase = ac.vbase;
+    const std::size_t per_vec = ac.per_vec, n4 = fr.n4;
+    double* acc4_all = fr.acc4_all;
+    const double* u4 = fr.u4;
+    const int nb = blk.nb;
+    const int* bj = blk.bj;
+    const int* bk = blk.bk;
+
+    // Triplets come grouped by j: keep j's sums in registers.
+    const double* alpha_j[NV];
+    const double* beta_j[NV];
+    const double* alpha_k[NV];
+    const double* beta_k[NV];
+    double* acc4[NV];
+    for (int v = 0; v < NV; ++v) {
+        alpha_j[v] = vbase + v * per_vec;
+        beta_j[v] = alpha_j[v] + kBlock;
+        alpha_k[v] = alpha_j[v] + 2 * kBlock;
+        beta_k[v] = alpha_j[v] + 3 * kBlock;
+        acc4[v] = acc4_all + v * n4;
+    }
+    const v4d e3 = {0.0, 0.0, 0.0, 1.0};
+    for (int i = 0; i < nb;) {
+        const int j = bj[i];
+        const v4d uj = ld4(u4 + 4 * j);
+        v4d sj[NV];
+        for (int v = 0; v < NV; ++v) sj[v] = v4d{0.0, 0.0, 0.0, 0.0};
+        for (; i < nb && bj[i] == j; ++i) {
+            const int k = bk[i];
+            const v4d uk = ld4(u4 + 4 * k);
+            for (int v = 0; v < NV; ++v) {
+                sj[v] += beta_j[v][i] * uk + alpha_j[v][i] * e3;
+                double* ak = acc4[v] + 4 * k;
+                st4(ak, ld4(ak) + (beta_k[v][i] * uj + alpha_k[v][i] * e3));
+            }
+        }
+        for (int v = 0; v < NV; ++v) {
+            double* aj = acc4[v] + 4 * j;
+            st4(aj, ld4(aj) + sj[v]);
+        }
+    }
+}
+
+/// Angular group gi for NV vectors: weights, then per block inputs, powers, terms, scatter.
+template <int NV>
+PYFRAGNN_PART void Descriptor::contract_angular(ContractFrame& fr, int gi) const {
+    const int n = fr.n, head = fr.head, n_rad = fr.n_rad;
+    const int* start = fr.start;
+    double* buf = fr.buf;
+    double* vec_mem = fr.vec_mem;
+    const double* dEdG_all = fr.dEdG_all;
+    const std::size_t nsf = fr.nsf;
+
+    const AngularGroup& g = angular_[gi];
+    const int* h = start + head + 1 + n_rad + 5 * gi;
+    const int ng = static_cast<int>(g.gauss.size()), npow = static_cast<int>(g.powers.size());
+    const int nt = static_cast<int>(g.terms.size());
+    const bool with_jk = g.type != 9;
+    const double* nb_rec = buf + h[0];  // (fc, dfc, r, 1/r) per neighbour
+    const double* nb_g = nb_rec + 4 * n;
+    const int cap = h[2], count = h[3];
+    const int* pj = start + h[4];
+    const int* pk = pj + cap;
+    const double* cosv = buf + h[1];
+    const double* rjk = cosv + cap;
+    const double* fjk = rjk + cap;
+    const double* dfjk = fjk + cap;
+    const double* xjk = dfjk + cap;
+    // Shared block scratch (in cbuf after the along_u arrays), [kBlock] each.
+    double* tmp = vec_mem;
+    double* cos_s = tmp + kBlock;         // cos, r_jk, fc(r_jk), dfc(r_jk) of a partial block
+    double* brs = cos_s + kBlock;
+    double* fjs = brs + kBlock;
+    double* dfjs = fjs + kBlock;
+    double* tg = dfjs + kBlock;           // [ng][kBlock] Gaussian products
+    double* pw = tg + ng * kBlock;        // [npow][kBlock] (1 + lambda cos)^zeta
+    double* dpw = pw + npow * kBlock;     // [npow][kBlock] its d/dcos
+    // Per vector v (stride per_vec): alpha_j, beta_j, alpha_k, beta_k [kBlock] each, then
+    // wt [nt] (dE/dG_t 2^(1-zeta), terms in by_gauss order).
+    double* vbase = dpw + npow * kBlock;
+    const std::size_t per_vec = 4 * static_cast<std::size_t>(kBlock) + nt;
+    bool any = false;
+    for (int v = 0; v < NV; ++v) {  // in by_gauss order, the order of the sums below
+        double* wt = vbase + v * per_vec + 4 * kBlock;
+        for (int a = 0; a < nt; ++a) {
+            const AngularTerm& term = g.terms[g.by_gauss[a]];
+            wt[a] = dEdG_all[v * nsf + term.sf] * term.norm;
+            any = any || wt[a] != 0.0;
+        }
+    }
+    const int* gauss_start = g.gauss_start.data();
+    const int* power_by_gauss = g.power_by_gauss.data();
+    if (!any) return;
+    const AngularContraction ac{g, ng, npow, nt, with_jk, nb_rec, nb_g, cap, pj, pk, cosv, rjk,
+                                fjk, dfjk, xjk, tmp, cos_s, brs, fjs, dfjs, tg, pw, dpw, vbase,
+                                per_vec, gauss_start, power_by_gauss};
+    for (int t0 = 0; t0 < count; t0 += kBlock) {
+        const int nb = std::min(kBlock, count - t0);
+        const TripletBlock blk = contract_block_inputs(fr, ac, t0, nb);
+        contract_block_powers(ac, blk);
+        contract_block_terms<NV>(ac, blk);
+        contract_block_scatter<NV>(fr, ac, blk);
+    }
+}
+
+/// Wide angular functions of one vector: dE/dD and, per product, dE/dM of its sets' lanes.
+PYFRAGNN_PART void Descriptor::contract_moment_products(ContractFrame& fr,
+                                                        const double* dEdG) const {
+    const int n_mset = fr.n_mset, n_mgroup = fr.n_mgroup;
+    double* scratch_mem = fr.scratch_mem;
+
+    for (int si = 0; si < n_mset; ++si) {  // dE/dD
+        const int nm = n_mono(msets_[si].degree);
+        set_moments(fr, si)[2 * nm + 1] = 0.0;
+    }
+    for (int g = 0; g < n_mgroup; ++g) {
+        const int nm = n_mono(mgroups_[g].degree);
+        std::fill(fr.group_at(g) + 4 * nm, fr.group_at(g) + 8 * nm, 0.0);
+    }
+    // Per product: dE/dS of its pairs by lane, C_k = dE/dS[deg k] m!/a!, then
+    // dE/dM += C M of the other set in each pair's two lanes (lane_product_grad).
+    for (const MomentProduct& pd : mproducts_) {
+        double dS[4][kMomentMaxZeta + 1] = {};
+        bool any = false;
+        for (int l = 0; l < 4; ++l) {
+            if (pd.pair[l] < 0) continue;
+            const MomentPair& mp = mpairs_[pd.pair[l]];
+            double dD = 0.0;
+            const int nt = static_cast<int>(mp.terms.size()), nq = mp.degree + 1;
+            for (int t = 0; t < nt; ++t) {
+                const double w = dEdG[mp.sf[t]];
+                if (w == 0.0) continue;
+                any = true;
+                const double* coef = mp.coef.data() + t * nq;
+                for (int q = 0; q < nq; ++q) dS[l][q] += w * coef[q];
+                dD -= w * mp.diag[t];
+            }
+            const int nm1 = n_mono(msets_[mp.s1].degree);
+            set_moments(fr, mp.s1)[2 * nm1 + 1] += dD;  // diag is zero unless s1 == s2
+        }
+        if (!any) continue;
+        const int nm = n_mono(pd.degree);
+        double* C = scratch_mem;  // [nm][4]
+        for (int deg = 0, k = 0; deg <= pd.degree; ++deg) {
+            const v4d dSv = {dS[0][deg], dS[1][deg], dS[2][deg], dS[3][deg]};
+            for (const int end = n_mono(deg); k < end; ++k) st4(C + 4 * k, dSv * mono_weight_[k]);
+        }
+        const double* M1 = fr.group_at(pd.g1);
+        const double* M2 = fr.group_at(pd.g2);
+        double* W1 = fr.group_at(pd.g1) + 4 * n_mono(mgroups_[pd.g1].degree);
+        double* W2 = fr.group_at(pd.g2) + 4 * n_mono(mgroups_[pd.g2].degree);
+        switch (pd.d) {
+        case 0: lane_product_grad<0>(nm, C, M1, M2, W1, W2); break;
+        case 1: lane_product_grad<1>(nm, C, M1, M2, W1, W2); break;
+        case 2: lane_product_grad<2>(nm, C, M1, M2, W1, W2); break;
+        default: lane_product_grad<3>(nm, C, M1, M2, W1, W2); break;
+        }
+    }
+}
+
+/// Wide angular functions of one vector: Wu, then dE/dd of each set's neighbours.
+PYFRAGNN_PART void Descriptor::contract_moment_sets(ContractFrame& fr, double* dEdd,
+                                                    double* along_u) const {
+    const int n_mset = fr.n_mset, n_mgroup = fr.n_mgroup, mhead = fr.mhead;
+    const int* start = fr.start;
+    double* buf = fr.buf;
+
+    // Wu[ax][b] = (b_ax + 1) W[b + e_ax] by lane: d/du_ax sum_a W_a u^a = sum_b Wu[ax][b] u^b.
+    for (int g = 0; g < n_mgroup; ++g) {
+        const int deg = mgroups_[g].degree, nm = n_mono(deg);
+        const int nm_low = deg > 0 ? n_mono(deg - 1) : 0;
+        const double* Wt = fr.group_at(g) + 4 * nm;
+        double* Wut = fr.group_at(g) + 8 * nm;
+        for (int ax = 0; ax < 3; ++ax)
+            for (int k = 0; k < nm_low; ++k)
+                st4(Wut + 4 * (ax * nm_low + k),
+                    mono_up_fac_[3 * k + ax] * ld4(Wt + 4 * mono_up_[3 * k + ax]));
+    }
+    for (int si = 0; si < n_mset; ++si) {
+        const MomentSet& ms = msets_[si];
+        const int* first; int m;
+        fr.list(ms.e1, first, m);
+        const int nm = n_mono(ms.degree), nm_low = ms.degree > 0 ? n_mono(ms.degree - 1) : 0;
+        const int m4 = round_up4(m), lane = mset_lane_[si];
+        const double* A = buf + start[mhead + si];
+        const double* dA = A + m4;
+        const double* ux4 = dA + m4;
+        const double* uy4 = ux4 + m4;
+        const double* uz4 = uy4 + m4;
+        const double* ir4 = uz4 + m4;
+        const double* mono = ir4 + m4;
+        const double* W = fr.group_at(mset_group_[si]) + 4 * nm + lane;  // W[4 k]
+        const double* Wu = fr.group_at(mset_group_[si]) + 8 * nm + lane;  // Wu[4 (ax nm_low + k)]
+        const double dD = set_moments(fr, si)[2 * nm + 1];
+        bool any = dD != 0.0;
+        for (int k = 0; k < nm && !any; ++k) any = W[4 * k] != 0.0;
+        if (!any) continue;
+        // Four neighbours per vector (the monomials' lanes), two blocks at a time.
+        const std::size_t stride = 4 * static_cast<std::size_t>(nm);
+        for (int b = 0; b < m4; b += 8) {
+            v4d p[2], px[2], py[2], pz[2];
+            const int nb = m4 - b >= 8 ? 2 : 1;
+            if (nb == 2)
+                mono_dots<2>(nm, nm_low, W, Wu, mono + b * static_cast<std::size_t>(nm),
+                             stride, p, px, py, pz);
+            else
+                mono_dots<1>(nm, nm_low, W, Wu, mono + b * static_cast<std::size_t>(nm),
+                             stride, p, px, py, pz);
+            for (int h = 0; h < nb; ++h) {
+                const int bh = b + 4 * h, valid = std::min(4, m - bh);
+                const v4d A4 = ld4(A + bh), dA4 = ld4(dA + bh), inv_r = ld4(ir4 + bh);
+                const v4d gx = A4 * px[h], gy = A4 * py[h], gz = A4 * pz[h];
+                const v4d gu = gx * ld4(ux4 + bh) + gy * ld4(uy4 + bh) + gz * ld4(uz4 + bh);
+                const v4d along = (p[h] + 2.0 * A4 * dD) * dA4 - gu * inv_r;
+                const v4d hx = gx * inv_r, hy = gy * inv_r, hz = gz * inv_r;
+                for (int l = 0; l < valid; ++l) {
+                    if (A[bh + l] == 0.0 && dA[bh + l] == 0.0) continue;  // beyond rc
+                    const int j = first[bh + l];
+                    along_u[j] += along[l];
+                    double* gj = dEdd + 3 * j;
+                    gj[0] += hx[l];
+                    gj[1] += hy[l];
+                    gj[2] += hz[l];
+                }
+            }
+        }
+    }
+}
+
+/// Compact radial functions of one vector.
+PYFRAGNN_PART void Descriptor::contract_compact_radial(ContractFrame& fr, const double* dEdG,
+                                                       double* dEdd) const {
+    const AtomEnvironment& env = fr.env;
+    const double* u = fr.u;
+
+    // Compact radial: dG/dr_ij = C'(r_ij) along u_j.
+    for (const CompactRadialTerm& t : compact_radial_) {
+        const double w = dEdG[t.sf];
+        if (w == 0.0) continue;
+        const int* first; int m;
+        fr.list(t.e1, first, m);
+        for (int a = 0; a < m; ++a) {
+            const int j = first[a];
+            const double r = env.r[j];
+            if (!(r > t.rl && r < t.rc)) continue;
+            double f, df;
+            t.radial.fdf(r, f, df);
+            for (int c = 0; c < 3; ++c) dEdd[3 * j + c] += w * df * u[3 * j + c];
+        }
+    }
+}
+
+/// Compact angular functions of one vector.
+PYFRAGNN_PART void Descriptor::contract_compact_angular(ContractFrame& fr, const double* dEdG,
+                                                        double* dEdd) const {
+    const AtomEnvironment& env = fr.env;
+    const double* u = fr.u;
+    double* scratch_mem = fr.scratch_mem;
+
+    // Compact angular: dtheta/dcos = -1/sin(theta).
+    double* crad = scratch_mem;  // [2n] C(r_ij), dC/dr
+    for (const CompactAngularGroup& g : compact_angular_) {
+        bool any = false;
+        for (const CompactAngularTerm& t : g.terms) any = any || dEdG[t.sf] != 0.0;
+        if (!any) continue;
+        const int* l1; const int* l2; int m1, m2;
+        fr.list(g.e1, l1, m1);
+        fr.list(g.e2, l2, m2);
+        const bool same = g.e1 == g.e2;
+        auto inside = [&](int j) { return env.r[j] > g.rl && env.r[j] < g.rc; };
+        for (int side = 0; side < (same ? 1 : 2); ++side)
+            for (int a = 0; a < (side ? m2 : m1); ++a) {
+                const int j = (side ? l2 : l1)[a];
+                if (inside(j)) g.radial.fdf(env.r[j], crad[2 * j], crad[2 * j + 1]);
+            }
+        const double rc2 = g.rc * g.rc, rl2 = g.rl > 0.0 ? g.rl * g.rl : 0.0;
+        for (int a = 0; a < m1; ++a) {
+            const int j = l1[a];
+            if (!inside(j)) continue;
+            for (int b = same ? a + 1 : 0; b < m2; ++b) {
+                const int k = l2[b];
+                if (!inside(k)) continue;
+                const double* uj = u + 3 * j;
+                const double* uk = u + 3 * k;
+                const double cos_t = uj[0] * uk[0] + uj[1] * uk[1] + uj[2] * uk[2];
+                const double sin_t = sine(uj, uk);
+                if (cos_t <= -1.0 || cos_t >= 1.0 || sin_t == 0.0) continue;
+                const double* dj = env.d + 3 * j;
+                const double* dk = env.d + 3 * k;
+                const double djk[3] = {dk[0] - dj[0], dk[1] - dj[1], dk[2] - dj[2]};
+                double cjk = 1.0, dcjk = 0.0, rjk = 1.0;
+                if (g.type == 21) {
+                    const double s = djk[0] * djk[0] + djk[1] * djk[1] + djk[2] * djk[2];
+                    if (!(s < rc2 && s > rl2)) continue;
+                    rjk = std::sqrt(s);
+                    g.radial.fdf(rjk, cjk, dcjk);
+                }
+                const double theta = std::atan2(sin_t, cos_t);
+                double sa = 0.0, sda = 0.0;
+                for (const CompactAngularTerm& t : g.terms) {
+                    double f, df;
+                    t.angular.fdf(theta, f, df);
+                    sa += dEdG[t.sf] * f;
+                    sda += dEdG[t.sf] * df;
+                }
+                const double cj = crad[2 * j], dcj = crad[2 * j + 1];
+                const double ck = crad[2 * k], dck = crad[2 * k + 1];
+                const double rad = cj * ck * cjk;
+                add_triplet_gradient(dEdd, j, k, uj, uk, djk, env.r[j], env.r[k], cos_t,
+                                     dcj * ck * cjk * sa, cj * dck * cjk * sa,
+                                     cj * ck * dcjk * sa / rjk,
+                                     -rad * sda / sin_t);
+            }
+        }
+    }
+}
+
+template <int NV>
+void Descriptor::contract_nv(const AtomEnvironment& env, const double* dEdG_all, double* dEdd_all,
+                             DescriptorWorkspace& ws) const {
+    const int n = env.n, ne = n_elements_;
+    const int n_rad = static_cast<int>(radial_.size()), n_ang = static_cast<int>(angular_.size());
+    const std::size_t nsf = sfs_.size();
+    const int head = 2 * ne + 2;
+    const int* start = ws.ibuf.data();
+    double* buf = ws.buf.data();
+    const double* u = buf + kFingerprint;
+    double* scratch_mem = buf + start[head];
+    ContractFrame fr{env, dEdG_all, dEdd_all, n, ne, n_rad, n_ang, nsf, head, start, buf, u,
+                     scratch_mem, static_cast<int>(msets_.size()),
+                     head + 1 + n_rad + 5 * n_ang, static_cast<int>(mgroups_.size())};
+    contract_workspace<NV>(fr, ws);
+    double* along_all = fr.along_all;
+    double* acc4_all = fr.acc4_all;
+    const std::size_t n4 = fr.n4;
 
     for (int v = 0; v < NV; ++v) {
         const double* dEdG = dEdG_all + v * nsf;
         double* along_u = along_all + v * static_cast<std::size_t>(n);
         // Radial Gaussians: dG_t/dr = g_t (dfc - 2 eta (r - rs) fc), along u_j.
-        for (int gi = 0; gi < n_rad; ++gi) {
-            const RadialGroup& g = radial_[gi];
-            const int* first = start + start[g.e1 < 0 ? 0 : g.e1];
-            const int m = start[g.e1 < 0 ? ne : g.e_last + 1] - start[g.e1 < 0 ? 0 : g.e1];
-            const int members = g.e1 < 0 ? 1 : g.e_last - g.e1 + 1;
-            const double* r = buf + start[head + 1 + gi];
-            const double* fc = r + m;
-            const double* dfc = fc + m;
-            double* s = scratch_mem;  // [m] dE/dr_ij
-            double* wv = s + m;       // [m] dE/dG of the neighbour's element's function
-            std::fill(s, s + m, 0.0);
-            for (std::size_t t = 0; t < g.terms.size(); ++t) {
-                const RadialTerm& term = g.terms[t];
-                const double two_eta = 2.0 * term.eta;
-                bool any = false;
-                for (int e = 0; e < members; ++e) {
-                    const double w = dEdG[members == 1 ? term.sf : g.sf[t * members + e]];
-                    const int ee = g.e1 < 0 ? 0 : g.e1 + e;
-                    const int a0 = members == 1 ? 0 : start[ee] - start[g.e1];
-                    const int a1 = members == 1 ? m : start[ee + 1] - start[g.e1];
-                    std::fill(wv + a0, wv + a1, w);
-                    any = any || w != 0.0;
-                }
-                if (!any) continue;
-                const double* gt = dfc + (1 + t) * m;
-                for (int a = 0; a < m; ++a) s[a] += wv[a] * gt[a] * (dfc[a] - two_eta * (r[a] - term.rs) * fc[a]);
-            }
-            for (int a = 0; a < m; ++a) along_u[first[a]] += s[a];
-        }
+        contract_radial(fr, dEdG, along_u);
     }
 
     // Angular Gaussians: per triplet, the partial derivatives of all terms of the group are
     // summed with their weights dE/dG before forming the vectors, four triplets at a time in
     // registers. The NV vectors share the per-triplet geometry (distances, cutoff factors,
     // angular powers, Gaussian products) and one pass over the triplets to scatter.
-    for (int gi = 0; gi < n_ang; ++gi) {
-        const AngularGroup& g = angular_[gi];
-        const int* h = start + head + 1 + n_rad + 5 * gi;
-        const int ng = static_cast<int>(g.gauss.size()), npow = static_cast<int>(g.powers.size());
-        const int nt = static_cast<int>(g.terms.size());
-        const bool with_jk = g.type != 9;
-        const double* nb_rec = buf + h[0];  // (fc, dfc, r, 1/r) per neighbour
-        const double* nb_g = nb_rec + 4 * n;
-        const int cap = h[2], count = h[3];
-        const int* pj = start + h[4];
-        const int* pk = pj + cap;
-        const double* cosv = buf + h[1];
-        const double* rjk = cosv + cap;
-        const double* fjk = rjk + cap;
-        const double* dfjk = fjk + cap;
-        const double* xjk = dfjk + cap;
-        // Shared block scratch (in cbuf after the along_u arrays), [kBlock] each.
-        double* tmp = vec_mem;
-        double* cos_s = tmp + kBlock;         // cos, r_jk, fc(r_jk), dfc(r_jk) of a partial block
-        double* brs = cos_s + kBlock;
-        double* fjs = brs + kBlock;
-        double* dfjs = fjs + kBlock;
-        double* tg = dfjs + kBlock;           // [ng][kBlock] Gaussian products
-        double* pw = tg + ng * kBlock;        // [npow][kBlock] (1 + lambda cos)^zeta
-        double* dpw = pw + npow * kBlock;     // [npow][kBlock] its d/dcos
-        // Per vector v (stride per_vec): alpha_j, beta_j, alpha_k, beta_k [kBlock] each, then
-        // wt [nt] (dE/dG_t 2^(1-zeta), terms in by_gauss order).
-        double* vbase = dpw + npow * kBlock;
-        const std::size_t per_vec = 4 * static_cast<std::size_t>(kBlock) + nt;
-        bool any = false;
-        for (int v = 0; v < NV; ++v) {  // in by_gauss order, the order of the sums below
-            double* wt = vbase + v * per_vec + 4 * kBlock;
-            for (int a = 0; a < nt; ++a) {
-                const AngularTerm& term = g.terms[g.by_gauss[a]];
-                wt[a] = dEdG_all[v * nsf + term.sf] * term.norm;
-                any = any || wt[a] != 0.0;
-            }
-        }
-        const int* gauss_start = g.gauss_start.data();
-        const int* power_by_gauss = g.power_by_gauss.data();
-        if (!any) continue;
-        for (int t0 = 0; t0 < count; t0 += kBlock) {
-            const int nb = std::min(kBlock, count - t0);
-            const int* bj = pj + t0;
-            const int* bk = pk + t0;
-            const double* bc = cosv + t0;
-            // Per-triplet arrays of compute() (r_jk, fc(r_jk), its derivative, cos, Gaussian
-            // products of types 3, 13), copied for a partial block: the kernel below reads whole
-            // 4-lane groups.
-            const double* br = rjk + t0;
-            const double* fb = fjk + t0;
-            const double* dfb = dfjk + t0;
-            const double* cb = bc;
-            const double* tgb = with_jk ? xjk + t0 : tg;
-            const std::size_t tstride = with_jk ? cap : kBlock;
-            const bool partial = nb % 4 != 0;
-            if (partial) {
-                std::copy(bc, bc + nb, cos_s);
-                cb = cos_s;
-                if (with_jk) {
-                    std::copy(br, br + nb, brs);
-                    std::copy(fb, fb + nb, fjs);
-                    std::copy(dfb, dfb + nb, dfjs);
-                    br = brs;
-                    fb = fjs;
-                    dfb = dfjs;
-                    for (int q = 0; q < ng; ++q)
-                        std::copy(xjk + q * cap + t0, xjk + q * cap + t0 + nb, tg + q * kBlock);
-                    tgb = tg;
-                }
-            }
-            if (!with_jk)
-                for (int q = 0; q < ng; ++q) {
-                    const double* gq = nb_g + q * n;
-                    double* tq = tg + q * kBlock;
-                    for (int i = 0; i < nb; ++i) tq[i] = gq[bj[i]] * gq[bk[i]];
-                }
-            const std::size_t tst = (!with_jk || partial) ? kBlock : tstride;
-            for (int w = 0; w < npow; ++w) {  // pw = P^zeta, dpw = zeta lambda P^(zeta-1)
-                const AngularPower& p = g.powers[w];
-                double* pww = pw + w * kBlock;
-                double* dpww = dpw + w * kBlock;
-                const double zl = p.zeta * p.lambda;
-                if (p.zeta_int >= 1) {  // the loops below in one pass in registers, whole
-                    const int m = p.zeta_int - 1, top = top_bit(m);  // 4-lane groups
-                    const v4d one = {1.0, 1.0, 1.0, 1.0}, half = {0.5, 0.5, 0.5, 0.5};
-                    const v4d lam = {p.lambda, p.lambda, p.lambda, p.lambda};
-                    const v4d zl4 = {zl, zl, zl, zl};
-                    const v4i no_sign = {~(1LL << 63), ~(1LL << 63), ~(1LL << 63), ~(1LL << 63)};
-                    for (int i = 0; i < nb; i += 4) {
-                        const v4d P = one + lam * ld4(bc + i);
-                        const v4d base = half * (P + (v4d)((v4i)P & no_sign));
-                        if (m == 0) {  // P^0 = 1 needs the P > 0 mask explicitly
-                            st4(pww + i, base);
-                            st4(dpww + i, (v4d)((v4i)(base > 0.0) & (v4i)zl4));
-                            continue;
-                        }
-                        const v4d d = pow4(base, m, top);
-                        st4(pww + i, d * base);
-                        st4(dpww + i, d * zl4);
-                    }
-                    continue;
-                }
-                angular_base(nb, bc, p.lambda, tmp);
-                if (p.zeta_int == 1) {  // P^0 = 1 needs the P > 0 mask explicitly
-                    for (int i = 0; i < nb; ++i) {
-                        pww[i] = tmp[i];
-                        dpww[i] = tmp[i] > 0.0 ? zl : 0.0;
-                    }
-                    continue;
-                }
-                if (p.zeta_int >= 0) pow_array(nb, tmp, p.zeta_int - 1, dpww);
-                else
-                    for (int i = 0; i < nb; ++i)
-                        dpww[i] = tmp[i] > 0.0 ? std::pow(tmp[i], p.zeta - 1.0) : 0.0;
-                for (int i = 0; i < nb; ++i) {  // P^(zeta-1) is 0 where P is clipped
-                    pww[i] = dpww[i] * tmp[i];
-                    dpww[i] *= zl;
-                }
-            }
-            // Per triplet and vector: Q_q = sum_t w_t P^zeta_t, R_q = sum_t w_t dP^zeta_t/dcos over
-            // the terms of Gaussian q; with x_q = Q_q tg_q: s0 = sum_q x_q, sc = sum_q R_q tg_q,
-            // se = sum_q 2 eta_q x_q, ser = sum_q 2 eta_q rs_q x_q, so that the Gaussian parts
-            // of dE/dr / F are ser - r se for r = r_ij, r_ik, r_jk. Then alpha/beta (dE/dd_j =
-            // alpha_j u_j + beta_j u_k, dE/dd_k = alpha_k u_k + beta_k u_j, see the file comment,
-            // d_jk = r_ik u_k - r_ij u_j).
-            for (int i = 0; i < nb; i += 4) {
-                v4d s0[NV], sc[NV], se[NV], ser[NV];
-                for (int v = 0; v < NV; ++v) s0[v] = sc[v] = se[v] = ser[v] = v4d{0, 0, 0, 0};
-                for (int q = 0; q < ng; ++q) {
-                    const v4d tq = ld4(tgb + q * tst + i);
-                    v4d Q[NV], R[NV];
-                    for (int v = 0; v < NV; ++v) Q[v] = R[v] = v4d{0, 0, 0, 0};
-                    for (int a = gauss_start[q]; a < gauss_start[q + 1]; ++a) {
-                        const int pt = power_by_gauss[a];
-                        const v4d p = ld4(pw + pt * kBlock + i), dp = ld4(dpw + pt * kBlock + i);
-                        for (int v = 0; v < NV; ++v) {
-                            const double w = vbase[v * per_vec + 4 * kBlock + a];
-                            Q[v] += w * p;
-                            R[v] += w * dp;
-                        }
-                    }
-                    const double two_eta = 2.0 * g.gauss[q].eta, two_eta_rs = two_eta * g.gauss[q].rs;
-                    for (int v = 0; v < NV; ++v) {
-                        const v4d x = Q[v] * tq;
-                        s0[v] += x;
-                        sc[v] += R[v] * tq;
-                        se[v] += two_eta * x;
-                        ser[v] += two_eta_rs * x;
-                    }
-                }
-                // Geometry of the four triplets (lanes past the block repeat its last triplet).
-                int jx[4], kx[4];
-                for (int l = 0; l < 4; ++l) {
-                    const int il = std::min(i + l, nb - 1);
-                    jx[l] = bj[il];
-                    kx[l] = bk[il];
-                }
-                v4d fj, dfj, r_ij, cj, fk, dfk, r_ik, ck;
-                transpose4(ld4(nb_rec + 4 * jx[0]), ld4(nb_rec + 4 * jx[1]),
-                           ld4(nb_rec + 4 * jx[2]), ld4(nb_rec + 4 * jx[3]), fj, dfj, r_ij, cj);
-                transpose4(ld4(nb_rec + 4 * kx[0]), ld4(nb_rec + 4 * kx[1]),
-                           ld4(nb_rec + 4 * kx[2]), ld4(nb_rec + 4 * kx[3]), fk, dfk, r_ik, ck);
-                const v4d f3 = with_jk ? ld4(fb + i) : v4d{1.0, 1.0, 1.0, 1.0};
-                const v4d F = fj * fk * f3;
-                const v4d Dj = dfj * fk * f3;
-                const v4d Dk = fj * dfk * f3;
-                const v4d cos4 = ld4(cb + i);
-                const v4d ccj4 = cos4 * cj, cck4 = cos4 * ck;
-                for (int v = 0; v < NV; ++v) {
-                    double* out = vbase + v * per_vec;
-                    const v4d t_rij = F * (ser[v] - r_ij * se[v]) + s0[v] * Dj;
-                    const v4d t_rik = F * (ser[v] - r_ik * se[v]) + s0[v] * Dk;
-                    const v4d t_cos = F * sc[v];
-                    v4d aj = t_rij - t_cos * ccj4, bj4 = t_cos * cj;
-                    v4d ak = t_rik - t_cos * cck4, bk4 = t_cos * ck;
-                    if (with_jk) {
-                        const v4d r_jk = ld4(br + i);
-                        const v4d t_rjk_r =
-                            (F * (ser[v] - r_jk * se[v]) + s0[v] * (fj * fk * ld4(dfb + i))) / r_jk;
-                        aj += t_rjk_r * r_ij;
-                        bj4 -= t_rjk_r * r_ik;
-                        ak += t_rjk_r * r_ik;
-                        bk4 -= t_rjk_r * r_ij;
-                    }
-                    st4(out + i, aj);
-                    st4(out + kBlock + i, bj4);
-                    st4(out + 2 * kBlock + i, ak);
-                    st4(out + 3 * kBlock + i, bk4);
-                }
-            }
-            // Triplets come grouped by j: keep j's sums in registers.
-            const double* alpha_j[NV];
-            const double* beta_j[NV];
-            const double* alpha_k[NV];
-            const double* beta_k[NV];
-            double* acc4[NV];
-            for (int v = 0; v < NV; ++v) {
-                alpha_j[v] = vbase + v * per_vec;
-                beta_j[v] = alpha_j[v] + kBlock;
-                alpha_k[v] = alpha_j[v] + 2 * kBlock;
-                beta_k[v] = alpha_j[v] + 3 * kBlock;
-                acc4[v] = acc4_all + v * n4;
-            }
-            const v4d e3 = {0.0, 0.0, 0.0, 1.0};
-            for (int i = 0; i < nb;) {
-                const int j = bj[i];
-                const v4d uj = ld4(u4 + 4 * j);
-                v4d sj[NV];
-                for (int v = 0; v < NV; ++v) sj[v] = v4d{0.0, 0.0, 0.0, 0.0};
-                for (; i < nb && bj[i] == j; ++i) {
-                    const int k = bk[i];
-                    const v4d uk = ld4(u4 + 4 * k);
-                    for (int v = 0; v < NV; ++v) {
-                        sj[v] += beta_j[v][i] * uk + alpha_j[v][i] * e3;
-                        double* ak = acc4[v] + 4 * k;
-                        st4(ak, ld4(ak) + (beta_k[v][i] * uj + alpha_k[v][i] * e3));
-                    }
-                }
-                for (int v = 0; v < NV; ++v) {
-                    double* aj = acc4[v] + 4 * j;
-                    st4(aj, ld4(aj) + sj[v]);
-                }
-            }
-        }
-    }
+    for (int gi = 0; gi < n_ang; ++gi) contract_angular<NV>(fr, gi);
+
     for (int v = 0; v < NV && n4 > 0; ++v) {
         const double* acc4 = acc4_all + v * n4;
         double* along_u = along_all + v * static_cast<std::size_t>(n);
@@ -1805,200 +2422,10 @@ void Descriptor::contract_nv(const AtomEnvironment& env, const double* dEdG_all,
         // Wide angular functions as Cartesian moments. dE/dM_a of each set (W), dE/dD, then per
         // neighbour j of a set: dE/dA_j = sum_a W_a u_j^a + 2 A_j dE/dD, dE/du_j = A_j sum_a W_a
         // du^a/du; dE/dd_j = dE/dr_j u_j + (dE/du_j - (dE/du_j . u_j) u_j) / r_j.
-        {
-            const int n_mset = static_cast<int>(msets_.size());
-            const int mhead = head + 1 + n_rad + 5 * n_ang;
-            auto moments_of = [&](int si) {  // M of set si, followed by D, W, dE/dD
-                const int* f; int m;
-                list(msets_[si].e1, f, m);
-                return buf + start[mhead + si] +
-                       (6 + static_cast<std::size_t>(n_mono(msets_[si].degree))) * round_up4(m);
-            };
-            const int n_mgroup = static_cast<int>(mgroups_.size());
-            auto group_at = [&](int g) {  // compute()'s Mt [nm][4], then Wt [nm][4]
-                return buf + start[mhead + n_mset + g];
-            };
-            for (int si = 0; si < n_mset; ++si) {  // dE/dD
-                const int nm = n_mono(msets_[si].degree);
-                moments_of(si)[2 * nm + 1] = 0.0;
-            }
-            for (int g = 0; g < n_mgroup; ++g) {
-                const int nm = n_mono(mgroups_[g].degree);
-                std::fill(group_at(g) + 4 * nm, group_at(g) + 8 * nm, 0.0);
-            }
-            // Per product: dE/dS of its pairs by lane, C_k = dE/dS[deg k] m!/a!, then
-            // dE/dM += C M of the other set in each pair's two lanes (lane_product_grad).
-            for (const MomentProduct& pd : mproducts_) {
-                double dS[4][kMomentMaxZeta + 1] = {};
-                bool any = false;
-                for (int l = 0; l < 4; ++l) {
-                    if (pd.pair[l] < 0) continue;
-                    const MomentPair& mp = mpairs_[pd.pair[l]];
-                    double dD = 0.0;
-                    const int nt = static_cast<int>(mp.terms.size()), nq = mp.degree + 1;
-                    for (int t = 0; t < nt; ++t) {
-                        const double w = dEdG[mp.sf[t]];
-                        if (w == 0.0) continue;
-                        any = true;
-                        const double* coef = mp.coef.data() + t * nq;
-                        for (int q = 0; q < nq; ++q) dS[l][q] += w * coef[q];
-                        dD -= w * mp.diag[t];
-                    }
-                    const int nm1 = n_mono(msets_[mp.s1].degree);
-                    moments_of(mp.s1)[2 * nm1 + 1] += dD;  // diag is zero unless s1 == s2
-                }
-                if (!any) continue;
-                const int nm = n_mono(pd.degree);
-                double* C = scratch_mem;  // [nm][4]
-                for (int deg = 0, k = 0; deg <= pd.degree; ++deg) {
-                    const v4d dSv = {dS[0][deg], dS[1][deg], dS[2][deg], dS[3][deg]};
-                    for (const int end = n_mono(deg); k < end; ++k) st4(C + 4 * k, dSv * mono_weight_[k]);
-                }
-                const double* M1 = group_at(pd.g1);
-                const double* M2 = group_at(pd.g2);
-                double* W1 = group_at(pd.g1) + 4 * n_mono(mgroups_[pd.g1].degree);
-                double* W2 = group_at(pd.g2) + 4 * n_mono(mgroups_[pd.g2].degree);
-                switch (pd.d) {
-                case 0: lane_product_grad<0>(nm, C, M1, M2, W1, W2); break;
-                case 1: lane_product_grad<1>(nm, C, M1, M2, W1, W2); break;
-                case 2: lane_product_grad<2>(nm, C, M1, M2, W1, W2); break;
-                default: lane_product_grad<3>(nm, C, M1, M2, W1, W2); break;
-                }
-            }
-            // Wu[ax][b] = (b_ax + 1) W[b + e_ax] by lane: d/du_ax sum_a W_a u^a = sum_b Wu[ax][b] u^b.
-            for (int g = 0; g < n_mgroup; ++g) {
-                const int deg = mgroups_[g].degree, nm = n_mono(deg);
-                const int nm_low = deg > 0 ? n_mono(deg - 1) : 0;
-                const double* Wt = group_at(g) + 4 * nm;
-                double* Wut = group_at(g) + 8 * nm;
-                for (int ax = 0; ax < 3; ++ax)
-                    for (int k = 0; k < nm_low; ++k)
-                        st4(Wut + 4 * (ax * nm_low + k),
-                            mono_up_fac_[3 * k + ax] * ld4(Wt + 4 * mono_up_[3 * k + ax]));
-            }
-            for (int si = 0; si < n_mset; ++si) {
-                const MomentSet& ms = msets_[si];
-                const int* first; int m;
-                list(ms.e1, first, m);
-                const int nm = n_mono(ms.degree), nm_low = ms.degree > 0 ? n_mono(ms.degree - 1) : 0;
-                const int m4 = round_up4(m), lane = mset_lane_[si];
-                const double* A = buf + start[mhead + si];
-                const double* dA = A + m4;
-                const double* ux4 = dA + m4;
-                const double* uy4 = ux4 + m4;
-                const double* uz4 = uy4 + m4;
-                const double* ir4 = uz4 + m4;
-                const double* mono = ir4 + m4;
-                const double* W = group_at(mset_group_[si]) + 4 * nm + lane;  // W[4 k]
-                const double* Wu = group_at(mset_group_[si]) + 8 * nm + lane;  // Wu[4 (ax nm_low + k)]
-                const double dD = moments_of(si)[2 * nm + 1];
-                bool any = dD != 0.0;
-                for (int k = 0; k < nm && !any; ++k) any = W[4 * k] != 0.0;
-                if (!any) continue;
-                // Four neighbours per vector (the monomials' lanes), two blocks at a time.
-                const std::size_t stride = 4 * static_cast<std::size_t>(nm);
-                for (int b = 0; b < m4; b += 8) {
-                    v4d p[2], px[2], py[2], pz[2];
-                    const int nb = m4 - b >= 8 ? 2 : 1;
-                    if (nb == 2)
-                        mono_dots<2>(nm, nm_low, W, Wu, mono + b * static_cast<std::size_t>(nm),
-                                     stride, p, px, py, pz);
-                    else
-                        mono_dots<1>(nm, nm_low, W, Wu, mono + b * static_cast<std::size_t>(nm),
-                                     stride, p, px, py, pz);
-                    for (int h = 0; h < nb; ++h) {
-                        const int bh = b + 4 * h, valid = std::min(4, m - bh);
-                        const v4d A4 = ld4(A + bh), dA4 = ld4(dA + bh), inv_r = ld4(ir4 + bh);
-                        const v4d gx = A4 * px[h], gy = A4 * py[h], gz = A4 * pz[h];
-                        const v4d gu = gx * ld4(ux4 + bh) + gy * ld4(uy4 + bh) + gz * ld4(uz4 + bh);
-                        const v4d along = (p[h] + 2.0 * A4 * dD) * dA4 - gu * inv_r;
-                        const v4d hx = gx * inv_r, hy = gy * inv_r, hz = gz * inv_r;
-                        for (int l = 0; l < valid; ++l) {
-                            if (A[bh + l] == 0.0 && dA[bh + l] == 0.0) continue;  // beyond rc
-                            const int j = first[bh + l];
-                            along_u[j] += along[l];
-                            double* gj = dEdd + 3 * j;
-                            gj[0] += hx[l];
-                            gj[1] += hy[l];
-                            gj[2] += hz[l];
-                        }
-                    }
-                }
-            }
-        }
-
-        // Compact radial: dG/dr_ij = C'(r_ij) along u_j.
-        for (const CompactRadialTerm& t : compact_radial_) {
-            const double w = dEdG[t.sf];
-            if (w == 0.0) continue;
-            const int* first; int m;
-            list(t.e1, first, m);
-            for (int a = 0; a < m; ++a) {
-                const int j = first[a];
-                const double r = env.r[j];
-                if (!(r > t.rl && r < t.rc)) continue;
-                double f, df;
-                t.radial.fdf(r, f, df);
-                for (int c = 0; c < 3; ++c) dEdd[3 * j + c] += w * df * u[3 * j + c];
-            }
-        }
-
-        // Compact angular: dtheta/dcos = -1/sin(theta).
-        double* crad = scratch_mem;  // [2n] C(r_ij), dC/dr
-        for (const CompactAngularGroup& g : compact_angular_) {
-            bool any = false;
-            for (const CompactAngularTerm& t : g.terms) any = any || dEdG[t.sf] != 0.0;
-            if (!any) continue;
-            const int* l1; const int* l2; int m1, m2;
-            list(g.e1, l1, m1);
-            list(g.e2, l2, m2);
-            const bool same = g.e1 == g.e2;
-            auto inside = [&](int j) { return env.r[j] > g.rl && env.r[j] < g.rc; };
-            for (int side = 0; side < (same ? 1 : 2); ++side)
-                for (int a = 0; a < (side ? m2 : m1); ++a) {
-                    const int j = (side ? l2 : l1)[a];
-                    if (inside(j)) g.radial.fdf(env.r[j], crad[2 * j], crad[2 * j + 1]);
-                }
-            const double rc2 = g.rc * g.rc, rl2 = g.rl > 0.0 ? g.rl * g.rl : 0.0;
-            for (int a = 0; a < m1; ++a) {
-                const int j = l1[a];
-                if (!inside(j)) continue;
-                for (int b = same ? a + 1 : 0; b < m2; ++b) {
-                    const int k = l2[b];
-                    if (!inside(k)) continue;
-                    const double* uj = u + 3 * j;
-                    const double* uk = u + 3 * k;
-                    const double cos_t = uj[0] * uk[0] + uj[1] * uk[1] + uj[2] * uk[2];
-                    const double sin_t = sine(uj, uk);
-                    if (cos_t <= -1.0 || cos_t >= 1.0 || sin_t == 0.0) continue;
-                    const double* dj = env.d + 3 * j;
-                    const double* dk = env.d + 3 * k;
-                    const double djk[3] = {dk[0] - dj[0], dk[1] - dj[1], dk[2] - dj[2]};
-                    double cjk = 1.0, dcjk = 0.0, rjk = 1.0;
-                    if (g.type == 21) {
-                        const double s = djk[0] * djk[0] + djk[1] * djk[1] + djk[2] * djk[2];
-                        if (!(s < rc2 && s > rl2)) continue;
-                        rjk = std::sqrt(s);
-                        g.radial.fdf(rjk, cjk, dcjk);
-                    }
-                    const double theta = std::atan2(sin_t, cos_t);
-                    double sa = 0.0, sda = 0.0;
-                    for (const CompactAngularTerm& t : g.terms) {
-                        double f, df;
-                        t.angular.fdf(theta, f, df);
-                        sa += dEdG[t.sf] * f;
-                        sda += dEdG[t.sf] * df;
-                    }
-                    const double cj = crad[2 * j], dcj = crad[2 * j + 1];
-                    const double ck = crad[2 * k], dck = crad[2 * k + 1];
-                    const double rad = cj * ck * cjk;
-                    add_triplet_gradient(dEdd, j, k, uj, uk, djk, env.r[j], env.r[k], cos_t,
-                                         dcj * ck * cjk * sa, cj * dck * cjk * sa,
-                                         cj * ck * dcjk * sa / rjk,
-                                         -rad * sda / sin_t);
-                }
-            }
-        }
+        contract_moment_products(fr, dEdG);
+        contract_moment_sets(fr, dEdd, along_u);
+        contract_compact_radial(fr, dEdG, dEdd);
+        contract_compact_angular(fr, dEdG, dEdd);
         for (int j = 0; j < n; ++j)
             for (int c = 0; c < 3; ++c) dEdd[3 * j + c] += along_u[j] * u[3 * j + c];
     }

@@ -106,6 +106,50 @@ private:
     void contract_nv(const AtomEnvironment& env, const double* dEdG, double* dEdd,
                      DescriptorWorkspace& ws) const;
 
+    // compute() and contract_nv() in sections (defined in the .cpp, always inlined into each
+    // multiversioned clone: PYFRAGNN_PART in hot.h). The structs (also in the .cpp) hold the
+    // per-call state that the sections share.
+    struct Frame;                    // compute(): environment, G, workspace offsets, pointers
+    struct AngularArrays;            // compute(): one angular group's lists and arrays
+    struct ContractFrame;            // contract_nv(): environment, dE/dG, dE/dd, workspace
+    struct AngularContraction;       // contract_nv(): one angular group's arrays and scratch
+    struct TripletBlock;             // contract_nv(): one block of an angular group's triplets
+    inline void compute_neighbour_lists(Frame& fr) const;
+    inline void compute_layout(Frame& fr) const;
+    inline void compute_soa(Frame& fr) const;
+    inline void compute_radial(Frame& fr) const;
+    inline void compute_angular(Frame& fr, int gi) const;
+    inline void angular_neighbours(Frame& fr, const AngularArrays& ag) const;
+    inline int angular_select(Frame& fr, const AngularArrays& ag) const;
+    inline void angular_block_products(Frame& fr, const AngularArrays& ag, int t0, int nb,
+                                       double* F, double* tg, double* wjk) const;
+    inline void angular_blocks(Frame& fr, const AngularArrays& ag, int count) const;
+    inline void compute_moment_set(Frame& fr, int si) const;
+    inline void compute_moment_products(Frame& fr) const;
+    inline void compute_compact_radial(Frame& fr) const;
+    inline void compute_compact_angular(Frame& fr) const;
+    inline double* set_moments(const ContractFrame& fr, int si) const;
+    template <int NV>
+    inline void contract_workspace(ContractFrame& fr, DescriptorWorkspace& ws) const;
+    inline void contract_radial(ContractFrame& fr, const double* dEdG, double* along_u) const;
+    template <int NV>
+    inline void contract_angular(ContractFrame& fr, int gi) const;
+    inline TripletBlock contract_block_inputs(ContractFrame& fr, const AngularContraction& ac,
+                                              int t0, int nb) const;
+    inline void contract_block_powers(const AngularContraction& ac,
+                                      const TripletBlock& blk) const;
+    template <int NV>
+    inline void contract_block_terms(const AngularContraction& ac, const TripletBlock& blk) const;
+    template <int NV>
+    inline void contract_block_scatter(ContractFrame& fr, const AngularContraction& ac,
+                                       const TripletBlock& blk) const;
+    inline void contract_moment_products(ContractFrame& fr, const double* dEdG) const;
+    inline void contract_moment_sets(ContractFrame& fr, double* dEdd, double* along_u) const;
+    inline void contract_compact_radial(ContractFrame& fr, const double* dEdG,
+                                        double* dEdd) const;
+    inline void contract_compact_angular(ContractFrame& fr, const double* dEdG,
+                                         double* dEdd) const;
+
     std::vector<SymmetryFunctionParams> sfs_;
     std::vector<int> z_;
 
