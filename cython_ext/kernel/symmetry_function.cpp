@@ -954,6 +954,37 @@ inline void angular_base(int n, const double* cos_t, double lambda, double* out)
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
+/// The pairs (j, k) of a compact angular group (types 21, 22) with both neighbours inside
+/// (rl, rc) and theta neither 0 nor pi (n2p2 skips those), in list order: C(r), dC/dr of the
+/// group's neighbours into crad[2 j], crad[2 j + 1] first, then body(j, k, u_j, u_k, cos, sin)
+/// (shared by compute() and contract()).
+template <class Group, class Body>
+PYFRAGNN_PART void for_each_compact_pair(const Group& g, const AtomEnvironment& env,
+                                         const double* u, const int* l1, int m1, const int* l2,
+                                         int m2, double* crad, Body&& body) {
+    const bool same = g.e1 == g.e2;
+    auto inside = [&](int j) { return env.r[j] > g.rl && env.r[j] < g.rc; };
+    for (int side = 0; side < (same ? 1 : 2); ++side)
+        for (int a = 0; a < (side ? m2 : m1); ++a) {
+            const int j = (side ? l2 : l1)[a];
+            if (inside(j)) g.radial.fdf(env.r[j], crad[2 * j], crad[2 * j + 1]);
+        }
+    for (int a = 0; a < m1; ++a) {
+        const int j = l1[a];
+        if (!inside(j)) continue;
+        for (int b = same ? a + 1 : 0; b < m2; ++b) {
+            const int k = l2[b];
+            if (!inside(k)) continue;
+            const double* uj = u + 3 * j;
+            const double* uk = u + 3 * k;
+            const double cos_t = uj[0] * uk[0] + uj[1] * uk[1] + uj[2] * uk[2];
+            const double sin_t = sine(uj, uk);
+            if (cos_t <= -1.0 || cos_t >= 1.0 || sin_t == 0.0) continue;
+            body(j, k, uj, uk, cos_t, sin_t);
+        }
+    }
+}
+
 // compute() in sections: PYFRAGNN_PART functions (always inlined), so that each clone of
 // compute() (PYFRAGNN_HOT) compiles them for its own target. Frame holds what the sections
 // share: the environment, G, the workspace, and the offsets and pointers into it that the
@@ -1605,44 +1636,28 @@ PYFRAGNN_PART void Descriptor::compute_compact_angular(Frame& fr) const {
         const int* l1; const int* l2; int m1, m2;
         fr.list(g.e1, l1, m1);
         fr.list(g.e2, l2, m2);
-        const bool same = g.e1 == g.e2;
-        auto inside = [&](int j) { return env.r[j] > g.rl && env.r[j] < g.rc; };
-        for (int side = 0; side < (same ? 1 : 2); ++side)
-            for (int a = 0; a < (side ? m2 : m1); ++a) {
-                const int j = (side ? l2 : l1)[a];
-                if (inside(j)) g.radial.fdf(env.r[j], crad[2 * j], crad[2 * j + 1]);
-            }
         const double rc2 = g.rc * g.rc, rl2 = g.rl > 0.0 ? g.rl * g.rl : 0.0;
-        for (int a = 0; a < m1; ++a) {
-            const int j = l1[a];
-            if (!inside(j)) continue;
-            for (int b = same ? a + 1 : 0; b < m2; ++b) {
-                const int k = l2[b];
-                if (!inside(k)) continue;
-                const double* uj = u + 3 * j;
-                const double* uk = u + 3 * k;
-                const double cos_t = uj[0] * uk[0] + uj[1] * uk[1] + uj[2] * uk[2];
-                const double sin_t = sine(uj, uk);
-                if (cos_t <= -1.0 || cos_t >= 1.0 || sin_t == 0.0) continue;  // n2p2 skips 0, pi
-                double rad = crad[2 * j] * crad[2 * k];
-                if (g.type == 21) {
-                    const double* dj = env.d + 3 * j;
-                    const double* dk = env.d + 3 * k;
-                    const double dx = dk[0] - dj[0], dy = dk[1] - dj[1], dz = dk[2] - dj[2];
-                    const double s = dx * dx + dy * dy + dz * dz;
-                    if (!(s < rc2 && s > rl2)) continue;
-                    double f, df;
-                    g.radial.fdf(std::sqrt(s), f, df);
-                    rad *= f;
-                }
-                const double theta = std::atan2(sin_t, cos_t);
-                for (const CompactAngularTerm& t : g.terms) {
-                    double f, df;
-                    t.angular.fdf(theta, f, df);
-                    G[t.sf] += rad * f;
-                }
+        for_each_compact_pair(g, env, u, l1, m1, l2, m2, crad,
+                              [&](int j, int k, const double*, const double*, double cos_t,
+                                  double sin_t) {
+            double rad = crad[2 * j] * crad[2 * k];
+            if (g.type == 21) {
+                const double* dj = env.d + 3 * j;
+                const double* dk = env.d + 3 * k;
+                const double dx = dk[0] - dj[0], dy = dk[1] - dj[1], dz = dk[2] - dj[2];
+                const double s = dx * dx + dy * dy + dz * dz;
+                if (!(s < rc2 && s > rl2)) return;
+                double f, df;
+                g.radial.fdf(std::sqrt(s), f, df);
+                rad *= f;
             }
-        }
+            const double theta = std::atan2(sin_t, cos_t);
+            for (const CompactAngularTerm& t : g.terms) {
+                double f, df;
+                t.angular.fdf(theta, f, df);
+                G[t.sf] += rad * f;
+            }
+        });
     }
 }
 
@@ -2324,52 +2339,35 @@ PYFRAGNN_PART void Descriptor::contract_compact_angular(ContractFrame& fr, const
         const int* l1; const int* l2; int m1, m2;
         fr.list(g.e1, l1, m1);
         fr.list(g.e2, l2, m2);
-        const bool same = g.e1 == g.e2;
-        auto inside = [&](int j) { return env.r[j] > g.rl && env.r[j] < g.rc; };
-        for (int side = 0; side < (same ? 1 : 2); ++side)
-            for (int a = 0; a < (side ? m2 : m1); ++a) {
-                const int j = (side ? l2 : l1)[a];
-                if (inside(j)) g.radial.fdf(env.r[j], crad[2 * j], crad[2 * j + 1]);
-            }
         const double rc2 = g.rc * g.rc, rl2 = g.rl > 0.0 ? g.rl * g.rl : 0.0;
-        for (int a = 0; a < m1; ++a) {
-            const int j = l1[a];
-            if (!inside(j)) continue;
-            for (int b = same ? a + 1 : 0; b < m2; ++b) {
-                const int k = l2[b];
-                if (!inside(k)) continue;
-                const double* uj = u + 3 * j;
-                const double* uk = u + 3 * k;
-                const double cos_t = uj[0] * uk[0] + uj[1] * uk[1] + uj[2] * uk[2];
-                const double sin_t = sine(uj, uk);
-                if (cos_t <= -1.0 || cos_t >= 1.0 || sin_t == 0.0) continue;
-                const double* dj = env.d + 3 * j;
-                const double* dk = env.d + 3 * k;
-                const double djk[3] = {dk[0] - dj[0], dk[1] - dj[1], dk[2] - dj[2]};
-                double cjk = 1.0, dcjk = 0.0, rjk = 1.0;
-                if (g.type == 21) {
-                    const double s = djk[0] * djk[0] + djk[1] * djk[1] + djk[2] * djk[2];
-                    if (!(s < rc2 && s > rl2)) continue;
-                    rjk = std::sqrt(s);
-                    g.radial.fdf(rjk, cjk, dcjk);
-                }
-                const double theta = std::atan2(sin_t, cos_t);
-                double sa = 0.0, sda = 0.0;
-                for (const CompactAngularTerm& t : g.terms) {
-                    double f, df;
-                    t.angular.fdf(theta, f, df);
-                    sa += dEdG[t.sf] * f;
-                    sda += dEdG[t.sf] * df;
-                }
-                const double cj = crad[2 * j], dcj = crad[2 * j + 1];
-                const double ck = crad[2 * k], dck = crad[2 * k + 1];
-                const double rad = cj * ck * cjk;
-                add_triplet_gradient(dEdd, j, k, uj, uk, djk, env.r[j], env.r[k], cos_t,
-                                     dcj * ck * cjk * sa, cj * dck * cjk * sa,
-                                     cj * ck * dcjk * sa / rjk,
-                                     -rad * sda / sin_t);
+        for_each_compact_pair(g, env, u, l1, m1, l2, m2, crad,
+                              [&](int j, int k, const double* uj, const double* uk,
+                                  double cos_t, double sin_t) {
+            const double* dj = env.d + 3 * j;
+            const double* dk = env.d + 3 * k;
+            const double djk[3] = {dk[0] - dj[0], dk[1] - dj[1], dk[2] - dj[2]};
+            double cjk = 1.0, dcjk = 0.0, rjk = 1.0;
+            if (g.type == 21) {
+                const double s = djk[0] * djk[0] + djk[1] * djk[1] + djk[2] * djk[2];
+                if (!(s < rc2 && s > rl2)) return;
+                rjk = std::sqrt(s);
+                g.radial.fdf(rjk, cjk, dcjk);
             }
-        }
+            const double theta = std::atan2(sin_t, cos_t);
+            double sa = 0.0, sda = 0.0;
+            for (const CompactAngularTerm& t : g.terms) {
+                double f, df;
+                t.angular.fdf(theta, f, df);
+                sa += dEdG[t.sf] * f;
+                sda += dEdG[t.sf] * df;
+            }
+            const double cj = crad[2 * j], dcj = crad[2 * j + 1];
+            const double ck = crad[2 * k], dck = crad[2 * k + 1];
+            const double rad = cj * ck * cjk;
+            add_triplet_gradient(dEdd, j, k, uj, uk, djk, env.r[j], env.r[k], cos_t,
+                                 dcj * ck * cjk * sa, cj * dck * cjk * sa,
+                                 cj * ck * dcjk * sa / rjk, -rad * sda / sin_t);
+        });
     }
 }
 
