@@ -419,7 +419,6 @@ def explore_lammps(atoms: Atoms, potentials: Sequence[PotentialLike], stages: Se
     if check < 1 or sample_every % check:
         raise ValueError(f"check_every must be a divisor of sample_every ({sample_every}), "
                          f"got {check_every!r}")
-    # between the samples, only steps with a flagged atom are written
     # Between the samples only steps with a flagged atom are written, at most max_between
     # per stage: fix ave/time keeps the running mean of 'flagged between samples' over the
     # checked steps (evaluated before the dump on each step), times their number = the count.
@@ -493,6 +492,13 @@ def explore_lammps(atoms: Atoms, potentials: Sequence[PotentialLike], stages: Se
             got[-1].info["md_stopped"] = halted[0]
         frames.extend(got)
     return frames
+
+
+def excursion_gap(sample_every: int, check_every: Optional[int]) -> int:
+    """``min_step_gap`` of :func:`select_candidates` for an exploration sampled every
+    ``sample_every`` steps and checked every ``check_every`` (None or 0: at the samples only):
+    ``sample_every`` when excursions between the samples are dumped, else 0."""
+    return sample_every if check_every and check_every < sample_every else 0
 
 
 def exploration_summary(frames: Sequence[Atoms], threshold: float) -> dict:
@@ -574,8 +580,8 @@ class ActiveLearningLoop:
     **convergence rule** (every run reached its end and the fraction of sampled atom-frames
     deviating by more than ``threshold`` eV/Å or extrapolating is at most ``tolerance``),
     otherwise selects candidates (:func:`select_candidates`: ``max_per_frame``,
-    ``min_separation``, ``max_total``, ``min_step_gap``), labels new structures around them (:meth:`new_data`,
-    written to ``iterNN/added.extxyz``) and fine-tunes the committee on everything added so
+    ``min_separation``, ``max_total``, ``min_step_gap``), labels new structures around them
+    (:meth:`new_data`, written to ``iterNN/added.extxyz``) and fine-tunes the committee on everything added so
     far (:meth:`fine_tune`). The hooks return their extra record entries; the record of an
     iteration holds ``iteration``, ``exploration`` (:func:`exploration_summary`),
     ``converged``, ``candidates``, ``committee`` and ``next_committee`` (member paths relative
@@ -790,8 +796,7 @@ def lammps_active_learning(workdir, data: Sequence[Atoms], committee: Sequence[P
     committee (:func:`explore_lammps`, deviation and extrapolation dumped every
     ``sample_every`` steps and, with ``check_every``, every such step in between with a
     flagged atom, one candidate per excursion; optional ``fix halt`` at ``stop_deviation``);
-    unless the
-    convergence rule holds, fragments of radius ``fragment_radius`` Å (H-capped if ``cap``)
+    unless the convergence rule holds, fragments of radius ``fragment_radius`` Å (H-capped if ``cap``)
     around the candidates are labelled with ``calculator`` (a
     :func:`pyfragnn.labelling.compute` spec, e.g. ``'emt'``, ``'gfn2'``), and each member's
     scaling ranges are widened to all data (:func:`widen_scaling`) and fine-tuned for
@@ -801,12 +806,11 @@ def lammps_active_learning(workdir, data: Sequence[Atoms], committee: Sequence[P
     ``data``: the labelled training structures (Atoms with energy and forces). Resumable.
     Returns one record per iteration (see :class:`ActiveLearningLoop`), member paths
     absolute."""
-    between = check_every is not None and check_every < sample_every
     loop = _LammpsLoop(workdir, data, start, stages, calculator, sample_every, timestep_fs,
                        stop_deviation, nprocs, seed, fragment_radius, cap, epochs, check_every,
                        threshold=threshold, tolerance=tolerance, max_iterations=max_iterations,
                        max_per_frame=max_per_frame, min_separation=min_separation,
-                       max_total=max_total, min_step_gap=sample_every if between else 0,
+                       max_total=max_total, min_step_gap=excursion_gap(sample_every, check_every),
                        log=lambda m: log(f"active learning {m}"))
     loop.work.mkdir(parents=True, exist_ok=True)
     history, _, _ = loop.run(_potential_paths(committee, loop.work))

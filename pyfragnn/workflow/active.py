@@ -38,7 +38,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from ..active_learning import ActiveLearningLoop
+from ..active_learning import ActiveLearningLoop, excursion_gap
 from ..frames import write_frames
 from .runner import Context
 from .steps import (_checkpoint, _clean, _cpu_s, _labelled, _r_c, _relaxed, _site_labels,
@@ -165,10 +165,10 @@ class _WorkflowLoop(ActiveLearningLoop):
 
     def __init__(self, ctx: Context, data: List):
         ac = ctx.cfg.active
-        between = 0 < ac.check_every < ac.sample_every  # excursions dumped step by step
         super().__init__(ctx.out, ac.threshold, ac.tolerance, ac.iterations, ac.max_per_frame,
                          ac.min_separation, ac.max_candidates,
-                         min_step_gap=ac.sample_every if between else 0, log=ctx.say)
+                         min_step_gap=excursion_gap(ac.sample_every, ac.check_every),
+                         log=ctx.say)
         self.ctx, self.data = ctx, data
         self._large = None  # (context, large fragments, iteration) waiting for their labels
 
