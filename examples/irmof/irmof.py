@@ -1,11 +1,14 @@
 """IRMOF experiments of Herbold & Behler (2023) through the pyfragnn workflow.
 
-    python irmof.py [CONFIG] [--until STEP] [--rerun STEP] [--publish]
+    python irmof.py [CONFIG] [--until STEP] [--rerun STEP] [--npt-seeds S ...] [--publish]
 
 CONFIG defaults to ``irmof1.toml`` (IRMOF-1, GFN2-xTB); ``irmof_all.toml`` is the three
 frameworks together. The run is ``pyfragnn run CONFIG`` (resumable, finished steps reused);
 this driver then checks the result against the acceptance figures of the experiment and says
-PASSED or FAILED (exit 1) with each figure, and with ``--publish`` copies the report, its
+PASSED or FAILED (exit 1) with each figure. ``--npt-seeds`` adds the warning checks of the
+shipped potential (issue 12): ``pair_style fragnn`` with the default ``maxew`` on the structure
+file shipped with the package (3x3x3, ``run 0``), and one more NPT run of the workflow's NPT
+cell per seed (the NPT step's schedule), each without an extrapolation warning. With ``--publish`` copies the report, its
 figures and JSON to ``results/<config name>/`` and HDNNP1 (+ its committee partner) to
 ``potentials/`` of the repository.
 """
@@ -68,6 +71,73 @@ def checks(summary: Dict, validate: Dict, limits: Dict) -> List[Tuple[str, float
     return out
 
 
+def package_cell_check(potential: Path, atoms, work: Path, nprocs: int = 2) -> Tuple[bool, str]:
+    """``pair_style fragnn POT`` with its default ``maxew`` (no warning allowed) and ``run 0``
+    on ``atoms`` in LAMMPS: (ran without error, last log line or error)."""
+    import subprocess
+
+    from pyfragnn.lammps import lammps_env
+    from pyfragnn.md import _lmp_command, _write_data
+
+    work.mkdir(parents=True, exist_ok=True)
+    species = _write_data(atoms, work)
+    (work / "in.run0").write_text(
+        f"units metal\natom_style atomic\nboundary p p p\nread_data data.lmp\n"
+        f"pair_style fragnn {potential.resolve()}\npair_coeff * * {' '.join(species)}\n"
+        "run 0\n")
+    env = lammps_env()
+    env["OMP_NUM_THREADS"] = "1"
+    p = subprocess.run(_lmp_command(nprocs) + ["-in", "in.run0", "-log", "log.run0",
+                                               "-screen", "none"],
+                       cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    text = (work / "log.run0").read_text() if (work / "log.run0").exists() else ""
+    lines = [ln for ln in (text + p.stdout + p.stderr).splitlines() if ln.strip()]
+    ok = p.returncode == 0 and "Loop time" in text
+    err = [ln for ln in lines if "ERROR" in ln]
+    return ok, (err[0] if err else lines[-1] if lines else "")
+
+
+def warning_checks(cfg, run: Path, seeds: List[int]) -> List[Tuple[str, float, float, bool]]:
+    """Issue 12's warning checks of HDNNP1 (see the module docstring); the measured figures
+    go to ``report/acceptance.json`` of the run (published with the report)."""
+    from ase.io import read
+
+    from pyfragnn.frames import read_frames
+    from pyfragnn.md import lammps_npt
+    from pyfragnn.workflow.npt import npt_cell
+    from pyfragnn.workflow.runner import cfg_file
+
+    pot = run / "active" / "hdnnp1" / "potential.fragnn"
+    work = run / "acceptance"
+    rows, record = [], {"potential": str(pot), "package_cells": {}, "npt": {}}
+    for s in cfg.structures:
+        if str(s.file).startswith("pyfragnn:"):
+            atoms = read(cfg_file(cfg, s.file)).repeat((3, 3, 3))
+            ok, msg = package_cell_check(pot, atoms, work / f"run0_{s.name}")
+            record["package_cells"][s.name] = {"atoms": len(atoms), "ran": ok, "log": msg}
+            rows.append((f"{s.name}: shipped cell 3x3x3, default maxew, run 0 (1 = ran)",
+                         float(ok), 1.0, ok))
+    n = cfg.npt
+    for a in read_frames(run / "relax" / "relaxed.extxyz"):
+        name = str(a.info["name"])
+        cell = npt_cell(cfg, a)
+        for seed in seeds:
+            res = lammps_npt(pot, cell, work / f"npt_{name}_{seed}", n.steps,
+                             n.equilibration_steps, n.temperature, n.pressure_bar, 0.5,
+                             n.nprocs, seed=seed)
+            w = res["extrapolation_warnings"]
+            record["npt"][f"{name} seed {seed}"] = {
+                k: res[k] for k in ("atoms", "steps", "equilibration_steps", "scale_mean",
+                                    "lengths_mean", "T_mean_K", "P_mean_bar",
+                                    "extrapolation_warnings", "us_per_atom_step")}
+            rows.append((f"{name}: extrapolation warnings in NPT, seed {seed} "
+                         f"({len(cell)} atoms, {n.equilibration_steps * (1 + res['berendsen'])}"
+                         f" + {n.steps} steps)", w, 0, w == 0))
+    (run / "report").mkdir(exist_ok=True)
+    (run / "report" / "acceptance.json").write_text(json.dumps(record, indent=1))
+    return rows
+
+
 def publish(cfg_path: Path, run: Path) -> None:
     """Report + figures + records to results/<stem>/; HDNNP1 (+ partner) to potentials/."""
     dest = HERE / "results" / cfg_path.stem
@@ -95,6 +165,9 @@ def main(argv=None) -> int:
     ap.add_argument("config", nargs="?", default=str(HERE / "irmof1.toml"))
     ap.add_argument("--until", help="stop after this step")
     ap.add_argument("--rerun", action="append", default=[], help="rerun this step and later")
+    ap.add_argument("--npt-seeds", type=int, nargs="*", default=None, metavar="SEED",
+                    help="also run the shipped cell with the default maxew and one more NPT "
+                         "per seed, all without extrapolation warnings")
     ap.add_argument("--publish", action="store_true",
                     help="copy the report to results/ and HDNNP1 to potentials/")
     a = ap.parse_args(argv)
@@ -106,6 +179,8 @@ def main(argv=None) -> int:
     run = cfg.path(cfg.run.directory)
     summary = json.loads((run / "report" / "summary.json").read_text())
     rows = checks(summary, records["validate"], LIMITS.get(cfg_path.stem, LIMITS["irmof1"]))
+    if a.npt_seeds is not None:
+        rows += warning_checks(cfg, run, a.npt_seeds)
     for what, v, lim, ok in rows:
         print(f"{'pass' if ok else 'FAIL'}  {what}: {v:.4g} (limit {lim:g})")
     passed = all(ok for *_, ok in rows)

@@ -13,16 +13,17 @@ import numpy as np
 from .runner import Context, WorkflowError
 from .steps import _relaxed
 
-__all__ = ["run_npt"]
+__all__ = ["run_npt", "npt_cell"]
 
 
-def _cell(ctx: Context, relaxed):
+def npt_cell(cfg, relaxed):
+    """The NPT simulation cell of a relaxed structure: ``npt.cell`` (integer matrix) applied to
+    it, or else ``md.supercell`` repetitions."""
     from ase.build import make_supercell
 
-    n = ctx.cfg.npt
-    if n.cell:
-        return make_supercell(relaxed, np.reshape(n.cell, (3, 3)))
-    return relaxed.repeat(tuple(ctx.cfg.md.supercell))
+    if cfg.npt.cell:
+        return make_supercell(relaxed, np.reshape(cfg.npt.cell, (3, 3)))
+    return relaxed.repeat(tuple(cfg.md.supercell))
 
 
 def _lattice_png(path, name: str, res: Dict[str, Any]) -> None:
@@ -62,7 +63,7 @@ def run_npt(ctx: Context) -> Dict[str, Any]:
         if done.exists():
             rec["structures"][name] = json.loads(done.read_text())
             continue
-        cell = _cell(ctx, a)
+        cell = npt_cell(ctx.cfg, a)
         try:
             res = lammps_npt(pot, cell, ctx.out / name, n.steps, n.equilibration_steps,
                              n.temperature, n.pressure_bar, 0.5, n.nprocs,
