@@ -8,9 +8,9 @@ this driver then checks the result against the acceptance figures of the experim
 PASSED or FAILED (exit 1) with each figure. ``--npt-seeds`` adds the warning checks of the
 shipped potential (issue 12): ``pair_style fragnn`` with the default ``maxew`` on the structure
 file shipped with the package (3x3x3, ``run 0``), and one more NPT run of the workflow's NPT
-cell per seed (the NPT step's schedule), each without an extrapolation warning. With ``--publish`` copies the report, its
-figures and JSON to ``results/<config name>/`` and HDNNP1 (+ its committee partner) to
-``potentials/`` of the repository.
+cell per seed (the NPT step's schedule), each without an extrapolation warning. With
+``--publish`` it copies the report, its figures and JSON to ``results/<config name>/`` and
+HDNNP1 (+ its committee partner) to ``potentials/`` of the repository.
 """
 from __future__ import annotations
 
