@@ -111,11 +111,40 @@ def test_select_candidates_rules():
     c = select_candidates([f0], threshold=1.0, max_per_frame=1, min_separation=0.0)
     assert [x.atom for x in c] == [2]
     c = select_candidates([f0, _frame([5.0], [0])], threshold=1.0, max_per_frame=10,
-                          min_separation=0.0, max_total=2)
+                          min_separation=0.0, max_total=2, extrapolation_share=0.0)
     assert [(x.frame, x.atom) for x in c] == [(0, 2), (1, 0)]
+    # the default keeps half of max_total for the atoms that only extrapolate
+    c = select_candidates([f0, _frame([5.0], [0])], threshold=1.0, max_per_frame=10,
+                          min_separation=0.0, max_total=2)
+    assert [(x.frame, x.atom) for x in c] == [(0, 3), (1, 0)]
     assert select_candidates([f1], threshold=1.0) == []
     with pytest.raises(KeyError, match="annotate"):
         select_candidates([Atoms("H")])
+
+
+def test_select_candidates_extrapolation_share():
+    """max_total split between deviating atoms (worst first) and extrapolating-only ones
+    (most extrapolations first); a kind short of its share leaves the places to the other."""
+    fr = [_frame([3.0, 2.0, 0.1, 0.2], [0, 0, 1, 0]), _frame([1.5, 0.3, 0.4, 0.0], [0, 0, 5, 2])]
+
+    def pick(total, share):
+        c = select_candidates(fr, 1.0, max_per_frame=10, min_separation=0.0, max_total=total,
+                              extrapolation_share=share)
+        return [(x.frame, x.atom) for x in c]
+
+    assert pick(2, 0.0) == [(0, 0), (0, 1)]
+    assert pick(2, 0.5) == [(0, 0), (1, 2)]
+    assert pick(2, 1.0) == [(1, 2), (1, 3)]
+    assert pick(5, 0.25) == [(0, 0), (0, 1), (1, 0), (1, 2), (1, 3)]  # 3 deviating only
+    assert pick(4, 1.0) == [(0, 0), (0, 2), (1, 2), (1, 3)]  # 3 extrapolating only
+    with pytest.raises(ValueError, match="extrapolation_share"):
+        pick(2, 1.5)
+    # extrapolating-only atoms are taken in turn from the MD runs (structure, md_stage)
+    runs = [_frame([0.1, 0.1, 0.1], [9, 8, 7]), _frame([0.1, 0.1], [1, 0])]
+    for k, f in enumerate(runs):
+        f.info.update(structure="X", md_stage=k)
+    c = select_candidates(runs, 1.0, max_per_frame=10, min_separation=0.0, max_total=2)
+    assert [(x.frame, x.atom) for x in c] == [(0, 0), (1, 0)]
 
 
 def test_explore_nvt_npt_and_stop(committee, cell):

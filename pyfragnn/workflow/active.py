@@ -168,7 +168,7 @@ class _WorkflowLoop(ActiveLearningLoop):
         super().__init__(ctx.out, ac.threshold, ac.tolerance, ac.iterations, ac.max_per_frame,
                          ac.min_separation, ac.max_candidates,
                          min_step_gap=excursion_gap(ac.sample_every, ac.check_every),
-                         log=ctx.say)
+                         extrapolation_share=ac.extrapolation_share, log=ctx.say)
         self.ctx, self.data = ctx, data
         self._large = None  # (context, large fragments, iteration) waiting for their labels
 

@@ -197,6 +197,10 @@ class ActiveConfig:
     max_per_frame: int = _doc("candidates per frame", 3)
     min_separation: float = _doc("smallest distance between candidates of one frame", 3.0)
     max_candidates: int = _doc("candidates per iteration", 40)
+    extrapolation_share: float = _doc(
+        "share of max_candidates kept for atoms that only extrapolate (deviation below the "
+        "threshold), the rest for the deviating ones; a kind with fewer atoms leaves its "
+        "places to the other (0: ranked together, the deviating first)", 0.5)
     epochs: int = _doc("fine-tuning epochs per iteration (weights and Kalman filter continue)",
                        4)
     stop_deviation: float = _doc("halt a run after the first sampled frame whose largest "
@@ -381,7 +385,8 @@ _NON_NEGATIVE = ("relax.steps", "active.check_every", "range.r_c", "initial.md_s
                  "fragments.small_radius",
                  "training.force_fraction", "active.iterations", "active.epochs",
                  "sampling.restarts", "sampling.stop_deviation", "active.stop_deviation",
-                 "active.threshold", "active.min_separation", "active.tolerance", "validation.md_frames",
+                 "active.threshold", "active.min_separation", "active.tolerance",
+                 "active.extrapolation_share", "validation.md_frames",
                  "validation.md_steps", "validation.distorted", "validation.rattle",
                  "validation.strain", "md.steps", "md.max_drift", "initial.fragments_per_site",
                  "npt.steps", "npt.equilibration_steps", "npt.pressure_frames")
@@ -405,6 +410,9 @@ def _validate(cfg: WorkflowConfig) -> None:
                                       f"length), got {get(k)!r}")
     if not 0.0 <= cfg.training.test_fraction < 1.0:
         raise WorkflowConfigError("training.test_fraction: must be in [0, 1)")
+    if not cfg.active.extrapolation_share <= 1.0:
+        raise WorkflowConfigError("active.extrapolation_share: must be in [0, 1], got "
+                                  f"{cfg.active.extrapolation_share!r}")
     for k in ("training.hidden", "training.committee_hidden"):
         if not get(k) or any(n < 1 for n in get(k)):
             raise WorkflowConfigError(f"{k}: needs at least one layer, each >= 1 node")
