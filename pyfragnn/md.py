@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Union
 import numpy as np
 from ase import Atoms
 
-__all__ = ["lammps_md", "lammps_npt", "thermo_blocks"]
+__all__ = ["lammps_md", "lammps_npt", "lammps_run0", "thermo_blocks"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -28,10 +28,6 @@ def lammps_md(potential_file: PathLike, atoms: Atoms, workdir: PathLike, steps: 
     change over the run per atom), ``drift_eV_atom_ps``, ``steps``, ``log`` path.
     Raises RuntimeError with the log tail when LAMMPS fails, FileNotFoundError when ``lmp`` or the
     plugin is missing."""
-    from pyfragnn.lammps import lammps_env, plugin_path
-
-    plugin_path()  # FileNotFoundError with the searched locations
-    cmd = _lmp_command(nprocs)
     work = Path(workdir)
     species = _write_data(atoms, work)
     thermo = max(1, steps // 10)
@@ -50,19 +46,12 @@ thermo_modify format float %.8f
 thermo {thermo}
 run {steps}
 """
-    (work / "in.md").write_text(inp)
-    cmd = cmd + ["-in", "in.md", "-log", "log.lammps", "-screen", "none"]
     t0 = time.perf_counter()
-    env = lammps_env()
-    env["OMP_NUM_THREADS"] = "1"  # one thread per MPI rank (the wheel defaults to all cores)
-    p = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True,
-                       timeout=timeout)
+    rc, text, tail = _launch(inp, work, "in.md", "log.lammps", nprocs, timeout)
     wall = time.perf_counter() - t0
     log = work / "log.lammps"
-    text = log.read_text() if log.exists() else ""
-    if p.returncode != 0 or "Loop time" not in text:
-        tail = "\n".join((text + p.stdout + p.stderr).splitlines()[-15:])
-        raise RuntimeError(f"LAMMPS failed (exit {p.returncode}):\n{tail}")
+    if rc != 0 or "Loop time" not in text:
+        raise RuntimeError(f"LAMMPS failed (exit {rc}):\n{tail}")
     rows, header = [], None
     for line in text.splitlines():
         t = line.split()
@@ -118,6 +107,46 @@ def thermo_blocks(text: str) -> List[List[Dict[str, float]]]:
     return blocks
 
 
+def lammps_run0(potential_file: PathLike, atoms: Atoms, workdir: PathLike, nprocs: int = 1,
+                pair_options: str = "", timeout: float = 600.0) -> dict:
+    """``pair_style fragnn POT [pair_options]`` and ``run 0`` on ``atoms`` in LAMMPS: does the
+    potential, with its defaults (``maxew 0``: no extrapolation warning allowed), take the
+    structure as LAMMPS sees it? Returns ``ran`` (True when LAMMPS finished the run),
+    ``message`` (the first ``ERROR`` line, else the last line of the log) and ``log`` (path of
+    ``workdir/log.run0``). A failing run is a result here, not an exception."""
+    work = Path(workdir)
+    species = _write_data(atoms, work)
+    script = (f"units metal\natom_style atomic\nboundary p p p\nread_data data.lmp\n"
+              f"pair_style fragnn {Path(potential_file).resolve()} {pair_options}\n"
+              f"pair_coeff * * {' '.join(species)}\nrun 0\n")
+    rc, text, tail = _launch(script, work, "in.run0", "log.run0", nprocs, timeout)
+    lines = [ln for ln in tail.splitlines() if ln.strip()]
+    err = [ln for ln in lines if "ERROR" in ln]
+    return {"ran": rc == 0 and "Loop time" in text,
+            "message": err[0].strip() if err else (lines[-1].strip() if lines else ""),
+            "log": str(work / "log.run0")}
+
+
+def _launch(script: str, work: Path, inp: str, log: str, nprocs: int, timeout: float) -> tuple:
+    """Write ``script`` to ``work/inp`` and run it with the wheel's ``lmp`` (under ``mpirun -np
+    nprocs`` for nprocs > 1), one OpenMP thread per rank (the wheel defaults to all cores), log
+    to ``work/log``. Returns (exit code, log text, last 15 lines of log, stdout and stderr).
+    FileNotFoundError when ``lmp``, ``mpirun`` or the plugin is missing."""
+    from pyfragnn.lammps import lammps_env, plugin_path
+
+    plugin_path()  # FileNotFoundError with the searched locations
+    cmd = _lmp_command(nprocs)
+    (work / inp).write_text(script)
+    env = lammps_env()
+    env["OMP_NUM_THREADS"] = "1"
+    p = subprocess.run(cmd + ["-in", inp, "-log", log, "-screen", "none"],
+                       cwd=work, env=env, capture_output=True, text=True, timeout=timeout)
+    path = work / log
+    text = path.read_text() if path.exists() else ""
+    tail = "\n".join((text + p.stdout + p.stderr).splitlines()[-15:])
+    return p.returncode, text, tail
+
+
 def _write_data(atoms: Atoms, work: Path) -> List[str]:
     """``work/data.lmp`` (atom_style atomic, masses) of ``atoms``; returns the species in
     LAMMPS type order (by atomic number), for ``pair_coeff * *``."""
@@ -164,10 +193,6 @@ def lammps_npt(potential_file: PathLike, atoms: Atoms, workdir: PathLike, steps:
     ``sampled_steps_with_warnings``, ``sampled_steps``, ``series`` (``time_ps``, ``scale``,
     ``T_K``), ``us_per_atom_step``, ``ns_per_day``, ``log``. Raises RuntimeError with the log
     tail when LAMMPS fails."""
-    from pyfragnn.lammps import lammps_env, plugin_path
-
-    plugin_path()
-    cmd = _lmp_command(nprocs)
     work = Path(workdir)
     species = _write_data(atoms, work)
     orthogonal = bool(np.abs(atoms.cell.array - np.diag(np.diag(atoms.cell.array))).max() < 1e-8)
@@ -196,18 +221,12 @@ reset_timestep 0
 fix npt all npt temp {temperature} {temperature} {100 * timestep_fs / 1000.0} iso {pressure_bar} {pressure_bar} 1.0
 run {steps}
 """
-    (work / "in.npt").write_text(script)
-    env = lammps_env()
-    env["OMP_NUM_THREADS"] = "1"
-    p = subprocess.run(cmd + ["-in", "in.npt", "-log", "log.npt", "-screen", "none"],
-                       cwd=work, env=env, capture_output=True, text=True, timeout=timeout)
+    rc, text, tail = _launch(script, work, "in.npt", "log.npt", nprocs, timeout)
     log = work / "log.npt"
-    text = log.read_text() if log.exists() else ""
     blocks = thermo_blocks(text)
     n_runs = 2 + bool(berendsen)
-    if p.returncode != 0 or text.count("Loop time") < n_runs or not blocks[-1]:
-        tail = "\n".join((text + p.stdout + p.stderr).splitlines()[-15:])
-        raise RuntimeError(f"LAMMPS NPT failed (exit {p.returncode}):\n{tail}")
+    if rc != 0 or text.count("Loop time") < n_runs or not blocks[-1]:
+        raise RuntimeError(f"LAMMPS NPT failed (exit {rc}):\n{tail}")
     rows = blocks[-1]
     half = [r for r in rows if r["Step"] >= steps / 2] or rows
     scale = np.array([r["v_s"] for r in half])

@@ -62,20 +62,3 @@ def test_three_framework_limits_are_issue_13s(irmof):
     rows = irmof.checks(s, v, lim)
     assert failed(rows) == [] and len(rows) == 2 * 4 + 1
 
-
-def test_package_cell_check_runs_lammps_with_the_default_maxew(irmof, tmp_path):
-    """The shipped potential runs on the shipped cell; a rattled copy extrapolates, which the
-    default maxew (0) stops with LAMMPS's error, reported."""
-    pytest.importorskip("lammps")
-    from ase.io import read
-
-    import pyfragnn
-    from pyfragnn.potential import available
-
-    pot = available()["irmof1_hdnnp1_gfn2"]
-    cell = read(Path(pyfragnn.__file__).resolve().parent / "data" / "IRMOF-1_prim.extxyz")
-    ok, msg = irmof.package_cell_check(pot, cell, tmp_path / "clean", nprocs=1)
-    assert ok, msg
-    cell.rattle(0.3, seed=3)
-    ok, msg = irmof.package_cell_check(pot, cell, tmp_path / "rattled", nprocs=1)
-    assert not ok and "extrapolation" in msg, msg

@@ -134,3 +134,22 @@ run 0
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "Loop time" in out, out[-2000:]
     assert "extrapolation warning" not in out.lower(), out[-2000:]
+
+
+def test_lammps_run0_with_the_default_maxew(tmp_path):
+    """pyfragnn.md.lammps_run0: the shipped potential runs on the package's IRMOF-1 cell at the
+    default maxew (0); a rattled copy extrapolates, which LAMMPS stops, reported as a result."""
+    pytest.importorskip("lammps")
+    from ase.io import read
+
+    import pyfragnn
+    from pyfragnn.md import lammps_run0
+
+    pot = _shipped()
+    cell = read(Path(pyfragnn.__file__).resolve().parent / "data" / "IRMOF-1_prim.extxyz")
+    res = lammps_run0(pot, cell, tmp_path / "clean")
+    assert res["ran"], res["message"]
+    cell.rattle(0.3, seed=3)
+    res = lammps_run0(pot, cell, tmp_path / "rattled")
+    assert not res["ran"] and "extrapolation" in res["message"], res["message"]
+    assert Path(res["log"]).exists()

@@ -71,39 +71,13 @@ def checks(summary: Dict, validate: Dict, limits: Dict) -> List[Tuple[str, float
     return out
 
 
-def package_cell_check(potential: Path, atoms, work: Path, nprocs: int = 2) -> Tuple[bool, str]:
-    """``pair_style fragnn POT`` with its default ``maxew`` (no warning allowed) and ``run 0``
-    on ``atoms`` in LAMMPS: (ran without error, last log line or error)."""
-    import subprocess
-
-    from pyfragnn.lammps import lammps_env
-    from pyfragnn.md import _lmp_command, _write_data
-
-    work.mkdir(parents=True, exist_ok=True)
-    species = _write_data(atoms, work)
-    (work / "in.run0").write_text(
-        f"units metal\natom_style atomic\nboundary p p p\nread_data data.lmp\n"
-        f"pair_style fragnn {potential.resolve()}\npair_coeff * * {' '.join(species)}\n"
-        "run 0\n")
-    env = lammps_env()
-    env["OMP_NUM_THREADS"] = "1"
-    p = subprocess.run(_lmp_command(nprocs) + ["-in", "in.run0", "-log", "log.run0",
-                                               "-screen", "none"],
-                       cwd=work, env=env, capture_output=True, text=True, timeout=600)
-    text = (work / "log.run0").read_text() if (work / "log.run0").exists() else ""
-    lines = [ln for ln in (text + p.stdout + p.stderr).splitlines() if ln.strip()]
-    ok = p.returncode == 0 and "Loop time" in text
-    err = [ln for ln in lines if "ERROR" in ln]
-    return ok, (err[0] if err else lines[-1] if lines else "")
-
-
 def warning_checks(cfg, run: Path, seeds: List[int]) -> List[Tuple[str, float, float, bool]]:
     """Issue 12's warning checks of HDNNP1 (see the module docstring); the measured figures
     go to ``report/acceptance.json`` of the run (published with the report)."""
     from ase.io import read
 
     from pyfragnn.frames import read_frames
-    from pyfragnn.md import lammps_npt
+    from pyfragnn.md import lammps_npt, lammps_run0
     from pyfragnn.workflow.npt import npt_cell
     from pyfragnn.workflow.runner import cfg_file
 
@@ -113,8 +87,10 @@ def warning_checks(cfg, run: Path, seeds: List[int]) -> List[Tuple[str, float, f
     for s in cfg.structures:
         if str(s.file).startswith("pyfragnn:"):
             atoms = read(cfg_file(cfg, s.file)).repeat((3, 3, 3))
-            ok, msg = package_cell_check(pot, atoms, work / f"run0_{s.name}")
-            record["package_cells"][s.name] = {"atoms": len(atoms), "ran": ok, "log": msg}
+            res = lammps_run0(pot, atoms, work / f"run0_{s.name}", nprocs=2)
+            ok = res["ran"]
+            record["package_cells"][s.name] = {"atoms": len(atoms), "ran": ok,
+                                               "log": res["message"]}
             rows.append((f"{s.name}: shipped cell 3x3x3, default maxew, run 0 (1 = ran)",
                          float(ok), 1.0, ok))
     n = cfg.npt
