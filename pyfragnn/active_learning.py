@@ -611,9 +611,10 @@ class ActiveLearningLoop:
     otherwise selects candidates (:func:`select_candidates`: ``max_per_frame``,
     ``min_separation``, ``max_total``, ``min_step_gap``, ``extrapolation_share``), labels new
     structures around them (:meth:`new_data`, written to ``iterNN/added.extxyz``) and
-    fine-tunes the committee on everything added so far (:meth:`fine_tune`). The hooks return their extra record entries; the record of an
-    iteration holds ``iteration``, ``exploration`` (:func:`exploration_summary`),
-    ``converged``, ``candidates``, ``committee`` and ``next_committee`` (member paths relative
+    fine-tunes the committee on everything added so far (:meth:`fine_tune`). The hooks return
+    their extra record entries; the record of an iteration holds ``iteration``,
+    ``exploration`` (:func:`exploration_summary`), ``converged``, ``candidates``,
+    ``committee`` and ``next_committee`` (member paths relative
     to ``workdir`` where inside it). :func:`lammps_active_learning` and the workflow's
     ``active`` step are the two users.
 
