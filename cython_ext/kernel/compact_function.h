@@ -62,6 +62,38 @@ inline double exp_approx(double x) {
     return p * pow2_of(t);
 }
 
+/// sin(pi x/2) and cos(pi x/2) for x in [0, 1]: Taylor polynomials (to degree 17 and 18,
+/// remainder < 1e-19) of psi = pi t/2, t = min(x, 1 - x) in [0, 1/2], the two swapped for
+/// x > 1/2, so that neither cancels near pi/2 (about 1 ulp, relative); plain arithmetic, so
+/// loops over arrays vectorise (std::sin/std::cos do not).
+inline void sin_cos_half_pi(double x, double& s, double& c) {
+    const bool upper = x > 0.5;
+    const double psi = 1.5707963267948966 * (upper ? 1.0 - x : x), p2 = psi * psi;
+    double ps = 1.0 / 121645100408832000.0;  // 1/19!
+    ps = ps * p2 - 1.0 / 355687428096000.0;
+    ps = ps * p2 + 1.0 / 1307674368000.0;
+    ps = ps * p2 - 1.0 / 6227020800.0;
+    ps = ps * p2 + 1.0 / 39916800.0;
+    ps = ps * p2 - 1.0 / 362880.0;
+    ps = ps * p2 + 1.0 / 5040.0;
+    ps = ps * p2 - 1.0 / 120.0;
+    ps = ps * p2 + 1.0 / 6.0;
+    const double sp = psi - psi * p2 * ps;
+    double pc = 1.0 / 2432902008176640000.0;  // 1/20!
+    pc = pc * p2 - 1.0 / 6402373705728000.0;
+    pc = pc * p2 + 1.0 / 20922789888000.0;
+    pc = pc * p2 - 1.0 / 87178291200.0;
+    pc = pc * p2 + 1.0 / 479001600.0;
+    pc = pc * p2 - 1.0 / 3628800.0;
+    pc = pc * p2 + 1.0 / 40320.0;
+    pc = pc * p2 - 1.0 / 720.0;
+    pc = pc * p2 + 1.0 / 24.0;
+    pc = pc * p2 - 0.5;
+    const double cp = 1.0 + p2 * pc;
+    s = upper ? cp : sp;
+    c = upper ? sp : cp;
+}
+
 enum class CoreType { POLY1, POLY2, POLY3, POLY4, EXP };
 
 /// core(x) and d core/dx for 0 <= x < 1. The polynomials are evaluated in the factorised form

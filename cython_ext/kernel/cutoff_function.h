@@ -67,11 +67,16 @@ public:
             }
             return;
         case CutoffType::COS:
+            // (cos(pi x) + 1)/2 = cos^2(pi x/2) (x clamped to [0, 1]: callers discard r >= rc),
+            // without cancellation near rc; sin_cos_half_pi vectorises, std::cos/std::sin do
+            // not (the triplet loops call this per r_jk).
             for (int i = 0; i < n; ++i) {
                 constexpr double pi = 3.141592653589793;
-                const double x = (r[i] - r_inner_) * inv_width_;
-                f[i] = r[i] < r_inner_ ? 1.0 : 0.5 * (std::cos(pi * x) + 1.0);
-                df[i] = r[i] < r_inner_ ? 0.0 : -0.5 * pi * std::sin(pi * x) * inv_width_;
+                const double x = std::fmin(std::fmax((r[i] - r_inner_) * inv_width_, 0.0), 1.0);
+                double s, c;
+                sin_cos_half_pi(x, s, c);
+                f[i] = c * c;
+                df[i] = -pi * s * c * inv_width_;
             }
             return;
         default:  // EXP, POLY1-4: core of x = (r - alpha rc) / (rc - alpha rc)
