@@ -547,8 +547,15 @@ void PairFragNN::compute(int eflag, int vflag)
     const int ii1 = std::min(inum, ii0 + CHUNK);
     centres.clear();
     offsets.assign(1, 0);
-    nbindex.clear();
-    nbd.clear();
+    // Room for every listed neighbour (skin included), written through pointers and trimmed
+    // after: push_back per neighbour cost ~4 % of a water step.
+    size_t bound = 0;
+    for (int ii = ii0; ii < ii1; ii++) bound += numneigh[ilist[ii]];
+    if (nbindex.size() < bound) nbindex.resize(bound);
+    if (nbd.size() < 3 * bound) nbd.resize(3 * bound);
+    int *nbi = nbindex.data();
+    double *nbx = nbd.data();
+    int64_t count = 0;
     for (int ii = ii0; ii < ii1; ii++) {
       const int i = ilist[ii];
       if (kelem[i] < 0) continue;
@@ -562,13 +569,14 @@ void PairFragNN::compute(int eflag, int vflag)
         const double dy = (x[j][1] - yi) * s;
         const double dz = (x[j][2] - zi) * s;
         if (dx * dx + dy * dy + dz * dz >= rc2) continue;
-        nbindex.push_back(j);
-        nbd.push_back(dx);
-        nbd.push_back(dy);
-        nbd.push_back(dz);
+        nbi[count] = j;
+        nbx[3 * count] = dx;
+        nbx[3 * count + 1] = dy;
+        nbx[3 * count + 2] = dz;
+        ++count;
       }
       centres.push_back(i);
-      offsets.push_back((int64_t) nbindex.size());
+      offsets.push_back(count);
     }
     if (centres.empty()) continue;
     pyfragnn::NeighborListView view;
