@@ -475,18 +475,34 @@ Descriptor::Descriptor(std::vector<SymmetryFunctionParams> sfs, std::vector<int>
         auto it = std::find_if(mproducts_.begin(), mproducts_.end(), [&](const MomentProduct& q) {
             return q.g1 == g1 && q.g2 == g2 && q.d == d;
         });
-        if (it == mproducts_.end())
-            it = mproducts_.insert(mproducts_.end(), MomentProduct{g1, g2, d, 0, {-1, -1, -1, -1}});
+        if (it == mproducts_.end()) {
+            MomentProduct pd;
+            pd.g1 = g1; pd.g2 = g2; pd.d = d; pd.degree = 0;
+            std::fill(pd.pair, pd.pair + 4, -1);
+            it = mproducts_.insert(mproducts_.end(), std::move(pd));
+        }
         it->pair[l1] = pi;  // one pair per (s1, s2): s1 fixes the lane, d then s2
         it->degree = std::max(it->degree, mp.degree);
     }
-    for (MomentPair& mp : mpairs_) {  // coefficients as a [terms][degree + 1] matrix
-        const int nq = mp.degree + 1;
-        for (const MomentTerm& t : mp.terms) {
-            mp.sf.push_back(t.sf);
-            mp.diag.push_back(t.diag);
-            for (int q = 0; q < nq; ++q)
-                mp.coef.push_back(q < static_cast<int>(t.coef.size()) ? t.coef[q] : 0.0);
+    for (MomentProduct& pd : mproducts_) {  // slots: lane l's u-th function of pair[l]
+        const int nq = pd.degree + 1;
+        for (int l = 0; l < 4; ++l)
+            if (pd.pair[l] >= 0)
+                pd.nslot = std::max(pd.nslot, static_cast<int>(mpairs_[pd.pair[l]].terms.size()));
+        pd.sf.assign(4 * static_cast<std::size_t>(pd.nslot), -1);
+        pd.diag.assign(4 * static_cast<std::size_t>(pd.nslot), 0.0);
+        pd.coef.assign(4 * static_cast<std::size_t>(pd.nslot) * nq, 0.0);
+        for (int l = 0; l < 4; ++l) {
+            if (pd.pair[l] < 0) continue;
+            const MomentPair& mp = mpairs_[pd.pair[l]];
+            if (mp.s1 == mp.s2) pd.dset[l] = mp.s1;
+            for (std::size_t u = 0; u < mp.terms.size(); ++u) {
+                const MomentTerm& t = mp.terms[u];
+                pd.sf[4 * u + l] = t.sf;
+                pd.diag[4 * u + l] = t.diag;
+                for (int q = 0; q < nq && q < static_cast<int>(t.coef.size()); ++q)
+                    pd.coef[(u * nq + q) * 4 + l] = t.coef[q];
+            }
         }
     }
     int dmax = 0;
@@ -1589,19 +1605,19 @@ PYFRAGNN_PART void Descriptor::compute_moment_products(Frame& fr) const {
         case 2: lane_product_sums<2>(pd.degree, mono_weight_.data(), M1, M2, S); break;
         default: lane_product_sums<3>(pd.degree, mono_weight_.data(), M1, M2, S); break;
         }
-        for (int l = 0; l < 4; ++l) {
-            if (pd.pair[l] < 0) continue;
-            const MomentPair& mp = mpairs_[pd.pair[l]];
-            const double D = moments_of(mp.s1)[n_mono(msets_[mp.s1].degree)];
-            const int nt = static_cast<int>(mp.terms.size()), nq = mp.degree + 1;
-            double Sl[kMomentMaxZeta + 1];
-            for (int q = 0; q < nq; ++q) Sl[q] = S[q][l];
-            for (int t = 0; t < nt; ++t) {  // coefficients past a term's zeta are zero
-                const double* coef = mp.coef.data() + t * nq;
-                double v = 0.0;
-                for (int q = 0; q < nq; ++q) v += coef[q] * Sl[q];
-                G[mp.sf[t]] = v - mp.diag[t] * D;
-            }
+        // The functions of four lanes at once, each lane's sum in q order as for its pair alone.
+        v4d Dv = {0.0, 0.0, 0.0, 0.0};
+        for (int l = 0; l < 4; ++l)
+            if (pd.dset[l] >= 0) Dv[l] = moments_of(pd.dset[l])[n_mono(msets_[pd.dset[l]].degree)];
+        const int nq = pd.degree + 1;
+        for (int u = 0; u < pd.nslot; ++u) {
+            const double* cf = pd.coef.data() + static_cast<std::size_t>(u) * nq * 4;
+            v4d V = {0.0, 0.0, 0.0, 0.0};
+            for (int q = 0; q < nq; ++q) V += ld4(cf + 4 * q) * S[q];
+            V -= ld4(pd.diag.data() + 4 * u) * Dv;
+            const int* sf = pd.sf.data() + 4 * u;
+            for (int l = 0; l < 4; ++l)
+                if (sf[l] >= 0) G[sf[l]] = V[l];
         }
     }
 }
@@ -2193,31 +2209,28 @@ PYFRAGNN_PART void Descriptor::contract_moment_products(ContractFrame& fr,
     // Per product: dE/dS of its pairs by lane, C_k = dE/dS[deg k] m!/a!, then
     // dE/dM += C M of the other set in each pair's two lanes (lane_product_grad).
     for (const MomentProduct& pd : mproducts_) {
-        double dS[4][kMomentMaxZeta + 1] = {};
+        // dE/dS by lane (four lanes at once, each summing its pair's terms in order) and dE/dD.
+        const int nq = pd.degree + 1;
+        v4d dS[kMomentMaxZeta + 1], dD = {0.0, 0.0, 0.0, 0.0};
+        for (int q = 0; q < nq; ++q) dS[q] = v4d{0.0, 0.0, 0.0, 0.0};
         bool any = false;
-        for (int l = 0; l < 4; ++l) {
-            if (pd.pair[l] < 0) continue;
-            const MomentPair& mp = mpairs_[pd.pair[l]];
-            double dD = 0.0;
-            const int nt = static_cast<int>(mp.terms.size()), nq = mp.degree + 1;
-            for (int t = 0; t < nt; ++t) {
-                const double w = dEdG[mp.sf[t]];
-                if (w == 0.0) continue;
-                any = true;
-                const double* coef = mp.coef.data() + t * nq;
-                for (int q = 0; q < nq; ++q) dS[l][q] += w * coef[q];
-                dD -= w * mp.diag[t];
-            }
-            const int nm1 = n_mono(msets_[mp.s1].degree);
-            set_moments(fr, mp.s1)[2 * nm1 + 1] += dD;  // diag is zero unless s1 == s2
+        for (int u = 0; u < pd.nslot; ++u) {
+            const int* sf = pd.sf.data() + 4 * u;
+            v4d w;
+            for (int l = 0; l < 4; ++l) w[l] = sf[l] >= 0 ? dEdG[sf[l]] : 0.0;
+            any = any || w[0] != 0.0 || w[1] != 0.0 || w[2] != 0.0 || w[3] != 0.0;
+            const double* cf = pd.coef.data() + static_cast<std::size_t>(u) * nq * 4;
+            for (int q = 0; q < nq; ++q) dS[q] += w * ld4(cf + 4 * q);
+            dD -= w * ld4(pd.diag.data() + 4 * u);
         }
         if (!any) continue;
+        for (int l = 0; l < 4; ++l)
+            if (pd.dset[l] >= 0)
+                set_moments(fr, pd.dset[l])[2 * n_mono(msets_[pd.dset[l]].degree) + 1] += dD[l];
         const int nm = n_mono(pd.degree);
         double* C = scratch_mem;  // [nm][4]
-        for (int deg = 0, k = 0; deg <= pd.degree; ++deg) {
-            const v4d dSv = {dS[0][deg], dS[1][deg], dS[2][deg], dS[3][deg]};
-            for (const int end = n_mono(deg); k < end; ++k) st4(C + 4 * k, dSv * mono_weight_[k]);
-        }
+        for (int deg = 0, k = 0; deg <= pd.degree; ++deg)
+            for (const int end = n_mono(deg); k < end; ++k) st4(C + 4 * k, dS[deg] * mono_weight_[k]);
         const double* M1 = fr.group_at(pd.g1);
         const double* M2 = fr.group_at(pd.g2);
         double* W1 = fr.group_at(pd.g1) + 4 * n_mono(mgroups_[pd.g1].degree);

@@ -201,9 +201,6 @@ private:
     struct MomentPair {
         int s1, s2, degree;
         std::vector<MomentTerm> terms;
-        std::vector<int> sf;          // the terms' functions,
-        std::vector<double> diag;     // diagonal weights
-        std::vector<double> coef;     // and coefficients [terms][degree + 1] (zero past zeta)
     };
     std::vector<MomentSet> msets_;
     std::vector<MomentPair> mpairs_;
@@ -212,7 +209,18 @@ private:
     // multiplies group g1's lane l with group g2's lane (l + d) mod 4 for the pair `pair[l]`
     // (-1: no pair in that lane) up to `degree`.
     struct MomentGroup { int first, count, degree; };
-    struct MomentProduct { int g1, g2, d, degree; int pair[4]; };
+    // A product's functions in slots of four, one function per lane (lane l: a function of
+    // pair[l], in the pair's term order; unused lanes sf -1, coefficients and diag 0):
+    // coef [slot][q <= degree][4], diag and sf [slot][4]; dset[l]: the set of a same-set pair
+    // in lane l (its sum_j A_j^2 enters through diag), else -1.
+    struct MomentProduct {
+        int g1, g2, d, degree;
+        int pair[4];
+        int nslot = 0;
+        int dset[4] = {-1, -1, -1, -1};
+        std::vector<int> sf;
+        std::vector<double> coef, diag;
+    };
     std::vector<MomentGroup> mgroups_;
     std::vector<int> mset_group_, mset_lane_;
     std::vector<MomentProduct> mproducts_;
