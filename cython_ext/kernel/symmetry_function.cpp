@@ -665,6 +665,14 @@ inline void lane_product_sums(int degree, const double* w, const double* M1, con
 template <int D>
 inline void lane_product_grad(int nm, const double* C, const double* M1, const double* M2,
                               double* W1, double* W2) {
+    if (W1 == W2) {  // one group: both updates of a monomial in registers, in the same order
+        for (int k = 0; k < nm; ++k) {
+            const v4d c = ld4(C + 4 * k);
+            const v4d w = ld4(W1 + 4 * k) + c * rotate<D>(ld4(M2 + 4 * k));
+            st4(W1 + 4 * k, w + rotate<(4 - D) % 4>(c * ld4(M1 + 4 * k)));
+        }
+        return;
+    }
     for (int k = 0; k < nm; ++k) {
         const v4d c = ld4(C + 4 * k);
         st4(W1 + 4 * k, ld4(W1 + 4 * k) + c * rotate<D>(ld4(M2 + 4 * k)));
