@@ -660,23 +660,27 @@ inline void lane_product_sums(int degree, const double* w, const double* M1, con
     }
 }
 
-/// dE/dM of a product's pairs: W1 += C rotate<D>(M2) (lane l: dE/dM of the pair's first set),
-/// then W2 += rotate<-D>(C M1) (its second set's lane), k < nm; W1 may be W2.
+/// dE/dM of a product's pairs up to `degree`: W1 += C rotate<D>(M2) (lane l: dE/dM of the
+/// pair's first set), then W2 += rotate<-D>(C M1) (its second set's lane), with
+/// C_k = dS[deg k] w_k (w: m!/a!); W1 may be W2.
 template <int D>
-inline void lane_product_grad(int nm, const double* C, const double* M1, const double* M2,
-                              double* W1, double* W2) {
-    if (W1 == W2) {  // one group: both updates of a monomial in registers, in the same order
-        for (int k = 0; k < nm; ++k) {
-            const v4d c = ld4(C + 4 * k);
-            const v4d w = ld4(W1 + 4 * k) + c * rotate<D>(ld4(M2 + 4 * k));
-            st4(W1 + 4 * k, w + rotate<(4 - D) % 4>(c * ld4(M1 + 4 * k)));
-        }
-        return;
-    }
-    for (int k = 0; k < nm; ++k) {
-        const v4d c = ld4(C + 4 * k);
-        st4(W1 + 4 * k, ld4(W1 + 4 * k) + c * rotate<D>(ld4(M2 + 4 * k)));
-        st4(W2 + 4 * k, ld4(W2 + 4 * k) + rotate<(4 - D) % 4>(c * ld4(M1 + 4 * k)));
+inline void lane_product_grad(int degree, const v4d* dS, const double* w, const double* M1,
+                              const double* M2, double* W1, double* W2) {
+    for (int deg = 0, k = 0; deg <= degree; ++deg) {
+        const v4d dSv = dS[deg];
+        const int end = n_mono(deg);
+        if (W1 == W2)  // one group: both updates of a monomial in registers, in the same order
+            for (; k < end; ++k) {
+                const v4d c = dSv * w[k];
+                const v4d x = ld4(W1 + 4 * k) + c * rotate<D>(ld4(M2 + 4 * k));
+                st4(W1 + 4 * k, x + rotate<(4 - D) % 4>(c * ld4(M1 + 4 * k)));
+            }
+        else
+            for (; k < end; ++k) {
+                const v4d c = dSv * w[k];
+                st4(W1 + 4 * k, ld4(W1 + 4 * k) + c * rotate<D>(ld4(M2 + 4 * k)));
+                st4(W2 + 4 * k, ld4(W2 + 4 * k) + rotate<(4 - D) % 4>(c * ld4(M1 + 4 * k)));
+            }
     }
 }
 
@@ -2204,7 +2208,6 @@ PYFRAGNN_PART void Descriptor::contract_angular(ContractFrame& fr, int gi) const
 PYFRAGNN_PART void Descriptor::contract_moment_products(ContractFrame& fr,
                                                         const double* dEdG) const {
     const int n_mset = fr.n_mset, n_mgroup = fr.n_mgroup;
-    double* scratch_mem = fr.scratch_mem;
 
     for (int si = 0; si < n_mset; ++si) {  // dE/dD
         const int nm = n_mono(msets_[si].degree);
@@ -2214,8 +2217,8 @@ PYFRAGNN_PART void Descriptor::contract_moment_products(ContractFrame& fr,
         const int nm = n_mono(mgroups_[g].degree);
         std::fill(fr.group_at(g) + 4 * nm, fr.group_at(g) + 8 * nm, 0.0);
     }
-    // Per product: dE/dS of its pairs by lane, C_k = dE/dS[deg k] m!/a!, then
-    // dE/dM += C M of the other set in each pair's two lanes (lane_product_grad).
+    // Per product: dE/dS of its pairs by lane, then dE/dM += C M of the other set in each
+    // pair's two lanes, C_k = dE/dS[deg k] m!/a! (lane_product_grad).
     for (const MomentProduct& pd : mproducts_) {
         // dE/dS by lane (four lanes at once, each summing its pair's terms in order) and dE/dD.
         const int nq = pd.degree + 1;
@@ -2235,19 +2238,16 @@ PYFRAGNN_PART void Descriptor::contract_moment_products(ContractFrame& fr,
         for (int l = 0; l < 4; ++l)
             if (pd.dset[l] >= 0)
                 set_moments(fr, pd.dset[l])[2 * n_mono(msets_[pd.dset[l]].degree) + 1] += dD[l];
-        const int nm = n_mono(pd.degree);
-        double* C = scratch_mem;  // [nm][4]
-        for (int deg = 0, k = 0; deg <= pd.degree; ++deg)
-            for (const int end = n_mono(deg); k < end; ++k) st4(C + 4 * k, dS[deg] * mono_weight_[k]);
+        const double* w = mono_weight_.data();
         const double* M1 = fr.group_at(pd.g1);
         const double* M2 = fr.group_at(pd.g2);
         double* W1 = fr.group_at(pd.g1) + 4 * n_mono(mgroups_[pd.g1].degree);
         double* W2 = fr.group_at(pd.g2) + 4 * n_mono(mgroups_[pd.g2].degree);
         switch (pd.d) {
-        case 0: lane_product_grad<0>(nm, C, M1, M2, W1, W2); break;
-        case 1: lane_product_grad<1>(nm, C, M1, M2, W1, W2); break;
-        case 2: lane_product_grad<2>(nm, C, M1, M2, W1, W2); break;
-        default: lane_product_grad<3>(nm, C, M1, M2, W1, W2); break;
+        case 0: lane_product_grad<0>(pd.degree, dS, w, M1, M2, W1, W2); break;
+        case 1: lane_product_grad<1>(pd.degree, dS, w, M1, M2, W1, W2); break;
+        case 2: lane_product_grad<2>(pd.degree, dS, w, M1, M2, W1, W2); break;
+        default: lane_product_grad<3>(pd.degree, dS, w, M1, M2, W1, W2); break;
         }
     }
 }
