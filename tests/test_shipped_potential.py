@@ -101,39 +101,26 @@ def test_md_at_300_K_stays_physical_and_accurate():
 
 
 def test_lammps_default_maxew_runs_on_the_package_cell(tmp_path):
-    """`pair_style fragnn irmof1_hdnnp1_gfn2` with its default extrapolation limit (maxew 0:
-    any warning stops the run) on the package's IRMOF-1 cell, 3x3x3 (2862 atoms), np 2: step 0
-    without an extrapolation warning (the previous potential stopped there with 'too many
-    extrapolation warnings: 108'). MD still meets tiny excursions (README), so no steps."""
+    """`pair_style fragnn` on the shipped potential with its default extrapolation limit (maxew
+    0: any warning stops the run) on the package's IRMOF-1 cell, 3x3x3 (2862 atoms), np 2
+    (pyfragnn.md.lammps_run0): step 0 without an extrapolation warning (the previous potential
+    stopped there with 'too many extrapolation warnings: 108'). MD still meets tiny excursions
+    (README), so no steps. Loading by name in LAMMPS: test_lammps_plugin.py."""
     import shutil
-    import subprocess
 
-    from ase.io import read, write
+    from ase.io import read
 
-    from conftest import package_env
     from pyfragnn.demo import IRMOF1_PRIM
+    from pyfragnn.md import lammps_run0
 
-    _shipped()
+    pot = _shipped()
     for exe in ("lmp", "mpirun"):
         if shutil.which(exe) is None:
             pytest.skip(f"'{exe}' not on PATH")
-    a = read(IRMOF1_PRIM, 0).repeat((3, 3, 3))
-    write(tmp_path / "data.lmp", a, format="lammps-data", specorder=["H", "C", "O", "Zn"],
-          atom_style="atomic", masses=True)
-    (tmp_path / "in.lmp").write_text(f"""units metal
-atom_style atomic
-boundary p p p
-read_data data.lmp
-pair_style fragnn {NAME}
-pair_coeff * * H C O Zn
-run 0
-""")
-    r = subprocess.run(["mpirun", "-np", "2", "lmp", "-in", "in.lmp", "-log", "log.lammps"],
-                       cwd=tmp_path, env=package_env(), capture_output=True, text=True,
-                       timeout=600)
-    out = r.stdout + r.stderr
-    assert r.returncode == 0 and "Loop time" in out, out[-2000:]
-    assert "extrapolation warning" not in out.lower(), out[-2000:]
+    res = lammps_run0(pot, read(IRMOF1_PRIM, 0).repeat((3, 3, 3)), tmp_path, nprocs=2)
+    log = Path(res["log"]).read_text()
+    assert res["ran"], res["message"]
+    assert "extrapolation warning" not in log.lower(), log[-2000:]
 
 
 def test_lammps_run0_with_the_default_maxew(tmp_path):
