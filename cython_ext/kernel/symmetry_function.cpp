@@ -2238,16 +2238,16 @@ PYFRAGNN_PART void Descriptor::contract_moment_products(ContractFrame& fr,
         for (int l = 0; l < 4; ++l)
             if (pd.dset[l] >= 0)
                 set_moments(fr, pd.dset[l])[2 * n_mono(msets_[pd.dset[l]].degree) + 1] += dD[l];
-        const double* w = mono_weight_.data();
+        const double* mw = mono_weight_.data();
         const double* M1 = fr.group_at(pd.g1);
         const double* M2 = fr.group_at(pd.g2);
         double* W1 = fr.group_at(pd.g1) + 4 * n_mono(mgroups_[pd.g1].degree);
         double* W2 = fr.group_at(pd.g2) + 4 * n_mono(mgroups_[pd.g2].degree);
         switch (pd.d) {
-        case 0: lane_product_grad<0>(pd.degree, dS, w, M1, M2, W1, W2); break;
-        case 1: lane_product_grad<1>(pd.degree, dS, w, M1, M2, W1, W2); break;
-        case 2: lane_product_grad<2>(pd.degree, dS, w, M1, M2, W1, W2); break;
-        default: lane_product_grad<3>(pd.degree, dS, w, M1, M2, W1, W2); break;
+        case 0: lane_product_grad<0>(pd.degree, dS, mw, M1, M2, W1, W2); break;
+        case 1: lane_product_grad<1>(pd.degree, dS, mw, M1, M2, W1, W2); break;
+        case 2: lane_product_grad<2>(pd.degree, dS, mw, M1, M2, W1, W2); break;
+        default: lane_product_grad<3>(pd.degree, dS, mw, M1, M2, W1, W2); break;
         }
     }
 }
