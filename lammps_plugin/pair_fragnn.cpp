@@ -547,8 +547,8 @@ void PairFragNN::compute(int eflag, int vflag)
     const int ii1 = std::min(inum, ii0 + CHUNK);
     centres.clear();
     offsets.assign(1, 0);
-    // Room for every listed neighbour (skin included), written through pointers and trimmed
-    // after: push_back per neighbour cost ~4 % of a water step.
+    // Room for every listed neighbour (skin included), written through pointers; offsets say
+    // how many are used (push_back per neighbour cost ~4 % of a water step).
     size_t bound = 0;
     for (int ii = ii0; ii < ii1; ii++) bound += numneigh[ilist[ii]];
     if (nbindex.size() < bound) nbindex.resize(bound);

@@ -13,10 +13,11 @@ namespace pyfragnn {
 namespace {
 constexpr double kExpLimit = 35.0;  // n2p2 clips logistic/softplus beyond |x| > 35
 
-/// tanh(x) within a few ulp, without branches or library calls so that a loop over a layer's
-/// nodes vectorises: tanh|x| = -m / (2 + m) with m = expm1(-2|x|) = 2^n e^r - 1 (r = y - n ln2,
-/// e^r by its Taylor polynomial as exp_approx); for n = 0, m = r (e^r - 1)/r without the
-/// cancellation of e^r - 1. |x| >= 20 gives 1 (tanh 20 rounds to 1).
+/// tanh(x) within a few ulp, without branches or library calls (tanh4 below: the same for four
+/// values, which the layer loop uses): tanh|x| = -m / (2 + m) with m = expm1(-2|x|) =
+/// 2^n e^r - 1 (r = y - n ln2, e^r by its Taylor polynomial as exp_approx); for n = 0,
+/// m = r (e^r - 1)/r without the cancellation of e^r - 1. |x| >= 20 gives 1 (tanh 20 rounds
+/// to 1).
 inline double tanh_fast(double x) {
     double t, n;
     const double r = exp_reduce(-2.0 * std::min(std::fabs(x), 20.0), t, n);
@@ -134,29 +135,15 @@ typedef long long v4i_net __attribute__((vector_size(32)));
 /// tanh_fast of four values, the same operations lane by lane in vector form (GCC left the
 /// scalar function's loop over a layer's nodes scalar: "control flow in loop").
 inline v4d_net tanh4(v4d_net x) {
-    constexpr double shifter = 6755399441055744.0;  // exp_reduce's
     const v4i_net sign = {INT64_MIN, INT64_MIN, INT64_MIN, INT64_MIN};
     const v4d_net ax = (v4d_net)((v4i_net)x & ~sign);
-    const v4d_net y = -2.0 * (ax < 20.0 ? ax : 20.0);
-    const v4d_net t = y * 1.4426950408889634 + shifter;
-    const v4d_net n = t - shifter;
-    const v4d_net r = (y - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;
-    v4d_net p = r * (1.0 / 6227020800.0) + 1.0 / 479001600.0;  // expm1_over_r
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * r + 1.0;
-    const v4d_net em1_r = p * r;
+    v4d_net t, n;
+    const v4d_net r = exp_reduce<v4d_net>(-2.0 * (ax < 20.0 ? ax : 20.0), t, n);
+    const v4d_net em1_r = expm1_over_r(r) * r;
+    constexpr double shifter = 6755399441055744.0;  // pow2_of, by lane
     std::int64_t shift_bits;
     std::memcpy(&shift_bits, &shifter, sizeof shift_bits);
-    const v4d_net scale = (v4d_net)(((v4i_net)t - shift_bits + 1023) << 52);  // pow2_of
+    const v4d_net scale = (v4d_net)(((v4i_net)t - shift_bits + 1023) << 52);
     const v4d_net m = n == 0.0 ? em1_r : (em1_r + 1.0) * scale - 1.0;
     const v4d_net h = -m / (2.0 + m);
     return (v4d_net)(((v4i_net)h & ~sign) | ((v4i_net)x & sign));  // copysign
@@ -229,17 +216,7 @@ void AtomicNetwork::forward(const double* x, NetworkWorkspace& ws, bool second) 
         double* a = ws.a.data() + out;
         const double* yin = ws.y.data() + in;
         switch (nout) {
-        case 1: {  // the output node: a dot product in registers (two partial sums)
-            double s0 = 0.0, s1 = 0.0;
-            int i = 0;
-            for (; i + 1 < nin; i += 2) {
-                s0 += W[i] * yin[i];
-                s1 += W[i + 1] * yin[i + 1];
-            }
-            if (i < nin) s0 += W[i] * yin[i];
-            a[0] = s0 + s1;
-            break;
-        }
+        case 1: a[0] = dot(nin, W, yin); break;  // the output node, its sum in registers
         case 4: weighted_rows<1>(nin, W, yin, a); break;
         case 8: weighted_rows<2>(nin, W, yin, a); break;
         case 12: weighted_rows<3>(nin, W, yin, a); break;

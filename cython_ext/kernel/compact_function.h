@@ -14,18 +14,20 @@
 namespace pyfragnn {
 
 /// Cody-Waite reduction of exp_approx/tanh_fast: x = n ln2 + r, |r| <= ln2/2; ``t`` carries
-/// round(x/ln2) in its low bits for pow2_of.
-inline double exp_reduce(double x, double& t, double& n) {
+/// round(x/ln2) in its low bits for pow2_of. T: double, or a GCC vector of doubles (the same
+/// operations lane by lane, as atomic_network.cpp's tanh of four nodes uses it).
+template <class T>
+inline T exp_reduce(T x, T& t, T& n) {
     constexpr double shifter = 6755399441055744.0;  // 1.5 * 2^52: t's low bits hold round(x/ln2)
     t = x * 1.4426950408889634 + shifter;
     n = t - shifter;
     return (x - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;
 }
 
-/// (e^r - 1) / r by its degree-12 Taylor polynomial (|r| <= ln2/2).
-inline double expm1_over_r(double r) {
-    double p = 1.0 / 6227020800.0;
-    p = p * r + 1.0 / 479001600.0;
+/// (e^r - 1) / r by its degree-12 Taylor polynomial (|r| <= ln2/2); T as for exp_reduce.
+template <class T>
+inline T expm1_over_r(T r) {
+    T p = r * (1.0 / 6227020800.0) + 1.0 / 479001600.0;
     p = p * r + 1.0 / 39916800.0;
     p = p * r + 1.0 / 3628800.0;
     p = p * r + 1.0 / 362880.0;

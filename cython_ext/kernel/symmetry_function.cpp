@@ -744,18 +744,6 @@ inline void pow_array4_times(int n, const double* in, int m, double* out, const 
     }
 }
 
-/// sum_i a[i] b[i] with two partial sums (vectorisable without reassociation flags).
-inline double dot(int n, const double* a, const double* b) {
-    double s0 = 0.0, s1 = 0.0;
-    int i = 0;
-    for (; i + 1 < n; i += 2) {
-        s0 += a[i] * b[i];
-        s1 += a[i + 1] * b[i + 1];
-    }
-    if (i < n) s0 += a[i] * b[i];
-    return s0 + s1;
-}
-
 /// sum_i a[i] b[i] for n a multiple of 4, in four 4-lane sums (a single chain of adds would
 /// wait on the add latency).
 inline double dot4(int n, const double* a, const double* b) {
