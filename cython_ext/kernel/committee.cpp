@@ -109,9 +109,8 @@ double Committee::compute(const NeighborListView& nl, const int* element, int64_
         double rc = 0.0;
         for (int m = 0; m < M; ++m) rc = std::max(rc, members_[m]->descriptor(e).cutoff());
         const double rc2 = rc * rc;
-        gather_neighbours(nl, c, i, element, n_total, ne, rc2, d, r, ej, tj);
         AtomEnvironment env;
-        env.n = static_cast<int>(r.size());
+        env.n = gather_neighbours(nl, c, i, element, n_total, ne, rc2, d, r, ej, tj);
         env.d = d.data();
         env.r = r.data();
         env.element = ej.data();
@@ -122,14 +121,14 @@ double Committee::compute(const NeighborListView& nl, const int* element, int64_
             // contract() reuses for every member of the set.
             const Descriptor& desc = members_[src]->descriptor(e);
             const int nsf = desc.size();
-            G.resize(nsf); x.resize(nsf);
+            room(G, nsf); room(x, nsf);
             desc.compute(env, G.data(), dws);
             // Members of this set: extrapolation, network, dE/dG; then their contractions.
             set.clear();
             for (int m = src; m < M; ++m)
                 if (source_[m] == src) set.push_back(m);
             const int nv = static_cast<int>(set.size());
-            dEdG.resize(static_cast<size_t>(nv) * nsf);
+            room(dEdG, static_cast<size_t>(nv) * nsf);
             for (int v = 0; v < nv; ++v) {
                 const int m = set[v];
                 const Model& mod = *members_[m];
@@ -160,7 +159,7 @@ double Committee::compute(const NeighborListView& nl, const int* element, int64_
             if (!need_grad || env.n == 0) continue;
             // The members' contractions in one pass over the workspace of this set's compute().
             const size_t nd = 3 * static_cast<size_t>(env.n);
-            dEdd.resize(nv * nd);
+            room(dEdd, nv * nd);
             desc.contract(env, nv, dEdG.data(), dEdd.data(), dws);
             for (int v = 0; v < nv; ++v) {
                 const int m = set[v];

@@ -1002,6 +1002,7 @@ struct Model::CentreScratch {
     NetworkWorkspace nws;
     std::vector<double> d, r, G, x, dEdx, dEdd;
     std::vector<int> ej, tj;
+    int n = 0;  // neighbours kept by gather_neighbours (d, r, ej, tj, dEdd hold n of them)
     NeighborRowScratch row;
     // threaded driver: kept targets, vectors and dE/dd of this thread's centres of a chunk
     // (two sets: chunk parity)
@@ -1063,17 +1064,16 @@ double Model::atomic_energy(int e, const double* x, double* dEdG, NetworkWorkspa
     return nn * inv_ce + mean_energy_ + ed.atom_energy;
 }
 
-void gather_neighbours(const NeighborListView& nl, int64_t c, int64_t i, const int* element,
-                       int64_t n_total, int ne, double rc2, std::vector<double>& d,
-                       std::vector<double>& r, std::vector<int>& ej, std::vector<int>& tj) {
-    // Sized for the whole row, written through pointers, cut to the kept ones at the end (the
-    // push_backs' size updates and capacity tests were a third of this pass).
+int gather_neighbours(const NeighborListView& nl, int64_t c, int64_t i, const int* element,
+                      int64_t n_total, int ne, double rc2, std::vector<double>& d,
+                      std::vector<double>& r, std::vector<int>& ej, std::vector<int>& tj) {
+    // Room for the whole row, written through pointers (the push_backs' size updates and
+    // capacity tests were a third of this pass); the kept count is returned.
     const size_t row = static_cast<size_t>(nl.offsets[c + 1] - nl.offsets[c]);
-    d.resize(3 * row); r.resize(row); ej.resize(row); tj.resize(row);
-    double* dk = d.data();
-    double* rk = r.data();
-    int* ek = ej.data();
-    int* tk = tj.data();
+    double* dk = room(d, 3 * row);
+    double* rk = room(r, row);
+    int* ek = room(ej, row);
+    int* tk = room(tj, row);
     size_t kept = 0;
     for (int64_t k = nl.offsets[c]; k < nl.offsets[c + 1]; ++k) {
         const int32_t t = nl.index[k];
@@ -1105,7 +1105,7 @@ void gather_neighbours(const NeighborListView& nl, int64_t c, int64_t i, const i
         tk[kept] = t;
         ++kept;
     }
-    d.resize(3 * kept); r.resize(kept); ej.resize(kept); tj.resize(kept);
+    return static_cast<int>(kept);
 }
 
 bool Model::centre_pass(const NeighborListView& nl, int64_t c, const int* element,
@@ -1119,14 +1119,14 @@ bool Model::centre_pass(const NeighborListView& nl, int64_t c, const int* elemen
     const ElementData& ed = el_[e];
     const double rc = ed.descriptor.cutoff();
     const double rc2 = rc * rc;
-    gather_neighbours(nl, c, i, element, n_total, ne, rc2, s.d, s.r, s.ej, s.tj);
+    s.n = gather_neighbours(nl, c, i, element, n_total, ne, rc2, s.d, s.r, s.ej, s.tj);
     AtomEnvironment env;
-    env.n = static_cast<int>(s.r.size());
+    env.n = s.n;
     env.d = s.d.data();
     env.r = s.r.data();
     env.element = s.ej.data();
     const int nsf = ed.descriptor.size();
-    s.G.resize(nsf); s.x.resize(nsf); s.dEdx.resize(nsf);
+    room(s.G, nsf); room(s.x, nsf); room(s.dEdx, nsf);
     ed.descriptor.compute(env, s.G.data(), s.dws);
     n_warnings += for_each_extrapolation(e, s.G.data(), [&](int sf) {
         if (warnings && (max_warnings < 0 ||
@@ -1138,7 +1138,7 @@ bool Model::centre_pass(const NeighborListView& nl, int64_t c, const int* elemen
     if (!std::isfinite(ei))
         throw std::runtime_error("non-finite energy for atom " + std::to_string(i) +
                                  " (element " + ed.symbol + ")");
-    s.dEdd.resize(3 * static_cast<size_t>(env.n));
+    room(s.dEdd, 3 * static_cast<size_t>(env.n));
     if (!need_grad || env.n == 0) return true;
     ed.descriptor.contract(env, s.dEdx.data(), s.dEdd.data(), s.dws);
     return true;
@@ -1225,7 +1225,7 @@ double Model::drive(const NeighborListView& centres, const Rows& rows, const int
             if (out.energies) out.energies[i] = ei;
             etot += ei;
             if (need_grad)
-                scatter_centre(i, static_cast<int>(s.tj.size()), s.d.data(), s.tj.data(),
+                scatter_centre(i, s.n, s.d.data(), s.tj.data(),
                                s.dEdd.data(), out);
         }
         return etot;
@@ -1301,10 +1301,11 @@ double Model::drive(const NeighborListView& centres, const Rows& rows, const int
                     if (has[k] && need_grad) {
                         owner[k] = t;
                         at[k] = static_cast<int64_t>(s.out_t[p].size());
-                        kept[k] = static_cast<int>(s.tj.size());
-                        s.out_t[p].insert(s.out_t[p].end(), s.tj.begin(), s.tj.end());
-                        s.out_d[p].insert(s.out_d[p].end(), s.d.begin(), s.d.end());
-                        s.out_g[p].insert(s.out_g[p].end(), s.dEdd.begin(), s.dEdd.end());
+                        kept[k] = s.n;
+                        s.out_t[p].insert(s.out_t[p].end(), s.tj.begin(), s.tj.begin() + s.n);
+                        s.out_d[p].insert(s.out_d[p].end(), s.d.begin(), s.d.begin() + 3 * s.n);
+                        s.out_g[p].insert(s.out_g[p].end(), s.dEdd.begin(),
+                                          s.dEdd.begin() + 3 * s.n);
                     }
                 } catch (...) {
 #pragma omp critical(pyfragnn_compute_error)

@@ -44,13 +44,23 @@ struct NeighborListView {
 };
 
 /// Neighbours of centre row ``c`` (atom ``i``) of ``nl`` closer than sqrt(rc2) that have an
-/// element (element[t] >= 0): vectors appended to ``d`` (3 each), distances to ``r``, element
-/// indices to ``ej``, atom indices to ``tj`` (all cleared first). Throws std::invalid_argument
-/// for an index out of [0, n_total), an element index >= ne, a non-finite or zero distance.
+/// element (element[t] >= 0): their number n is returned, their vectors written to ``d``
+/// [3 n], distances to ``r`` [n], element indices to ``ej`` [n], atom indices to ``tj`` [n].
+/// The vectors only grow (entries past n are stale), so that the per-centre calls do not
+/// zero-fill what a previous, shorter row left. Throws std::invalid_argument for an index out of
+/// [0, n_total), an element index >= ne, a non-finite or zero distance.
 /// The one gather of Model::compute and Committee::compute.
-void gather_neighbours(const NeighborListView& nl, int64_t c, int64_t i, const int* element,
-                       int64_t n_total, int ne, double rc2, std::vector<double>& d,
-                       std::vector<double>& r, std::vector<int>& ej, std::vector<int>& tj);
+int gather_neighbours(const NeighborListView& nl, int64_t c, int64_t i, const int* element,
+                      int64_t n_total, int ne, double rc2, std::vector<double>& d,
+                      std::vector<double>& r, std::vector<int>& ej, std::vector<int>& tj);
+
+/// v's data with room for at least n elements (v grows, never shrinks: a resize to a smaller
+/// size and back would zero-fill the difference on every call).
+template <class T>
+inline T* room(std::vector<T>& v, std::size_t n) {
+    if (v.size() < n) v.resize(n);
+    return v.data();
+}
 
 /// What compute() writes; any pointer may be null to skip that output.
 /// Forces and virials are *accumulated* (+=), energies are overwritten.
