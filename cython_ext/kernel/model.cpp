@@ -1,4 +1,5 @@
 #include "model.h"
+#include "hot.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -923,6 +924,14 @@ const Descriptor& Model::descriptor(int e) const { check_element(e); return el_[
 AtomicNetwork& Model::network(int e) { check_element(e); return el_[e].network; }
 const AtomicNetwork& Model::network(int e) const { check_element(e); return el_[e].network; }
 ScalingType Model::scaling_type() const { return scaling_; }
+PYFRAGNN_HOT
+int64_t count_outside(int n, const double* G, const double* lo, const double* hi, double eps) {
+    int64_t out = 0;  // 64-bit counts: the lanes of the double comparisons
+    for (int s = 0; s < n; ++s) out += (G[s] < lo[s] - eps) | (G[s] > hi[s] + eps);
+    return out;
+}
+
+PYFRAGNN_HOT
 void Model::scale(int e, const double* G, double* x) const {
     const ElementData& d = el_[e];
     const size_t n = d.slope.size();

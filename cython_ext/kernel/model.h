@@ -54,6 +54,9 @@ int gather_neighbours(const NeighborListView& nl, int64_t c, int64_t i, const in
                       int64_t n_total, int ne, double rc2, std::vector<double>& d,
                       std::vector<double>& r, std::vector<int>& ej, std::vector<int>& tj);
 
+/// Number of s < n with G[s] < lo[s] - eps or G[s] > hi[s] + eps (branch-free, vectorised).
+int64_t count_outside(int n, const double* G, const double* lo, const double* hi, double eps);
+
 /// v's data with room for at least n elements (v grows, never shrinks: a resize to a smaller
 /// size and back would zero-fill the difference on every call).
 template <class T>
@@ -149,10 +152,15 @@ public:
         if (!has_scaling_data_) return 0;
         const double eps = 1000.0 * std::numeric_limits<double>::epsilon();
         const ElementData& ed = el_[e];
-        int n = 0;
-        for (int s = 0; s < ed.descriptor.size(); ++s)
-            if (G[s] < ed.gmin[s] - eps || G[s] > ed.gmax[s] + eps) { ++n; on_out(s); }
-        return n;
+        const int ns = ed.descriptor.size();
+        const double* lo = ed.gmin.data();
+        const double* hi = ed.gmax.data();
+        // A vectorised count first; the callback loop runs only for an atom that extrapolates.
+        const int64_t out = count_outside(ns, G, lo, hi, eps);
+        if (out == 0) return 0;
+        for (int s = 0; s < ns; ++s)
+            if (G[s] < lo[s] - eps || G[s] > hi[s] + eps) on_out(s);
+        return static_cast<int>(out);
     }
     /// Scaling statistics of element e, each [n_sf]; set_scaling also recomputes slopes.
     void set_scaling(int e, const std::vector<double>& gmin, const std::vector<double>& gmax,
