@@ -1547,7 +1547,6 @@ PYFRAGNN_PART void Descriptor::compute_moment_set(Frame& fr, int si) const {
     const int nm_4 = nm & ~3;
     for (int b = 0; b < m4; b += 4) {
         double* mo = mono + static_cast<std::size_t>(b) * nm;  // [nm][4]
-        const int valid = std::min(4, m - b);
         const v4d ux = ld4(ux4 + b), uy = ld4(uy4 + b), uz = ld4(uz4 + b);
         st4(mo, v4d{1.0, 1.0, 1.0, 1.0});
         for (int d = 1, prev = 0; d <= ms.degree; ++d) {
@@ -1561,15 +1560,20 @@ PYFRAGNN_PART void Descriptor::compute_moment_set(Frame& fr, int si) const {
             v4d row[4];
             transpose4(ld4(mo + 4 * k), ld4(mo + 4 * k + 4), ld4(mo + 4 * k + 8),
                        ld4(mo + 4 * k + 12), row[0], row[1], row[2], row[3]);
+            // Branch-free over all four lanes: A is 0 beyond rc and past m, and adding a zero
+            // product leaves a sum unchanged (it starts at +0 and is never -0), so the moments
+            // are those of the neighbours inside rc alone, bit for bit.
             v4d acc = ld4(Mo + k);
-            for (int l = 0; l < valid; ++l)
-                if (A[b + l] != 0.0) acc += A[b + l] * row[l];
+            acc += A[b] * row[0];
+            acc += A[b + 1] * row[1];
+            acc += A[b + 2] * row[2];
+            acc += A[b + 3] * row[3];
             st4(Mo + k, acc);
         }
-        for (int l = 0; l < valid; ++l) {
-            const double Aa = A[b + l];
-            if (Aa == 0.0) continue;
-            for (int k = nm_4; k < nm; ++k) Mo[k] += Aa * mo[4 * k + l];
+        for (int k = nm_4; k < nm; ++k) {
+            double t = Mo[k];
+            for (int l = 0; l < 4; ++l) t += A[b + l] * mo[4 * k + l];
+            Mo[k] = t;
         }
     }
     Mo[nm] = dot(m, A, A);
