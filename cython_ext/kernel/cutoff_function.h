@@ -80,18 +80,29 @@ public:
             }
             return;
         default:  // EXP, POLY1-4: core of x = (r - alpha rc) / (rc - alpha rc)
-            for (int i = 0; i < n; ++i) {
-                const double x = (r[i] - r_inner_) * inv_width_;
-                double fi, dfi;
-                core_fdf(core_, x < 0.0 ? 0.0 : x, fi, dfi);
-                f[i] = fi;
-                df[i] = dfi * inv_width_;
+            switch (core_) {  // one loop per core type (a switch per element kept it scalar)
+            case CoreType::POLY1: core_loop<CoreType::POLY1>(n, r, f, df); return;
+            case CoreType::POLY2: core_loop<CoreType::POLY2>(n, r, f, df); return;
+            case CoreType::POLY3: core_loop<CoreType::POLY3>(n, r, f, df); return;
+            case CoreType::POLY4: core_loop<CoreType::POLY4>(n, r, f, df); return;
+            default: core_loop<CoreType::EXP>(n, r, f, df); return;
             }
-            return;
         }
     }
 
 private:
+    template <CoreType T>
+    void core_loop(int n, const double* r, double* f, double* df) const {
+        const double r_inner = r_inner_, inv_width = inv_width_;
+        for (int i = 0; i < n; ++i) {
+            const double x = (r[i] - r_inner) * inv_width;
+            double fi, dfi;
+            core_fdf(T, x < 0.0 ? 0.0 : x, fi, dfi);
+            f[i] = fi;
+            df[i] = dfi * inv_width;
+        }
+    }
+
     CutoffType type_ = CutoffType::HARD;
     CoreType core_ = CoreType::POLY2;
     double rc_ = 0.0, alpha_ = 0.0;
