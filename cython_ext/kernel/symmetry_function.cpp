@@ -638,6 +638,38 @@ constexpr int kNMono[] = {1, 4, 10, 20, 35, 56, 84, 120, 165};
 static_assert(sizeof kNMono / sizeof kNMono[0] == kMomentMaxZeta + 1, "one entry per degree");
 inline int n_mono(int d) { return kNMono[d]; }
 
+/// Monomials u^a (degree <= D) of four neighbours, one per lane ([nm][4] at mo), in the order of
+/// the tables: degree block d = x * block d-1, then y * its a = 0 tail (d entries), then z * its
+/// last entry. D is a template parameter so that the short loops unroll (they were ~3 % of an
+/// IRMOF-1 step's instructions as loops).
+template <int D>
+inline void lane_monomials(double* mo, const v4d& ux, const v4d& uy, const v4d& uz) {
+    st4(mo, v4d{1.0, 1.0, 1.0, 1.0});
+    for (int d = 1, prev = 0; d <= D; ++d) {
+        const int len = d * (d + 1) / 2, out = prev + len;  // block d-1: [prev, out)
+        for (int i = 0; i < len; ++i) st4(mo + 4 * (out + i), ux * ld4(mo + 4 * (prev + i)));
+        for (int i = 0; i < d; ++i) st4(mo + 4 * (out + len + i), uy * ld4(mo + 4 * (out - d + i)));
+        st4(mo + 4 * (out + len + d), uz * ld4(mo + 4 * (out - 1)));
+        prev = out;
+    }
+}
+
+/// lane_monomials for a degree known at run time (0 <= degree <= kMomentMaxZeta).
+inline void lane_monomials(int degree, double* mo, const v4d& ux, const v4d& uy, const v4d& uz) {
+    static_assert(kMomentMaxZeta == 8, "one case per degree");
+    switch (degree) {
+    case 0: lane_monomials<0>(mo, ux, uy, uz); return;
+    case 1: lane_monomials<1>(mo, ux, uy, uz); return;
+    case 2: lane_monomials<2>(mo, ux, uy, uz); return;
+    case 3: lane_monomials<3>(mo, ux, uy, uz); return;
+    case 4: lane_monomials<4>(mo, ux, uy, uz); return;
+    case 5: lane_monomials<5>(mo, ux, uy, uz); return;
+    case 6: lane_monomials<6>(mo, ux, uy, uz); return;
+    case 7: lane_monomials<7>(mo, ux, uy, uz); return;
+    default: lane_monomials<8>(mo, ux, uy, uz); return;
+    }
+}
+
 /// n rounded up to a multiple of 4 (whole 4-lane groups).
 inline int round_up4(int n) { return (n + 3) & ~3; }
 
@@ -1547,15 +1579,7 @@ PYFRAGNN_PART void Descriptor::compute_moment_set(Frame& fr, int si) const {
     const int nm_4 = nm & ~3;
     for (int b = 0; b < m4; b += 4) {
         double* mo = mono + static_cast<std::size_t>(b) * nm;  // [nm][4]
-        const v4d ux = ld4(ux4 + b), uy = ld4(uy4 + b), uz = ld4(uz4 + b);
-        st4(mo, v4d{1.0, 1.0, 1.0, 1.0});
-        for (int d = 1, prev = 0; d <= ms.degree; ++d) {
-            const int len = d * (d + 1) / 2, out = prev + len;  // block d-1: [prev, out)
-            for (int i = 0; i < len; ++i) st4(mo + 4 * (out + i), ux * ld4(mo + 4 * (prev + i)));
-            for (int i = 0; i < d; ++i) st4(mo + 4 * (out + len + i), uy * ld4(mo + 4 * (out - d + i)));
-            st4(mo + 4 * (out + len + d), uz * ld4(mo + 4 * (out - 1)));
-            prev = out;
-        }
+        lane_monomials(ms.degree, mo, ld4(ux4 + b), ld4(uy4 + b), ld4(uz4 + b));
         for (int k = 0; k < nm_4; k += 4) {
             v4d row[4];
             transpose4(ld4(mo + 4 * k), ld4(mo + 4 * k + 4), ld4(mo + 4 * k + 8),
