@@ -696,28 +696,38 @@ inline void lane_product_sums(int degree, const double* w, const double* M1, con
     }
 }
 
+/// Degree of each monomial in the tables' order (degree blocks of (d + 1)(d + 2)/2 entries).
+struct MonoDegrees {
+    int deg[165];
+    constexpr MonoDegrees() : deg() {
+        for (int d = 0, k = 0; d <= 8; ++d)
+            for (int i = 0; i < (d + 1) * (d + 2) / 2; ++i) deg[k++] = d;
+    }
+};
+constexpr MonoDegrees kMonoDeg{};
+static_assert(kMomentMaxZeta == 8, "kMonoDeg holds the monomials of degree <= 8");
+
 /// dE/dM of a product's pairs up to `degree`: W1 += C rotate<D>(M2) (lane l: dE/dM of the
 /// pair's first set), then W2 += rotate<-D>(C M1) (its second set's lane), with
-/// C_k = dS[deg k] w_k (w: m!/a!); W1 may be W2.
+/// C_k = dS[deg k] w_k (w: m!/a!); W1 may be W2. One loop over the monomials (a loop per
+/// degree cost more in loop control than in arithmetic).
 template <int D>
 inline void lane_product_grad(int degree, const v4d* dS, const double* w, const double* M1,
                               const double* M2, double* W1, double* W2) {
-    for (int deg = 0, k = 0; deg <= degree; ++deg) {
-        const v4d dSv = dS[deg];
-        const int end = n_mono(deg);
-        if (W1 == W2)  // one group: both updates of a monomial in registers, in the same order
-            for (; k < end; ++k) {
-                const v4d c = dSv * w[k];
-                const v4d x = ld4(W1 + 4 * k) + c * rotate<D>(ld4(M2 + 4 * k));
-                st4(W1 + 4 * k, x + rotate<(4 - D) % 4>(c * ld4(M1 + 4 * k)));
-            }
-        else
-            for (; k < end; ++k) {
-                const v4d c = dSv * w[k];
-                st4(W1 + 4 * k, ld4(W1 + 4 * k) + c * rotate<D>(ld4(M2 + 4 * k)));
-                st4(W2 + 4 * k, ld4(W2 + 4 * k) + rotate<(4 - D) % 4>(c * ld4(M1 + 4 * k)));
-            }
-    }
+    const int nm = n_mono(degree);
+    const int* deg = kMonoDeg.deg;
+    if (W1 == W2)  // one group: both updates of a monomial in registers, in the same order
+        for (int k = 0; k < nm; ++k) {
+            const v4d c = dS[deg[k]] * w[k];
+            const v4d x = ld4(W1 + 4 * k) + c * rotate<D>(ld4(M2 + 4 * k));
+            st4(W1 + 4 * k, x + rotate<(4 - D) % 4>(c * ld4(M1 + 4 * k)));
+        }
+    else
+        for (int k = 0; k < nm; ++k) {
+            const v4d c = dS[deg[k]] * w[k];
+            st4(W1 + 4 * k, ld4(W1 + 4 * k) + c * rotate<D>(ld4(M2 + 4 * k)));
+            st4(W2 + 4 * k, ld4(W2 + 4 * k) + rotate<(4 - D) % 4>(c * ld4(M1 + 4 * k)));
+        }
 }
 
 /// out[i] = in[i]^m, m >= 0 (in != out): one pass for m <= 4, else left-to-right binary
