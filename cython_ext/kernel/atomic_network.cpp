@@ -151,7 +151,18 @@ inline v4d_net tanh4(v4d_net x) {
 
 /// a = (a + b) c, y = tanh(a), dy = 1 - y^2 for n nodes, four at a time.
 inline void tanh_layer(int n, const double* b, double c, double* a, double* y, double* dy) {
-    for (int j = 0; j < n; j += 4) {
+    int j = 0;
+    for (; j + 4 <= n; j += 4) {  // whole vectors: loads and stores of four nodes
+        v4d_net av, bv;
+        std::memcpy(&av, a + j, sizeof av);
+        std::memcpy(&bv, b + j, sizeof bv);
+        av = (av + bv) * c;
+        const v4d_net t = tanh4(av), d = 1.0 - t * t;
+        std::memcpy(a + j, &av, sizeof av);
+        std::memcpy(y + j, &t, sizeof t);
+        std::memcpy(dy + j, &d, sizeof d);
+    }
+    for (; j < n; j += 4) {
         const int k = std::min(4, n - j);
         v4d_net av = {0.0, 0.0, 0.0, 0.0};
         for (int l = 0; l < k; ++l) av[l] = (a[j + l] + b[j + l]) * c;
