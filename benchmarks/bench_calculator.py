@@ -36,6 +36,10 @@ Idle guest, 2026-12-03 (libnnp of n2p2 61daa0d), --cases water irmof --threads 1
 1080 7.46x, two threads 1.87x; IRMOF-1 2862 3.0 µs/atom against 14.6: 4.80x (two threads
 1.78x), before that day's network and moment-product changes (IRMOF kernel ~15 % faster
 after them, see bench_lammps.py).
+AVX2 guest (AMD EPYC Zen 3), 2026-12-03, after that day's second set of kernel changes: water
+8640 52.8 µs/atom against libnnp 360.1: 6.82x (per round 6.08-7.09x), two threads 1.98x; water
+1080 7.44x; IRMOF-1 (--repeat 10 --rounds 5) 4.1 against 23.3: 5.60x (per round 3.37-8.15x:
+the host's slow stretches, see docs/performance.md).
 """
 import argparse
 import os

@@ -33,6 +33,11 @@ guest, load < 1.3; --np 1 --rounds 3, best of each): water 8640 atoms, 10 steps:
 IRMOF-1 2862 atoms, 50 steps, after that day's kernel changes: fragnn 2.4, hdnnp 18.7: 7.84x
 (per round 7.84-8.26x; energies 1.2e-10 eV apart). Before those changes: 2.7 against 18.0
 (6.80x, per round 6.80-7.97x).
+On an AVX2 guest (AMD EPYC Zen 3, no AVX-512; the host's other tenant slows a process by up to
+1.75x for stretches of a second, see docs/performance.md), 2026-12-03, same plugin built there:
+water 61.4 against 425.8 (6.94x, per round 6.63-6.94x), later 55.0 against 327.4 (5.95x,
+4.66-6.51x); IRMOF-1 6.0 against 34.9 (5.77x, 5.36-6.74x), after that day's second set of
+kernel changes 3.8 against 29.9 (7.92x, --rounds 5: 5.29-9.01x).
 
 Reported per np: Pair time (average over ranks) per atom-step (wall-clock µs; with N ranks
 the work is split, so the per-core cost is N times that), parallel efficiency vs np=1,
