@@ -927,7 +927,7 @@ ScalingType Model::scaling_type() const { return scaling_; }
 PYFRAGNN_HOT
 int64_t count_outside(int n, const double* G, const double* lo, const double* hi, double eps) {
     int64_t out = 0;  // 64-bit counts: the lanes of the double comparisons
-    for (int s = 0; s < n; ++s) out += (G[s] < lo[s] - eps) | (G[s] > hi[s] + eps);
+    for (int s = 0; s < n; ++s) out += outside(G[s], lo[s], hi[s], eps);
     return out;
 }
 

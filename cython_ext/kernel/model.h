@@ -54,7 +54,13 @@ int gather_neighbours(const NeighborListView& nl, int64_t c, int64_t i, const in
                       int64_t n_total, int ne, double rc2, std::vector<double>& d,
                       std::vector<double>& r, std::vector<int>& ej, std::vector<int>& tj);
 
-/// Number of s < n with G[s] < lo[s] - eps or G[s] > hi[s] + eps (branch-free, vectorised).
+/// The extrapolation test: g outside [lo - eps, hi + eps] (NaN is not outside). Bitwise or,
+/// so that count_outside's loop stays branch-free.
+inline bool outside(double g, double lo, double hi, double eps) {
+    return (g < lo - eps) | (g > hi + eps);
+}
+
+/// Number of s < n with outside(G[s], lo[s], hi[s], eps) (branch-free, vectorised).
 int64_t count_outside(int n, const double* G, const double* lo, const double* hi, double eps);
 
 /// v's data with room for at least n elements (v grows, never shrinks: a resize to a smaller
@@ -159,7 +165,7 @@ public:
         const int64_t out = count_outside(ns, G, lo, hi, eps);
         if (out == 0) return 0;
         for (int s = 0; s < ns; ++s)
-            if (G[s] < lo[s] - eps || G[s] > hi[s] + eps) on_out(s);
+            if (outside(G[s], lo[s], hi[s], eps)) on_out(s);
         return static_cast<int>(out);
     }
     /// Scaling statistics of element e, each [n_sf]; set_scaling also recomputes slopes.

@@ -634,9 +634,14 @@ inline void transpose4(const v4d& a, const v4d& b, const v4d& c, const v4d& d, v
 /// Number of monomials in 3 variables of degree <= d, (d + 1)(d + 2)(d + 3)/6, for 0 <= d <=
 /// kMomentMaxZeta. A table: the formula's division was ~2 % of an IRMOF-1 step's instructions
 /// (the moment loops ask for it per degree).
-constexpr int kNMono[] = {1, 4, 10, 20, 35, 56, 84, 120, 165};
-static_assert(sizeof kNMono / sizeof kNMono[0] == kMomentMaxZeta + 1, "one entry per degree");
-inline int n_mono(int d) { return kNMono[d]; }
+struct MonoCounts {
+    int n[kMomentMaxZeta + 1];
+    constexpr MonoCounts() : n() {
+        for (int d = 0; d <= kMomentMaxZeta; ++d) n[d] = (d + 1) * (d + 2) * (d + 3) / 6;
+    }
+};
+constexpr MonoCounts kNMono{};
+inline int n_mono(int d) { return kNMono.n[d]; }
 
 /// Monomials u^a (degree <= D) of four neighbours, one per lane ([nm][4] at mo), in the order of
 /// the tables: degree block d = x * block d-1, then y * its a = 0 tail (d entries), then z * its
@@ -696,26 +701,14 @@ inline void lane_product_sums(int degree, const double* w, const double* M1, con
     }
 }
 
-/// Degree of each monomial in the tables' order (degree blocks of (d + 1)(d + 2)/2 entries).
-struct MonoDegrees {
-    int deg[165];
-    constexpr MonoDegrees() : deg() {
-        for (int d = 0, k = 0; d <= 8; ++d)
-            for (int i = 0; i < (d + 1) * (d + 2) / 2; ++i) deg[k++] = d;
-    }
-};
-constexpr MonoDegrees kMonoDeg{};
-static_assert(kMomentMaxZeta == 8, "kMonoDeg holds the monomials of degree <= 8");
-
 /// dE/dM of a product's pairs up to `degree`: W1 += C rotate<D>(M2) (lane l: dE/dM of the
 /// pair's first set), then W2 += rotate<-D>(C M1) (its second set's lane), with
-/// C_k = dS[deg k] w_k (w: m!/a!); W1 may be W2. One loop over the monomials (a loop per
-/// degree cost more in loop control than in arithmetic).
+/// C_k = dS[deg k] w_k (w: m!/a!, deg: the monomials' degrees, mono_deg_); W1 may be W2. One
+/// loop over the monomials (a loop per degree cost more in loop control than in arithmetic).
 template <int D>
-inline void lane_product_grad(int degree, const v4d* dS, const double* w, const double* M1,
-                              const double* M2, double* W1, double* W2) {
+inline void lane_product_grad(int degree, const v4d* dS, const double* w, const int* deg,
+                              const double* M1, const double* M2, double* W1, double* W2) {
     const int nm = n_mono(degree);
-    const int* deg = kMonoDeg.deg;
     if (W1 == W2)  // one group: both updates of a monomial in registers, in the same order
         for (int k = 0; k < nm; ++k) {
             const v4d c = dS[deg[k]] * w[k];
@@ -2269,15 +2262,16 @@ PYFRAGNN_PART void Descriptor::contract_moment_products(ContractFrame& fr,
             if (pd.dset[l] >= 0)
                 set_moments(fr, pd.dset[l])[2 * n_mono(msets_[pd.dset[l]].degree) + 1] += dD[l];
         const double* mw = mono_weight_.data();
+        const int* md = mono_deg_.data();
         const double* M1 = fr.group_at(pd.g1);
         const double* M2 = fr.group_at(pd.g2);
         double* W1 = fr.group_at(pd.g1) + 4 * n_mono(mgroups_[pd.g1].degree);
         double* W2 = fr.group_at(pd.g2) + 4 * n_mono(mgroups_[pd.g2].degree);
         switch (pd.d) {
-        case 0: lane_product_grad<0>(pd.degree, dS, mw, M1, M2, W1, W2); break;
-        case 1: lane_product_grad<1>(pd.degree, dS, mw, M1, M2, W1, W2); break;
-        case 2: lane_product_grad<2>(pd.degree, dS, mw, M1, M2, W1, W2); break;
-        default: lane_product_grad<3>(pd.degree, dS, mw, M1, M2, W1, W2); break;
+        case 0: lane_product_grad<0>(pd.degree, dS, mw, md, M1, M2, W1, W2); break;
+        case 1: lane_product_grad<1>(pd.degree, dS, mw, md, M1, M2, W1, W2); break;
+        case 2: lane_product_grad<2>(pd.degree, dS, mw, md, M1, M2, W1, W2); break;
+        default: lane_product_grad<3>(pd.degree, dS, mw, md, M1, M2, W1, W2); break;
         }
     }
 }
