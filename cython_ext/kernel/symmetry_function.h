@@ -140,6 +140,13 @@ private:
                                       const TripletBlock& blk) const;
     template <int NV>
     inline void contract_block_terms(const AngularContraction& ac, const TripletBlock& blk) const;
+    template <int NV, int D>
+    inline void contract_block_terms_poly(const AngularContraction& ac,
+                                          const TripletBlock& blk) const;
+    template <int NV>
+    inline void contract_block_poly(const AngularContraction& ac, const TripletBlock& blk) const;
+    template <int NV>
+    inline void contract_poly_coefficients(const AngularContraction& ac) const;
     template <int NV>
     inline void contract_block_scatter(ContractFrame& fr, const AngularContraction& ac,
                                        const TripletBlock& blk) const;
@@ -182,6 +189,11 @@ private:
         bool fast_exp;
         std::vector<int> by_gauss, gauss_start;  // terms of Gaussian q: by_gauss[gauss_start[q]..)
         std::vector<int> power_by_gauss;         // terms[by_gauss[a]].power
+        // contract(): when every power has integer zeta in [1, kPolyMaxZeta] and |lambda| <= 1,
+        // (1 + lambda cos)^zeta is never clipped and is a polynomial of degree <= poly_degree
+        // in cos; poly_coef [by_gauss term a][poly_degree + 1]: its coefficients. 0: not so.
+        int poly_degree = 0;
+        std::vector<double> poly_coef;
     };
     struct CompactRadialTerm { int sf, e1; double rl, rc; CompactFunction radial; };
     struct CompactAngularTerm { int sf; CompactFunction angular; };  // argument: theta (rad)
