@@ -2080,10 +2080,17 @@ inline void alpha_beta(const Contraction& ac, const Block& blk, int i, const v4d
     double* vbase = ac.vbase;
     const std::size_t per_vec = ac.per_vec;
     int jx[4], kx[4];
-    for (int l = 0; l < 4; ++l) {
-        const int il = std::min(i + l, nb - 1);
-        jx[l] = blk.bj[il];
-        kx[l] = blk.bk[il];
+    if (i + 4 <= nb) {
+        for (int l = 0; l < 4; ++l) {
+            jx[l] = blk.bj[i + l];
+            kx[l] = blk.bk[i + l];
+        }
+    } else {
+        for (int l = 0; l < 4; ++l) {
+            const int il = std::min(i + l, nb - 1);
+            jx[l] = blk.bj[il];
+            kx[l] = blk.bk[il];
+        }
     }
     v4d fj, dfj, r_ij, cj, fk, dfk, r_ik, ck;
     transpose4(ld4(nb_rec + 4 * jx[0]), ld4(nb_rec + 4 * jx[1]),
