@@ -39,7 +39,10 @@ after them, see bench_lammps.py).
 AVX2 guest (AMD EPYC Zen 3), 2026-12-03, after that day's second set of kernel changes: water
 8640 52.8 µs/atom against libnnp 360.1: 6.82x (per round 6.08-7.09x), two threads 1.98x; water
 1080 7.44x; IRMOF-1 (--repeat 10 --rounds 5) 4.1 against 23.3: 5.60x (per round 3.37-8.15x:
-the host's slow stretches, see docs/performance.md).
+the host's slow stretches, see docs/performance.md). After the narrow-angular changes (polynomial
+contraction, constant powers; --cases water irmof --threads 1 2 --repeat 3 --rounds 3): water 8640
+46.4 against 373.5: 8.05x wall, 8.13x on CPU time (per round 6.46-8.85x), two threads 1.81x;
+water 1080 7.25x; IRMOF-1 5.3 against 30.2: 5.75x (4.42-6.77x).
 """
 import argparse
 import os

@@ -37,7 +37,9 @@ On an AVX2 guest (AMD EPYC Zen 3, no AVX-512; the host's other tenant slows a pr
 1.75x for stretches of a second, see docs/performance.md), 2026-12-03, same plugin built there:
 water 61.4 against 425.8 (6.94x, per round 6.63-6.94x), later 55.0 against 327.4 (5.95x,
 4.66-6.51x); IRMOF-1 6.0 against 34.9 (5.77x, 5.36-6.74x), after that day's second set of
-kernel changes 3.8 against 29.9 (7.92x, --rounds 5: 5.29-9.01x).
+kernel changes 3.8 against 29.9 (7.92x, --rounds 5: 5.29-9.01x); after the narrow-angular
+changes (polynomial contraction, constant powers; --rounds 5): water 44.7 against 362.6 (8.12x,
+per round 6.39-9.03x), IRMOF-1 4.3 against 39.8 (9.34x, 7.28-10.21x).
 
 Reported per np: Pair time (average over ranks) per atom-step (wall-clock µs; with N ranks
 the work is split, so the per-core cost is N times that), parallel efficiency vs np=1,
