@@ -107,6 +107,23 @@ constexpr int kMomentMaxZeta = 8;  // type 9 with integer zeta up to this: Carte
 constexpr int kPolyMaxZeta = 8;    // contract(): angular factors as polynomials up to this zeta
 constexpr int kFingerprint = 4;  // buf[0..3]: descriptor address, n, d[0], d[3n-1]
 
+/// Whether (1 + lambda cos)^zeta is a polynomial in cos of degree zeta_int <= max_zeta: integer
+/// zeta >= 1 and |lambda| <= 1, so that the base is never negative and never clipped.
+inline bool unclipped_polynomial(int zeta_int, double lambda, int max_zeta) {
+    return zeta_int >= 1 && zeta_int <= max_zeta && std::fabs(lambda) <= 1.0;
+}
+
+/// out[m] = scale C(zeta, m) lambda^m, m = 0..zeta: the coefficients of scale (1 + lambda c)^zeta
+/// in powers of c.
+inline void power_polynomial(int zeta, double lambda, double scale, double* out) {
+    double binom = 1.0, lp = 1.0;
+    for (int m = 0; m <= zeta; ++m) {
+        out[m] = scale * binom * lp;
+        binom = binom * (zeta - m) / (m + 1);
+        lp *= lambda;
+    }
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -301,7 +318,7 @@ Descriptor::Descriptor(std::vector<SymmetryFunctionParams> sfs, std::vector<int>
         case 9:
         case 13: {
             const int zi = integer_zeta(p.zeta);
-            if (p.type == 9 && zi >= 1 && zi <= kMomentMaxZeta && std::fabs(p.lambda) <= 1.0) {
+            if (p.type == 9 && unclipped_polynomial(zi, p.lambda, kMomentMaxZeta)) {
                 // (1 + lambda cos)^zeta >= 0 needs no clipping: moment expansion (see below).
                 auto find_set = [&](int e) {
                     for (std::size_t k = 0; k < msets_.size(); ++k) {
@@ -328,12 +345,7 @@ Descriptor::Descriptor(std::vector<SymmetryFunctionParams> sfs, std::vector<int>
                 // of one set: half the double sum less its diagonal (cos = 1).
                 const double norm = std::pow(2.0, 1.0 - p.zeta), half = s1 == s2 ? 0.5 : 1.0;
                 MomentTerm t{s, std::vector<double>(zi + 1), 0.0};
-                double binom = 1.0, lp = 1.0;
-                for (int m = 0; m <= zi; ++m) {
-                    t.coef[m] = half * norm * binom * lp;
-                    binom = binom * (zi - m) / (m + 1);
-                    lp *= p.lambda;
-                }
+                power_polynomial(zi, p.lambda, half * norm, t.coef.data());
                 if (s1 == s2) t.diag = half * norm * std::pow(1.0 + p.lambda, zi);
                 it->terms.push_back(std::move(t));
                 break;
@@ -434,24 +446,17 @@ Descriptor::Descriptor(std::vector<SymmetryFunctionParams> sfs, std::vector<int>
         }
         g.power_by_gauss.clear();
         for (int t : g.by_gauss) g.power_by_gauss.push_back(g.terms[t].power);
-        // (1 + lambda c)^zeta = sum_m binom(zeta, m) lambda^m c^m; with |lambda| <= 1 and
-        // |c| <= 1 the base is never negative, so the clipped power is this polynomial.
+        // contract()'s polynomial path when every power of the group is one.
         int degree = 0;
-        for (const AngularPower& p : g.powers) {
-            const bool poly = p.zeta_int >= 1 && p.zeta_int <= kPolyMaxZeta &&
-                              std::fabs(p.lambda) <= 1.0;
-            degree = poly && degree >= 0 ? std::max(degree, p.zeta_int) : -1;
-        }
+        for (const AngularPower& p : g.powers)
+            degree = unclipped_polynomial(p.zeta_int, p.lambda, kPolyMaxZeta) && degree >= 0
+                         ? std::max(degree, p.zeta_int)
+                         : -1;
         g.poly_degree = std::max(degree, 0);
         g.poly_coef.assign(g.by_gauss.size() * (g.poly_degree + 1), 0.0);
         for (std::size_t a = 0; a < g.by_gauss.size() && g.poly_degree > 0; ++a) {
             const AngularPower& p = g.powers[g.power_by_gauss[a]];
-            double binom = 1.0, lambda_m = 1.0;
-            for (int m = 0; m <= p.zeta_int; ++m) {
-                g.poly_coef[a * (g.poly_degree + 1) + m] = binom * lambda_m;
-                binom = binom * (p.zeta_int - m) / (m + 1);
-                lambda_m *= p.lambda;
-            }
+            power_polynomial(p.zeta_int, p.lambda, 1.0, &g.poly_coef[a * (g.poly_degree + 1)]);
         }
     }
     for (AngularGroup& g : angular_) {
@@ -813,18 +818,21 @@ inline void pow_array4_times(int n, const double* in, int m, double* out, const 
     });
 }
 
+/// angular_base of four lanes: max(0, 1 + lambda cos) as (P + |P|)/2 (lam: lambda in each lane).
+inline v4d angular_base4(const v4d& lam, const double* cos_t) {
+    const v4d one = {1.0, 1.0, 1.0, 1.0}, half = {0.5, 0.5, 0.5, 0.5};
+    const v4i no_sign = {~(1LL << 63), ~(1LL << 63), ~(1LL << 63), ~(1LL << 63)};
+    const v4d P = one + lam * ld4(cos_t);
+    return half * (P + (v4d)((v4i)P & no_sign));
+}
+
 /// pw[i] = max(0, 1 + lambda cos[i])^m (m >= 1) for whole 4-lane groups (n rounded up: cos and
 /// pw must have room): angular_base's bases and pow4's products per element, in registers in
 /// one pass.
 inline void angular_power4(int n, const double* cos_t, double lambda, int m, double* pw) {
-    const v4d one = {1.0, 1.0, 1.0, 1.0}, half = {0.5, 0.5, 0.5, 0.5};
     const v4d lam = {lambda, lambda, lambda, lambda};
-    const v4i no_sign = {~(1LL << 63), ~(1LL << 63), ~(1LL << 63), ~(1LL << 63)};
     with_power(m, [&](auto M) {
-        for (int i = 0; i < n; i += 4) {
-            const v4d P = one + lam * ld4(cos_t + i);
-            st4(pw + i, pow_m<M()>(half * (P + (v4d)((v4i)P & no_sign)), m));
-        }
+        for (int i = 0; i < n; i += 4) st4(pw + i, pow_m<M()>(angular_base4(lam, cos_t + i), m));
     });
 }
 
@@ -2036,15 +2044,12 @@ PYFRAGNN_PART void Descriptor::contract_block_powers(const AngularContraction& a
         const double zl = p.zeta * p.lambda;
         if (p.zeta_int >= 1) {  // the loops below in one pass in registers, whole
             const int m = p.zeta_int - 1;  // 4-lane groups
-            const v4d one = {1.0, 1.0, 1.0, 1.0}, half = {0.5, 0.5, 0.5, 0.5};
             const v4d lam = {p.lambda, p.lambda, p.lambda, p.lambda};
             const v4d zl4 = {zl, zl, zl, zl};
-            const v4i no_sign = {~(1LL << 63), ~(1LL << 63), ~(1LL << 63), ~(1LL << 63)};
             with_power(m, [&](auto M) {
                 for (int i = 0; i < nb; i += 4) {
-                    const v4d P = one + lam * ld4(bc + i);
-                    const v4d base = half * (P + (v4d)((v4i)P & no_sign));
-                    if (m == 0) {  // P^0 = 1 needs the P > 0 mask explicitly
+                    const v4d base = angular_base4(lam, bc + i);
+                    if (M() == 0) {  // P^0 = 1 needs the P > 0 mask explicitly
                         st4(pww + i, base);
                         st4(dpww + i, (v4d)((v4i)(base > 0.0) & (v4i)zl4));
                         continue;
