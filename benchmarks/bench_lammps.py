@@ -39,7 +39,12 @@ water 61.4 against 425.8 (6.94x, per round 6.63-6.94x), later 55.0 against 327.4
 4.66-6.51x); IRMOF-1 6.0 against 34.9 (5.77x, 5.36-6.74x), after that day's second set of
 kernel changes 3.8 against 29.9 (7.92x, --rounds 5: 5.29-9.01x); after the narrow-angular
 changes (polynomial contraction, constant powers; --rounds 5): water 44.7 against 362.6 (8.12x,
-per round 6.39-9.03x), IRMOF-1 4.3 against 39.8 (9.34x, 7.28-10.21x).
+per round 6.39-9.03x), IRMOF-1 4.3 against 39.8 (9.34x, 7.28-10.21x). After the moment-loop
+changes (unrolled by degree; --steps 10 --rounds 10, short runs so that each has a chance to
+fall in one of the host's fast stretches): IRMOF-1 3.0 against 31.7 (10.52x, per round
+6.32-13.40x; the code before them, same protocol and hour: 3.6 against 31.8, 8.78x); --steps
+50 --rounds 8: 3.3 against 31.8 (9.73x, 7.02-11.91x); water (--steps 10 --rounds 3) 46.1
+against 371.7 (8.07x, 7.97-8.56x).
 
 Reported per np: Pair time (average over ranks) per atom-step (wall-clock µs; with N ranks
 the work is split, so the per-core cost is N times that), parallel efficiency vs np=1,

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <stdexcept>
 
 namespace pyfragnn {
@@ -285,27 +286,39 @@ double AtomicNetwork::evaluate(const double* x, double* dEdx, NetworkWorkspace& 
             if (i + 4 <= nin) std::memcpy(gin + i, &s, sizeof s);
             else for (int k = 0; i + k < nin; ++k) gin[i + k] = s[k];
         };
-        int i = 0;
-        for (; i + 8 <= nin4; i += 8) {  // two vectors of inputs per pass over the outputs
-            v4d_net s0 = {0.0, 0.0, 0.0, 0.0}, s1 = s0;
-            for (int j = 0; j < nout; ++j) {
-                v4d_net t0, t1;
-                std::memcpy(&t0, T + static_cast<size_t>(j) * nin4 + i, sizeof t0);
-                std::memcpy(&t1, T + static_cast<size_t>(j) * nin4 + i + 4, sizeof t1);
-                s0 += t0 * delta[j];
-                s1 += t1 * delta[j];
+        // NOUT: the usual widths at compile time, so that the loop over the outputs unrolls
+        // and delta stays in registers (0: nout at run time).
+        auto rows = [&](auto NOUT) PYFRAGNN_LAMBDA {
+            const int n = NOUT() > 0 ? NOUT() : nout;
+            int i = 0;
+            for (; i + 8 <= nin4; i += 8) {  // two vectors of inputs per pass over the outputs
+                v4d_net s0 = {0.0, 0.0, 0.0, 0.0}, s1 = s0;
+                for (int j = 0; j < n; ++j) {
+                    v4d_net t0, t1;
+                    std::memcpy(&t0, T + static_cast<size_t>(j) * nin4 + i, sizeof t0);
+                    std::memcpy(&t1, T + static_cast<size_t>(j) * nin4 + i + 4, sizeof t1);
+                    s0 += t0 * delta[j];
+                    s1 += t1 * delta[j];
+                }
+                store(i, s0);
+                store(i + 4, s1);
             }
-            store(i, s0);
-            store(i + 4, s1);
-        }
-        for (; i < nin4; i += 4) {
-            v4d_net s = {0.0, 0.0, 0.0, 0.0};
-            for (int j = 0; j < nout; ++j) {
-                v4d_net t;
-                std::memcpy(&t, T + static_cast<size_t>(j) * nin4 + i, sizeof t);
-                s += t * delta[j];
+            for (; i < nin4; i += 4) {
+                v4d_net s = {0.0, 0.0, 0.0, 0.0};
+                for (int j = 0; j < n; ++j) {
+                    v4d_net t;
+                    std::memcpy(&t, T + static_cast<size_t>(j) * nin4 + i, sizeof t);
+                    s += t * delta[j];
+                }
+                store(i, s);
             }
-            store(i, s);
+        };
+        switch (nout) {
+        case 4: rows(std::integral_constant<int, 4>{}); break;
+        case 8: rows(std::integral_constant<int, 8>{}); break;
+        case 12: rows(std::integral_constant<int, 12>{}); break;
+        case 16: rows(std::integral_constant<int, 16>{}); break;
+        default: rows(std::integral_constant<int, 0>{}); break;
         }
         out = in;
     }

@@ -16,10 +16,14 @@
 // PYFRAGNN_PART: a section of a PYFRAGNN_HOT function (Descriptor::compute/contract's parts):
 // always inlined, so that each clone compiles it for its own target and no clone calls a
 // separately compiled default-ISA copy.
+// PYFRAGNN_LAMBDA, after a lambda's parameters, does the same for a lambda (flatten alone left
+// a large one as a separate default-ISA function).
 #if defined(__GNUC__)
 #define PYFRAGNN_PART inline __attribute__((always_inline))
+#define PYFRAGNN_LAMBDA __attribute__((always_inline))
 #else
 #define PYFRAGNN_PART inline
+#define PYFRAGNN_LAMBDA
 #endif
 
 #include <algorithm>

@@ -519,6 +519,8 @@ Descriptor::Descriptor(std::vector<SymmetryFunctionParams> sfs, std::vector<int>
             if (pd.pair[l] >= 0)
                 pd.nslot = std::max(pd.nslot, static_cast<int>(mpairs_[pd.pair[l]].terms.size()));
         pd.sf.assign(4 * static_cast<std::size_t>(pd.nslot), -1);
+        pd.sf0.assign(4 * static_cast<std::size_t>(pd.nslot), 0);
+        pd.live.assign(4 * static_cast<std::size_t>(pd.nslot), 0);
         pd.diag.assign(4 * static_cast<std::size_t>(pd.nslot), 0.0);
         pd.coef.assign(4 * static_cast<std::size_t>(pd.nslot) * nq, 0.0);
         for (int l = 0; l < 4; ++l) {
@@ -528,48 +530,15 @@ Descriptor::Descriptor(std::vector<SymmetryFunctionParams> sfs, std::vector<int>
             for (std::size_t u = 0; u < mp.terms.size(); ++u) {
                 const MomentTerm& t = mp.terms[u];
                 pd.sf[4 * u + l] = t.sf;
+                pd.sf0[4 * u + l] = t.sf;
+                pd.live[4 * u + l] = -1;
                 pd.diag[4 * u + l] = t.diag;
                 for (int q = 0; q < nq && q < static_cast<int>(t.coef.size()); ++q)
                     pd.coef[(u * nq + q) * 4 + l] = t.coef[q];
             }
         }
     }
-    int dmax = 0;
-    for (MomentSet& m : msets_) {
-        m.fast_exp = in_range(m.eta, m.rs);
-        dmax = std::max(dmax, m.degree);
-    }
-    if (!msets_.empty()) {
-        const int w = dmax + 1;
-        std::vector<int> index(static_cast<std::size_t>(w) * w * w, -1);
-        auto at = [&](int a, int b, int c) -> int& { return index[(a * w + b) * w + c]; };
-        double fact[kMomentMaxZeta + 1];
-        fact[0] = 1.0;
-        for (int k = 1; k <= kMomentMaxZeta; ++k) fact[k] = fact[k - 1] * k;
-        for (int m = 0; m <= dmax; ++m)
-            for (int a = m; a >= 0; --a)
-                for (int b = m - a; b >= 0; --b) {
-                    const int c = m - a - b, k = static_cast<int>(mono_deg_.size());
-                    at(a, b, c) = k;
-                    mono_exp_.insert(mono_exp_.end(), {a, b, c});
-                    mono_deg_.push_back(m);
-                    mono_weight_.push_back(fact[m] / (fact[a] * fact[b] * fact[c]));
-                    const int axis = a > 0 ? 0 : b > 0 ? 1 : c > 0 ? 2 : -1;
-                    mono_axis_.push_back(axis);
-                    mono_parent_.push_back(axis == 0 ? at(a - 1, b, c) : axis == 1 ? at(a, b - 1, c)
-                                           : axis == 2 ? at(a, b, c - 1) : -1);
-                }
-        mono_up_.assign(3 * mono_deg_.size(), -1);
-        for (std::size_t k = 0; k < mono_deg_.size(); ++k) {
-            if (mono_deg_[k] == dmax) continue;
-            const int a = mono_exp_[3 * k], b = mono_exp_[3 * k + 1], c = mono_exp_[3 * k + 2];
-            mono_up_[3 * k] = at(a + 1, b, c);
-            mono_up_[3 * k + 1] = at(a, b + 1, c);
-            mono_up_[3 * k + 2] = at(a, b, c + 1);
-        }
-        mono_up_fac_.assign(3 * mono_deg_.size(), 0.0);
-        for (std::size_t k = 0; k < 3 * mono_deg_.size(); ++k) mono_up_fac_[k] = mono_exp_[k] + 1;
-    }
+    for (MomentSet& m : msets_) m.fast_exp = in_range(m.eta, m.rs);
 }
 
 double Descriptor::cutoff() const { return cutoff_; }
@@ -618,21 +587,28 @@ constexpr int kBlock = 128;  // a multiple of 4 (the angular contraction reads 4
 // without AVX does not apply.
 #pragma GCC diagnostic ignored "-Wpsabi"
 typedef double v4d __attribute__((vector_size(32)));
-inline v4d ld4(const double* p) { v4d x; std::memcpy(&x, p, sizeof x); return x; }
-inline void st4(double* p, const v4d& x) { std::memcpy(p, &x, sizeof x); }
+// Unaligned loads and stores through a vector type of 8-byte alignment, not memcpy: a memcpy
+// store may alias any object, so GCC reloaded std::vector members' data pointers after each
+// st4 in a loop; a store of doubles may alias doubles only.
+typedef double v4d_u __attribute__((vector_size(32), aligned(8)));
+inline v4d ld4(const double* p) { return *reinterpret_cast<const v4d_u*>(p); }
+inline void st4(double* p, const v4d& x) { *reinterpret_cast<v4d_u*>(p) = x; }
 typedef long long v4i __attribute__((vector_size(32)));
 
-/// For NB blocks of four neighbours' monomials (mo: [nm][4] per block, `stride` apart), per lane
-/// p = sum_{k<nm} W[4 k] u^k and p_ax = sum_{k<nm_low} Wu[4 (ax nm_low + k)] u^k (W and Wu: one
-/// lane of a group's [.][4] arrays), each summed in k order as for one neighbour alone; the
-/// 4 NB chains of adds overlap.
-template <int NB>
-inline void mono_dots(int nm, int nm_low, const double* W, const double* Wu, const double* mo,
-                      std::size_t stride, v4d* p, v4d* px, v4d* py, v4d* pz) {
+/// For NB blocks of four neighbours' monomials of degree <= DEG (mo: [nm][4] per block,
+/// `stride` apart), per lane p = sum_{k<nm} W[4 k] u^k and p_ax = sum_{k<nm_low} Wu[4 (ax nm_low
+/// + k)] u^k (W and Wu: one lane of a group's [.][4] arrays; nm_low the count of degree < DEG),
+/// each summed in k order as for one neighbour alone; the 4 NB chains of adds overlap. DEG is
+/// a template parameter so that the loops over the monomials unroll.
+template <int NB, int DEG>
+inline void mono_dots(const double* W, const double* Wu, const double* mo, std::size_t stride,
+                      v4d* p, v4d* px, v4d* py, v4d* pz) {
+    constexpr int nm = (DEG + 1) * (DEG + 2) * (DEG + 3) / 6;
+    constexpr int nm_low = DEG * (DEG + 1) * (DEG + 2) / 6;
     v4d s[NB], sx[NB], sy[NB], sz[NB];
     for (int h = 0; h < NB; ++h) s[h] = sx[h] = sy[h] = sz[h] = v4d{0.0, 0.0, 0.0, 0.0};
-    int k = 0;
-    for (; k < nm_low; ++k) {
+#pragma GCC unroll 128
+    for (int k = 0; k < nm_low; ++k) {
         const double w = W[4 * k], wx = Wu[4 * k], wy = Wu[4 * (nm_low + k)],
                      wz = Wu[4 * (2 * nm_low + k)];
         for (int h = 0; h < NB; ++h) {
@@ -643,11 +619,11 @@ inline void mono_dots(int nm, int nm_low, const double* W, const double* Wu, con
             sz[h] += wz * v;
         }
     }
-    for (; k < nm; ++k)
+#pragma GCC unroll 48
+    for (int k = nm_low; k < nm; ++k)
         for (int h = 0; h < NB; ++h) s[h] += W[4 * k] * ld4(mo + h * stride + 4 * k);
     for (int h = 0; h < NB; ++h) { p[h] = s[h]; px[h] = sx[h]; py[h] = sy[h]; pz[h] = sz[h]; }
 }
-
 
 /// Columns of the 4x4 matrix with rows a, b, c, d.
 inline void transpose4(const v4d& a, const v4d& b, const v4d& c, const v4d& d, v4d& w, v4d& x,
@@ -672,6 +648,41 @@ struct MonoCounts {
 constexpr MonoCounts kNMono{};
 inline int n_mono(int d) { return kNMono.n[d]; }
 
+/// The monomials u^a = u_x^a_x u_y^a_y u_z^a_z of degree |a| <= kMomentMaxZeta in the order of
+/// lane_monomials: by degree m, within a degree a_x from m down, then a_y from m - a_x down
+/// (index n_mono(m - 1) + (m - a_x)(m - a_x + 1)/2 + a_z). Per monomial k: the multinomial
+/// weight m!/a! of (u.v)^m = sum_{|a|=m} m!/a! u^a v^a, and per axis the index of a + e_axis
+/// (-1 past the highest degree) and a_axis + 1 (d u^(a + e_axis) / d u_axis = (a_axis + 1) u^a).
+/// Compile-time tables, so that the unrolled moment loops read constants.
+struct MonoTable {
+    static constexpr int kCount =
+        (kMomentMaxZeta + 1) * (kMomentMaxZeta + 2) * (kMomentMaxZeta + 3) / 6;
+    double weight[kCount];
+    int up[kCount][3];
+    double up_fac[kCount][3];
+    static constexpr int index(int a, int b, int c) {
+        const int m = a + b + c;
+        return m * (m + 1) * (m + 2) / 6 + (m - a) * (m - a + 1) / 2 + c;
+    }
+    constexpr MonoTable() : weight(), up(), up_fac() {
+        double fact[kMomentMaxZeta + 1] = {1.0};
+        for (int k = 1; k <= kMomentMaxZeta; ++k) fact[k] = fact[k - 1] * k;
+        for (int m = 0; m <= kMomentMaxZeta; ++m)
+            for (int a = m; a >= 0; --a)
+                for (int b = m - a; b >= 0; --b) {
+                    const int c = m - a - b, k = index(a, b, c);
+                    weight[k] = fact[m] / (fact[a] * fact[b] * fact[c]);
+                    const int e[3] = {a, b, c};
+                    for (int ax = 0; ax < 3; ++ax) {
+                        up[k][ax] = m == kMomentMaxZeta ? -1
+                                    : index(a + (ax == 0), b + (ax == 1), c + (ax == 2));
+                        up_fac[k][ax] = e[ax] + 1;
+                    }
+                }
+    }
+};
+constexpr MonoTable kMono{};
+
 /// Monomials u^a (degree <= D) of four neighbours, one per lane ([nm][4] at mo), in the order of
 /// the tables: degree block d = x * block d-1, then y * its a = 0 tail (d entries), then z * its
 /// last entry. D is a template parameter so that the short loops unroll (they were ~3 % of an
@@ -679,28 +690,15 @@ inline int n_mono(int d) { return kNMono.n[d]; }
 template <int D>
 inline void lane_monomials(double* mo, const v4d& ux, const v4d& uy, const v4d& uz) {
     st4(mo, v4d{1.0, 1.0, 1.0, 1.0});
+#pragma GCC unroll 9
     for (int d = 1, prev = 0; d <= D; ++d) {
         const int len = d * (d + 1) / 2, out = prev + len;  // block d-1: [prev, out)
+#pragma GCC unroll 36
         for (int i = 0; i < len; ++i) st4(mo + 4 * (out + i), ux * ld4(mo + 4 * (prev + i)));
+#pragma GCC unroll 9
         for (int i = 0; i < d; ++i) st4(mo + 4 * (out + len + i), uy * ld4(mo + 4 * (out - d + i)));
         st4(mo + 4 * (out + len + d), uz * ld4(mo + 4 * (out - 1)));
         prev = out;
-    }
-}
-
-/// lane_monomials for a degree known at run time (0 <= degree <= kMomentMaxZeta).
-inline void lane_monomials(int degree, double* mo, const v4d& ux, const v4d& uy, const v4d& uz) {
-    static_assert(kMomentMaxZeta == 8, "one case per degree");
-    switch (degree) {
-    case 0: lane_monomials<0>(mo, ux, uy, uz); return;
-    case 1: lane_monomials<1>(mo, ux, uy, uz); return;
-    case 2: lane_monomials<2>(mo, ux, uy, uz); return;
-    case 3: lane_monomials<3>(mo, ux, uy, uz); return;
-    case 4: lane_monomials<4>(mo, ux, uy, uz); return;
-    case 5: lane_monomials<5>(mo, ux, uy, uz); return;
-    case 6: lane_monomials<6>(mo, ux, uy, uz); return;
-    case 7: lane_monomials<7>(mo, ux, uy, uz); return;
-    default: lane_monomials<8>(mo, ux, uy, uz); return;
     }
 }
 
@@ -713,43 +711,118 @@ inline v4d rotate(const v4d& v) {
     return __builtin_shuffle(v, v4i{D % 4, (D + 1) % 4, (D + 2) % 4, (D + 3) % 4});
 }
 
-/// S[m] = sum_{|a|=m} w_a M1[a] rotate<D>(M2[a]) for m <= degree (M1, M2: [nm][4], monomials by
+/// f(std::integral_constant<int, degree>()) for 0 <= degree <= kMomentMaxZeta: the moment
+/// products' loops with the degree known at compile time unroll completely (their loop control
+/// per degree block of 1, 3, 6, ... monomials cost as much as the arithmetic).
+template <typename F>
+inline void with_degree(int degree, F&& f) {
+    static_assert(kMomentMaxZeta == 8, "one case per degree");
+    switch (degree) {
+    case 0: f(std::integral_constant<int, 0>{}); break;
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 5: f(std::integral_constant<int, 5>{}); break;
+    case 6: f(std::integral_constant<int, 6>{}); break;
+    case 7: f(std::integral_constant<int, 7>{}); break;
+    default: f(std::integral_constant<int, 8>{}); break;
+    }
+}
+
+/// S[m] = sum_{|a|=m} w_a M1[a] rotate<D>(M2[a]) for m <= DEG (M1, M2: [nm][4], monomials by
 /// degree; two partial sums per degree, in monomial order).
-template <int D>
-inline void lane_product_sums(int degree, const double* w, const double* M1, const double* M2,
-                              v4d* S) {
-    for (int deg = 0, k = 0; deg <= degree; ++deg) {
+template <int D, int DEG>
+inline void lane_product_sums(const double* w, const double* M1, const double* M2, v4d* S) {
+#pragma GCC unroll 9
+    for (int deg = 0; deg <= DEG; ++deg) {
         v4d s0 = {0.0, 0.0, 0.0, 0.0}, s1 = s0;
-        const int end = n_mono(deg);
+        const int end = kNMono.n[deg];
+        int k = deg > 0 ? kNMono.n[deg - 1] : 0;
+#pragma GCC unroll 32
         for (; k + 1 < end; k += 2) {
             s0 += w[k] * ld4(M1 + 4 * k) * rotate<D>(ld4(M2 + 4 * k));
             s1 += w[k + 1] * ld4(M1 + 4 * k + 4) * rotate<D>(ld4(M2 + 4 * k + 4));
         }
-        if (k < end) { s0 += w[k] * ld4(M1 + 4 * k) * rotate<D>(ld4(M2 + 4 * k)); ++k; }
+        if (k < end) s0 += w[k] * ld4(M1 + 4 * k) * rotate<D>(ld4(M2 + 4 * k));
         S[deg] = s0 + s1;
     }
 }
 
-/// dE/dM of a product's pairs up to `degree`: W1 += C rotate<D>(M2) (lane l: dE/dM of the
+/// dE/dM of a product's pairs up to degree DEG: W1 += C rotate<D>(M2) (lane l: dE/dM of the
 /// pair's first set), then W2 += rotate<-D>(C M1) (its second set's lane), with
-/// C_k = dS[deg k] w_k (w: m!/a!, deg: the monomials' degrees, mono_deg_); W1 may be W2. One
-/// loop over the monomials (a loop per degree cost more in loop control than in arithmetic).
-template <int D>
-inline void lane_product_grad(int degree, const v4d* dS, const double* w, const int* deg,
-                              const double* M1, const double* M2, double* W1, double* W2) {
-    const int nm = n_mono(degree);
-    if (W1 == W2)  // one group: both updates of a monomial in registers, in the same order
-        for (int k = 0; k < nm; ++k) {
-            const v4d c = dS[deg[k]] * w[k];
-            const v4d x = ld4(W1 + 4 * k) + c * rotate<D>(ld4(M2 + 4 * k));
-            st4(W1 + 4 * k, x + rotate<(4 - D) % 4>(c * ld4(M1 + 4 * k)));
+/// C_k = dS[deg k] w_k (w: m!/a!); W1 may be W2.
+template <int D, int DEG>
+inline void lane_product_grad(const v4d* dS, const double* w, const double* M1, const double* M2,
+                              double* W1, double* W2) {
+    const bool same = W1 == W2;  // one group: both updates of a monomial in registers, in order
+#pragma GCC unroll 9
+    for (int deg = 0; deg <= DEG; ++deg) {
+        const v4d dSd = dS[deg];
+        const int k0 = deg > 0 ? kNMono.n[deg - 1] : 0, k1 = kNMono.n[deg];
+        if (same)
+#pragma GCC unroll 64
+            for (int k = k0; k < k1; ++k) {
+                const v4d c = dSd * w[k];
+                const v4d x = ld4(W1 + 4 * k) + c * rotate<D>(ld4(M2 + 4 * k));
+                st4(W1 + 4 * k, x + rotate<(4 - D) % 4>(c * ld4(M1 + 4 * k)));
+            }
+        else
+#pragma GCC unroll 64
+            for (int k = k0; k < k1; ++k) {
+                const v4d c = dSd * w[k];
+                st4(W1 + 4 * k, ld4(W1 + 4 * k) + c * rotate<D>(ld4(M2 + 4 * k)));
+                st4(W2 + 4 * k, ld4(W2 + 4 * k) + rotate<(4 - D) % 4>(c * ld4(M1 + 4 * k)));
+            }
+    }
+}
+
+/// Monomials of four neighbours at once, one per lane (lane_monomials; mono: [m4/4][nm][4]),
+/// and the moments Mo[k] = sum_j A_j u_j^a (k < nm) summed over the neighbours in order: per
+/// lane, four monomials at a time (transposed from the lanes). DEG: the degree, so that the
+/// loops over the monomials unroll.
+template <int DEG>
+inline void lane_moments(int m4, const double* A, const double* ux4, const double* uy4,
+                         const double* uz4, double* mono, double* Mo) {
+    constexpr int nm = (DEG + 1) * (DEG + 2) * (DEG + 3) / 6, nm_4 = nm & ~3;
+    std::fill(Mo, Mo + nm, 0.0);
+    for (int b = 0; b < m4; b += 4) {
+        double* mo = mono + static_cast<std::size_t>(b) * nm;  // [nm][4]
+        lane_monomials<DEG>(mo, ld4(ux4 + b), ld4(uy4 + b), ld4(uz4 + b));
+#pragma GCC unroll 48
+        for (int k = 0; k < nm_4; k += 4) {
+            v4d row[4];
+            transpose4(ld4(mo + 4 * k), ld4(mo + 4 * k + 4), ld4(mo + 4 * k + 8),
+                       ld4(mo + 4 * k + 12), row[0], row[1], row[2], row[3]);
+            // Branch-free over all four lanes: A is 0 beyond rc and past m, and adding a zero
+            // product leaves a sum unchanged (it starts at +0 and is never -0), so the moments
+            // are those of the neighbours inside rc alone, bit for bit.
+            v4d acc = ld4(Mo + k);
+            acc += A[b] * row[0];
+            acc += A[b + 1] * row[1];
+            acc += A[b + 2] * row[2];
+            acc += A[b + 3] * row[3];
+            st4(Mo + k, acc);
         }
-    else
-        for (int k = 0; k < nm; ++k) {
-            const v4d c = dS[deg[k]] * w[k];
-            st4(W1 + 4 * k, ld4(W1 + 4 * k) + c * rotate<D>(ld4(M2 + 4 * k)));
-            st4(W2 + 4 * k, ld4(W2 + 4 * k) + rotate<(4 - D) % 4>(c * ld4(M1 + 4 * k)));
+#pragma GCC unroll 4
+        for (int k = nm_4; k < nm; ++k) {
+            double t = Mo[k];
+            for (int l = 0; l < 4; ++l) t += A[b + l] * mo[4 * k + l];
+            Mo[k] = t;
         }
+    }
+}
+
+/// Wu[ax][k] = (a_ax + 1) W[a + e_ax] for the monomials a = k of degree < DEG, by lane (Wt:
+/// [nm][4], Wut: [3][nm_low][4]): d/du_ax sum_a W_a u^a = sum_k Wu[ax][k] u^k.
+template <int DEG>
+inline void lane_wu(const double* Wt, double* Wut) {
+    constexpr int nm_low = DEG * (DEG + 1) * (DEG + 2) / 6;
+#pragma GCC unroll 3
+    for (int ax = 0; ax < 3; ++ax)
+#pragma GCC unroll 128
+        for (int k = 0; k < nm_low; ++k)
+            st4(Wut + 4 * (ax * nm_low + k), kMono.up_fac[k][ax] * ld4(Wt + 4 * kMono.up[k][ax]));
 }
 
 /// b^m (m >= 0) per lane: a product chain for m <= 4, else left-to-right binary powering; top:
@@ -1198,7 +1271,9 @@ PYFRAGNN_PART void Descriptor::compute_layout(Frame& fr) const {
         const int* f; int m;
         fr.radial_list(radial_[gi], f, m);
         start[head + 1 + gi] = static_cast<int>(total);
-        total += (3 + radial_[gi].terms.size()) * static_cast<std::size_t>(m);
+        // + 3: contract_radial reads whole 4-lane groups (lanes past the list are discarded)
+        total += (3 + radial_[gi].terms.size()) * static_cast<std::size_t>(m) + 3;
+        scratch = std::max(scratch, radial_[gi].terms.size());  // contract_radial's weights
     }
     for (int gi = 0; gi < n_ang; ++gi) {
         const AngularGroup& g = angular_[gi];
@@ -1615,45 +1690,20 @@ PYFRAGNN_PART void Descriptor::compute_moment_set(Frame& fr, int si) const {
         A[a] = in ? f[a] * gs[a] : 0.0;
         dA[a] = in ? (df[a] - two_eta * (r[a] - ms.rs) * f[a]) * gs[a] : 0.0;
     }
-    std::fill(A + m, A + m4, 0.0);
-    std::fill(dA + m, dA + m4, 0.0);
-    for (int a = 0; a < m4; ++a) {  // whole 4-lane groups for the loops below and contract()
-        const bool in = a < m;
-        ux4[a] = in ? ua[0][a] : 0.0;
-        uy4[a] = in ? ua[1][a] : 0.0;
-        uz4[a] = in ? ua[2][a] : 0.0;
-        ir4[a] = in ? 1.0 / r[a] : 1.0;
+    for (int a = 0; a < m; ++a) {
+        ux4[a] = ua[0][a];
+        uy4[a] = ua[1][a];
+        uz4[a] = ua[2][a];
+        ir4[a] = 1.0 / r[a];
     }
-    // Monomials of four neighbours at once, one per lane (each lane's products are those of
-    // one neighbour alone): degree block d = x * block d-1, then y * its a = 0 tail (d
-    // entries), then z * its last entry, the products u^parent * u[axis] of the tables.
-    // Moments summed over the neighbours in order: per lane, four monomials at a time
-    // (transposed from the lanes).
-    std::fill(Mo, Mo + nm, 0.0);
-    const int nm_4 = nm & ~3;
-    for (int b = 0; b < m4; b += 4) {
-        double* mo = mono + static_cast<std::size_t>(b) * nm;  // [nm][4]
-        lane_monomials(ms.degree, mo, ld4(ux4 + b), ld4(uy4 + b), ld4(uz4 + b));
-        for (int k = 0; k < nm_4; k += 4) {
-            v4d row[4];
-            transpose4(ld4(mo + 4 * k), ld4(mo + 4 * k + 4), ld4(mo + 4 * k + 8),
-                       ld4(mo + 4 * k + 12), row[0], row[1], row[2], row[3]);
-            // Branch-free over all four lanes: A is 0 beyond rc and past m, and adding a zero
-            // product leaves a sum unchanged (it starts at +0 and is never -0), so the moments
-            // are those of the neighbours inside rc alone, bit for bit.
-            v4d acc = ld4(Mo + k);
-            acc += A[b] * row[0];
-            acc += A[b + 1] * row[1];
-            acc += A[b + 2] * row[2];
-            acc += A[b + 3] * row[3];
-            st4(Mo + k, acc);
-        }
-        for (int k = nm_4; k < nm; ++k) {
-            double t = Mo[k];
-            for (int l = 0; l < 4; ++l) t += A[b + l] * mo[4 * k + l];
-            Mo[k] = t;
-        }
+    for (int a = m; a < m4; ++a) {  // whole 4-lane groups for the loops below and contract()
+        A[a] = dA[a] = 0.0;
+        ux4[a] = uy4[a] = uz4[a] = 0.0;
+        ir4[a] = 1.0;
     }
+    with_degree(ms.degree, [&](auto G) PYFRAGNN_LAMBDA {
+        lane_moments<G()>(m4, A, ux4, uy4, uz4, mono, Mo);
+    });
     Mo[nm] = dot(m, A, A);
 }
 
@@ -1676,35 +1726,48 @@ PYFRAGNN_PART void Descriptor::compute_moment_products(Frame& fr) const {
         const MomentGroup& mg = mgroups_[g];
         const int nm = n_mono(mg.degree);
         double* Mt = buf + start[mhead + n_mset + g];
-        for (int l = 0; l < 4; ++l) {
-            const double* Ml = l < mg.count ? moments_of(mg.first + l) : nullptr;
-            for (int k = 0; k < nm; ++k) Mt[4 * k + l] = Ml ? Ml[k] : 0.0;
+        static const double kZeros[kNMono.n[kMomentMaxZeta]] = {};  // an absent lane's moments
+        const double* Ml[4];
+        for (int l = 0; l < 4; ++l) Ml[l] = l < mg.count ? moments_of(mg.first + l) : kZeros;
+        int k = 0;
+        for (; k + 4 <= nm; k += 4) {  // four monomials of the four lanes per transpose
+            v4d c[4];
+            transpose4(ld4(Ml[0] + k), ld4(Ml[1] + k), ld4(Ml[2] + k), ld4(Ml[3] + k), c[0], c[1],
+                       c[2], c[3]);
+            for (int q = 0; q < 4; ++q) st4(Mt + 4 * (k + q), c[q]);
         }
+        for (; k < nm; ++k)
+            for (int l = 0; l < 4; ++l) Mt[4 * k + l] = Ml[l][k];
     }
     for (const MomentProduct& pd : mproducts_) {
         const double* M1 = buf + start[mhead + n_mset + pd.g1];
         const double* M2 = buf + start[mhead + n_mset + pd.g2];
         v4d S[kMomentMaxZeta + 1];
-        switch (pd.d) {
-        case 0: lane_product_sums<0>(pd.degree, mono_weight_.data(), M1, M2, S); break;
-        case 1: lane_product_sums<1>(pd.degree, mono_weight_.data(), M1, M2, S); break;
-        case 2: lane_product_sums<2>(pd.degree, mono_weight_.data(), M1, M2, S); break;
-        default: lane_product_sums<3>(pd.degree, mono_weight_.data(), M1, M2, S); break;
-        }
+        const double* mw = kMono.weight;
+        with_degree(pd.degree, [&](auto G) PYFRAGNN_LAMBDA {
+            switch (pd.d) {
+            case 0: lane_product_sums<0, G()>(mw, M1, M2, S); break;
+            case 1: lane_product_sums<1, G()>(mw, M1, M2, S); break;
+            case 2: lane_product_sums<2, G()>(mw, M1, M2, S); break;
+            default: lane_product_sums<3, G()>(mw, M1, M2, S); break;
+            }
+        });
         // The functions of four lanes at once, each lane's sum in q order as for its pair alone.
         v4d Dv = {0.0, 0.0, 0.0, 0.0};
         for (int l = 0; l < 4; ++l)
             if (pd.dset[l] >= 0) Dv[l] = moments_of(pd.dset[l])[n_mono(msets_[pd.dset[l]].degree)];
-        const int nq = pd.degree + 1;
-        for (int u = 0; u < pd.nslot; ++u) {
-            const double* cf = pd.coef.data() + static_cast<std::size_t>(u) * nq * 4;
-            v4d V = {0.0, 0.0, 0.0, 0.0};
-            for (int q = 0; q < nq; ++q) V += ld4(cf + 4 * q) * S[q];
-            V -= ld4(pd.diag.data() + 4 * u) * Dv;
-            const int* sf = pd.sf.data() + 4 * u;
-            for (int l = 0; l < 4; ++l)
-                if (sf[l] >= 0) G[sf[l]] = V[l];
-        }
+        with_degree(pd.degree, [&](auto DEG) PYFRAGNN_LAMBDA {
+            constexpr int nq = DEG() + 1;
+            for (int u = 0; u < pd.nslot; ++u) {
+                const double* cf = pd.coef.data() + static_cast<std::size_t>(u) * nq * 4;
+                v4d V = {0.0, 0.0, 0.0, 0.0};
+                for (int q = 0; q < nq; ++q) V += ld4(cf + 4 * q) * S[q];
+                V -= ld4(pd.diag.data() + 4 * u) * Dv;
+                const int* sf = pd.sf.data() + 4 * u;
+                for (int l = 0; l < 4; ++l)
+                    if (sf[l] >= 0) G[sf[l]] = V[l];
+            }
+        });
     }
 }
 
@@ -1956,26 +2019,32 @@ PYFRAGNN_PART void Descriptor::contract_radial(ContractFrame& fr, const double* 
         const double* r = buf + start[head + 1 + gi];
         const double* fc = r + m;
         const double* dfc = fc + m;
-        double* s = scratch_mem;  // [m] dE/dr_ij
-        double* wv = s + m;       // [m] dE/dG of the neighbour's element's function
-        std::fill(s, s + m, 0.0);
-        for (std::size_t t = 0; t < g.terms.size(); ++t) {
-            const RadialTerm& term = g.terms[t];
-            const double two_eta = 2.0 * term.eta;
-            bool any = false;
-            for (int e = 0; e < members; ++e) {
-                const double w = dEdG[members == 1 ? term.sf : g.sf[t * members + e]];
-                const int ee = g.e1 < 0 ? 0 : g.e1 + e;
-                const int a0 = members == 1 ? 0 : start[ee] - start[g.e1];
-                const int a1 = members == 1 ? m : start[ee + 1] - start[g.e1];
-                std::fill(wv + a0, wv + a1, w);
-                any = any || w != 0.0;
+        // Per neighbour, dE/dr_ij summed over the terms in order with its element's dE/dG (zero
+        // weights add nothing), the element's weights gathered once, four neighbours per
+        // vector. (A weight per neighbour
+        // filled per term, then a loop over the whole list per term, cost more than the
+        // arithmetic with IRMOF-1's ~14 neighbours.)
+        const int nt = static_cast<int>(g.terms.size());
+        double* wt = scratch_mem;  // [nt] weights of one element
+        for (int e = 0; e < members; ++e) {
+            const int ee = g.e1 < 0 ? 0 : g.e1 + e;
+            const int a0 = members == 1 ? 0 : start[ee] - start[g.e1];
+            const int a1 = members == 1 ? m : start[ee + 1] - start[g.e1];
+            if (a0 == a1) continue;
+            for (int t = 0; t < nt; ++t)
+                wt[t] = dEdG[members == 1 ? g.terms[t].sf : g.sf[t * members + e]];
+            for (int b = a0; b < a1; b += 4) {  // four neighbours per vector
+                const v4d r4 = ld4(r + b), f4 = ld4(fc + b), df4 = ld4(dfc + b);
+                v4d sa = {0.0, 0.0, 0.0, 0.0};
+                for (int t = 0; t < nt; ++t) {
+                    if (wt[t] == 0.0) continue;
+                    const RadialTerm& term = g.terms[t];
+                    sa += wt[t] * ld4(dfc + (1 + t) * m + b) *
+                          (df4 - 2.0 * term.eta * (r4 - term.rs) * f4);
+                }
+                for (int l = 0; l < 4 && b + l < a1; ++l) along_u[first[b + l]] += sa[l];
             }
-            if (!any) continue;
-            const double* gt = dfc + (1 + t) * m;
-            for (int a = 0; a < m; ++a) s[a] += wv[a] * gt[a] * (dfc[a] - two_eta * (r[a] - term.rs) * fc[a]);
         }
-        for (int a = 0; a < m; ++a) along_u[first[a]] += s[a];
     }
 }
 
@@ -2389,32 +2458,42 @@ PYFRAGNN_PART void Descriptor::contract_moment_products(ContractFrame& fr,
         const int nq = pd.degree + 1;
         v4d dS[kMomentMaxZeta + 1], dD = {0.0, 0.0, 0.0, 0.0};
         for (int q = 0; q < nq; ++q) dS[q] = v4d{0.0, 0.0, 0.0, 0.0};
-        bool any = false;
-        for (int u = 0; u < pd.nslot; ++u) {
-            const int* sf = pd.sf.data() + 4 * u;
-            v4d w;
-            for (int l = 0; l < 4; ++l) w[l] = sf[l] >= 0 ? dEdG[sf[l]] : 0.0;
-            any = any || w[0] != 0.0 || w[1] != 0.0 || w[2] != 0.0 || w[3] != 0.0;
-            const double* cf = pd.coef.data() + static_cast<std::size_t>(u) * nq * 4;
-            for (int q = 0; q < nq; ++q) dS[q] += w * ld4(cf + 4 * q);
-            dD -= w * ld4(pd.diag.data() + 4 * u);
-        }
-        if (!any) continue;
+        v4i nonzero = {0, 0, 0, 0};
+        const int* sf0 = pd.sf0.data();
+        const long long* live = pd.live.data();
+        const double* coef = pd.coef.data();
+        const double* diag = pd.diag.data();
+        with_degree(pd.degree, [&](auto DEG) PYFRAGNN_LAMBDA {
+            constexpr int nq = DEG() + 1;
+            for (int u = 0; u < pd.nslot; ++u) {
+                const int* sf = sf0 + 4 * u;
+                v4i on;
+                std::memcpy(&on, live + 4 * u, sizeof on);
+                const v4d g = {dEdG[sf[0]], dEdG[sf[1]], dEdG[sf[2]], dEdG[sf[3]]};
+                const v4d w = on ? g : v4d{0.0, 0.0, 0.0, 0.0};
+                nonzero |= w != 0.0;
+                const double* cf = coef + static_cast<std::size_t>(u) * nq * 4;
+                for (int q = 0; q < nq; ++q) dS[q] += w * ld4(cf + 4 * q);
+                dD -= w * ld4(diag + 4 * u);
+            }
+        });
+        if (!(nonzero[0] | nonzero[1] | nonzero[2] | nonzero[3])) continue;
         for (int l = 0; l < 4; ++l)
             if (pd.dset[l] >= 0)
                 set_moments(fr, pd.dset[l])[2 * n_mono(msets_[pd.dset[l]].degree) + 1] += dD[l];
-        const double* mw = mono_weight_.data();
-        const int* md = mono_deg_.data();
+        const double* mw = kMono.weight;
         const double* M1 = fr.group_at(pd.g1);
         const double* M2 = fr.group_at(pd.g2);
         double* W1 = fr.group_at(pd.g1) + 4 * n_mono(mgroups_[pd.g1].degree);
         double* W2 = fr.group_at(pd.g2) + 4 * n_mono(mgroups_[pd.g2].degree);
-        switch (pd.d) {
-        case 0: lane_product_grad<0>(pd.degree, dS, mw, md, M1, M2, W1, W2); break;
-        case 1: lane_product_grad<1>(pd.degree, dS, mw, md, M1, M2, W1, W2); break;
-        case 2: lane_product_grad<2>(pd.degree, dS, mw, md, M1, M2, W1, W2); break;
-        default: lane_product_grad<3>(pd.degree, dS, mw, md, M1, M2, W1, W2); break;
-        }
+        with_degree(pd.degree, [&](auto G) PYFRAGNN_LAMBDA {
+            switch (pd.d) {
+            case 0: lane_product_grad<0, G()>(dS, mw, M1, M2, W1, W2); break;
+            case 1: lane_product_grad<1, G()>(dS, mw, M1, M2, W1, W2); break;
+            case 2: lane_product_grad<2, G()>(dS, mw, M1, M2, W1, W2); break;
+            default: lane_product_grad<3, G()>(dS, mw, M1, M2, W1, W2); break;
+            }
+        });
     }
 }
 
@@ -2425,22 +2504,17 @@ PYFRAGNN_PART void Descriptor::contract_moment_sets(ContractFrame& fr, double* d
     const int* start = fr.start;
     double* buf = fr.buf;
 
-    // Wu[ax][b] = (b_ax + 1) W[b + e_ax] by lane: d/du_ax sum_a W_a u^a = sum_b Wu[ax][b] u^b.
-    for (int g = 0; g < n_mgroup; ++g) {
+    for (int g = 0; g < n_mgroup; ++g) {  // Wu by lane (lane_wu)
         const int deg = mgroups_[g].degree, nm = n_mono(deg);
-        const int nm_low = deg > 0 ? n_mono(deg - 1) : 0;
         const double* Wt = fr.group_at(g) + 4 * nm;
         double* Wut = fr.group_at(g) + 8 * nm;
-        for (int ax = 0; ax < 3; ++ax)
-            for (int k = 0; k < nm_low; ++k)
-                st4(Wut + 4 * (ax * nm_low + k),
-                    mono_up_fac_[3 * k + ax] * ld4(Wt + 4 * mono_up_[3 * k + ax]));
+        with_degree(deg, [&](auto DEG) PYFRAGNN_LAMBDA { lane_wu<DEG()>(Wt, Wut); });
     }
     for (int si = 0; si < n_mset; ++si) {
         const MomentSet& ms = msets_[si];
         const int* first; int m;
         fr.list(ms.e1, first, m);
-        const int nm = n_mono(ms.degree), nm_low = ms.degree > 0 ? n_mono(ms.degree - 1) : 0;
+        const int nm = n_mono(ms.degree);
         const int m4 = round_up4(m), lane = mset_lane_[si];
         const double* A = buf + start[mhead + si];
         const double* dA = A + m4;
@@ -2460,12 +2534,11 @@ PYFRAGNN_PART void Descriptor::contract_moment_sets(ContractFrame& fr, double* d
         for (int b = 0; b < m4; b += 8) {
             v4d p[2], px[2], py[2], pz[2];
             const int nb = m4 - b >= 8 ? 2 : 1;
-            if (nb == 2)
-                mono_dots<2>(nm, nm_low, W, Wu, mono + b * static_cast<std::size_t>(nm),
-                             stride, p, px, py, pz);
-            else
-                mono_dots<1>(nm, nm_low, W, Wu, mono + b * static_cast<std::size_t>(nm),
-                             stride, p, px, py, pz);
+            const double* mo = mono + b * static_cast<std::size_t>(nm);
+            with_degree(ms.degree, [&](auto G) PYFRAGNN_LAMBDA {
+                if (nb == 2) mono_dots<2, G()>(W, Wu, mo, stride, p, px, py, pz);
+                else mono_dots<1, G()>(W, Wu, mo, stride, p, px, py, pz);
+            });
             for (int h = 0; h < nb; ++h) {
                 const int bh = b + 4 * h, valid = std::min(4, m - bh);
                 const v4d A4 = ld4(A + bh), dA4 = ld4(dA + bh), inv_r = ld4(ir4 + bh);
@@ -2558,6 +2631,16 @@ PYFRAGNN_PART void Descriptor::contract_compact_angular(ContractFrame& fr, const
     }
 }
 
+// A multiversioned function of its own, not a section of contract_nv(): the unrolled moment
+// loops inlined there made GCC spill pointers in the narrow angular functions' triplet loops
+// (water +2.5 % instructions).
+PYFRAGNN_HOT
+void Descriptor::contract_moments(ContractFrame& fr, const double* dEdG, double* dEdd,
+                                  double* along_u) const {
+    contract_moment_products(fr, dEdG);
+    contract_moment_sets(fr, dEdd, along_u);
+}
+
 template <int NV>
 void Descriptor::contract_nv(const AtomEnvironment& env, const double* dEdG_all, double* dEdd_all,
                              DescriptorWorkspace& ws) const {
@@ -2607,8 +2690,7 @@ void Descriptor::contract_nv(const AtomEnvironment& env, const double* dEdG_all,
         // Wide angular functions as Cartesian moments. dE/dM_a of each set (W), dE/dD, then per
         // neighbour j of a set: dE/dA_j = sum_a W_a u_j^a + 2 A_j dE/dD, dE/du_j = A_j sum_a W_a
         // du^a/du; dE/dd_j = dE/dr_j u_j + (dE/du_j - (dE/du_j . u_j) u_j) / r_j.
-        contract_moment_products(fr, dEdG);
-        contract_moment_sets(fr, dEdd, along_u);
+        if (fr.n_mset > 0) contract_moments(fr, dEdG, dEdd, along_u);
         contract_compact_radial(fr, dEdG, dEdd);
         contract_compact_angular(fr, dEdG, dEdd);
         for (int j = 0; j < n; ++j)

@@ -150,6 +150,8 @@ private:
     template <int NV>
     inline void contract_block_scatter(ContractFrame& fr, const AngularContraction& ac,
                                        const TripletBlock& blk) const;
+    void contract_moments(ContractFrame& fr, const double* dEdG, double* dEdd,
+                          double* along_u) const;
     inline void contract_moment_products(ContractFrame& fr, const double* dEdG) const;
     inline void contract_moment_sets(ContractFrame& fr, double* dEdd, double* along_u) const;
     inline void contract_compact_radial(ContractFrame& fr, const double* dEdG,
@@ -230,17 +232,14 @@ private:
         int pair[4];
         int nslot = 0;
         int dset[4] = {-1, -1, -1, -1};
-        std::vector<int> sf;
+        std::vector<int> sf;         // [nslot][4], -1: no function in that lane
+        std::vector<int> sf0;        // sf with -1 as 0 (branch-free loads of dE/dG)
+        std::vector<long long> live; // [nslot][4]: all ones where sf >= 0, else 0
         std::vector<double> coef, diag;
     };
     std::vector<MomentGroup> mgroups_;
     std::vector<int> mset_group_, mset_lane_;
     std::vector<MomentProduct> mproducts_;
-    // Monomials u^a in order of degree (a prefix of this list holds all of degree <= D):
-    // exponents, u^a = u^parent * u[axis], m!/a!, degree, and per axis the index of a + e_axis.
-    std::vector<int> mono_exp_, mono_parent_, mono_axis_, mono_deg_, mono_up_;
-    std::vector<double> mono_weight_;
-    std::vector<double> mono_up_fac_;  // per axis exponent + 1 (d u^(a + e_axis) / d u_axis)
     std::vector<RadialGroup> radial_;
     std::vector<AngularGroup> angular_;
     std::vector<CompactRadialTerm> compact_radial_;
