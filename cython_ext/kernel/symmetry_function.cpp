@@ -711,13 +711,11 @@ inline v4d rotate(const v4d& v) {
     return __builtin_shuffle(v, v4i{D % 4, (D + 1) % 4, (D + 2) % 4, (D + 3) % 4});
 }
 
-/// f(std::integral_constant<int, degree>()) for 0 <= degree <= kMomentMaxZeta: the moment
-/// products' loops with the degree known at compile time unroll completely (their loop control
-/// per degree block of 1, 3, 6, ... monomials cost as much as the arithmetic).
-template <typename F>
-inline void with_degree(int degree, F&& f) {
-    static_assert(kMomentMaxZeta == 8, "one case per degree");
-    switch (degree) {
+/// f(std::integral_constant<int, m>()) for 0 <= m <= 8, else f(std::integral_constant<int,
+/// Other>()): loops inside f then have m as a constant (with_power, with_degree).
+template <int Other, class F>
+inline void with_small_constant(int m, F&& f) {
+    switch (m) {
     case 0: f(std::integral_constant<int, 0>{}); break;
     case 1: f(std::integral_constant<int, 1>{}); break;
     case 2: f(std::integral_constant<int, 2>{}); break;
@@ -726,8 +724,18 @@ inline void with_degree(int degree, F&& f) {
     case 5: f(std::integral_constant<int, 5>{}); break;
     case 6: f(std::integral_constant<int, 6>{}); break;
     case 7: f(std::integral_constant<int, 7>{}); break;
-    default: f(std::integral_constant<int, 8>{}); break;
+    case 8: f(std::integral_constant<int, 8>{}); break;
+    default: f(std::integral_constant<int, Other>{}); break;
     }
+}
+
+/// f(std::integral_constant<int, degree>()) for 0 <= degree <= kMomentMaxZeta: the moment
+/// products' loops with the degree known at compile time unroll completely (their loop control
+/// per degree block of 1, 3, 6, ... monomials cost as much as the arithmetic).
+template <class F>
+inline void with_degree(int degree, F&& f) {
+    static_assert(kMomentMaxZeta == 8, "one case per degree");
+    with_small_constant<kMomentMaxZeta>(degree, f);
 }
 
 /// S[m] = sum_{|a|=m} w_a M1[a] rotate<D>(M2[a]) for m <= DEG (M1, M2: [nm][4], monomials by
@@ -851,18 +859,7 @@ inline int top_bit(int m) { return m > 0 ? 31 - __builtin_clz(static_cast<unsign
 /// lanes; those were ~40 % of such loops' instructions).
 template <class F>
 inline void with_power(int m, F&& f) {
-    switch (m) {
-    case 0: f(std::integral_constant<int, 0>{}); break;
-    case 1: f(std::integral_constant<int, 1>{}); break;
-    case 2: f(std::integral_constant<int, 2>{}); break;
-    case 3: f(std::integral_constant<int, 3>{}); break;
-    case 4: f(std::integral_constant<int, 4>{}); break;
-    case 5: f(std::integral_constant<int, 5>{}); break;
-    case 6: f(std::integral_constant<int, 6>{}); break;
-    case 7: f(std::integral_constant<int, 7>{}); break;
-    case 8: f(std::integral_constant<int, 8>{}); break;
-    default: f(std::integral_constant<int, -1>{}); break;
-    }
+    with_small_constant<-1>(m, f);
 }
 
 /// pow4(b, m, top_bit(m)) with the power M of with_power (M < 0: m at run time).
