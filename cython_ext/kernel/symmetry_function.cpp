@@ -595,6 +595,9 @@ inline v4d ld4(const double* p) { return *reinterpret_cast<const v4d_u*>(p); }
 inline void st4(double* p, const v4d& x) { *reinterpret_cast<v4d_u*>(p) = x; }
 typedef long long v4i __attribute__((vector_size(32)));
 
+/// Number of monomials in 3 variables of degree <= d, (d + 1)(d + 2)(d + 3)/6 (0 for d = -1).
+constexpr int mono_count(int d) { return (d + 1) * (d + 2) * (d + 3) / 6; }
+
 /// For NB blocks of four neighbours' monomials of degree <= DEG (mo: [nm][4] per block,
 /// `stride` apart), per lane p = sum_{k<nm} W[4 k] u^k and p_ax = sum_{k<nm_low} Wu[4 (ax nm_low
 /// + k)] u^k (W and Wu: one lane of a group's [.][4] arrays; nm_low the count of degree < DEG),
@@ -603,8 +606,7 @@ typedef long long v4i __attribute__((vector_size(32)));
 template <int NB, int DEG>
 inline void mono_dots(const double* W, const double* Wu, const double* mo, std::size_t stride,
                       v4d* p, v4d* px, v4d* py, v4d* pz) {
-    constexpr int nm = (DEG + 1) * (DEG + 2) * (DEG + 3) / 6;
-    constexpr int nm_low = DEG * (DEG + 1) * (DEG + 2) / 6;
+    constexpr int nm = mono_count(DEG), nm_low = mono_count(DEG - 1);
     v4d s[NB], sx[NB], sy[NB], sz[NB];
     for (int h = 0; h < NB; ++h) s[h] = sx[h] = sy[h] = sz[h] = v4d{0.0, 0.0, 0.0, 0.0};
 #pragma GCC unroll 128
@@ -636,13 +638,13 @@ inline void transpose4(const v4d& a, const v4d& b, const v4d& c, const v4d& d, v
     z = __builtin_shuffle(ab1, cd1, v4i{2, 3, 6, 7});
 }
 
-/// Number of monomials in 3 variables of degree <= d, (d + 1)(d + 2)(d + 3)/6, for 0 <= d <=
-/// kMomentMaxZeta. A table: the formula's division was ~2 % of an IRMOF-1 step's instructions
-/// (the moment loops ask for it per degree).
+/// mono_count(d) for a degree d known at run time, 0 <= d <= kMomentMaxZeta. A table: the
+/// formula's division was ~2 % of an IRMOF-1 step's instructions (the moment loops ask for it
+/// per degree).
 struct MonoCounts {
     int n[kMomentMaxZeta + 1];
     constexpr MonoCounts() : n() {
-        for (int d = 0; d <= kMomentMaxZeta; ++d) n[d] = (d + 1) * (d + 2) * (d + 3) / 6;
+        for (int d = 0; d <= kMomentMaxZeta; ++d) n[d] = mono_count(d);
     }
 };
 constexpr MonoCounts kNMono{};
@@ -655,14 +657,13 @@ inline int n_mono(int d) { return kNMono.n[d]; }
 /// (-1 past the highest degree) and a_axis + 1 (d u^(a + e_axis) / d u_axis = (a_axis + 1) u^a).
 /// Compile-time tables, so that the unrolled moment loops read constants.
 struct MonoTable {
-    static constexpr int kCount =
-        (kMomentMaxZeta + 1) * (kMomentMaxZeta + 2) * (kMomentMaxZeta + 3) / 6;
+    static constexpr int kCount = mono_count(kMomentMaxZeta);
     double weight[kCount];
     int up[kCount][3];
     double up_fac[kCount][3];
     static constexpr int index(int a, int b, int c) {
         const int m = a + b + c;
-        return m * (m + 1) * (m + 2) / 6 + (m - a) * (m - a + 1) / 2 + c;
+        return mono_count(m - 1) + (m - a) * (m - a + 1) / 2 + c;
     }
     constexpr MonoTable() : weight(), up(), up_fac() {
         double fact[kMomentMaxZeta + 1] = {1.0};
@@ -745,8 +746,8 @@ inline void lane_product_sums(const double* w, const double* M1, const double* M
 #pragma GCC unroll 9
     for (int deg = 0; deg <= DEG; ++deg) {
         v4d s0 = {0.0, 0.0, 0.0, 0.0}, s1 = s0;
-        const int end = kNMono.n[deg];
-        int k = deg > 0 ? kNMono.n[deg - 1] : 0;
+        const int end = mono_count(deg);
+        int k = mono_count(deg - 1);
 #pragma GCC unroll 32
         for (; k + 1 < end; k += 2) {
             s0 += w[k] * ld4(M1 + 4 * k) * rotate<D>(ld4(M2 + 4 * k));
@@ -767,7 +768,7 @@ inline void lane_product_grad(const v4d* dS, const double* w, const double* M1, 
 #pragma GCC unroll 9
     for (int deg = 0; deg <= DEG; ++deg) {
         const v4d dSd = dS[deg];
-        const int k0 = deg > 0 ? kNMono.n[deg - 1] : 0, k1 = kNMono.n[deg];
+        const int k0 = mono_count(deg - 1), k1 = mono_count(deg);
         if (same)
 #pragma GCC unroll 64
             for (int k = k0; k < k1; ++k) {
@@ -792,7 +793,7 @@ inline void lane_product_grad(const v4d* dS, const double* w, const double* M1, 
 template <int DEG>
 inline void lane_moments(int m4, const double* A, const double* ux4, const double* uy4,
                          const double* uz4, double* mono, double* Mo) {
-    constexpr int nm = (DEG + 1) * (DEG + 2) * (DEG + 3) / 6, nm_4 = nm & ~3;
+    constexpr int nm = mono_count(DEG), nm_4 = nm & ~3;
     std::fill(Mo, Mo + nm, 0.0);
     for (int b = 0; b < m4; b += 4) {
         double* mo = mono + static_cast<std::size_t>(b) * nm;  // [nm][4]
@@ -825,7 +826,7 @@ inline void lane_moments(int m4, const double* A, const double* ux4, const doubl
 /// [nm][4], Wut: [3][nm_low][4]): d/du_ax sum_a W_a u^a = sum_k Wu[ax][k] u^k.
 template <int DEG>
 inline void lane_wu(const double* Wt, double* Wut) {
-    constexpr int nm_low = DEG * (DEG + 1) * (DEG + 2) / 6;
+    constexpr int nm_low = mono_count(DEG - 1);
 #pragma GCC unroll 3
     for (int ax = 0; ax < 3; ++ax)
 #pragma GCC unroll 128
@@ -1723,7 +1724,7 @@ PYFRAGNN_PART void Descriptor::compute_moment_products(Frame& fr) const {
         const MomentGroup& mg = mgroups_[g];
         const int nm = n_mono(mg.degree);
         double* Mt = buf + start[mhead + n_mset + g];
-        static const double kZeros[kNMono.n[kMomentMaxZeta]] = {};  // an absent lane's moments
+        static const double kZeros[mono_count(kMomentMaxZeta)] = {};  // an absent lane's moments
         const double* Ml[4];
         for (int l = 0; l < 4; ++l) Ml[l] = l < mg.count ? moments_of(mg.first + l) : kZeros;
         int k = 0;
