@@ -1022,24 +1022,41 @@ struct Model::CentreScratch {
 namespace {
 
 /// Adds one centre's dE/dd_j (g[3j..]) of its neighbours j < n (vectors d, force targets t)
-/// to forces and virials (see ComputeOutput).
+/// to forces and virials (see ComputeOutput). The centre's own force and the virial are summed
+/// in locals and added once: through the output pointers, which may alias each other, every
+/// neighbour's update was a load and a store of each.
 inline void scatter_centre(int64_t i, int n, const double* d, const int* t, const double* g,
                            ComputeOutput& out) {
-    for (int j = 0; j < n; ++j, g += 3, d += 3) {
-        if (out.forces) {
-            double* fi = out.forces + 3 * i;
-            double* ft = out.forces + 3 * static_cast<int64_t>(t[j]);
-            for (int a = 0; a < 3; ++a) { fi[a] += g[a]; ft[a] -= g[a]; }
+    if (out.forces) {
+        double* f = out.forces;
+        double s0 = 0.0, s1 = 0.0, s2 = 0.0;
+        for (int j = 0; j < n; ++j) {
+            const double* gj = g + 3 * j;
+            double* ft = f + 3 * static_cast<int64_t>(t[j]);
+            ft[0] -= gj[0];
+            ft[1] -= gj[1];
+            ft[2] -= gj[2];
+            s0 += gj[0];
+            s1 += gj[1];
+            s2 += gj[2];
         }
-        if (out.virial || out.atom_virial) {
-            const double w[6] = {-d[0] * g[0], -d[1] * g[1], -d[2] * g[2],
-                                 -d[0] * g[1], -d[0] * g[2], -d[1] * g[2]};
-            if (out.virial)
-                for (int a = 0; a < 6; ++a) out.virial[a] += w[a];
-            if (out.atom_virial)
-                for (int a = 0; a < 6; ++a) out.atom_virial[6 * static_cast<int64_t>(t[j]) + a] += w[a];
-        }
+        f[3 * i] += s0;
+        f[3 * i + 1] += s1;
+        f[3 * i + 2] += s2;
     }
+    if (!out.virial && !out.atom_virial) return;
+    double v[6] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+    for (int j = 0; j < n; ++j) {
+        const double* gj = g + 3 * j;
+        const double* dj = d + 3 * j;
+        const double w[6] = {-dj[0] * gj[0], -dj[1] * gj[1], -dj[2] * gj[2],
+                             -dj[0] * gj[1], -dj[0] * gj[2], -dj[1] * gj[2]};
+        for (int a = 0; a < 6; ++a) v[a] += w[a];
+        if (out.atom_virial)
+            for (int a = 0; a < 6; ++a) out.atom_virial[6 * static_cast<int64_t>(t[j]) + a] += w[a];
+    }
+    if (out.virial)
+        for (int a = 0; a < 6; ++a) out.virial[a] += v[a];
 }
 
 }  // namespace

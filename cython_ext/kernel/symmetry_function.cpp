@@ -106,6 +106,7 @@ constexpr double kDegree = 3.141592653589793 / 180.0;
 constexpr int kMomentMaxZeta = 8;  // type 9 with integer zeta up to this: Cartesian moments
 constexpr int kPolyMaxZeta = 8;    // contract(): angular factors as polynomials up to this zeta
 constexpr int kFingerprint = 4;  // buf[0..3]: descriptor address, n, d[0], d[3n-1]
+constexpr int kMaxMaskedMembers = 4;  // compute_radial: merged groups of up to 4 elements
 
 /// Whether (1 + lambda cos)^zeta is a polynomial in cos of degree zeta_int <= max_zeta: integer
 /// zeta >= 1 and |lambda| <= 1, so that the base is never negative and never clipped.
@@ -923,6 +924,22 @@ inline double dot4(int n, const double* a, const double* b) {
     return (s[0] + s[1]) + (s[2] + s[3]);
 }
 
+/// out[s] = sum_a gt[a] fcm[s m4 + a] for s < NM (m4 a multiple of 4): the per-element sums
+/// of a merged radial group's term, from fc copies masked to each member element's part of
+/// the joint list (fcm [NM][m4], zero elsewhere). Branch-free over whole 4-lane groups: with
+/// IRMOF-1's ~5 neighbours per element, one short dot per element spent most of its time in
+/// loop control.
+template <int NM>
+inline void member_dots(int m4, const double* gt, const double* fcm, double* out) {
+    v4d acc[NM];
+    for (int s = 0; s < NM; ++s) acc[s] = v4d{0.0, 0.0, 0.0, 0.0};
+    for (int b = 0; b < m4; b += 4) {
+        const v4d g4 = ld4(gt + b);
+        for (int s = 0; s < NM; ++s) acc[s] += g4 * ld4(fcm + s * m4 + b);
+    }
+    for (int s = 0; s < NM; ++s) out[s] = (acc[s][0] + acc[s][1]) + (acc[s][2] + acc[s][3]);
+}
+
 /// out[i] = w exp(-eta (r[i] - rs)^2).
 inline void gaussian_array(int n, const double* r, double eta, double rs, bool fast, double* out) {
     if (fast)
@@ -1269,9 +1286,11 @@ PYFRAGNN_PART void Descriptor::compute_layout(Frame& fr) const {
         const int* f; int m;
         fr.radial_list(radial_[gi], f, m);
         start[head + 1 + gi] = static_cast<int>(total);
-        // + 3: contract_radial reads whole 4-lane groups (lanes past the list are discarded)
-        total += (3 + radial_[gi].terms.size()) * static_cast<std::size_t>(m) + 3;
-        scratch = std::max(scratch, radial_[gi].terms.size());  // contract_radial's weights
+        // [m4] arrays; + 3: contract_radial reads whole 4-lane groups from each element's start
+        const std::size_t m4 = static_cast<std::size_t>(round_up4(m));
+        total += (3 + radial_[gi].terms.size()) * m4 + 3;
+        scratch = std::max({scratch, radial_[gi].terms.size(),  // contract_radial's weights
+                            kMaxMaskedMembers * m4});          // compute_radial's masked fc
     }
     for (int gi = 0; gi < n_ang; ++gi) {
         const AngularGroup& g = angular_[gi];
@@ -1377,30 +1396,58 @@ PYFRAGNN_PART void Descriptor::compute_radial(Frame& fr) const {
         const RadialGroup& g = radial_[gi];
         const int* first; int m;
         fr.radial_list(g, first, m);
+        // r, fc, dfc and each term's Gaussians [m4]; lanes m..m4: r = 0, fc = dfc = 0
+        const int m4 = round_up4(m);
         double* r = buf + start[head + 1 + gi];
-        double* fc = r + m;
-        double* dfc = fc + m;
+        double* fc = r + m4;
+        double* dfc = fc + m4;
         std::copy(pr + (first - pos), pr + (first - pos) + m, r);
-        g.fc.fdf(m, r, fc, dfc);  // values at r >= rc are discarded
-        for (int a = 0; a < m; ++a) {
-            const bool in = r[a] < g.fc.rc();
+        std::fill(r + m, r + m4, 0.0);
+        g.fc.fdf(m4, r, fc, dfc);  // values at r >= rc are discarded
+        for (int a = 0; a < m4; ++a) {
+            const bool in = a < m && r[a] < g.fc.rc();
             fc[a] = in ? fc[a] : 0.0;
             dfc[a] = in ? dfc[a] : 0.0;
         }
         const int members = g.e1 < 0 ? 1 : g.e_last - g.e1 + 1;
-        for (std::size_t t = 0; t < g.terms.size(); ++t) {
-            double* gt = dfc + (1 + t) * m;
-            gaussian_array(m, r, g.terms[t].eta, g.terms[t].rs, g.fast_exp, gt);
-            if (g.e1 < 0)
-                for (int a = 0; a < m; ++a) gt[a] *= z_[env.element[first[a]]];
-            if (members == 1) {
-                G[g.terms[t].sf] += dot(m, gt, fc);
-                continue;
+        // Merged groups of 2-4 elements: fc masked to each element's part of the joint list
+        // (fcm [members][m4]).
+        double* fcm = fr.scratch_mem;
+        if (members >= 2 && members <= kMaxMaskedMembers)
+            for (int s = 0; s < members; ++s) {
+                const long long a0 = start[g.e1 + s] - start[g.e1];
+                const long long a1 = start[g.e1 + s + 1] - start[g.e1];
+                for (int b = 0; b < m4; b += 4) {
+                    const v4i lane = v4i{0, 1, 2, 3} + b;
+                    const v4i in = (lane >= a0) & (lane < a1);
+                    st4(fcm + s * m4 + b, in ? ld4(fc + b) : v4d{0.0, 0.0, 0.0, 0.0});
+                }
             }
-            for (int e = g.e1; e <= g.e_last; ++e) {  // each element's part of the joint list
-                const int a0 = start[e] - start[g.e1], len = start[e + 1] - start[e];
-                G[g.sf[t * members + e - g.e1]] += dot(len, gt + a0, fc + a0);
+        auto terms = [&](auto NM) PYFRAGNN_LAMBDA {
+            for (std::size_t t = 0; t < g.terms.size(); ++t) {
+                double* gt = dfc + (1 + t) * m4;
+                gaussian_array(m4, r, g.terms[t].eta, g.terms[t].rs, g.fast_exp, gt);
+                if (g.e1 < 0)
+                    for (int a = 0; a < m; ++a) gt[a] *= z_[env.element[first[a]]];
+                if constexpr (NM() > 0) {
+                    double S[NM()];
+                    member_dots<NM()>(m4, gt, fcm, S);
+                    for (int s = 0; s < NM(); ++s) G[g.sf[t * NM() + s]] += S[s];
+                } else if (members == 1) {
+                    G[g.terms[t].sf] += dot4(m4, gt, fc);
+                } else {
+                    for (int e = g.e1; e <= g.e_last; ++e) {  // each element's part of the list
+                        const int a0 = start[e] - start[g.e1], len = start[e + 1] - start[e];
+                        G[g.sf[t * members + e - g.e1]] += dot(len, gt + a0, fc + a0);
+                    }
+                }
             }
+        };
+        switch (members) {
+        case 2: terms(std::integral_constant<int, 2>{}); break;
+        case 3: terms(std::integral_constant<int, 3>{}); break;
+        case 4: terms(std::integral_constant<int, 4>{}); break;
+        default: terms(std::integral_constant<int, 0>{}); break;
         }
     }
 }
@@ -2014,9 +2061,10 @@ PYFRAGNN_PART void Descriptor::contract_radial(ContractFrame& fr, const double* 
         const int* first = start + start[g.e1 < 0 ? 0 : g.e1];
         const int m = start[g.e1 < 0 ? ne : g.e_last + 1] - start[g.e1 < 0 ? 0 : g.e1];
         const int members = g.e1 < 0 ? 1 : g.e_last - g.e1 + 1;
+        const int m4 = round_up4(m);
         const double* r = buf + start[head + 1 + gi];
-        const double* fc = r + m;
-        const double* dfc = fc + m;
+        const double* fc = r + m4;
+        const double* dfc = fc + m4;
         // Per neighbour, dE/dr_ij summed over the terms in order with its element's dE/dG (zero
         // weights add nothing), the element's weights gathered once, four neighbours per
         // vector. (A weight per neighbour
@@ -2037,7 +2085,7 @@ PYFRAGNN_PART void Descriptor::contract_radial(ContractFrame& fr, const double* 
                 for (int t = 0; t < nt; ++t) {
                     if (wt[t] == 0.0) continue;
                     const RadialTerm& term = g.terms[t];
-                    sa += wt[t] * ld4(dfc + (1 + t) * m + b) *
+                    sa += wt[t] * ld4(dfc + (1 + t) * m4 + b) *
                           (df4 - 2.0 * term.eta * (r4 - term.rs) * f4);
                 }
                 for (int l = 0; l < 4 && b + l < a1; ++l) along_u[first[b + l]] += sa[l];
