@@ -562,18 +562,20 @@ void PairFragNN::compute(int eflag, int vflag)
       const double xi = x[i][0], yi = x[i][1], zi = x[i][2];
       const int *jlist = firstneigh[i];
       const int jnum = numneigh[i];
+      // Branch-free compaction: every entry is written, the count advances for the kept
+      // ones (the list's skin holds ~half of the neighbours, so a branch on r < rc was
+      // mispredicted about every other time).
       for (int jj = 0; jj < jnum; jj++) {
         const int j = jlist[jj] & NEIGHMASK;
-        if (kelem[j] < 0) continue;
         const double dx = (x[j][0] - xi) * s;
         const double dy = (x[j][1] - yi) * s;
         const double dz = (x[j][2] - zi) * s;
-        if (dx * dx + dy * dy + dz * dz >= rc2) continue;
         nbi[count] = j;
         nbx[3 * count] = dx;
         nbx[3 * count + 1] = dy;
         nbx[3 * count + 2] = dz;
-        ++count;
+        // !(>=): a non-finite distance is kept, for the kernel to report
+        count += !(dx * dx + dy * dy + dz * dz >= rc2) & (kelem[j] >= 0);
       }
       centres.push_back(i);
       offsets.push_back(count);
