@@ -55,8 +55,20 @@ class FragNN(Calculator):
             raise ValueError(f"extrapolation must be 'record', 'warn' or 'raise', "
                              f"not {extrapolation!r}")
         self.potential = potential if isinstance(potential, Potential) else Potential.load(potential)
+        self._elements_key: Optional[bytes] = None
+        self._elements_cache: tuple = ()
         super().__init__(extrapolation=extrapolation, max_warnings=max_warnings, threads=threads,
                          **kwargs)
+
+    def _elements(self, atoms) -> tuple:
+        """The atoms' symbols and element indices, converted again only when the atomic
+        numbers change (for 2862 atoms the conversion took ~7 % of an evaluation)."""
+        key = atoms.numbers.tobytes()
+        if key != self._elements_key:
+            symbols = atoms.get_chemical_symbols()
+            self._elements_cache = (symbols, self.potential.element_indices(symbols))
+            self._elements_key = key
+        return self._elements_cache
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
@@ -65,11 +77,12 @@ class FragNN(Calculator):
         want_stress = "stress" in properties or "stresses" in properties
         if want_stress and not periodic_3d:
             raise PropertyNotImplementedError("stress needs a cell with three vectors")
-        res = self.potential.compute(atoms.positions, atoms.get_chemical_symbols(),
-                                     atoms.cell.array, atoms.pbc, forces=True,
-                                     virial=periodic_3d, atom_virial="stresses" in properties,
-                                     max_warnings=self.parameters.max_warnings,
-                                     threads=self.parameters.get("threads"))
+        symbols, elem = self._elements(atoms)
+        res = self.potential.compute_indexed(atoms.positions, symbols, elem, atoms.cell.array,
+                                             atoms.pbc, forces=True, virial=periodic_3d,
+                                             atom_virial="stresses" in properties,
+                                             max_warnings=self.parameters.max_warnings,
+                                             threads=self.parameters.get("threads"))
         self.results["energy"] = res["energy"]
         self.results["free_energy"] = res["energy"]
         self.results["energies"] = res["energies"]

@@ -163,6 +163,11 @@ class Potential:
                 f"length_unit={self.length_unit:.6g} Å, energy_unit={self.energy_unit:.6g} eV)")
 
     # --- evaluation ------------------------------------------------------------------
+    def element_indices(self, symbols: Sequence[str]) -> np.ndarray:
+        """(n,) index of each symbol in :attr:`elements` (an element the potential lacks is a
+        ValueError naming it)."""
+        return self.core.element_indices(list(symbols))
+
     def compute(self, positions: np.ndarray, symbols: Sequence[str],
                 cell: Optional[np.ndarray] = None, pbc: Sequence[bool] = (False,) * 3,
                 forces: bool = True, virial: bool = True, atom_virial: bool = False,
@@ -179,6 +184,17 @@ class Potential:
         threads: OpenMP threads of the kernel (None: OMP_NUM_THREADS, else all cores); the
         results are the same for every thread count.
         """
+        return self.compute_indexed(positions, symbols, None, cell, pbc, forces, virial,
+                                    atom_virial, max_warnings, threads)
+
+    def compute_indexed(self, positions: np.ndarray, symbols: Sequence[str],
+                        element_index: Optional[np.ndarray], cell: Optional[np.ndarray] = None,
+                        pbc: Sequence[bool] = (False,) * 3, forces: bool = True,
+                        virial: bool = True, atom_virial: bool = False, max_warnings: int = -1,
+                        threads: Optional[int] = 1) -> dict:
+        """:meth:`compute` with the atoms' element indices given (n,) as ``element_index``
+        (from :meth:`element_indices` of ``symbols``; None: computed here), so that a caller
+        evaluating the same atoms again (an MD run) converts the symbols once."""
         pos = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
         if len(symbols) != len(pos):
             raise ValueError(f"{len(pos)} positions but {len(symbols)} element symbols")
@@ -186,7 +202,7 @@ class Potential:
         if bad.size:
             raise ValueError(f"atom {bad[0]} ({symbols[bad[0]]}) has a non-finite position "
                              f"{pos[bad[0]].tolist()}")
-        elem = self.core.element_indices(list(symbols))
+        elem = self.element_indices(symbols) if element_index is None else element_index
         c = np.zeros((3, 3)) if cell is None else np.asarray(cell, dtype=np.float64)
         lu, eu = self.core.length_unit, self.core.energy_unit
         res = self.core.compute_structure(pos / lu, elem, c / lu, np.asarray(pbc, bool),

@@ -35,6 +35,26 @@ def test_properties_and_results(pot):
         mol.get_stress()
 
 
+def test_changed_elements_reach_the_kernel(pot):
+    """The calculator converts symbols to element indices once per set of atomic numbers: a
+    change of elements (same atom count) between calls must give the new structure's energy
+    and forces, as a fresh calculator and Potential.compute do."""
+    from pyfragnn import FragNN
+
+    atoms = periodic(pot)
+    e0 = atoms.get_potential_energy()
+    o, h = (int(np.flatnonzero(atoms.numbers == z)[0]) for z in (8, 1))
+    atoms.numbers[[o, h]] = atoms.numbers[[h, o]]  # in place: swap an O and an H
+    e1, f1 = atoms.get_potential_energy(), atoms.get_forces()
+    assert e1 != e0
+    fresh = atoms.copy()
+    fresh.calc = FragNN(pot)
+    assert e1 == fresh.get_potential_energy()
+    np.testing.assert_array_equal(f1, fresh.get_forces())
+    ref = pot.compute(atoms.positions, atoms.get_chemical_symbols(), atoms.cell.array, atoms.pbc)
+    assert e1 == ref["energy"]
+
+
 def test_verlet_conserves_energy(pot):
     from ase.md.verlet import VelocityVerlet
 
