@@ -44,7 +44,10 @@ changes (unrolled by degree; --steps 10 --rounds 10, short runs so that each has
 fall in one of the host's fast stretches): IRMOF-1 3.0 against 31.7 (10.52x, per round
 6.32-13.40x; the code before them, same protocol and hour: 3.6 against 31.8, 8.78x); --steps
 50 --rounds 8: 3.3 against 31.8 (9.73x, 7.02-11.91x); water (--steps 10 --rounds 3) 46.1
-against 371.7 (8.07x, 7.97-8.56x).
+against 371.7 (8.07x, 7.97-8.56x). After the radial-sum and neighbour-list changes (same
+guest and day): IRMOF-1 --steps 50 --rounds 8: 3.1 against 28.6 (9.28x, 5.53-11.59x), --steps
+10 --rounds 10: 2.7 against 26.6 (9.70x, 6.04-10.35x); water 38.9 against 313.3 (8.05x,
+7.86-8.95x).
 
 Reported per np: Pair time (average over ranks) per atom-step (wall-clock µs; with N ranks
 the work is split, so the per-core cost is N times that), parallel efficiency vs np=1,
