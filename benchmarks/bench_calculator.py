@@ -49,6 +49,7 @@ import os
 import re
 import resource
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -212,7 +213,8 @@ def main():
                   f"({1e6 * tc / n:7.1f} CPU), E = {e * pot.energy_unit:.6f} eV")
             print(f"  ratio n2p2 / pyfragnn ({base} thread, whole call; best of each over "
                   f"{args.rounds} rounds): {tc / c1:4.2f}x on CPU time, {tw / t1:4.2f}x wall; "
-                  f"per round {min(per_round):4.2f}-{max(per_round):4.2f}x on CPU time")
+                  f"per round {min(per_round):4.2f}-{max(per_round):4.2f}x on CPU time, "
+                  f"median {statistics.median(per_round):4.2f}x")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\npeak RSS {rss:.0f} MB (after imports: {rss0:.0f} MB); load average "
           f"{os.getloadavg()[0]:.2f} at end")
