@@ -1410,11 +1410,12 @@ PYFRAGNN_PART void Descriptor::compute_radial(Frame& fr) const {
             dfc[a] = in ? dfc[a] : 0.0;
         }
         const int members = g.e1 < 0 ? 1 : g.e_last - g.e1 + 1;
-        // Merged groups of 2-4 elements: fc masked to each element's part of the joint list
-        // (fcm [members][m4]).
+        // NM > 0: a merged group of NM <= kMaxMaskedMembers elements, summed against fc masked
+        // to each element's part of the joint list (fcm [NM][m4]); 0: one dot per element.
         double* fcm = fr.scratch_mem;
-        if (members >= 2 && members <= kMaxMaskedMembers)
-            for (int s = 0; s < members; ++s) {
+        auto terms = [&](auto NM) PYFRAGNN_LAMBDA {
+            static_assert(NM() <= kMaxMaskedMembers, "fcm's scratch holds kMaxMaskedMembers rows");
+            for (int s = 0; s < NM(); ++s) {
                 const long long a0 = start[g.e1 + s] - start[g.e1];
                 const long long a1 = start[g.e1 + s + 1] - start[g.e1];
                 for (int b = 0; b < m4; b += 4) {
@@ -1423,7 +1424,6 @@ PYFRAGNN_PART void Descriptor::compute_radial(Frame& fr) const {
                     st4(fcm + s * m4 + b, in ? ld4(fc + b) : v4d{0.0, 0.0, 0.0, 0.0});
                 }
             }
-        auto terms = [&](auto NM) PYFRAGNN_LAMBDA {
             for (std::size_t t = 0; t < g.terms.size(); ++t) {
                 double* gt = dfc + (1 + t) * m4;
                 gaussian_array(m4, r, g.terms[t].eta, g.terms[t].rs, g.fast_exp, gt);
