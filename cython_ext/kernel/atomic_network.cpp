@@ -261,7 +261,7 @@ void AtomicNetwork::forward(const double* x, NetworkWorkspace& ws, bool second) 
     }
 }
 
-PYFRAGNN_HOT
+PYFRAGNN_HOT_V3
 double AtomicNetwork::evaluate(const double* x, double* dEdx, NetworkWorkspace& ws) const {
     forward(x, ws, false);
     const size_t L = layers_.size() - 1;

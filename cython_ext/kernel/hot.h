@@ -1,17 +1,24 @@
 #pragma once
 // PYFRAGNN_HOT: the kernel's hot loops (Descriptor::compute/contract, the network passes) are
 // also compiled for x86-64-v3 (AVX2+FMA; GCC < 12: AVX2), chosen at load time through a glibc
-// ifunc, so binaries stay portable (water box: 1.4-1.6x faster). `flatten` inlines the helpers
-// so that their loops are compiled for the clone's target too.
+// ifunc, so binaries stay portable (water box: 1.4-1.6x faster), and (GCC >= 12) for x86-64-v4
+// (AVX-512: 32 vector registers, masked tails; on an AVX-512 Xeon the water box's kernel 4-6 %
+// faster, IRMOF-1's 0-2 %, results bit-identical). PYFRAGNN_HOT_V3 stops at x86-64-v3: the
+// network pass, whose v4 clone was ~20 % slower there (perf, IRMOF-1). `flatten` inlines the
+// helpers so that their loops are compiled for the clone's target too.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__) && \
     !defined(PYFRAGNN_NO_MULTIVERSION)
 #if __GNUC__ >= 12
-#define PYFRAGNN_HOT __attribute__((target_clones("arch=x86-64-v3", "default"), flatten))
+#define PYFRAGNN_HOT \
+    __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), flatten))
+#define PYFRAGNN_HOT_V3 __attribute__((target_clones("arch=x86-64-v3", "default"), flatten))
 #else
 #define PYFRAGNN_HOT __attribute__((target_clones("avx2", "default"), flatten))
+#define PYFRAGNN_HOT_V3 PYFRAGNN_HOT
 #endif
 #else
 #define PYFRAGNN_HOT
+#define PYFRAGNN_HOT_V3
 #endif
 // PYFRAGNN_PART: a section of a PYFRAGNN_HOT function (Descriptor::compute/contract's parts):
 // always inlined, so that each clone compiles it for its own target and no clone calls a
