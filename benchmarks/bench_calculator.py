@@ -43,6 +43,10 @@ the host's slow stretches, see docs/performance.md). After the narrow-angular ch
 contraction, constant powers; --cases water irmof --threads 1 2 --repeat 3 --rounds 3): water 8640
 46.4 against 373.5: 8.05x wall, 8.13x on CPU time (per round 6.46-8.85x), two threads 1.81x;
 water 1080 7.25x; IRMOF-1 5.3 against 30.2: 5.75x (4.42-6.77x).
+Intel Xeon guest (AVX-512, family 6 model 167), 2026-12-03 evening, after the x86-64-v4 and
+r_jk changes (same options): water 8640 29.6 against 240.2: 8.11x (per round 8.00-8.39x,
+median 8.36x), two threads 1.86x (ceiling 1.82x); later 31.5 against 260.4: 8.28x (median
+8.33x), two threads 1.88x; IRMOF-1 2.5 against 19.7: 7.96x (median 8.00x), later 7.30x.
 """
 import argparse
 import os

@@ -48,6 +48,12 @@ against 371.7 (8.07x, 7.97-8.56x). After the radial-sum and neighbour-list chang
 guest and day): IRMOF-1 --steps 50 --rounds 8: 3.1 against 28.6 (9.28x, 5.53-11.59x), --steps
 10 --rounds 10: 2.7 against 26.6 (9.70x, 6.04-10.35x); water 38.9 against 313.3 (8.05x,
 7.86-8.95x).
+Intel Xeon guest (AVX-512, family 6 model 167; plugin of the same n2p2 commit built there),
+2026-12-03 evening, after the x86-64-v4 and r_jk changes: water (--steps 10 --rounds 3) 27.9
+against 220.7 (7.91x, per round 7.74-8.03x, median 7.76x), --rounds 5: 29.6 against 223.9
+(7.57x, 7.51-7.71x); IRMOF-1 --steps 50 --rounds 8: 1.9 against 22.2 (11.96x, 11.66-12.15x,
+median 11.79x), again 12.15x (median 12.13x); --steps 10 --rounds 10: 11.75x (median 11.66x).
+Before those changes, the same hour: water 7.73x, IRMOF-1 12.51x (median 12.54x).
 
 Reported per np: Pair time (average over ranks) per atom-step (wall-clock µs; with N ranks
 the work is split, so the per-core cost is N times that), parallel efficiency vs np=1,
