@@ -1160,8 +1160,8 @@ __attribute__((target("avx512f"))) __attribute__((noinline)) void root_and_inver
 }
 #endif
 
-/// The triplet selection's path: 2 AVX-512, 1 AVX2, 0 generic; the CPU's best unless
-/// PYFRAGNN_ISA is "avx2" or "generic" (tests compare the paths).
+/// The triplet loops' explicit-SIMD path (selection, root_and_inverse): 2 AVX-512, 1 AVX2,
+/// 0 generic; the CPU's best unless PYFRAGNN_ISA is "avx2" or "generic" (tests compare them).
 inline int select_isa() {
 #ifdef PYFRAGNN_SELECT_AVX2
     static const int isa = [] {
@@ -1661,7 +1661,6 @@ PYFRAGNN_PART void Descriptor::angular_block_products(Frame& fr, const AngularAr
         // in br, and dfc(r_jk) divided by r_jk (contract() needs r_jk only as a divisor).
         root_and_inverse(nb, br, F);
         g.fc.fdf(nb, br, fjk + t0, dfjk + t0);
-        for (int i = 0; i < nb; ++i) dfjk[t0 + i] *= F[i];
         // xjk keeps the whole Gaussian product exp(-eta [(r_ij-rs)^2 + (r_ik-rs)^2 +
         // (r_jk-rs)^2]) (times w_j w_k) for contract().
         for (int q = 0; q < ng; ++q) {
@@ -1681,6 +1680,7 @@ PYFRAGNN_PART void Descriptor::angular_block_products(Frame& fr, const AngularAr
                                              (br[i] - rs) * (br[i] - rs)));
         }
         for (int i = 0; i < nb; ++i) {
+            dfjk[t0 + i] *= F[i];
             br[i] = F[i];
             F[i] = tf[t0 + i] * fjk[t0 + i];
         }
@@ -2021,7 +2021,7 @@ struct Descriptor::AngularContraction {
     const int* pj;
     const int* pk;
     const double* cosv;
-    const double* rjk;
+    const double* rjk;               // 1/r_jk once compute() is done (see the layout)
     const double* fjk;
     const double* dfjk;
     const double* xjk;
@@ -2496,7 +2496,7 @@ PYFRAGNN_PART void Descriptor::contract_angular(ContractFrame& fr, int gi) const
     const double* xjk = dfjk + cap;
     // Shared block scratch (in cbuf after the along_u arrays), [kBlock] each.
     double* tmp = vec_mem;
-    double* cos_s = tmp + kBlock;         // cos, r_jk, fc(r_jk), dfc(r_jk) of a partial block
+    double* cos_s = tmp + kBlock;         // cos, 1/r_jk, fc, dfc/r_jk of a partial block
     double* brs = cos_s + kBlock;
     double* fjs = brs + kBlock;
     double* dfjs = fjs + kBlock;
