@@ -29,6 +29,7 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -1082,44 +1083,100 @@ __attribute__((target("avx512f"))) inline v8d ld8_masked(__mmask8 mask, const do
     return (v8d)_mm512_maskz_loadu_pd(mask, p);
 }
 
-/// select_pairs_avx2 for eight k (AVX-512: masked loads, vcompresspd); writes up to seven
-/// entries past the result.
+/// An angular group's two sides for the AVX-512 selection: the structure-of-arrays copies
+/// (x, y, z, ux, uy, uz, r by list position), each side's list offset, length and neighbour
+/// indices, fc(r_ik) by e2 list position and fc(r_ij) in the per-neighbour records.
+struct SelectSides {
+    const double* soa[7];
+    int p1, p2, m1, m2;
+    const int* l1;
+    const int* l2;
+    const double* fc2;
+    const double* nb_rec;  // fc(r_ij) at 4 j
+    bool same, with_jk;
+    double rc, rc2;
+};
+
+/// Doubles per packed block of eight k: x, y, z, ux, uy, uz, r, fc(r_ik) (8 each), then the
+/// eight neighbour indices (int32) and padding to a whole cache line.
+constexpr int kPack = 72;
+
+/// Doubles of scratch select_triplets_avx512 needs for an e2 list of m (64-byte aligned).
+inline std::size_t select_scratch(int m) {
+    return static_cast<std::size_t>(kPack) * ((m + 7) / 8) + 8;
+}
+
+/// All triplets of an angular group (select_pairs_avx2's arithmetic, eight k per vector,
+/// vcompresspd; AVX-512). The k side is first packed into blocks of eight, read through one
+/// pointer with constant offsets; a call per j with nine input streams spilled pointers and
+/// paid a call and a short loop's exit per j (water LAMMPS run -6.7 %, same results).
+/// Padding lanes have r = inf, so never pass. Writes up to seven entries past the result;
+/// returns the number of triplets.
 __attribute__((target("avx512f,avx512vl,fma,popcnt"))) __attribute__((noinline)) int
-select_pairs_avx512(int b0, int m, const double* x, const double* y, const double* z,
-                    const double* ux, const double* uy, const double* uz, const double* r,
-                    const int* lk, const double* xj, const double* uj, double rc, double rc2,
-                    bool with_jk, int j, const double* fk, double rj, double fj,
-                    const TripletOut& out) {
-    const v8d xj0 = (v8d)_mm512_set1_pd(xj[0]), xj1 = (v8d)_mm512_set1_pd(xj[1]),
-              xj2 = (v8d)_mm512_set1_pd(xj[2]);
-    const v8d uj0 = (v8d)_mm512_set1_pd(uj[0]), uj1 = (v8d)_mm512_set1_pd(uj[1]),
-              uj2 = (v8d)_mm512_set1_pd(uj[2]);
-    const v8d fj8 = (v8d)_mm512_set1_pd(fj);
-    const __m512d rc8 = _mm512_set1_pd(rc), rc28 = _mm512_set1_pd(with_jk ? rc2 : INFINITY);
-    const __m512d rj8 = _mm512_set1_pd(rj);
-    const __m256i j8 = _mm256_set1_epi32(j);
+select_triplets_avx512(const SelectSides& sd, double* scratch, const TripletOut& out) {
+    double* packed = reinterpret_cast<double*>(
+        (reinterpret_cast<std::uintptr_t>(scratch) + 63) & ~static_cast<std::uintptr_t>(63));
+    const int m2 = sd.m2, nblk = (m2 + 7) / 8;
+    const double* const src[8] = {sd.soa[0] + sd.p2, sd.soa[1] + sd.p2, sd.soa[2] + sd.p2,
+                                  sd.soa[3] + sd.p2, sd.soa[4] + sd.p2, sd.soa[5] + sd.p2,
+                                  sd.soa[6] + sd.p2, sd.fc2};
+    const int* const l2 = sd.l2;
+    for (int blk = 0; blk < nblk; ++blk) {
+        double* P = packed + kPack * blk;
+        for (int l = 0; l < 8; ++l) {
+            const int b = 8 * blk + l;
+            const bool ok = b < m2;
+            for (int q = 0; q < 8; ++q) P[8 * q + l] = ok ? src[q][b] : 0.0;
+            if (!ok) P[48 + l] = INFINITY;  // r
+            // Each index stored where it is loaded from (a 32-byte copy of eight 4-byte
+            // stores made the loop's loads wait on store forwarding).
+            const int k = ok ? l2[b] : 0;
+            std::memcpy(reinterpret_cast<char*>(P + 64) + sizeof(int) * l, &k, sizeof k);
+        }
+    }
+    const double* pend = packed + kPack * nblk;
+    const __m512d rc8 = _mm512_set1_pd(sd.rc),
+                  rc28 = _mm512_set1_pd(sd.with_jk ? sd.rc2 : INFINITY);
+    const double *px = sd.soa[0] + sd.p1, *py = sd.soa[1] + sd.p1, *pz = sd.soa[2] + sd.p1,
+                 *pux = sd.soa[3] + sd.p1, *puy = sd.soa[4] + sd.p1, *puz = sd.soa[5] + sd.p1,
+                 *pr = sd.soa[6] + sd.p1;
     // Local output pointers: the intrinsics' stores may alias anything, out's members included.
     double *o_cos = out.cos, *o_s = out.s, *o_rk = out.rk, *o_f = out.f, *o_rj = out.rj;
     int *o_k = out.k, *o_j = out.j;
     int count = 0;
-    for (int b = b0; b < m; b += 8) {
-        const __mmask8 tail = m - b >= 8 ? 0xFF : static_cast<__mmask8>((1u << (m - b)) - 1);
-        const v8d dx = ld8_masked(tail, x + b) - xj0, dy = ld8_masked(tail, y + b) - xj1, dz = ld8_masked(tail, z + b) - xj2;
-        const v8d s8 = dx * dx + dy * dy + dz * dz;
-        const v8d c8 = uj0 * ld8_masked(tail, ux + b) + uj1 * ld8_masked(tail, uy + b) + uj2 * ld8_masked(tail, uz + b);
-        const v8d r8 = ld8_masked(tail, r + b), f8 = fj8 * ld8_masked(tail, fk + b);
-        const __mmask8 in = tail & _mm512_cmp_pd_mask((__m512d)r8, rc8, _CMP_LT_OQ) &
-                            _mm512_cmp_pd_mask((__m512d)s8, rc28, _CMP_LT_OQ);
-        _mm512_storeu_pd(o_cos + count, _mm512_maskz_compress_pd(in, (__m512d)c8));
-        _mm512_storeu_pd(o_s + count, _mm512_maskz_compress_pd(in, (__m512d)s8));
-        _mm512_storeu_pd(o_rk + count, _mm512_maskz_compress_pd(in, (__m512d)r8));
-        _mm512_storeu_pd(o_f + count, _mm512_maskz_compress_pd(in, (__m512d)f8));
-        _mm512_storeu_pd(o_rj + count, rj8);
-        const __m256i k8 = _mm256_maskz_loadu_epi32(tail, lk + b);
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o_k + count),
-                            _mm256_maskz_compress_epi32(in, k8));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o_j + count), j8);
-        count += __builtin_popcount(in);
+    for (int a = 0; a < sd.m1; ++a) {
+        if (!(pr[a] < sd.rc)) continue;
+        const int j = sd.l1[a], b0 = sd.same ? a + 1 : 0;
+        const v8d xj0 = (v8d)_mm512_set1_pd(px[a]), xj1 = (v8d)_mm512_set1_pd(py[a]),
+                  xj2 = (v8d)_mm512_set1_pd(pz[a]);
+        const v8d uj0 = (v8d)_mm512_set1_pd(pux[a]), uj1 = (v8d)_mm512_set1_pd(puy[a]),
+                  uj2 = (v8d)_mm512_set1_pd(puz[a]);
+        const v8d fj8 = (v8d)_mm512_set1_pd(sd.nb_rec[4 * j]);
+        const __m512d rj8 = _mm512_set1_pd(pr[a]);
+        const __m256i j8 = _mm256_set1_epi32(j);
+        __mmask8 lanes = static_cast<__mmask8>(0xFF << (b0 & 7));
+        for (const double* P = packed + kPack * (b0 >> 3); P < pend; P += kPack) {
+            const v8d dx = (v8d)_mm512_load_pd(P) - xj0, dy = (v8d)_mm512_load_pd(P + 8) - xj1,
+                      dz = (v8d)_mm512_load_pd(P + 16) - xj2;
+            const v8d s8 = dx * dx + dy * dy + dz * dz;
+            const v8d c8 = uj0 * (v8d)_mm512_load_pd(P + 24) + uj1 * (v8d)_mm512_load_pd(P + 32) +
+                           uj2 * (v8d)_mm512_load_pd(P + 40);
+            const __m512d r8 = _mm512_load_pd(P + 48);
+            const v8d f8 = fj8 * (v8d)_mm512_load_pd(P + 56);
+            const __mmask8 in = lanes & _mm512_cmp_pd_mask(r8, rc8, _CMP_LT_OQ) &
+                                _mm512_cmp_pd_mask((__m512d)s8, rc28, _CMP_LT_OQ);
+            lanes = 0xFF;
+            _mm512_storeu_pd(o_cos + count, _mm512_maskz_compress_pd(in, (__m512d)c8));
+            _mm512_storeu_pd(o_s + count, _mm512_maskz_compress_pd(in, (__m512d)s8));
+            _mm512_storeu_pd(o_rk + count, _mm512_maskz_compress_pd(in, r8));
+            _mm512_storeu_pd(o_f + count, _mm512_maskz_compress_pd(in, (__m512d)f8));
+            _mm512_storeu_pd(o_rj + count, rj8);
+            const __m256i k8 = _mm256_load_si256(reinterpret_cast<const __m256i*>(P + 64));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(o_k + count),
+                                _mm256_maskz_compress_epi32(in, k8));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(o_j + count), j8);
+            count += __builtin_popcount(in);
+        }
     }
     return count;
 }
@@ -1358,7 +1415,7 @@ PYFRAGNN_PART void Descriptor::compute_layout(Frame& fr) const {
         h[4] = static_cast<int>(itotal);
         itotal += 2 * cap;
         scratch = std::max({scratch, kBlock * (11 + 3 * ng + 2 * g.powers.size()) + g.terms.size(),
-                            (2 + ng) * static_cast<std::size_t>(M)});
+                            (2 + ng) * static_cast<std::size_t>(M), select_scratch(m2)});
     }
     for (int si = 0; si < n_mset; ++si) {  // A, dA/dr, u, 1/r [m4], monomials [m4][nm], M, D, W, dE/dD
         const int* f; int m;
@@ -1609,6 +1666,16 @@ PYFRAGNN_PART int Descriptor::angular_select(Frame& fr, const AngularArrays& ag)
     double* s_k = scratch_mem;     // [m2]
     double* cos_k = s_k + m2;      // [m2]
     const int isa = select_isa();
+#ifdef PYFRAGNN_SELECT_AVX2
+    if (isa == 2) {
+        const SelectSides sd{{px, py, pz, pux, puy, puz, pr}, p1, p2, m1, m2, l1, l2, fc2,
+                             nb_rec, same, with_jk, rc, rc2};
+        const int count = select_triplets_avx512(
+            sd, scratch_mem, TripletOut{pj, pk, cosv, rjk, trj, trk, tf});
+        h[3] = count;
+        return count;
+    }
+#endif
     int count = 0;
     for (int a = 0; a < m1; ++a) {
         const int pa = p1 + a;
@@ -1619,11 +1686,7 @@ PYFRAGNN_PART int Descriptor::angular_select(Frame& fr, const AngularArrays& ag)
         const TripletOut out{pj + c, pk + c, cosv + c, rjk + c, trj + c, trk + c, tf + c};
         const double rj_a = pr[pa], fj = nb_rec[4 * j];
 #ifdef PYFRAGNN_SELECT_AVX2
-        if (isa == 2)
-            count += select_pairs_avx512(b0, m2, px + p2, py + p2, pz + p2, pux + p2,
-                                         puy + p2, puz + p2, pr + p2, l2, xj, uj, rc, rc2,
-                                         with_jk, j, fc2, rj_a, fj, out);
-        else if (isa == 1)
+        if (isa == 1)
             count += select_pairs_avx2(b0, m2, px + p2, py + p2, pz + p2, pux + p2, puy + p2,
                                        puz + p2, pr + p2, l2, xj, uj, rc, rc2, with_jk, j,
                                        fc2, rj_a, fj, out);
