@@ -1001,6 +1001,57 @@ inline int select_pairs_scalar(int b0, int m, const double* x, const double* y, 
     return count;
 }
 
+/// An angular group's two sides for the vector selections: the structure-of-arrays copies
+/// (x, y, z, ux, uy, uz, r by list position), each side's list offset, length and neighbour
+/// indices, fc(r_ik) by e2 list position and fc(r_ij) in the per-neighbour records.
+struct SelectSides {
+    const double* soa[7];
+    int p1, p2, m1, m2;
+    const int* l1;
+    const int* l2;
+    const double* fc2;
+    const double* nb_rec;  // fc(r_ij) at 4 j
+    bool same, with_jk;
+    double rc, rc2;
+};
+
+/// Doubles per packed block of eight k: x, y, z, ux, uy, uz, r, fc(r_ik) (8 each), then the
+/// eight neighbour indices (int32) and padding to a whole cache line.
+constexpr int kPack = 72;
+
+/// Doubles of scratch pack_k_side needs for an e2 list of m (64-byte aligned).
+inline std::size_t select_scratch(int m) {
+    return static_cast<std::size_t>(kPack) * ((m + 7) / 8) + 8;
+}
+
+/// The k side packed into blocks of kPack doubles at the first 64-byte boundary of scratch
+/// (select_scratch(m2) doubles); padding lanes get r = inf, so they never pass. Returns the
+/// first block.
+inline double* pack_k_side(const SelectSides& sd, double* scratch) {
+    double* packed = reinterpret_cast<double*>(
+        (reinterpret_cast<std::uintptr_t>(scratch) + 63) & ~static_cast<std::uintptr_t>(63));
+    const int m2 = sd.m2, nblk = (m2 + 7) / 8;
+    const double* const src[8] = {sd.soa[0] + sd.p2, sd.soa[1] + sd.p2, sd.soa[2] + sd.p2,
+                                  sd.soa[3] + sd.p2, sd.soa[4] + sd.p2, sd.soa[5] + sd.p2,
+                                  sd.soa[6] + sd.p2, sd.fc2};
+    const int* const l2 = sd.l2;
+    for (int blk = 0; blk < nblk; ++blk) {
+        double* P = packed + kPack * blk;
+        for (int l = 0; l < 8; ++l) {
+            const int b = 8 * blk + l;
+            const bool ok = b < m2;
+            for (int q = 0; q < 8; ++q) P[8 * q + l] = ok ? src[q][b] : 0.0;
+            if (!ok) P[48 + l] = INFINITY;  // r
+            // Each index stored where it is loaded from (a 32-byte copy of eight 4-byte
+            // stores made the loop's loads wait on store forwarding).
+            const int k = ok ? l2[b] : 0;
+            std::memcpy(reinterpret_cast<char*>(P + 64) + sizeof(int) * l, &k, sizeof k);
+        }
+    }
+    return packed;
+}
+
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #define PYFRAGNN_SELECT_AVX2 1
 /// Lane permutations that move the lanes set in a 4-bit mask to the front, in order: for
@@ -1028,49 +1079,67 @@ __attribute__((target("avx2"))) inline __m256d compress(__m256d v, __m256i pd) {
     return _mm256_castps_pd(_mm256_permutevar8x32_ps(_mm256_castpd_ps(v), pd));
 }
 
-/// select_pairs_scalar with the geometry of four k in registers and the selected lanes
-/// compressed by table (AVX2): the scalar compaction cost ~15 instructions per candidate.
-/// Same arithmetic (vectors of the same expressions), so the same results; it writes up to
-/// three entries past the result.
-__attribute__((target("avx2,fma,popcnt"))) __attribute__((noinline)) int select_pairs_avx2(
-    int b0, int m, const double* x, const double* y, const double* z, const double* ux,
-    const double* uy, const double* uz, const double* r, const int* lk, const double* xj,
-    const double* uj, double rc, double rc2, bool with_jk, int j, const double* fk, double rj,
-    double fj, const TripletOut& out) {
-    const v4d xj0 = {xj[0], xj[0], xj[0], xj[0]}, xj1 = {xj[1], xj[1], xj[1], xj[1]},
-              xj2 = {xj[2], xj[2], xj[2], xj[2]};
-    const v4d uj0 = {uj[0], uj[0], uj[0], uj[0]}, uj1 = {uj[1], uj[1], uj[1], uj[1]},
-              uj2 = {uj[2], uj[2], uj[2], uj[2]};
-    const __m256d rc4 = _mm256_set1_pd(rc), rc24 = _mm256_set1_pd(with_jk ? rc2 : INFINITY);
-    const __m128i j4 = _mm_set1_epi32(j);
-    const __m256d rj4 = _mm256_set1_pd(rj);
-    const v4d fj4 = {fj, fj, fj, fj};
+/// All triplets of an angular group (AVX2): select_pairs_scalar's arithmetic on four k per
+/// vector over the packed k side (pack_k_side; as select_triplets_avx512, one call per group),
+/// the selected lanes compressed by table (the scalar compaction cost ~15 instructions per
+/// candidate). Same results as the scalar form; writes up to three entries past the result.
+__attribute__((target("avx2,fma,popcnt"))) __attribute__((noinline)) int
+select_triplets_avx2(const SelectSides& sd, double* scratch, const TripletOut& out) {
+    const double* packed = pack_k_side(sd, scratch);
+    const double* pend = packed + kPack * ((sd.m2 + 7) / 8);
+    const __m256d rc4 = _mm256_set1_pd(sd.rc),
+                  rc24 = _mm256_set1_pd(sd.with_jk ? sd.rc2 : INFINITY);
+    const double *px = sd.soa[0] + sd.p1, *py = sd.soa[1] + sd.p1, *pz = sd.soa[2] + sd.p1,
+                 *pux = sd.soa[3] + sd.p1, *puy = sd.soa[4] + sd.p1, *puz = sd.soa[5] + sd.p1,
+                 *pr = sd.soa[6] + sd.p1;
     // Local output pointers: the intrinsics' stores may alias anything, out's members included.
     double *o_cos = out.cos, *o_s = out.s, *o_rk = out.rk, *o_f = out.f, *o_rj = out.rj;
     int *o_k = out.k, *o_j = out.j;
     int count = 0;
-    for (int b = b0; b < m; b += 4) {
-        const v4d dx = ld4(x + b) - xj0, dy = ld4(y + b) - xj1, dz = ld4(z + b) - xj2;
-        const v4d s4 = dx * dx + dy * dy + dz * dz;
-        const v4d c4 = uj0 * ld4(ux + b) + uj1 * ld4(uy + b) + uj2 * ld4(uz + b);
-        const __m256d r4 = _mm256_loadu_pd(r + b);
-        const v4d f4 = fj4 * ld4(fk + b);
-        const __m256d in = _mm256_and_pd(_mm256_cmp_pd(r4, rc4, _CMP_LT_OQ),
-                                         _mm256_cmp_pd((__m256d)s4, rc24, _CMP_LT_OQ));
-        const int tail = m - b >= 4 ? 15 : (1 << (m - b)) - 1;
-        const int bits = _mm256_movemask_pd(in) & tail;
-        const __m256i pd = _mm256_load_si256(reinterpret_cast<const __m256i*>(kCompress.d[bits]));
-        const __m128i pi = _mm_load_si128(reinterpret_cast<const __m128i*>(kCompress.i[bits]));
-        _mm256_storeu_pd(o_cos + count, compress((__m256d)c4, pd));
-        _mm256_storeu_pd(o_s + count, compress((__m256d)s4, pd));
-        _mm256_storeu_pd(o_rk + count, compress(r4, pd));
-        _mm256_storeu_pd(o_f + count, compress((__m256d)f4, pd));
-        _mm256_storeu_pd(o_rj + count, rj4);
-        const __m128i k4 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(lk + b));
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(o_k + count),
-                         _mm_castps_si128(_mm_permutevar_ps(_mm_castsi128_ps(k4), pi)));
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(o_j + count), j4);
-        count += __builtin_popcount(bits);
+    for (int a = 0; a < sd.m1; ++a) {
+        if (!(pr[a] < sd.rc)) continue;
+        const int j = sd.l1[a], b0 = sd.same ? a + 1 : 0;
+        const v4d xj0 = (v4d)_mm256_set1_pd(px[a]), xj1 = (v4d)_mm256_set1_pd(py[a]),
+                  xj2 = (v4d)_mm256_set1_pd(pz[a]);
+        const v4d uj0 = (v4d)_mm256_set1_pd(pux[a]), uj1 = (v4d)_mm256_set1_pd(puy[a]),
+                  uj2 = (v4d)_mm256_set1_pd(puz[a]);
+        const v4d fj4 = (v4d)_mm256_set1_pd(sd.nb_rec[4 * j]);
+        const __m256d rj4 = _mm256_set1_pd(pr[a]);
+        const __m128i j4 = _mm_set1_epi32(j);
+        int lanes = 15 << (b0 & 3);
+        int h = (b0 >> 2) & 1;  // the half-block of b0
+        for (const double* P = packed + kPack * (b0 >> 3); P < pend; P += kPack, h = 0)
+            for (; h < 2; ++h) {
+                const double* Q = P + 4 * h;
+                const v4d dx = (v4d)_mm256_load_pd(Q) - xj0,
+                          dy = (v4d)_mm256_load_pd(Q + 8) - xj1,
+                          dz = (v4d)_mm256_load_pd(Q + 16) - xj2;
+                const v4d s4 = dx * dx + dy * dy + dz * dz;
+                const v4d c4 = uj0 * (v4d)_mm256_load_pd(Q + 24) +
+                               uj1 * (v4d)_mm256_load_pd(Q + 32) +
+                               uj2 * (v4d)_mm256_load_pd(Q + 40);
+                const __m256d r4 = _mm256_load_pd(Q + 48);
+                const v4d f4 = fj4 * (v4d)_mm256_load_pd(Q + 56);
+                const __m256d in = _mm256_and_pd(_mm256_cmp_pd(r4, rc4, _CMP_LT_OQ),
+                                                 _mm256_cmp_pd((__m256d)s4, rc24, _CMP_LT_OQ));
+                const int bits = _mm256_movemask_pd(in) & lanes;
+                lanes = 15;
+                const __m256i pd =
+                    _mm256_load_si256(reinterpret_cast<const __m256i*>(kCompress.d[bits]));
+                const __m128i pi =
+                    _mm_load_si128(reinterpret_cast<const __m128i*>(kCompress.i[bits]));
+                _mm256_storeu_pd(o_cos + count, compress((__m256d)c4, pd));
+                _mm256_storeu_pd(o_s + count, compress((__m256d)s4, pd));
+                _mm256_storeu_pd(o_rk + count, compress(r4, pd));
+                _mm256_storeu_pd(o_f + count, compress((__m256d)f4, pd));
+                _mm256_storeu_pd(o_rj + count, rj4);
+                const __m128i k4 =
+                    _mm_load_si128(reinterpret_cast<const __m128i*>(P + 64) + h);
+                _mm_storeu_si128(reinterpret_cast<__m128i*>(o_k + count),
+                                 _mm_castps_si128(_mm_permutevar_ps(_mm_castsi128_ps(k4), pi)));
+                _mm_storeu_si128(reinterpret_cast<__m128i*>(o_j + count), j4);
+                count += __builtin_popcount(bits);
+            }
     }
     return count;
 }
@@ -1083,30 +1152,7 @@ __attribute__((target("avx512f"))) inline v8d ld8_masked(__mmask8 mask, const do
     return (v8d)_mm512_maskz_loadu_pd(mask, p);
 }
 
-/// An angular group's two sides for the AVX-512 selection: the structure-of-arrays copies
-/// (x, y, z, ux, uy, uz, r by list position), each side's list offset, length and neighbour
-/// indices, fc(r_ik) by e2 list position and fc(r_ij) in the per-neighbour records.
-struct SelectSides {
-    const double* soa[7];
-    int p1, p2, m1, m2;
-    const int* l1;
-    const int* l2;
-    const double* fc2;
-    const double* nb_rec;  // fc(r_ij) at 4 j
-    bool same, with_jk;
-    double rc, rc2;
-};
-
-/// Doubles per packed block of eight k: x, y, z, ux, uy, uz, r, fc(r_ik) (8 each), then the
-/// eight neighbour indices (int32) and padding to a whole cache line.
-constexpr int kPack = 72;
-
-/// Doubles of scratch select_triplets_avx512 needs for an e2 list of m (64-byte aligned).
-inline std::size_t select_scratch(int m) {
-    return static_cast<std::size_t>(kPack) * ((m + 7) / 8) + 8;
-}
-
-/// All triplets of an angular group (select_pairs_avx2's arithmetic, eight k per vector,
+/// All triplets of an angular group (select_triplets_avx2's arithmetic, eight k per vector,
 /// vcompresspd; AVX-512). The k side is first packed into blocks of eight, read through one
 /// pointer with constant offsets; a call per j with nine input streams spilled pointers and
 /// paid a call and a short loop's exit per j (water LAMMPS run -6.7 %, same results).
@@ -1114,26 +1160,8 @@ inline std::size_t select_scratch(int m) {
 /// returns the number of triplets.
 __attribute__((target("avx512f,avx512vl,fma,popcnt"))) __attribute__((noinline)) int
 select_triplets_avx512(const SelectSides& sd, double* scratch, const TripletOut& out) {
-    double* packed = reinterpret_cast<double*>(
-        (reinterpret_cast<std::uintptr_t>(scratch) + 63) & ~static_cast<std::uintptr_t>(63));
-    const int m2 = sd.m2, nblk = (m2 + 7) / 8;
-    const double* const src[8] = {sd.soa[0] + sd.p2, sd.soa[1] + sd.p2, sd.soa[2] + sd.p2,
-                                  sd.soa[3] + sd.p2, sd.soa[4] + sd.p2, sd.soa[5] + sd.p2,
-                                  sd.soa[6] + sd.p2, sd.fc2};
-    const int* const l2 = sd.l2;
-    for (int blk = 0; blk < nblk; ++blk) {
-        double* P = packed + kPack * blk;
-        for (int l = 0; l < 8; ++l) {
-            const int b = 8 * blk + l;
-            const bool ok = b < m2;
-            for (int q = 0; q < 8; ++q) P[8 * q + l] = ok ? src[q][b] : 0.0;
-            if (!ok) P[48 + l] = INFINITY;  // r
-            // Each index stored where it is loaded from (a 32-byte copy of eight 4-byte
-            // stores made the loop's loads wait on store forwarding).
-            const int k = ok ? l2[b] : 0;
-            std::memcpy(reinterpret_cast<char*>(P + 64) + sizeof(int) * l, &k, sizeof k);
-        }
-    }
+    const double* packed = pack_k_side(sd, scratch);
+    const int nblk = (sd.m2 + 7) / 8;
     const double* pend = packed + kPack * nblk;
     const __m512d rc8 = _mm512_set1_pd(sd.rc),
                   rc28 = _mm512_set1_pd(sd.with_jk ? sd.rc2 : INFINITY);
@@ -1660,18 +1688,20 @@ PYFRAGNN_PART int Descriptor::angular_select(Frame& fr, const AngularArrays& ag)
     int* pk = ag.pk;
     double *cosv = ag.cosv, *rjk = ag.rjk, *trj = ag.trj, *trk = ag.trk, *tf = ag.tf;
 
-    // Triplet selection: pairs of list entries with r_ij, r_ik (, r_jk) < rc; s = r_jk^2
-    // and cos for one j against all k first (vectorised), then compacted.
+    // Triplet selection: pairs of list entries with r_ij, r_ik (, r_jk) < rc. The vector
+    // forms take the whole group; the scalar one computes s = r_jk^2 and cos for one j against
+    // all k first (vectorised), then compacts.
     const int p1 = static_cast<int>(l1 - pos), p2 = static_cast<int>(l2 - pos);
     double* s_k = scratch_mem;     // [m2]
     double* cos_k = s_k + m2;      // [m2]
     const int isa = select_isa();
 #ifdef PYFRAGNN_SELECT_AVX2
-    if (isa == 2) {
+    if (isa >= 1) {
         const SelectSides sd{{px, py, pz, pux, puy, puz, pr}, p1, p2, m1, m2, l1, l2, fc2,
                              nb_rec, same, with_jk, rc, rc2};
-        const int count = select_triplets_avx512(
-            sd, scratch_mem, TripletOut{pj, pk, cosv, rjk, trj, trk, tf});
+        const TripletOut out{pj, pk, cosv, rjk, trj, trk, tf};
+        const int count = isa == 2 ? select_triplets_avx512(sd, scratch_mem, out)
+                                   : select_triplets_avx2(sd, scratch_mem, out);
         h[3] = count;
         return count;
     }
@@ -1685,16 +1715,9 @@ PYFRAGNN_PART int Descriptor::angular_select(Frame& fr, const AngularArrays& ag)
         const int c = count;
         const TripletOut out{pj + c, pk + c, cosv + c, rjk + c, trj + c, trk + c, tf + c};
         const double rj_a = pr[pa], fj = nb_rec[4 * j];
-#ifdef PYFRAGNN_SELECT_AVX2
-        if (isa == 1)
-            count += select_pairs_avx2(b0, m2, px + p2, py + p2, pz + p2, pux + p2, puy + p2,
-                                       puz + p2, pr + p2, l2, xj, uj, rc, rc2, with_jk, j,
-                                       fc2, rj_a, fj, out);
-        else
-#endif
-            count += select_pairs_scalar(b0, m2, px + p2, py + p2, pz + p2, pux + p2,
-                                         puy + p2, puz + p2, pr + p2, fc2, l2, xj, uj, rj_a,
-                                         fj, rc, rc2, with_jk, j, s_k, cos_k, out);
+        count += select_pairs_scalar(b0, m2, px + p2, py + p2, pz + p2, pux + p2, puy + p2,
+                                     puz + p2, pr + p2, fc2, l2, xj, uj, rj_a, fj, rc, rc2,
+                                     with_jk, j, s_k, cos_k, out);
     }
     h[3] = count;
     return count;
