@@ -47,6 +47,9 @@ Intel Xeon guest (AVX-512, family 6 model 167), 2026-12-03 evening, after the x8
 r_jk changes (same options): water 8640 29.6 against 240.2: 8.11x (per round 8.00-8.39x,
 median 8.36x), two threads 1.86x (ceiling 1.82x); later 31.5 against 260.4: 8.28x (median
 8.33x), two threads 1.88x; IRMOF-1 2.5 against 19.7: 7.96x (median 8.00x), later 7.30x.
+After the triplet selection per group (that night): water 8640 25.5 against 241.6: 9.47x
+(median 9.29x), two threads 1.88x (ceiling 1.94x); water 1080 8.49x; IRMOF-1 2.3 against 18.1:
+7.91x (median 7.90x).
 """
 import argparse
 import os

@@ -54,6 +54,10 @@ against 220.7 (7.91x, per round 7.74-8.03x, median 7.76x), --rounds 5: 29.6 agai
 (7.57x, 7.51-7.71x); IRMOF-1 --steps 50 --rounds 8: 1.9 against 22.2 (11.96x, 11.66-12.15x,
 median 11.79x), again 12.15x (median 12.13x); --steps 10 --rounds 10: 11.75x (median 11.66x).
 Before those changes, the same hour: water 7.73x, IRMOF-1 12.51x (median 12.54x).
+After the triplet selection per group (same guest, that night): water --rounds 3 23.4 against
+205.5 (8.80x, 8.45-8.87x, median 8.80x), --rounds 5 23.5 against 205.0 (8.72x, 8.46-8.79x,
+median 8.64x); IRMOF-1 --steps 50 --rounds 8: 1.7 against 21.6 (12.41x, 12.00-12.71x, median
+12.43x).
 
 Reported per np: Pair time (average over ranks) per atom-step (wall-clock µs; with N ranks
 the work is split, so the per-core cost is N times that), parallel efficiency vs np=1,
