@@ -20,8 +20,9 @@ shrinks less (the observation is trusted less). Without it the filter corrects e
 full (a ~ h.P h >> R): an error far outside the linear range of the networks (e.g. a force
 component the networks, saturated, hardly respond to) moves the weights by O(10) in one update,
 which saturates more neurons and makes the next such error larger (seen as RMSEs that rise and
-fall from epoch to epoch). In a converging run e^2 / a stays far below 1, so a gate of that
-order leaves it untouched.
+fall from epoch to epoch). The gate is not rare once P has shrunk: on ../shared/bench (seed
+12345, kappa 0.5) it damped 30, 279 and 1065 of the 7344 updates in epochs 1-3, nearly all force
+updates (energy updates of the periodic cells: 0, 1, 7 of 180).
 
 Implementation (default): P is held as sigma (P0 - U U^T) with up to ``rank_block`` deferred rank-1
 terms in U, so an update reads P0 once (one GEMV, memory bound) instead of three passes
