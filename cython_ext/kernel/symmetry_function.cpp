@@ -1001,15 +1001,16 @@ inline int select_pairs_scalar(int b0, int m, const double* x, const double* y, 
     return count;
 }
 
-/// An angular group's two sides for the vector selections: the structure-of-arrays copies
-/// (x, y, z, ux, uy, uz, r by list position), each side's list offset, length and neighbour
-/// indices, fc(r_ik) by e2 list position and fc(r_ij) in the per-neighbour records.
+/// An angular group's two sides for the vector selections: x, y, z, ux, uy, uz, r by position
+/// in each side's list (the structure-of-arrays copies from the list's start) and, for the k
+/// side, fc(r_ik); each side's length and neighbour indices; fc(r_ij) in the per-neighbour
+/// records.
 struct SelectSides {
-    const double* soa[7];
-    int p1, p2, m1, m2;
+    const double* j[7];
+    const double* k[8];
+    int m1, m2;
     const int* l1;
     const int* l2;
-    const double* fc2;
     const double* nb_rec;  // fc(r_ij) at 4 j
     bool same, with_jk;
     double rc, rc2;
@@ -1031,9 +1032,7 @@ inline double* pack_k_side(const SelectSides& sd, double* scratch) {
     double* packed = reinterpret_cast<double*>(
         (reinterpret_cast<std::uintptr_t>(scratch) + 63) & ~static_cast<std::uintptr_t>(63));
     const int m2 = sd.m2, nblk = (m2 + 7) / 8;
-    const double* const src[8] = {sd.soa[0] + sd.p2, sd.soa[1] + sd.p2, sd.soa[2] + sd.p2,
-                                  sd.soa[3] + sd.p2, sd.soa[4] + sd.p2, sd.soa[5] + sd.p2,
-                                  sd.soa[6] + sd.p2, sd.fc2};
+    const double* const* src = sd.k;
     const int* const l2 = sd.l2;
     for (int blk = 0; blk < nblk; ++blk) {
         double* P = packed + kPack * blk;
@@ -1050,7 +1049,6 @@ inline double* pack_k_side(const SelectSides& sd, double* scratch) {
     }
     return packed;
 }
-
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define PYFRAGNN_SELECT_AVX2 1
@@ -1089,9 +1087,8 @@ select_triplets_avx2(const SelectSides& sd, double* scratch, const TripletOut& o
     const double* pend = packed + kPack * ((sd.m2 + 7) / 8);
     const __m256d rc4 = _mm256_set1_pd(sd.rc),
                   rc24 = _mm256_set1_pd(sd.with_jk ? sd.rc2 : INFINITY);
-    const double *px = sd.soa[0] + sd.p1, *py = sd.soa[1] + sd.p1, *pz = sd.soa[2] + sd.p1,
-                 *pux = sd.soa[3] + sd.p1, *puy = sd.soa[4] + sd.p1, *puz = sd.soa[5] + sd.p1,
-                 *pr = sd.soa[6] + sd.p1;
+    const double *px = sd.j[0], *py = sd.j[1], *pz = sd.j[2], *pux = sd.j[3], *puy = sd.j[4],
+                 *puz = sd.j[5], *pr = sd.j[6];
     // Local output pointers: the intrinsics' stores may alias anything, out's members included.
     double *o_cos = out.cos, *o_s = out.s, *o_rk = out.rk, *o_f = out.f, *o_rj = out.rj;
     int *o_k = out.k, *o_j = out.j;
@@ -1148,10 +1145,6 @@ select_triplets_avx2(const SelectSides& sd, double* scratch, const TripletOut& o
 #ifdef PYFRAGNN_SELECT_AVX2
 typedef double v8d __attribute__((vector_size(64)));
 
-__attribute__((target("avx512f"))) inline v8d ld8_masked(__mmask8 mask, const double* p) {
-    return (v8d)_mm512_maskz_loadu_pd(mask, p);
-}
-
 /// All triplets of an angular group (select_triplets_avx2's arithmetic, eight k per vector,
 /// vcompresspd; AVX-512). The k side is first packed into blocks of eight, read through one
 /// pointer with constant offsets; a call per j with nine input streams spilled pointers and
@@ -1165,9 +1158,8 @@ select_triplets_avx512(const SelectSides& sd, double* scratch, const TripletOut&
     const double* pend = packed + kPack * nblk;
     const __m512d rc8 = _mm512_set1_pd(sd.rc),
                   rc28 = _mm512_set1_pd(sd.with_jk ? sd.rc2 : INFINITY);
-    const double *px = sd.soa[0] + sd.p1, *py = sd.soa[1] + sd.p1, *pz = sd.soa[2] + sd.p1,
-                 *pux = sd.soa[3] + sd.p1, *puy = sd.soa[4] + sd.p1, *puz = sd.soa[5] + sd.p1,
-                 *pr = sd.soa[6] + sd.p1;
+    const double *px = sd.j[0], *py = sd.j[1], *pz = sd.j[2], *pux = sd.j[3], *puy = sd.j[4],
+                 *puz = sd.j[5], *pr = sd.j[6];
     // Local output pointers: the intrinsics' stores may alias anything, out's members included.
     double *o_cos = out.cos, *o_s = out.s, *o_rk = out.rk, *o_f = out.f, *o_rj = out.rj;
     int *o_k = out.k, *o_j = out.j;
@@ -1697,8 +1689,10 @@ PYFRAGNN_PART int Descriptor::angular_select(Frame& fr, const AngularArrays& ag)
     const int isa = select_isa();
 #ifdef PYFRAGNN_SELECT_AVX2
     if (isa >= 1) {
-        const SelectSides sd{{px, py, pz, pux, puy, puz, pr}, p1, p2, m1, m2, l1, l2, fc2,
-                             nb_rec, same, with_jk, rc, rc2};
+        const SelectSides sd{{px + p1, py + p1, pz + p1, pux + p1, puy + p1, puz + p1, pr + p1},
+                             {px + p2, py + p2, pz + p2, pux + p2, puy + p2, puz + p2, pr + p2,
+                              fc2},
+                             m1, m2, l1, l2, nb_rec, same, with_jk, rc, rc2};
         const TripletOut out{pj, pk, cosv, rjk, trj, trk, tf};
         const int count = isa == 2 ? select_triplets_avx512(sd, scratch_mem, out)
                                    : select_triplets_avx2(sd, scratch_mem, out);
