@@ -22,7 +22,10 @@ component the networks, saturated, hardly respond to) moves the weights by O(10)
 which saturates more neurons and makes the next such error larger (seen as RMSEs that rise and
 fall from epoch to epoch). The gate is not rare once P has shrunk: on ../shared/bench (seed
 12345, kappa 0.5) it damped 30, 279 and 1065 of the 7344 updates in epochs 1-3, nearly all force
-updates (energy updates of the periodic cells: 0, 1, 7 of 180).
+updates (energy updates of the periodic cells: 0, 1, 7 of 180). The trainer exempts its energy
+updates (``update(..., gate=False)``, config ``kalman.gate_energies``): the 7 gated cell updates
+of epoch 3 were those of the densest cells, whose energies the filter forgets between their one
+update per epoch (docs/training.md), and gating left them half-corrected.
 
 Implementation (default): P is held as sigma (P0 - U U^T) with up to ``rank_block`` deferred rank-1
 terms in U, so an update reads P0 once (one GEMV, memory bound) instead of three passes
@@ -49,7 +52,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["KalmanFilter", "Adam"]
+__all__ = ["KalmanFilter", "Adam", "WeightAverage"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -295,8 +298,9 @@ class KalmanFilter:
         self.n_updates = 0
         self.n_gated = 0
 
-    def update(self, w: np.ndarray, h: np.ndarray, error: float) -> None:
-        """One scalar observation: w (in place) with Jacobian h and error e = ref - pred."""
+    def update(self, w: np.ndarray, h: np.ndarray, error: float, gate: bool = True) -> None:
+        """One scalar observation: w (in place) with Jacobian h and error e = ref - pred;
+        ``gate=False`` exempts it from the innovation gate."""
         if self.kalman_type == 0:
             R, s = 1.0 / self.eta, 1.0
         else:
@@ -312,7 +316,7 @@ class KalmanFilter:
                 xs.append(x.copy() if len(self.blocks) > 1 else x)
                 a += float(hb @ x)
             k = self.max_innovation
-            if k > 0.0 and error * error > k * k * a:
+            if gate and k > 0.0 and error * error > k * k * a:
                 a = error * error / (k * k)
                 self.n_gated += 1
             for b, x in zip(self.blocks, xs):
@@ -378,3 +382,42 @@ class Adam:
         self.v[:] = st["v"]
         self.t = int(st["t"])
         self.lr = float(st["lr"])
+
+
+class WeightAverage:
+    """Exponential moving average of the weights over the optimiser's updates, bias-corrected
+    (Polyak-Ruppert averaging with forgetting; the "EMA" of the MACE and NequIP trainers):
+
+        m <- d m + (1 - d) w   after each update,   w_avg = m / (1 - d^t),   d = exp(-1/tau)
+
+    tau in updates (the trainer gives it as a fraction of an epoch). The optimiser keeps
+    working on w; w_avg is the model that is evaluated and saved. It smooths the last updates'
+    fluctuations: on ../shared/bench (EKF, 3 epochs, tau 0.1 epoch) the fragments' energy
+    RMSE drops by 25-40 % and the force RMSE by ~5 %.
+    """
+
+    def __init__(self, n: int, tau: float):
+        if not tau > 0:
+            raise ValueError(f"weight averaging time constant must be > 0, got {tau}")
+        self.decay = math.exp(-1.0 / float(tau))
+        self.m = np.zeros(int(n))
+        self.t = 0
+
+    def update(self, w: np.ndarray) -> None:
+        self.m *= self.decay
+        self.m += (1.0 - self.decay) * w
+        self.t += 1
+
+    def value(self) -> np.ndarray:
+        """The averaged weights (a new array); undefined before the first update."""
+        if self.t == 0:
+            raise RuntimeError("WeightAverage.value() before any update")
+        return self.m / (1.0 - self.decay ** self.t)
+
+    def state(self) -> dict:
+        return {"m": self.m.copy(), "t": self.t, "decay": self.decay}
+
+    def set_state(self, st: dict) -> None:
+        self.m[:] = st["m"]
+        self.t = int(st["t"])
+        self.decay = float(st["decay"])

@@ -11,8 +11,10 @@ import numpy as np
 __all__ = ["write_learning_curve", "write_rmse_table", "format_table", "parity_plots",
            "write_dropped_symmetry_functions"]
 
+# *_raw: training RMSEs of the optimiser's own weights when the model is their moving average
+# (training.ema_epochs > 0); empty otherwise
 _COLS = ["epoch", "rmse_E_train", "rmse_E_test", "rmse_F_train", "rmse_F_test", "time_s",
-         "updates", "gated_updates"]
+         "updates", "gated_updates", "rmse_E_train_raw", "rmse_F_train_raw"]
 
 
 def _plt():

@@ -22,7 +22,7 @@ import numpy as np
 from ..dataset import DatasetError, Structure, read_dataset, validate
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_state, save_state
 from .config import ConfigError, normalise_config
-from .optim import Adam, KalmanFilter
+from .optim import Adam, KalmanFilter, WeightAverage
 from . import prepare
 
 __all__ = ["Trainer", "TrainResult", "train"]
@@ -60,6 +60,7 @@ class Trainer:
         self.size = comm.Get_size() if self.comm else 1
         self._given = structures
         self._setup_done = False
+        self._avg: Optional[WeightAverage] = None
 
     # ------------------------------------------------------------------ setup
     def log(self, msg: str) -> None:
@@ -481,7 +482,10 @@ class Trainer:
           consumes a candidate; after threshold_trials failures the last one drawn is used
           (as n2p2's 2G update, which computes error and Jacobian of the last candidate);
         - energy observation in total energy (see _energy_obs), force observation with error
-          and Jacobian both multiplied by force_weight.
+          and Jacobian both multiplied by force_weight;
+        - not in n2p2: the innovation gate (kalman.max_innovation) on force updates only
+          (unless kalman.gate_energies), and the moving average of the weights after each
+          update (training.ema_epochs; the model that is evaluated and saved).
         """
         t = self.cfg["training"]
         tr = self.train_idx
@@ -501,6 +505,7 @@ class Trainer:
         thrE = t["energy_error_threshold"] * rmseE
         thrF = t["force_error_threshold"] * rmseF * t["force_weight"]
         trials = int(t["threshold_trials"])
+        gate_energies = bool(t["kalman"]["gate_energies"])
         buf = np.zeros(self.nw + 1)
         w = self.w
         kill_at = self._kill_at
@@ -531,8 +536,10 @@ class Trainer:
             sw = math.sqrt(self.wt[i])
             if sw != 1.0:
                 buf *= sw
-            kf.update(w, buf[1:], float(buf[0]))
+            kf.update(w, buf[1:], float(buf[0]), gate=bool(u) or gate_energies)
             self._core_mod.set_weights(self.core, w)
+            if self._avg is not None:
+                self._avg.update(w)
             bar.update()
         kf.flush()
         return len(sched)
@@ -579,6 +586,8 @@ class Trainer:
             grad = G.sum(axis=0) / self.wt[batch].sum() if self.wt[batch].sum() > 0 else G[0] * 0
             adam.step(self.w, grad)
             self._core_mod.set_weights(self.core, self.w)
+            if self._avg is not None:
+                self._avg.update(self.w)
             nsteps += 1
             bar.update(batch.size)
         return nsteps
@@ -590,6 +599,7 @@ class Trainer:
         c["training"].pop("resume", None)
         c["training"].pop("progress", None)
         c["training"].pop("early_stopping_patience", None)
+        c["training"].pop("ema_epochs", None)  # the averaged model, not the optimiser's path
         c.pop("output", None)
         return hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest()
 
@@ -603,7 +613,8 @@ class Trainer:
         save_state(self._ckpt_path(),
                    {"fingerprint": self._fingerprint(), "epoch": epoch, "w": self.w.copy(),
                     "opt": ost, "rng": self.rng.bit_generator.state, "history": history,
-                    "best": best})
+                    "best": best,
+                    **({"average": self._avg.state()} if self._avg is not None else {})})
 
     def _on_root(self, read):
         """``read()`` on rank 0 (in serial: here). Any exception it raises is raised on every
@@ -727,12 +738,15 @@ class Trainer:
                                threads=k["threads"],
                                symmetric=bool(k["symmetric"]) and self.comm is None,
                                max_innovation=k["max_innovation"])
-            per_epoch = nE + nF
+            per_epoch = steps = nE + nF
         else:
             a = t["adam"]
             opt = Adam(self.nw, lr=a["learning_rate"], beta1=a["beta1"], beta2=a["beta2"],
                        eps=a["eps"])
             per_epoch = ntr
+            steps = -(-ntr // int(a["batch_size"]))
+        ema = float(t["ema_epochs"])
+        self._avg = WeightAverage(self.nw, ema * max(steps, 1)) if ema > 0 else None
         history: List[dict] = []
         best = None
         start = 1
@@ -749,6 +763,7 @@ class Trainer:
             best = st["best"]
             start = st["epoch"] + 1
             self.log(f"resumed from epoch {st['epoch']}")
+            self._resume_average(st)
         else:
             t0 = time.perf_counter()
             err = self.errors()
@@ -765,7 +780,9 @@ class Trainer:
             t0 = time.perf_counter()
             c0 = time.process_time()
             self._epoch = epoch
-            err = {k: history[-1][k] for k in ("rmse_E_train", "rmse_F_train")}
+            # threshold selection compares with the optimiser's own weights' training RMSEs
+            err = {k: history[-1].get(k + "_raw", history[-1][k])
+                   for k in ("rmse_E_train", "rmse_F_train")}
             gated0 = getattr(opt, "n_gated", 0)
             with _progress(per_epoch, f"epoch {epoch}", self.rank == 0 and t["progress"]) as bar:
                 if t["optimizer"] == "ekf":
@@ -773,8 +790,8 @@ class Trainer:
                 else:
                     nup = self._adam_epoch(opt, bar)
             t_upd = time.perf_counter() - t0
-            err = self.errors()
-            rec = {"epoch": epoch, **err, "time_s": time.perf_counter() - t0,
+            err, raw = self._epoch_errors()
+            rec = {"epoch": epoch, **err, **raw, "time_s": time.perf_counter() - t0,
                    "cpu_time_s": time.process_time() - c0, "update_time_s": t_upd,
                    "updates": nup}
             if t["optimizer"] == "ekf":
@@ -784,16 +801,54 @@ class Trainer:
             metric = self._metric(rec)
             if patience:
                 if best is None or metric < best["metric"]:
-                    best = {"epoch": epoch, "metric": metric, "w": self.w.copy()}
+                    best = {"epoch": epoch, "metric": metric, "w": self._model_weights()}
                 elif epoch - best["epoch"] >= patience:
                     stop = True
             if self.cfg["output"]["checkpoint"]:
                 self._save_checkpoint(epoch, opt, history, best)
         if patience and best is not None:
             self.w[:] = best["w"]
-            self._core_mod.set_weights(self.core, self.w)
+        else:
+            self.w[:] = self._model_weights()
+        self._core_mod.set_weights(self.core, self.w)
         self.history = history
         return self._finish(history)
+
+    def _model_weights(self) -> np.ndarray:
+        """The weights of the model that is evaluated and saved: the moving average of the
+        optimiser's weights (training.ema_epochs > 0, once it has seen an update), else
+        those weights themselves."""
+        if self._avg is not None and self._avg.t > 0:
+            return self._avg.value()
+        return self.w.copy()
+
+    def _epoch_errors(self) -> tuple:
+        """RMSEs of the model (averaged weights) and, when averaging, the training RMSEs of
+        the optimiser's own weights (keys ``*_raw``; the next epoch's threshold selection
+        uses these, as n2p2 does its current weights')."""
+        if self._avg is None or self._avg.t == 0:
+            return self.errors(), {}
+        raw = self.errors()
+        self._core_mod.set_weights(self.core, self._avg.value())
+        try:
+            err = self.errors()
+        finally:
+            self._core_mod.set_weights(self.core, self.w)
+        return err, {k + "_raw": raw[k] for k in ("rmse_E_train", "rmse_F_train")}
+
+    def _resume_average(self, st: dict) -> None:
+        """Weight average from a checkpoint; restarted (and said so) when the checkpoint has
+        none or one with another time constant."""
+        if self._avg is None:
+            return
+        a = st.get("average")
+        if isinstance(a, dict) and isinstance(a.get("m"), np.ndarray) \
+                and a["m"].shape == self._avg.m.shape \
+                and float(a.get("decay", -1.0)) == self._avg.decay:
+            self._avg.set_state(a)
+        else:
+            self.log("weight average restarted at the resumed epoch (the checkpoint holds "
+                     "none with this training.ema_epochs)")
 
     def _metric(self, rec) -> float:
         m = self.cfg["training"]["early_stopping_metric"]
